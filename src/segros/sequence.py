@@ -1,0 +1,133 @@
+"""Sequence layout for training with hints: ``[hints | text | corrupted image]`` (paper Fig. 6).
+
+Attention rules (query row -> key column):
+
+- hints attend bidirectionally among themselves only;
+- text attends to every hint and causally to the text (itself and earlier text tokens);
+- corrupted image tokens attend to everything (hints, text, image);
+- padding is never attended to. A padding query attends only to itself, so every row of the
+  additive mask has a finite entry and ``scaled_dot_product_attention`` never yields NaN;
+  the outputs at padding positions are meaningless and must be ignored.
+
+Position ids: text tokens count 0, 1, ... over real tokens (right padding shifts nothing),
+image slot ``i`` gets ``n_text + i``. A hint that came from image slot ``i`` (``hint_idx``
+given) gets that slot's id, so hints are not a bag of patches; without ``hint_idx`` (hints
+whose encoder carries its own positions) hints are a plain prefix ``0 .. K-1`` and the rest
+shifts by K.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from segros._checks import check_bool_tensor
+
+HINT, TEXT, IMAGE = 0, 1, 2
+
+
+@dataclass
+class PackedLayout:
+    """Attention and positions for one batch laid out as [hints | text | image]."""
+
+    allowed: torch.Tensor  # (B, S, S) bool: allowed[b, q, k] = query q may attend to key k
+    position_ids: torch.Tensor  # (B, S) long
+    is_real: torch.Tensor  # (B, S) bool: False at text padding
+    segment: torch.Tensor  # (S,) long: HINT / TEXT / IMAGE
+    num_hints: int
+    text_len: int
+    num_image: int
+
+    @property
+    def hints(self) -> slice:
+        return slice(0, self.num_hints)
+
+    @property
+    def text(self) -> slice:
+        return slice(self.num_hints, self.num_hints + self.text_len)
+
+    @property
+    def image(self) -> slice:
+        start = self.num_hints + self.text_len
+        return slice(start, start + self.num_image)
+
+    def additive_mask(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """(B, 1, S, S): 0 where allowed, -inf elsewhere; an ``attn_mask`` for SDPA."""
+        mask = torch.zeros(self.allowed.shape, dtype=dtype, device=self.allowed.device)
+        return mask.masked_fill_(~self.allowed, float("-inf")).unsqueeze(1)
+
+
+def pack_layout(
+    num_hints: int,
+    text_mask: torch.Tensor,
+    num_image: int,
+    hint_idx: torch.Tensor | None = None,
+) -> PackedLayout:
+    """Build the Fig. 6 attention mask and position ids.
+
+    Args:
+        num_hints: K, hint tokens per sample (equal across the batch by construction).
+        text_mask: ``(B, T)`` bool, True at real text tokens (caption and template tokens
+            alike), False at padding. ``T`` may be 0 (image-only conditioning, as RecA).
+        num_image: N, image tokens per sample.
+        hint_idx: ``(B, K)`` image-slot index of every hint, or None (see module docstring).
+    """
+    if not isinstance(text_mask, torch.Tensor) or text_mask.dim() != 2:
+        raise ValueError("text_mask must be a (B, T) bool tensor")
+    B, T = text_mask.shape
+    check_bool_tensor("text_mask", text_mask, (B, T))
+    if num_hints < 0 or num_image < 1:
+        raise ValueError(f"need num_hints >= 0 and num_image >= 1, got {num_hints} and {num_image}")
+    if hint_idx is not None and tuple(hint_idx.shape) != (B, num_hints):
+        raise ValueError(f"hint_idx must have shape {(B, num_hints)}, got {tuple(hint_idx.shape)}")
+    device = text_mask.device
+    S = num_hints + T + num_image
+
+    segment = torch.cat(
+        [
+            torch.full((num_hints,), HINT, device=device),
+            torch.full((T,), TEXT, device=device),
+            torch.full((num_image,), IMAGE, device=device),
+        ]
+    )
+    ones = torch.ones
+    is_real = torch.cat(
+        [
+            ones(B, num_hints, dtype=torch.bool, device=device),
+            text_mask,
+            ones(B, num_image, dtype=torch.bool, device=device),
+        ],
+        dim=1,
+    )
+
+    q_seg, k_seg = segment.view(S, 1), segment.view(1, S)
+    idx = torch.arange(S, device=device)
+    causal = idx.view(S, 1) >= idx.view(1, S)
+    rule = (
+        ((q_seg == HINT) & (k_seg == HINT))
+        | ((q_seg == TEXT) & ((k_seg == HINT) | ((k_seg == TEXT) & causal)))
+        | (q_seg == IMAGE)
+    )
+    allowed = rule.unsqueeze(0) & is_real.unsqueeze(1) & is_real.unsqueeze(2)
+    allowed |= torch.eye(S, dtype=torch.bool, device=device).unsqueeze(0) & ~is_real.unsqueeze(2)
+
+    n_text = text_mask.sum(1, keepdim=True)  # (B, 1)
+    text_pos = (text_mask.long().cumsum(1) - 1).clamp_min(0) * text_mask
+    image_pos = n_text + torch.arange(num_image, device=device)
+    if hint_idx is None:
+        hint_pos = torch.arange(num_hints, device=device).expand(B, -1)
+        text_pos, image_pos = text_pos + num_hints * text_mask, image_pos + num_hints
+    else:
+        hint_pos = n_text + hint_idx.to(device)
+    position_ids = torch.cat([hint_pos, text_pos, image_pos], dim=1).long()
+
+    return PackedLayout(
+        allowed=allowed,
+        position_ids=position_ids,
+        is_real=is_real,
+        segment=segment,
+        num_hints=num_hints,
+        text_len=T,
+        num_image=num_image,
+    )
