@@ -70,15 +70,16 @@ def pack_layout(
         num_hints: K, hint tokens per sample (equal across the batch by construction).
         text_mask: ``(B, T)`` bool, True at real text tokens (caption and template tokens
             alike), False at padding. ``T`` may be 0 (image-only conditioning, as RecA).
-        num_image: N, image tokens per sample.
+        num_image: N, image tokens per sample. With N = 0 and the image as the prefix, the same
+            rules give the image-to-text layout (image bidirectional, text causal after it).
         hint_idx: ``(B, K)`` image-slot index of every hint, or None (see module docstring).
     """
     if not isinstance(text_mask, torch.Tensor) or text_mask.dim() != 2:
         raise ValueError("text_mask must be a (B, T) bool tensor")
     B, T = text_mask.shape
     check_bool_tensor("text_mask", text_mask, (B, T))
-    if num_hints < 0 or num_image < 1:
-        raise ValueError(f"need num_hints >= 0 and num_image >= 1, got {num_hints} and {num_image}")
+    if num_hints < 0 or num_image < 0:
+        raise ValueError(f"need num_hints >= 0 and num_image >= 0, got {num_hints} and {num_image}")
     if hint_idx is not None and tuple(hint_idx.shape) != (B, num_hints):
         raise ValueError(f"hint_idx must have shape {(B, num_hints)}, got {tuple(hint_idx.shape)}")
     device = text_mask.device

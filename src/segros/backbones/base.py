@@ -1,0 +1,144 @@
+"""The backbone protocol: what a UMM adapter provides so the trainer can run any method on it.
+
+SeGroS decides *which* image tokens play which role (a :class:`~segros.plan.SupervisionPlan`);
+the backbone decides *how* they are encoded and reconstructed. The trainer only ever talks to
+this class, so adding a backbone means writing one subclass and registering it
+(:mod:`segros.backbones.registry`); the trainer does not change.
+
+One training step, as the trainer runs it::
+
+    batch = backbone.prepare_t2i(records)                  # CPU: tokenise text, encode images
+    with torch.no_grad():
+        g = model(batch, mode="ground")                     # GroundingInputs, before the transformer
+    plan = plan_batch(g.text_emb, g.image_emb, g.text_valid, cfg, gamma, generator,
+                      backbone.token_grid, backbone.hint_grid)
+    terms = model(batch, plan=plan, i2t=i2t_batch)         # {"recon": ..., "i2t": ...}
+
+Every call goes through ``forward`` so that DDP / FSDP / DeepSpeed wrappers see it.
+
+What an adapter must provide:
+
+- ``grounding_inputs``: caption-token embeddings from the input embedding table, a mask that
+  is True only on caption tokens (never padding, BOS/EOS or template tokens), and image-token
+  embeddings in the same space, all from *before* the transformer (DESIGN.md).
+- ``hint_embeddings``: embeddings of the hint tokens at the plan's positions; they may come
+  from another encoder and grid (``hint_grid``), as Show-o's CLIP path does.
+- ``reconstruction_loss``: the backbone's native loss on the plan's targets, with the hints
+  prepended in the Fig. 6 layout and ``plan.text_condition`` honoured.
+- ``i2t_loss``: next-token NLL of answers given image and question (Eq. 2).
+- ``generate``: images from prompts, seeded, for evaluation.
+- ``save_pretrained`` / ``from_pretrained``: a folder with ``model.safetensors`` and config.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from segros.plan import SupervisionPlan
+
+Batch = dict[str, Any]
+
+
+@dataclass
+class GroundingInputs:
+    """Inputs of :func:`segros.grounding.ground` for one batch."""
+
+    text_emb: torch.Tensor  # (B, L, D)
+    text_valid: torch.Tensor  # (B, L) bool: caption tokens only
+    image_emb: torch.Tensor  # (B, N, D)
+
+
+class Backbone(nn.Module, ABC):
+    """Base class of every UMM adapter (tiny, Show-o, Harmon, OpenUni, ...)."""
+
+    #: (h, w) of the generation tokens the plan indexes.
+    token_grid: tuple[int, int]
+    #: (h, w) of the hint encoder when it differs from ``token_grid`` (else None).
+    hint_grid: tuple[int, int] | None = None
+    #: masking-ratio schedule of the backbone (see :mod:`segros.schedules`).
+    mask_schedule: str = "cosine"
+    #: one masking ratio per batch (MAR encoders drop masked tokens), None = schedule default.
+    mask_per_batch: bool | None = None
+    #: probability of replacing a caption by the empty prompt (for classifier-free guidance).
+    caption_dropout: float = 0.0
+
+    @property
+    def num_tokens(self) -> int:
+        return self.token_grid[0] * self.token_grid[1]
+
+    # --- data ---------------------------------------------------------------------------------
+    @abstractmethod
+    def prepare_t2i(self, records: Sequence[Any]) -> Batch:
+        """Collate image-caption records into CPU tensors (tokenised text, encoded images)."""
+
+    @abstractmethod
+    def prepare_i2t(self, records: Sequence[Any]) -> Batch:
+        """Collate image-question-answer records into CPU tensors."""
+
+    # --- the SeGroS seam --------------------------------------------------------------------
+    @abstractmethod
+    def grounding_inputs(self, batch: Batch) -> GroundingInputs:
+        """Text and image-token embeddings from before the transformer (no gradient needed)."""
+
+    @abstractmethod
+    def hint_embeddings(self, batch: Batch, hint_idx: torch.Tensor) -> torch.Tensor:
+        """(B, K, D) embeddings of the hints at ``hint_idx`` (on ``hint_grid`` if set)."""
+
+    @abstractmethod
+    def reconstruction_loss(self, batch: Batch, plan: SupervisionPlan) -> torch.Tensor:
+        """The native reconstruction loss on the plan's targets (Eq. 13's first term)."""
+
+    @abstractmethod
+    def i2t_loss(self, batch: Batch) -> torch.Tensor:
+        """Next-token NLL of the answer tokens (Eq. 2)."""
+
+    # --- inference and storage ---------------------------------------------------------------
+    @abstractmethod
+    def generate(
+        self,
+        prompts: Sequence[str],
+        generator: torch.Generator | None = None,
+        guidance_scale: float | None = None,
+        steps: int | None = None,
+    ) -> torch.Tensor:
+        """(B, H, W, 3) uint8 images for the prompts."""
+
+    @abstractmethod
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write ``model.safetensors`` and whatever config the backbone needs to ``path``."""
+
+    @classmethod
+    @abstractmethod
+    def from_pretrained(cls, path: str | Path, **overrides: Any) -> Backbone:
+        """Load a folder written by :meth:`save_pretrained` (or the upstream release)."""
+
+    @abstractmethod
+    def image_for_display(self, batch: Batch) -> torch.Tensor:
+        """(B, H, W, 3) uint8 images of a batch, for grounding pictures."""
+
+    # --- the single entry point wrappers see ---------------------------------------------------
+    def forward(
+        self,
+        batch: Batch,
+        plan: SupervisionPlan | None = None,
+        i2t: Batch | None = None,
+        mode: str = "loss",
+    ) -> GroundingInputs | dict[str, torch.Tensor]:
+        """``mode="ground"`` returns :class:`GroundingInputs`; ``"loss"`` returns loss terms."""
+        if mode == "ground":
+            return self.grounding_inputs(batch)
+        if mode != "loss":
+            raise ValueError(f"mode must be 'ground' or 'loss', got {mode!r}")
+        if plan is None:
+            raise ValueError("a supervision plan is required for mode='loss'")
+        terms = {"recon": self.reconstruction_loss(batch, plan)}
+        if i2t is not None:
+            terms["i2t"] = self.i2t_loss(i2t)
+        return terms

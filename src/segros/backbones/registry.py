@@ -1,0 +1,46 @@
+"""Backbones by name. Adding one is a line here; the trainer never names a backbone.
+
+Each entry is ``"module:Class"`` of a :class:`~segros.backbones.base.Backbone` subclass with an
+``Options`` pydantic model (the config's ``model:`` section), ``from_options`` and
+``from_pretrained``. Modules are imported only when their backbone is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from segros.backbones.base import Backbone
+
+BACKBONES: dict[str, str] = {
+    "tiny": "segros.backbones.tiny.adapter:TinyBackbone",
+}
+
+
+def backbone_class(name: str) -> type[Backbone]:
+    if name not in BACKBONES:
+        raise ValueError(f"model.name must be one of {', '.join(sorted(BACKBONES))}; got {name!r}")
+    module, cls = BACKBONES[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def options_schema(name: str) -> type[BaseModel]:
+    """The pydantic model that validates a config's ``model:`` section for this backbone."""
+    return backbone_class(name).Options
+
+
+def build_backbone(options: BaseModel) -> Backbone:
+    return backbone_class(options.name).from_options(options)
+
+
+def load_backbone(path: str | Path, **overrides: Any) -> Backbone:
+    """Load any backbone folder written by ``save_pretrained`` (its config.json names it)."""
+    config_file = Path(path) / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{path} has no config.json: not a segros checkpoint folder")
+    name = json.loads(config_file.read_text()).get("backbone")
+    return backbone_class(name).from_pretrained(path, **overrides)

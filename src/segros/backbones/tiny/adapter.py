@@ -1,0 +1,315 @@
+"""TinyUMM behind the backbone protocol: data preparation, the SeGroS seam, generation, storage.
+
+Hints are the clean code embeddings at the plan's positions (as for Show-o's VQ variants),
+prepended in the Fig. 6 layout and given their image slot's position. The reconstruction loss
+is cross-entropy over code ids at the plan's targets (Eq. 15). Image-to-text puts the clean
+image first (bidirectional) and predicts the answer causally (Eq. 2). Generation is
+MaskGIT-style parallel decoding with classifier-free guidance; the model learns the empty
+prompt through caption dropout.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from safetensors.torch import load_file, save_file
+
+from segros.backbones.base import Backbone, Batch, GroundingInputs
+from segros.backbones.tiny.image_tokenizer import PatchTokenizer
+from segros.backbones.tiny.model import SIZES, TinyConfig, TinyUMM
+from segros.backbones.tiny.text_tokenizer import WordTokenizer
+from segros.losses import i2t_loss, masked_cross_entropy
+from segros.plan import SupervisionPlan
+from segros.sequence import IMAGE, pack_layout
+
+# Words of the image-to-text questions, on top of the ShapesWorld vocabulary.
+QUESTION_WORDS = "what is shown describe this picture image how many are there where which color".split()
+
+
+def cache_dir() -> Path:
+    """Where fitted assets are cached: ``$SEGROS_CACHE`` or ``~/.cache/segros``."""
+    return Path(os.environ.get("SEGROS_CACHE", "~/.cache/segros")).expanduser()
+
+
+def cached_shapes_tokenizer(image_size: int, num_codes: int, seed: int = 0) -> PatchTokenizer:
+    """The patch tokenizer fitted on ShapesWorld training scenes, fitted once and cached.
+
+    Fitting is deterministic in (image_size, num_codes, seed), so the cache only saves time.
+    """
+    from segros.backbones.tiny.image_tokenizer import fit_on_shapes
+
+    path = cache_dir() / f"tiny-image-tokenizer-{image_size}px-{num_codes}codes-seed{seed}.safetensors"
+    if path.is_file():
+        return PatchTokenizer.load(path)
+    tokenizer = fit_on_shapes(image_size=image_size, num_codes=num_codes, seed=seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tokenizer.save(tmp)
+    os.replace(tmp, path)  # atomic: a killed fit never leaves a half-written cache entry
+    return tokenizer
+
+
+class TinyOptions(BaseModel):
+    """The ``model:`` section of a config for the tiny backbone."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Literal["tiny"] = "tiny"
+    size: Literal["tiny", "small"] = "tiny"
+    init_from: str | None = None  # a checkpoint folder (model.safetensors + config.json)
+    image_size: int = Field(64, ge=16, le=256)
+    image_tokenizer: str | None = None  # .safetensors; None: fit on ShapesWorld (cached)
+    num_codes: int = Field(1024, ge=2, le=65536)
+    max_text_len: int = Field(48, ge=4, le=512)
+    caption_dropout: float = Field(0.1, ge=0.0, le=1.0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    generation_steps: int = Field(8, ge=1, le=256)
+    guidance_scale: float = Field(2.0, ge=0.0)
+    sample_temperature: float = Field(1.0, gt=0.0)
+
+
+def _images_to_uint8(images: Sequence[Any], size: int) -> torch.Tensor:
+    """PIL images or (H, W, 3) arrays -> (B, size, size, 3) uint8, resized with PIL if needed."""
+    from PIL import Image
+
+    out = []
+    for im in images:
+        if not isinstance(im, Image.Image):
+            im = Image.fromarray(np.asarray(im, dtype=np.uint8))
+        im = im.convert("RGB")
+        if im.size != (size, size):
+            im = im.resize((size, size), Image.Resampling.NEAREST)
+        out.append(torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()))
+    return torch.stack(out)
+
+
+class TinyBackbone(Backbone):
+    """The built-in UMM; see the module docstring."""
+
+    Options = TinyOptions
+    mask_schedule = "cosine"  # Show-o / MaskGIT, per sample
+
+    def __init__(
+        self,
+        model_cfg: TinyConfig,
+        text_tokenizer: WordTokenizer,
+        image_tokenizer: PatchTokenizer,
+        options: TinyOptions,
+    ) -> None:
+        super().__init__()
+        self.model = TinyUMM(model_cfg)
+        self.text_tokenizer = text_tokenizer
+        self.image_tokenizer = image_tokenizer
+        self.options = options
+        self.token_grid = tuple(image_tokenizer.grid)
+        self.caption_dropout = options.caption_dropout
+
+    # --- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_options(cls, options: TinyOptions) -> TinyBackbone:
+        """A fresh model (or ``init_from`` a checkpoint) as a config's ``model:`` section asks."""
+        if options.init_from:
+            keep = {"caption_dropout", "dropout", "generation_steps", "guidance_scale", "sample_temperature"}
+            return cls.from_pretrained(options.init_from, **options.model_dump(include=keep))
+        from segros.data.shapes import vocabulary
+
+        if options.image_tokenizer:
+            image_tokenizer = PatchTokenizer.load(options.image_tokenizer)
+        else:
+            image_tokenizer = cached_shapes_tokenizer(options.image_size, options.num_codes)
+        if image_tokenizer.image_size != options.image_size:
+            raise ValueError(
+                f"model.image_tokenizer was fitted for {image_tokenizer.image_size} px images "
+                f"but model.image_size is {options.image_size}"
+            )
+        text_tokenizer = WordTokenizer([*vocabulary(), *QUESTION_WORDS])
+        model_cfg = TinyConfig(
+            text_vocab=len(text_tokenizer),
+            num_codes=image_tokenizer.num_codes,
+            num_image_tokens=image_tokenizer.num_tokens,
+            max_text_len=options.max_text_len,
+            dropout=options.dropout,
+            **SIZES[options.size],
+        )
+        return cls(model_cfg, text_tokenizer, image_tokenizer, options)
+
+    @property
+    def cfg(self) -> TinyConfig:
+        return self.model.cfg
+
+    # --- data -------------------------------------------------------------------------------
+    def prepare_t2i(self, records: Sequence[Any]) -> Batch:
+        images = _images_to_uint8([r.image for r in records], self.options.image_size)
+        text = self.text_tokenizer.batch([r.caption for r in records], self.cfg.max_text_len)
+        return {
+            "images": images,
+            "codes": self.image_tokenizer.encode(images),
+            "text_ids": text["ids"],
+            "text_mask": text["mask"],
+            "caption_mask": text["caption"],
+            "captions": [r.caption for r in records],
+        }
+
+    def prepare_i2t(self, records: Sequence[Any]) -> Batch:
+        images = _images_to_uint8([r.image for r in records], self.options.image_size)
+        # TinyUMM trains on the first question-answer turn of each conversation.
+        qa = self.text_tokenizer.question_answer([r.turns[0] for r in records], self.cfg.max_text_len)
+        return {
+            "codes": self.image_tokenizer.encode(images),
+            "text_ids": qa["ids"],
+            "text_mask": qa["mask"],
+            "answer_mask": qa["answer"],
+        }
+
+    def image_for_display(self, batch: Batch) -> torch.Tensor:
+        return batch["images"]
+
+    # --- the SeGroS seam --------------------------------------------------------------------
+    def _code_embeddings(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.model.embed(codes + self.cfg.code_offset)
+
+    def grounding_inputs(self, batch: Batch) -> GroundingInputs:
+        return GroundingInputs(
+            text_emb=self.model.embed(batch["text_ids"]),
+            text_valid=batch["caption_mask"],
+            image_emb=self._code_embeddings(batch["codes"]),
+        )
+
+    def hint_embeddings(self, batch: Batch, hint_idx: torch.Tensor) -> torch.Tensor:
+        return self._code_embeddings(batch["codes"].gather(1, hint_idx))
+
+    def _empty_prompt(self, batch_size: int, length: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+        tok = self.text_tokenizer
+        ids = torch.full((batch_size, max(length, 2)), tok.pad_id, dtype=torch.long, device=device)
+        ids[:, 0], ids[:, 1] = tok.bos_id, tok.eos_id
+        return ids, ids != tok.pad_id
+
+    def _condition(self, batch: Batch, text_condition: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Text ids and mask, with the empty prompt where the caption is dropped or unused."""
+        ids, mask = batch["text_ids"], batch["text_mask"]
+        empty_ids, empty_mask = self._empty_prompt(ids.shape[0], ids.shape[1], ids.device)
+        if not text_condition:
+            return empty_ids[:, :2], empty_mask[:, :2]
+        drop = batch.get("drop_caption")
+        if drop is None or not bool(drop.any()):
+            return ids, mask
+        drop = drop.to(ids.device).unsqueeze(1)
+        return torch.where(drop, empty_ids, ids), torch.where(drop, empty_mask, mask)
+
+    def _image_logits(
+        self, hints: torch.Tensor, hint_idx: torch.Tensor | None, ids: torch.Tensor, mask: torch.Tensor,
+        image_ids: torch.Tensor,
+    ) -> torch.Tensor:
+        """Code logits (B, N, K) at the image slots of ``[hints | text | image]`` (Fig. 6)."""
+        layout = pack_layout(hints.shape[1], mask, image_ids.shape[1], hint_idx=hint_idx)
+        tokens = torch.cat([hints, self.model.embed(ids), self.model.embed(image_ids)], dim=1)
+        hidden = self.model.hidden(tokens, layout.segment, layout.position_ids, layout.allowed)
+        lo = self.cfg.code_offset
+        return self.model.logits(hidden[:, layout.image], lo, lo + self.cfg.num_codes)
+
+    def reconstruction_loss(self, batch: Batch, plan: SupervisionPlan) -> torch.Tensor:
+        codes = batch["codes"]
+        ids, mask = self._condition(batch, plan.text_condition)
+        hints = self.hint_embeddings(batch, plan.hint_idx)
+        image_ids = torch.where(plan.seen, codes + self.cfg.code_offset, self.cfg.mask_id)  # Sec. 3.4
+        logits = self._image_logits(hints, plan.hint_idx, ids, mask, image_ids)
+        return masked_cross_entropy(logits, codes, plan.loss_weight)  # Eq. 15
+
+    def i2t_loss(self, batch: Batch) -> torch.Tensor:
+        codes, ids, mask = batch["codes"], batch["text_ids"], batch["text_mask"]
+        N = codes.shape[1]
+        layout = pack_layout(N, mask, 0)  # clean image as a bidirectional prefix, causal text
+        segment = layout.segment.clone()
+        segment[:N] = IMAGE
+        tokens = torch.cat([self._code_embeddings(codes), self.model.embed(ids)], dim=1)
+        hidden = self.model.hidden(tokens, segment, layout.position_ids, layout.allowed)
+        logits = self.model.logits(hidden[:, layout.text], 0, self.cfg.text_vocab)
+        return i2t_loss(logits, ids, batch["answer_mask"])  # Eq. 2
+
+    # --- generation ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate_codes(
+        self,
+        prompts: Sequence[str],
+        generator: torch.Generator | None = None,
+        guidance_scale: float | None = None,
+        steps: int | None = None,
+    ) -> torch.Tensor:
+        """MaskGIT decoding: each step samples every masked code, keeps the most confident ones,
+        and re-masks the rest on a cosine schedule; logits use classifier-free guidance."""
+        scale = self.options.guidance_scale if guidance_scale is None else guidance_scale
+        steps = steps or self.options.generation_steps
+        device = self.model.embed.weight.device
+        B, N, K = len(prompts), self.num_tokens, self.cfg.num_codes
+        text = self.text_tokenizer.batch(list(prompts), self.cfg.max_text_len)
+        ids, mask = text["ids"].to(device), text["mask"].to(device)
+        empty_ids, empty_mask = self._empty_prompt(B, ids.shape[1], device)
+        ids, mask = torch.cat([ids, empty_ids[:, : ids.shape[1]]]), torch.cat([mask, empty_mask[:, : ids.shape[1]]])
+        no_hints = torch.zeros(2 * B, 0, self.cfg.dim, device=device)
+        codes = torch.zeros(B, N, dtype=torch.long, device=device)
+        known = torch.zeros(B, N, dtype=torch.bool, device=device)
+        gen_device = generator.device if generator is not None else torch.device("cpu")
+        for step in range(steps):
+            image_ids = torch.where(known, codes + self.cfg.code_offset, self.cfg.mask_id)
+            logits = self._image_logits(no_hints, None, ids, mask, image_ids.repeat(2, 1)).float()
+            cond, uncond = logits[:B], logits[B:]
+            guided = uncond + (1.0 + scale) * (cond - uncond) if scale > 0 else cond
+            probs = (guided / self.options.sample_temperature).softmax(-1)
+            flat = probs.reshape(B * N, K).to(gen_device)
+            sampled = torch.multinomial(flat, 1, generator=generator).view(B, N).to(device)
+            confidence = probs.gather(-1, sampled.unsqueeze(-1)).squeeze(-1).clamp_min(1e-30).log()
+            u = torch.rand(B, N, generator=generator, device=gen_device).to(device).clamp(1e-20, 1 - 1e-7)
+            confidence = confidence + (1.0 - (step + 1) / steps) * -torch.log(-torch.log(u))  # annealed Gumbel
+            confidence = confidence.masked_fill(known, math.inf)
+            still_masked = math.floor(N * math.cos(0.5 * math.pi * (step + 1) / steps))
+            order = confidence.argsort(dim=-1, descending=True, stable=True)
+            keep = torch.zeros_like(known).scatter(1, order[:, : N - still_masked], True)
+            codes = torch.where(keep & ~known, sampled, codes)
+            known = keep
+        return codes
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        generator: torch.Generator | None = None,
+        guidance_scale: float | None = None,
+        steps: int | None = None,
+    ) -> torch.Tensor:
+        codes = self.generate_codes(prompts, generator, guidance_scale, steps)
+        return self.image_tokenizer.decode(codes.cpu())
+
+    # --- storage ------------------------------------------------------------------------------
+    def save_pretrained(self, path: str | Path) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(path / "model.safetensors"))
+        self.image_tokenizer.save(path / "image_tokenizer.safetensors")
+        config = {
+            "backbone": "tiny",
+            "model": self.cfg.to_dict(),
+            "words": self.text_tokenizer.words,
+            "options": self.options.model_dump(),
+        }
+        (path / "config.json").write_text(json.dumps(config, indent=2))
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, **overrides: Any) -> TinyBackbone:
+        path = Path(path)
+        missing = [f for f in ("config.json", "model.safetensors", "image_tokenizer.safetensors") if not (path / f).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{path} is not a TinyUMM checkpoint: missing {', '.join(missing)}")
+        config = json.loads((path / "config.json").read_text())
+        options = TinyOptions(**{**config["options"], **overrides, "init_from": None})
+        model_cfg = TinyConfig(**{**config["model"], "dropout": options.dropout})
+        backbone = cls(model_cfg, WordTokenizer(config["words"]), PatchTokenizer.load(path / "image_tokenizer.safetensors"), options)
+        backbone.load_state_dict(load_file(str(path / "model.safetensors")))
+        return backbone

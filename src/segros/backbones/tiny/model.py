@@ -1,0 +1,121 @@
+"""TinyUMM: a Show-o-like unified transformer small enough to train on two CPU cores.
+
+One embedding table holds text words, image codes and the image [MASK] token (as Show-o's
+extended Phi vocabulary does), so the grounding map reads text and image-token embeddings
+from the same table. One pre-norm transformer (nanoGPT style) runs over any
+``[prefix | text | image]`` sequence with an explicit attention mask (paper Fig. 6); a segment
+embedding tells hints, text and image slots apart because hints share their slot's position.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SIZES: dict[str, dict[str, int]] = {
+    "tiny": {"dim": 64, "layers": 2, "heads": 4},  # tests: several steps per second on 2 cores
+    "small": {"dim": 192, "layers": 6, "heads": 6},  # the demo
+}
+
+
+@dataclass
+class TinyConfig:
+    text_vocab: int
+    num_codes: int
+    num_image_tokens: int
+    max_text_len: int = 48
+    dim: int = 64
+    layers: int = 2
+    heads: int = 4
+    mlp_ratio: int = 4
+    dropout: float = 0.0
+
+    @property
+    def code_offset(self) -> int:
+        """Id of image code 0 in the shared table."""
+        return self.text_vocab
+
+    @property
+    def mask_id(self) -> int:
+        """Id of the image [MASK] token (the last id, as in Show-o)."""
+        return self.text_vocab + self.num_codes
+
+    @property
+    def vocab_size(self) -> int:
+        return self.text_vocab + self.num_codes + 1
+
+    @property
+    def max_positions(self) -> int:
+        # prefix hints share image-slot positions; an I2T prefix image uses 0..N-1 before text
+        return self.max_text_len + self.num_image_tokens
+
+    def to_dict(self) -> dict[str, int | float]:
+        return asdict(self)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: TinyConfig) -> None:
+        super().__init__()
+        self.heads = cfg.heads
+        self.norm1 = nn.LayerNorm(cfg.dim)
+        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim)
+        self.proj = nn.Linear(cfg.dim, cfg.dim)
+        self.norm2 = nn.LayerNorm(cfg.dim)
+        self.mlp = nn.Sequential(
+            nn.Linear(cfg.dim, cfg.mlp_ratio * cfg.dim),
+            nn.GELU(),
+            nn.Linear(cfg.mlp_ratio * cfg.dim, cfg.dim),
+        )
+        self.dropout = cfg.dropout
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        B, S, D = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(B, S, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        drop = self.dropout if self.training else 0.0
+        att = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed.unsqueeze(1), dropout_p=drop)
+        x = x + F.dropout(self.proj(att.transpose(1, 2).reshape(B, S, D)), drop, self.training)
+        return x + F.dropout(self.mlp(self.norm2(x)), drop, self.training)
+
+
+class TinyUMM(nn.Module):
+    """Embeddings, transformer and a head over the shared vocabulary."""
+
+    def __init__(self, cfg: TinyConfig) -> None:
+        super().__init__()
+        if cfg.dim % cfg.heads:
+            raise ValueError(f"dim {cfg.dim} must be divisible by heads {cfg.heads}")
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)  # text words + image codes + [MASK]
+        self.segment = nn.Embedding(3, cfg.dim)  # hint / text / image (segros.sequence)
+        self.position = nn.Embedding(cfg.max_positions, cfg.dim)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
+        self.norm = nn.LayerNorm(cfg.dim)
+        self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear | nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def hidden(
+        self,
+        token_emb: torch.Tensor,
+        segment: torch.Tensor,
+        position_ids: torch.Tensor,
+        allowed: torch.Tensor,
+    ) -> torch.Tensor:
+        """Run the transformer on embedded tokens. ``segment`` is (S,) or (B, S)."""
+        x = token_emb + self.segment(segment) + self.position(position_ids)
+        for block in self.blocks:
+            x = block(x, allowed)
+        return self.norm(x)
+
+    def logits(self, hidden: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        """Logits restricted to vocabulary ids ``lo .. hi-1`` (e.g. the image codes)."""
+        return F.linear(hidden, self.head.weight[lo:hi])
