@@ -322,7 +322,7 @@ def test_tar_rejects_compressed_or_non_tar(tmp_path: Path) -> None:
     with tarfile.open(tmp_path / "x.tar.gz", "w:gz") as tar:
         info = tarfile.TarInfo("a.txt")
         tar.addfile(info, io.BytesIO(b""))
-    with pytest.raises(ValueError, match="uncompressed tar"):
+    with pytest.raises(ValueError, match="not an uncompressed tar"):
         TarImageText(tmp_path / "x.tar.gz")
 
 
@@ -363,3 +363,24 @@ def test_open_image_text_picks_reader_by_path(tmp_path: Path) -> None:
         open_image_text(tmp_path / "nope")
     with pytest.raises(FileNotFoundError):
         open_image_text(str(tmp_path / "nope-*.tar"))
+
+
+def test_tar_cut_off_shard_fails_loudly_instead_of_dropping_samples(tmp_path: Path) -> None:
+    files = (("png", png_bytes(pixels(9))), ("txt", b"c"))
+    members = [(f"{i}.{ext}", data) for i in range(3) for ext, data in files]
+    write_tar(tmp_path / "full.tar", members)
+    data = (tmp_path / "full.tar").read_bytes()
+    assert len(TarImageText(tmp_path / "full.tar")) == 3
+    with tarfile.open(tmp_path / "full.tar") as tar:
+        infos = tar.getmembers()
+    last = infos[-1]
+    cuts = {
+        "inside the last member's data": last.offset_data + last.size // 2,
+        "at a member boundary": last.offset,  # the previous member is complete, the last one is gone
+        "inside the end marker": last.offset_data + 512 * ((last.size + 511) // 512) + 100,
+    }
+    for where, cut in cuts.items():
+        (tmp_path / "cut.tar").write_bytes(data[:cut])
+        with pytest.raises(ValueError, match="truncated"):
+            TarImageText(tmp_path / "cut.tar")
+            pytest.fail(f"not detected: cut {where}")

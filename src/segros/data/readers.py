@@ -314,7 +314,9 @@ class TarImageText:
     size, and a read is a seek plus a read of those bytes -- equivalent to
     ``TarFile.extractfile`` for the regular files webdataset writes, without
     keeping open ``TarFile`` objects (which do not survive forking).
-    Compressed tars (``.tar.gz``) cannot be seeked and are rejected.
+    Compressed tars (``.tar.gz``) cannot be seeked and are rejected, and so
+    is a shard cut off mid-way (an interrupted download): its lost samples
+    could not be counted as bad records, so it is an error naming the shard.
     """
 
     def __init__(self, paths: str | Path | Sequence[str | Path]) -> None:
@@ -341,8 +343,16 @@ class TarImageText:
                     stem, _, ext = base.partition(".")
                     key = f"{directory}/{stem}" if directory else stem
                     grouped.setdefault(key, {})[ext.lower()] = _Member(info.offset_data, info.size)
+                end = tar.offset
         except tarfile.ReadError as e:
-            raise ValueError(f"{path} is not a readable uncompressed tar file: {e}") from None
+            raise ValueError(f"{path} is truncated, corrupt or not an uncompressed tar: {e}") from None
+        # tarfile stops quietly at a cut-off member, which would silently drop samples; a complete
+        # archive ends with two zero blocks, so their absence means an interrupted download/write.
+        with path.open("rb") as fh:
+            fh.seek(end)
+            marker = fh.read(2 * tarfile.BLOCKSIZE)
+        if len(marker) < 2 * tarfile.BLOCKSIZE or marker.strip(b"\0"):
+            raise ValueError(f"{path} is truncated (no end-of-archive marker); re-create or remove it")
         return list(grouped.items())
 
     def __len__(self) -> int:
