@@ -263,7 +263,7 @@ class ParquetImageText:
     def __getitem__(self, i: int) -> ImageTextRecord | BadRecord:
         if not 0 <= i < len(self):
             raise IndexError(i)
-        g = bisect.bisect_right(self.starts, i) - 1
+        g = int(np.searchsorted(self.starts, i, side="right")) - 1
         row = i - int(self.starts[g])
         table = self._cache.get(g, lambda: self._row_group(g))
         f, rg = self.groups[g]

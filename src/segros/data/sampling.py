@@ -51,14 +51,14 @@ class ShardedOrder:
         self.per_rank = length // world_size
         self.epoch = 0
         self.position = 0
-        self._cached: tuple[int, list[int]] | None = None
+        self._cached: tuple[int, torch.Tensor] | None = None
 
     def __len__(self) -> int:
         """Indices per epoch for this rank."""
         return self.per_rank
 
-    def epoch_indices(self, epoch: int) -> list[int]:
-        """This rank's indices for ``epoch``, in order."""
+    def _epoch_tensor(self, epoch: int) -> torch.Tensor:
+        # Kept as an int64 tensor, not a Python list: 8 bytes per index instead of ~36.
         if self._cached is not None and self._cached[0] == epoch:
             return self._cached[1]
         if self.shuffle:
@@ -66,16 +66,20 @@ class ShardedOrder:
             perm = torch.randperm(self.length, generator=gen)
         else:
             perm = torch.arange(self.length)
-        indices = perm[: self.per_rank * self.world_size][self.rank :: self.world_size].tolist()
+        indices = perm[: self.per_rank * self.world_size][self.rank :: self.world_size].clone()
         self._cached = (epoch, indices)
         return indices
+
+    def epoch_indices(self, epoch: int) -> list[int]:
+        """This rank's indices for ``epoch``, in order."""
+        return self._epoch_tensor(epoch).tolist()
 
     def __iter__(self) -> Iterator[int]:
         while True:
             if self.position >= self.per_rank:
                 self.epoch += 1
                 self.position = 0
-            index = self.epoch_indices(self.epoch)[self.position]
+            index = int(self._epoch_tensor(self.epoch)[self.position])
             self.position += 1
             yield index
 
