@@ -384,3 +384,25 @@ def test_tar_cut_off_shard_fails_loudly_instead_of_dropping_samples(tmp_path: Pa
         with pytest.raises(ValueError, match="truncated"):
             TarImageText(tmp_path / "cut.tar")
             pytest.fail(f"not detected: cut {where}")
+
+
+def test_readers_pickle_for_dataloader_workers(tmp_path: Path) -> None:
+    import pickle
+
+    arr = pixels(90)
+    (tmp_path / "a.png").write_bytes(png_bytes(arr))
+    (tmp_path / "a.txt").write_text("pickled")
+    (tmp_path / "m.jsonl").write_text(json.dumps({"image": "a.png", "caption": "pickled"}) + "\n")
+    write_parquet(tmp_path / "p.parquet", [png_bytes(arr)], ["pickled"])
+    write_tar(tmp_path / "t.tar", [("k.png", png_bytes(arr)), ("k.txt", b"pickled")])
+    for ds in (
+        FolderImageText(tmp_path),
+        JsonlImageText(tmp_path / "m.jsonl"),
+        ParquetImageText(tmp_path / "p.parquet"),
+        TarImageText(tmp_path / "t.tar"),
+    ):
+        ds[0]  # fill any cache before pickling
+        copy = pickle.loads(pickle.dumps(ds))
+        if isinstance(ds, ParquetImageText):
+            assert ds._cache.items and not copy._cache.items  # cached row groups are not shipped
+        assert_good(copy[0], arr, "pickled")

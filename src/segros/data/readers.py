@@ -255,6 +255,12 @@ class ParquetImageText:
     def __len__(self) -> int:
         return int(self.starts[-1])
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Do not ship cached row groups (possibly hundreds of MB) to worker processes.
+        state = self.__dict__.copy()
+        state["_cache"] = _LRU(self._cache.size)
+        return state
+
     def _row_group(self, g: int) -> pa.Table:
         f, rg = self.groups[g]
         pf = pq.ParquetFile(self.paths[f])
