@@ -219,9 +219,10 @@ class ParquetImageText:
     struct ``{"bytes": ..., "path": ...}``; when ``bytes`` is null, ``path``
     is read from disk (relative to the Parquet file's folder). Only Parquet
     metadata is read up front; a row group is read on demand (image and
-    caption columns only) and the last few are cached, so shuffled access
-    costs about one row-group read per example on large sets, and
-    sequential access one per row group.
+    caption columns only) and the last few are cached. Sequential access
+    costs one read per row group; shuffled access over a set much larger
+    than the cache costs about one row-group read per example, so keep row
+    groups small (a few hundred rows) for shuffled training.
     """
 
     def __init__(
@@ -239,16 +240,18 @@ class ParquetImageText:
         self.groups: list[tuple[int, int]] = []  # (file index, row group index)
         sizes: list[int] = []
         for f, path in enumerate(self.paths):
-            meta = pq.ParquetFile(path)
-            names = meta.schema_arrow.names
-            for col in (image_column, caption_column):
-                if col not in names:
-                    raise ValueError(f"{path} has no column {col!r} (columns: {names})")
-            for g in range(meta.metadata.num_row_groups):
-                n = meta.metadata.row_group(g).num_rows
-                if n:
-                    self.groups.append((f, g))
-                    sizes.append(n)
+            with pq.ParquetFile(path) as meta:
+                names = meta.schema_arrow.names
+                for col in (image_column, caption_column):
+                    if col not in names:
+                        raise ValueError(f"{path} has no column {col!r} (columns: {names})")
+                for g in range(meta.metadata.num_row_groups):
+                    n = meta.metadata.row_group(g).num_rows
+                    if n:
+                        self.groups.append((f, g))
+                        sizes.append(n)
+        if not sizes:
+            raise ValueError(f"no rows in {[str(p) for p in self.paths]}")
         self.starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self._cache = _LRU(cache_row_groups)
 
@@ -263,8 +266,8 @@ class ParquetImageText:
 
     def _row_group(self, g: int) -> pa.Table:
         f, rg = self.groups[g]
-        pf = pq.ParquetFile(self.paths[f])
-        return pf.read_row_group(rg, columns=[self.image_column, self.caption_column])
+        with pq.ParquetFile(self.paths[f]) as pf:
+            return pf.read_row_group(rg, columns=[self.image_column, self.caption_column])
 
     def __getitem__(self, i: int) -> ImageTextRecord | BadRecord:
         if not 0 <= i < len(self):
@@ -272,7 +275,7 @@ class ParquetImageText:
         g = int(np.searchsorted(self.starts, i, side="right")) - 1
         row = i - int(self.starts[g])
         table = self._cache.get(g, lambda: self._row_group(g))
-        f, rg = self.groups[g]
+        f = self.groups[g][0]
         key = f"{self.paths[f].name}:row{i - int(self.starts[self._first_group(f)])}"
         value = table.column(self.image_column)[row].as_py()
         caption = table.column(self.caption_column)[row].as_py()
