@@ -179,8 +179,12 @@ def test_batches_skip_bad_records_and_resume_exactly(tmp_path: Path) -> None:
     flat = [c for b in full for c in b]
     assert sorted(flat[:33]) == sorted(f"caption {i}" for i in range(40) if i not in bad)  # each once
     assert reference.order.epoch == 2
-    assert reference.budget.bad == 2 * len(bad) + sum(  # two full epochs, then part of a third
-        ds[i].__class__ is BadRecord for i in reference.order.epoch_indices(2)[: reference.order.position]
+    assert (
+        reference.budget.bad
+        == 2 * len(bad)
+        + sum(  # two full epochs, then part of a third
+            ds[i].__class__ is BadRecord for i in reference.order.epoch_indices(2)[: reference.order.position]
+        )
     )
 
     for k in (1, 3, 8, 13):

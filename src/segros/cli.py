@@ -12,7 +12,9 @@ import importlib
 import sys
 
 # name -> (module, one-line help)
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("segros.train.cli", "fine-tune a backbone with SeGroS, SFT or RecA from a YAML config"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

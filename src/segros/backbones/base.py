@@ -58,6 +58,8 @@ class GroundingInputs:
 class Backbone(nn.Module, ABC):
     """Base class of every UMM adapter (tiny, Show-o, Harmon, OpenUni, ...)."""
 
+    #: side in pixels of the images the backbone trains on (synthetic sources render at it).
+    image_size: int
     #: (h, w) of the generation tokens the plan indexes.
     token_grid: tuple[int, int]
     #: (h, w) of the hint encoder when it differs from ``token_grid`` (else None).

@@ -184,9 +184,7 @@ class JsonlImageText:
         if not isinstance(image_path, str) or not image_path:
             return BadRecord(key, f"no image path in field {self.image_key!r}")
         key = f"{key} ({image_path})"
-        return _make_record(
-            read_image_file(self.path.parent / image_path), obj.get(self.caption_key), key
-        )
+        return _make_record(read_image_file(self.path.parent / image_path), obj.get(self.caption_key), key)
 
 
 # ---------------------------------------------------------------------------

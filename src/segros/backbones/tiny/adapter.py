@@ -110,6 +110,7 @@ class TinyBackbone(Backbone):
         self.image_tokenizer = image_tokenizer
         self.options = options
         self.token_grid = tuple(image_tokenizer.grid)
+        self.image_size = options.image_size
         self.caption_dropout = options.caption_dropout
 
     # --- construction -------------------------------------------------------------------------
@@ -205,7 +206,11 @@ class TinyBackbone(Backbone):
         return torch.where(drop, empty_ids, ids), torch.where(drop, empty_mask, mask)
 
     def _image_logits(
-        self, hints: torch.Tensor, hint_idx: torch.Tensor | None, ids: torch.Tensor, mask: torch.Tensor,
+        self,
+        hints: torch.Tensor,
+        hint_idx: torch.Tensor | None,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
         image_ids: torch.Tensor,
     ) -> torch.Tensor:
         """Code logits (B, N, K) at the image slots of ``[hints | text | image]`` (Fig. 6)."""
@@ -252,7 +257,10 @@ class TinyBackbone(Backbone):
         text = self.text_tokenizer.batch(list(prompts), self.cfg.max_text_len)
         ids, mask = text["ids"].to(device), text["mask"].to(device)
         empty_ids, empty_mask = self._empty_prompt(B, ids.shape[1], device)
-        ids, mask = torch.cat([ids, empty_ids[:, : ids.shape[1]]]), torch.cat([mask, empty_mask[:, : ids.shape[1]]])
+        ids, mask = (
+            torch.cat([ids, empty_ids[:, : ids.shape[1]]]),
+            torch.cat([mask, empty_mask[:, : ids.shape[1]]]),
+        )
         no_hints = torch.zeros(2 * B, 0, self.cfg.dim, device=device)
         codes = torch.zeros(B, N, dtype=torch.long, device=device)
         known = torch.zeros(B, N, dtype=torch.bool, device=device)
@@ -267,7 +275,9 @@ class TinyBackbone(Backbone):
             sampled = torch.multinomial(flat, 1, generator=generator).view(B, N).to(device)
             confidence = probs.gather(-1, sampled.unsqueeze(-1)).squeeze(-1).clamp_min(1e-30).log()
             u = torch.rand(B, N, generator=generator, device=gen_device).to(device).clamp(1e-20, 1 - 1e-7)
-            confidence = confidence + (1.0 - (step + 1) / steps) * -torch.log(-torch.log(u))  # annealed Gumbel
+            confidence = confidence + (1.0 - (step + 1) / steps) * -torch.log(
+                -torch.log(u)
+            )  # annealed Gumbel
             confidence = confidence.masked_fill(known, math.inf)
             still_masked = math.floor(N * math.cos(0.5 * math.pi * (step + 1) / steps))
             order = confidence.argsort(dim=-1, descending=True, stable=True)
@@ -304,12 +314,21 @@ class TinyBackbone(Backbone):
     @classmethod
     def from_pretrained(cls, path: str | Path, **overrides: Any) -> TinyBackbone:
         path = Path(path)
-        missing = [f for f in ("config.json", "model.safetensors", "image_tokenizer.safetensors") if not (path / f).is_file()]
+        missing = [
+            f
+            for f in ("config.json", "model.safetensors", "image_tokenizer.safetensors")
+            if not (path / f).is_file()
+        ]
         if missing:
             raise FileNotFoundError(f"{path} is not a TinyUMM checkpoint: missing {', '.join(missing)}")
         config = json.loads((path / "config.json").read_text())
         options = TinyOptions(**{**config["options"], **overrides, "init_from": None})
         model_cfg = TinyConfig(**{**config["model"], "dropout": options.dropout})
-        backbone = cls(model_cfg, WordTokenizer(config["words"]), PatchTokenizer.load(path / "image_tokenizer.safetensors"), options)
+        backbone = cls(
+            model_cfg,
+            WordTokenizer(config["words"]),
+            PatchTokenizer.load(path / "image_tokenizer.safetensors"),
+            options,
+        )
         backbone.load_state_dict(load_file(str(path / "model.safetensors")))
         return backbone

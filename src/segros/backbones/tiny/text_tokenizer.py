@@ -71,9 +71,7 @@ class WordTokenizer:
         caption = mask & (ids != self.bos_id) & (ids != self.eos_id)
         return {"ids": ids, "mask": mask, "caption": caption}
 
-    def question_answer(
-        self, pairs: Sequence[tuple[str, str]], max_len: int
-    ) -> dict[str, torch.Tensor]:
+    def question_answer(self, pairs: Sequence[tuple[str, str]], max_len: int) -> dict[str, torch.Tensor]:
         """``<bos> question <sep> answer <eos>``; ``answer`` (B, T) marks answer tokens and EOS."""
         rows, starts = [], []
         for question, answer in pairs:

@@ -1,0 +1,69 @@
+"""Training data sources built from a config's ``data:`` section.
+
+All sources are map-style (see :mod:`segros.data.sampling`): ShapesWorld is streamed by index
+(scene ``i`` is a pure function of the seed and ``i``), files are read by the readers in
+:mod:`segros.data.readers`, conversations by :mod:`segros.data.llava`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from PIL import Image
+
+from segros.data.llava import I2TRecord, LlavaConversations
+from segros.data.readers import ImageTextRecord, open_image_text
+
+# Questions of the ShapesWorld image-to-text task (answer: the scene's caption).
+SHAPES_QUESTIONS = ("what is shown in this image", "describe this picture", "what is in the image")
+
+
+class ShapesImageText:
+    """ShapesWorld scenes ``0 .. length-1`` as image-caption records."""
+
+    def __init__(self, image_size: int, seed: int, length: int) -> None:
+        from segros.data.shapes import ShapesWorld
+
+        self.world = ShapesWorld(image_size=image_size, seed=seed)
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> ImageTextRecord:
+        scene = self.world.scene(int(i))
+        return ImageTextRecord(Image.fromarray(scene.image), scene.caption, f"shapes:{self.world.seed}:{i}")
+
+
+class ShapesConversations:
+    """The same scenes as one-turn image-to-text records: a question, answered by the caption.
+
+    Uses a different seed stream from the T2I source so the two tasks see different scenes.
+    """
+
+    def __init__(self, image_size: int, seed: int, length: int) -> None:
+        self.scenes = ShapesImageText(image_size, seed + 7919, length)
+
+    def __len__(self) -> int:
+        return len(self.scenes)
+
+    def __getitem__(self, i: int) -> I2TRecord:
+        record = self.scenes[i]
+        question = SHAPES_QUESTIONS[int(i) % len(SHAPES_QUESTIONS)]
+        return I2TRecord(record.image, [(question, record.caption)], record.key)
+
+
+def t2i_source(data: Any, image_size: int) -> Any:
+    """The image-caption dataset a ``data:`` section names."""
+    if data.source == "shapes":
+        return ShapesImageText(image_size, data.shapes_seed, data.shapes_scenes)
+    return open_image_text(data.path, image_key=data.image_column, caption_key=data.caption_column)
+
+
+def i2t_source(data: Any, image_size: int) -> Any | None:
+    """The image-to-text dataset, or None when ``data.i2t`` is ``none``."""
+    if data.i2t == "none":
+        return None
+    if data.i2t == "shapes":
+        return ShapesConversations(image_size, data.shapes_seed, data.shapes_scenes)
+    return LlavaConversations(data.i2t_path, data.i2t_image_root)

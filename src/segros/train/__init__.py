@@ -1,0 +1,1 @@
+"""Training: config schema, the accelerate loop, checkpoints, logging."""

@@ -1,0 +1,45 @@
+"""``segros train``: fine-tune (or pretrain) a backbone with any method from a YAML config."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML config (see configs/); defaults apply to omitted keys")
+    parser.add_argument("--out", help="run folder (default: runs/<config name>-<time>)")
+    parser.add_argument("--max-steps", type=int, help="same as run.max_steps=N")
+    parser.add_argument("--save-every", type=int, help="same as run.save_every=N")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/latest")
+    parser.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides")
+
+
+def run(args: argparse.Namespace) -> int:
+    from segros.train.config import ConfigError, load_config
+
+    overrides = list(args.overrides)
+    if args.max_steps is not None:
+        overrides.append(f"run.max_steps={args.max_steps}")
+    if args.save_every is not None:
+        overrides.append(f"run.save_every={args.save_every}")
+    try:
+        cfg = load_config(args.config, overrides)
+    except ConfigError as e:
+        print(f"segros train: {e}", file=sys.stderr)
+        return 2
+    if args.resume and not args.out:
+        print("segros train: --resume needs --out (the run folder to continue)", file=sys.stderr)
+        return 2
+    name = Path(args.config).stem if args.config else "default"
+    out = Path(args.out) if args.out else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    from segros.train.loop import train
+
+    result = train(cfg, out, resume=args.resume)
+    print(f"trained to step {result.step} in {result.seconds:.1f}s; run folder {out}")
+    return 0

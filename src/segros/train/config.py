@@ -1,0 +1,203 @@
+"""The training config: YAML in, validated before anything runs, with key-path error messages.
+
+Sections: ``model`` (validated by the chosen backbone's own schema), ``method`` (a preset and
+any SeGroS knob), ``data``, ``optim``, ``run``, ``logging``. Command-line overrides
+``key.path=value`` go through the same validation, so ``method.hint_ratio=2`` fails exactly like
+the same typo in the file would.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from segros.grounding import MIN_TEMPERATURE, GroundingConfig
+from segros.plan import PRESETS, PlanConfig, preset
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names every offending key path."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class MethodConfig(Section):
+    """Which supervision to train with: a preset, with any knob overridden (DESIGN.md table)."""
+
+    preset: Literal["sft", "reca", "reca_filtered", "segros", "segros_droploss"] = "segros"
+    # None = the preset's value
+    hint_ratio: float | None = Field(None, ge=0.0, le=1.0)
+    hint_pick: Literal["top", "bottom", "random", "all", "none"] | None = None
+    seen_pick: Literal["bottom", "top", "random"] | None = None
+    loss_targets: Literal["all", "top"] | None = None  # "top": drop-loss (Table 6)
+    loss_target_ratio: float = Field(0.3, ge=0.0, le=1.0)
+    text_condition: bool | None = None
+    # grounding knobs, paper defaults
+    text_keep_ratio: float = Field(0.4, ge=0.0, le=1.0)
+    temperature: float = Field(1.0, ge=MIN_TEMPERATURE)
+    text_filter: Literal["both", "intra", "inter", "none"] = "both"
+    noise_scale: float = Field(0.5, ge=0.0)
+    # objective
+    i2t_weight: float = Field(1.0, ge=0.0)  # lambda in Eq. 13
+    mask_schedule: Literal["cosine", "truncnorm", "uniform"] | None = None  # None: the backbone's
+    mask_per_batch: bool | None = None
+
+    def plan_config(self) -> PlanConfig:
+        """The :class:`PlanConfig` this section describes."""
+        base = PRESETS[self.preset]
+        targets = self.loss_targets or ("all" if base.loss_target_ratio is None else "top")
+        return preset(
+            self.preset,
+            hint_ratio=base.hint_ratio if self.hint_ratio is None else self.hint_ratio,
+            hint_pick=self.hint_pick or base.hint_pick,
+            seen_pick=self.seen_pick or base.seen_pick,
+            loss_target_ratio=self.loss_target_ratio if targets == "top" else None,
+            text_condition=base.text_condition if self.text_condition is None else self.text_condition,
+            grounding=GroundingConfig(
+                text_keep_ratio=self.text_keep_ratio,
+                temperature=self.temperature,
+                text_filter=self.text_filter,
+                noise_scale=self.noise_scale,
+            ),
+        )
+
+
+class DataConfig(Section):
+    # shapes: ShapesWorld streamed; files: a folder with .txt captions, a JSONL manifest, Parquet
+    # file(s) or WebDataset tar shard(s), recognised from data.path (segros.data.readers)
+    source: Literal["shapes", "files"] = "shapes"
+    path: str | None = None  # for source=files
+    image_column: str = "image"
+    caption_column: str = "caption"
+    shapes_seed: int = 0
+    shapes_scenes: int = Field(1_000_000, ge=1)  # distinct scenes the stream draws from
+    i2t: Literal["shapes", "llava", "none"] = "shapes"
+    i2t_path: str | None = None  # LLaVA JSON
+    i2t_image_root: str | None = None
+    batch_size: int = Field(16, ge=1)
+    i2t_batch_size: int | None = Field(None, ge=1)  # None: same as batch_size
+    max_bad_share: float = Field(0.01, ge=0.0, le=1.0)
+    shuffle: bool = True
+
+    @model_validator(mode="after")
+    def _paths(self) -> DataConfig:
+        if self.source != "shapes" and not self.path:
+            raise ValueError("data.path is required for data.source='files'")
+        if self.i2t == "llava" and not (self.i2t_path and self.i2t_image_root):
+            raise ValueError("data.i2t_path and data.i2t_image_root are required for data.i2t='llava'")
+        return self
+
+
+class OptimConfig(Section):
+    lr: float = Field(3e-4, gt=0.0)
+    weight_decay: float = Field(0.01, ge=0.0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = Field(1e-8, gt=0.0)
+    warmup_steps: int = Field(0, ge=0)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)  # cosine decays to lr * this
+    grad_clip: float | None = Field(1.0, gt=0.0)
+    grad_accum: int = Field(1, ge=1)
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    freeze: list[str] = []  # fnmatch patterns over parameter names
+
+
+class RunConfig(Section):
+    seed: int = 0
+    max_steps: int = Field(200, ge=1)
+    save_every: int = Field(100, ge=1)
+    keep_last: int = Field(3, ge=1)
+    log_every: int = Field(10, ge=1)
+    picture_every: int = Field(100, ge=0)  # 0: no pictures
+    max_bad_steps: int = Field(5, ge=1)  # NaN/inf losses in a row before the run stops
+    progress: Literal["auto", "on", "off"] = "auto"
+
+
+class LoggingConfig(Section):
+    tensorboard: bool = True
+    wandb_project: str | None = None
+    wandb_entity: str | None = None
+
+
+class TrainConfig(Section):
+    model: dict[str, Any] = Field(default_factory=lambda: {"name": "tiny"})
+    method: MethodConfig = MethodConfig()
+    data: DataConfig = DataConfig()
+    optim: OptimConfig = OptimConfig()
+    run: RunConfig = RunConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    def model_options(self) -> BaseModel:
+        """The ``model`` section validated by its backbone's schema."""
+        from segros.backbones.registry import options_schema
+
+        return options_schema(self.model.get("name", "tiny"))(**self.model)
+
+
+def _format(error: ValidationError, prefix: str = "") -> str:
+    lines = []
+    for e in error.errors():
+        path = ".".join([prefix] * bool(prefix) + [str(p) for p in e["loc"]])
+        got = f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict) else ""
+        lines.append(f"  {path or '<root>'}: {e['msg']}{got}")
+    return "invalid config:\n" + "\n".join(lines)
+
+
+def validate(raw: dict[str, Any]) -> TrainConfig:
+    """Validate a raw config dict (all sections, including the backbone's)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"a config must be a mapping of sections, got {type(raw).__name__}")
+    try:
+        cfg = TrainConfig(**raw)
+    except ValidationError as e:
+        raise ConfigError(_format(e)) from None
+    try:
+        cfg.model = cfg.model_options().model_dump()
+    except ValidationError as e:
+        raise ConfigError(_format(e, "model")) from None
+    except ValueError as e:  # unknown backbone name
+        raise ConfigError(f"invalid config:\n  model.name: {e}") from None
+    return cfg
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` strings (values parsed as YAML) to a copy of ``raw``."""
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} is not of the form key.path=value")
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {part} is not a section")
+            node = child
+        node[parts[-1]] = yaml.safe_load(value)
+    return out
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML file (or start from defaults), apply overrides, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    return validate(apply_overrides(raw, overrides or []))
+
+
+def dump_config(cfg: TrainConfig) -> str:
+    """The resolved config as YAML (saved with every run)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

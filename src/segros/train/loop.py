@@ -1,0 +1,371 @@
+"""The backbone-agnostic training loop, on one CPU or many processes through ``accelerate``.
+
+Per optimizer step and micro-batch: collate records (``prepare_t2i``), read the grounding
+embeddings (``mode="ground"``), draw masking ratios from the backbone's schedule, build the
+supervision plan, and backpropagate ``recon + lambda * i2t`` (Eq. 13). Every random draw of
+SeGroS comes from one seeded ``torch.Generator`` per process; dropout uses the global RNG.
+Both are checkpointed with the data position, so ``--resume`` reproduces the uninterrupted run.
+
+A step whose loss is NaN or inf on any process is skipped on all of them (no update) and
+counted; ``run.max_bad_steps`` of them in a row stop the run with the last good checkpoint
+left as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+
+from segros.backbones.base import Backbone
+from segros.backbones.registry import build_backbone
+from segros.data.budget import BadRecordBudget
+from segros.data.sampling import RecordBatches, ShardedOrder
+from segros.data.sources import i2t_source, t2i_source
+from segros.losses import total_loss
+from segros.plan import SupervisionPlan, plan_batch
+from segros.schedules import sample_mask_ratio
+from segros.train import checkpoint as ckpt
+from segros.train.config import TrainConfig, dump_config
+from segros.train.logger import RunLogger
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDivergedError(RuntimeError):
+    """Too many consecutive steps with a non-finite loss."""
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    step: int
+    losses: list[float] = field(default_factory=list)  # total loss per step (NaN when skipped)
+    skipped_steps: int = 0
+    bad_records: int = 0
+    seconds: float = 0.0
+
+
+def lr_factor(step: int, warmup: int, total: int, schedule: str, min_ratio: float) -> float:
+    """Linear warmup, then cosine decay to ``min_ratio`` or constant."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def freeze(model: torch.nn.Module, patterns: list[str]) -> int:
+    """Turn off gradients of parameters whose name matches any fnmatch pattern; returns count."""
+    frozen = 0
+    for name, param in model.named_parameters():
+        if any(fnmatch.fnmatch(name, p) for p in patterns):
+            param.requires_grad_(False)
+            frozen += 1
+    if patterns and not frozen:
+        raise ValueError(f"optim.freeze patterns {patterns} match no parameter name")
+    return frozen
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _show_progress(setting: str) -> bool:
+    if setting != "auto":
+        return setting == "on"
+    return sys.stderr.isatty() and not os.environ.get("CI")
+
+
+class Trainer:
+    """Holds everything one run needs; :meth:`run` trains to ``run.max_steps``."""
+
+    def __init__(self, cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> None:
+        self.cfg = cfg
+        self.out_dir = Path(out_dir)
+        trackers = (["tensorboard"] if cfg.logging.tensorboard else []) + (
+            ["wandb"] if cfg.logging.wandb_project else []
+        )
+        self.accelerator = Accelerator(
+            mixed_precision=cfg.optim.mixed_precision,
+            log_with=trackers or None,
+            project_dir=str(self.out_dir),
+        )
+        acc = self.accelerator
+        self.rank, self.world = acc.process_index, acc.num_processes
+        if acc.is_main_process:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "config.yaml").write_text(dump_config(cfg))
+        acc.wait_for_everyone()
+
+        set_seed(cfg.run.seed)  # identical initial weights on every process
+        backbone = build_backbone(cfg.model_options())
+        freeze(backbone, cfg.optim.freeze)
+        self.backbone: Backbone = backbone
+        params = [p for p in backbone.parameters() if p.requires_grad]
+        o = cfg.optim
+        optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+        total = cfg.run.max_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: lr_factor(s, o.warmup_steps, total, o.schedule, o.min_lr_ratio)
+        )
+        # The scheduler is stepped by hand once per optimizer step: accelerate's wrapper would
+        # step it once per process.
+        self.model, self.optimizer = acc.prepare(backbone, optimizer)
+        self.plan_cfg = cfg.method.plan_config()
+        self.generator = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + self.rank)
+
+        d = cfg.data
+        self.budget = BadRecordBudget(max_share=d.max_bad_share)
+        t2i = t2i_source(d, backbone.image_size)
+        self.t2i = RecordBatches(
+            t2i,
+            ShardedOrder(len(t2i), cfg.run.seed, d.shuffle, self.rank, self.world),
+            d.batch_size,
+            self.budget,
+        )
+        self.i2t: RecordBatches | None = None
+        if cfg.method.i2t_weight > 0:
+            i2t = i2t_source(d, backbone.image_size)
+            if i2t is not None:
+                order = ShardedOrder(len(i2t), cfg.run.seed + 1, d.shuffle, self.rank, self.world)
+                self.i2t = RecordBatches(
+                    i2t, order, d.i2t_batch_size or d.batch_size, BadRecordBudget(max_share=d.max_bad_share)
+                )
+
+        self.step = 0
+        self.skipped_steps = 0
+        if resume:
+            self._resume()
+        self.logger = RunLogger(acc, cfg, self.out_dir)
+
+    # --- checkpoints ----------------------------------------------------------------------------
+    def _rank_state(self) -> dict[str, Any]:
+        return {
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "t2i": self.t2i.state_dict(),
+            "i2t": self.i2t.state_dict() if self.i2t else None,
+        }
+
+    def save(self) -> Path | None:
+        acc = self.accelerator
+        tmp = ckpt.checkpoints_dir(self.out_dir) / f".tmp-step-{self.step}"
+        if acc.is_main_process:
+            ckpt.begin(self.out_dir, self.step)
+        acc.wait_for_everyone()
+        ckpt.save_rank_state(tmp, self.rank, self._rank_state())
+        final = None
+        if acc.is_main_process:
+            acc.unwrap_model(self.model).save_pretrained(tmp)
+            ckpt.save_shared(tmp, self.optimizer, self.scheduler)
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            state = {"step": self.step, "world_size": self.world, "skipped_steps": self.skipped_steps}
+            final = ckpt.finish(self.out_dir, tmp, self.step, state, self.cfg.run.keep_last)
+        acc.wait_for_everyone()
+        return final
+
+    def _resume(self) -> None:
+        folder = ckpt.latest_checkpoint(self.out_dir)
+        if folder is None:
+            raise FileNotFoundError(
+                f"--resume: no complete checkpoint under {ckpt.checkpoints_dir(self.out_dir)}"
+            )
+        state = ckpt.load_trainer_state(folder)
+        if state["world_size"] != self.world:
+            raise ValueError(
+                f"--resume: {folder} was saved by {state['world_size']} processes, this run has {self.world}"
+            )
+        from safetensors.torch import load_file
+
+        self.accelerator.unwrap_model(self.model).load_state_dict(
+            load_file(str(folder / "model.safetensors"))
+        )
+        ckpt.load_shared(folder, self.optimizer, self.scheduler)
+        rank_state = ckpt.load_rank_state(folder, self.rank)
+        self.generator.set_state(rank_state["generator"])
+        torch.set_rng_state(rank_state["torch_rng"])
+        self.t2i.load_state_dict(rank_state["t2i"])
+        if self.i2t is not None and rank_state["i2t"] is not None:
+            self.i2t.load_state_dict(rank_state["i2t"])
+        self.step = int(state["step"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+        log.info("resumed from %s at step %d", folder, self.step)
+
+    # --- one step ---------------------------------------------------------------------------------
+    def plan_for(self, batch: dict[str, Any]) -> SupervisionPlan:
+        """Grounding embeddings -> masking ratios -> supervision plan (Secs. 3.2-3.4)."""
+        backbone = self.backbone
+        with torch.no_grad():
+            g = self.model(batch, mode="ground")
+        B = g.image_emb.shape[0]
+        schedule = self.cfg.method.mask_schedule or backbone.mask_schedule
+        per_batch = (
+            backbone.mask_per_batch
+            if self.cfg.method.mask_per_batch is None
+            else self.cfg.method.mask_per_batch
+        )
+        ratio = sample_mask_ratio(schedule, B, self.generator, per_batch)
+        plan = plan_batch(
+            g.text_emb.float(),
+            g.image_emb.float(),
+            g.text_valid,
+            self.plan_cfg,
+            ratio,
+            self.generator,
+            token_grid=backbone.token_grid,
+            hint_grid=backbone.hint_grid,
+        )
+        return plan.to(self.accelerator.device)
+
+    def _micro_batch(
+        self, t2i_iter, i2t_iter
+    ) -> tuple[dict[str, Any], SupervisionPlan, dict[str, Any] | None]:
+        device = self.accelerator.device
+        records = next(t2i_iter)
+        batch = _to_device(self.backbone.prepare_t2i(records), device)
+        drop = torch.rand(len(records), generator=self.generator) < self.backbone.caption_dropout
+        batch["drop_caption"] = drop.to(device)  # classifier-free guidance training
+        plan = self.plan_for(batch)
+        i2t = _to_device(self.backbone.prepare_i2t(next(i2t_iter)), device) if i2t_iter else None
+        return batch, plan, i2t
+
+    def _all_finite(self, loss: torch.Tensor) -> bool:
+        """True only if the loss is finite on every process (they must agree before backward)."""
+        bad = torch.tensor(
+            [0.0 if bool(torch.isfinite(loss.detach())) else 1.0], device=self.accelerator.device
+        )
+        return self.accelerator.reduce(bad, "sum").item() == 0
+
+    def run(self) -> TrainResult:
+        cfg, acc = self.cfg, self.accelerator
+        lam, accum = cfg.method.i2t_weight, cfg.optim.grad_accum
+        result = TrainResult(self.out_dir, self.step)
+        t2i_iter = iter(self.t2i)
+        i2t_iter = iter(self.i2t) if self.i2t is not None else None
+        bad_in_row = 0
+        start = time.perf_counter()
+        progress = tqdm(
+            total=cfg.run.max_steps,
+            initial=self.step,
+            disable=not (_show_progress(cfg.run.progress) and acc.is_main_process),
+            desc=f"train {cfg.method.preset}",
+            dynamic_ncols=True,
+        )
+        window_start, window_steps = time.perf_counter(), 0
+        while self.step < cfg.run.max_steps:
+            terms_sum: dict[str, float] = {}
+            any_bad = False
+            for micro in range(accum):
+                batch, plan, i2t = self._micro_batch(t2i_iter, i2t_iter)
+                sync = contextlib.nullcontext() if micro == accum - 1 else acc.no_sync(self.model)
+                with sync, acc.autocast():
+                    terms = self.model(batch, plan=plan, i2t=i2t)
+                    loss = total_loss(terms["recon"], terms.get("i2t", 0.0), lam)  # Eq. 13
+                    for k, v in {**terms, "total": loss}.items():
+                        terms_sum[k] = terms_sum.get(k, 0.0) + float(v.detach()) / accum
+                    if not self._all_finite(loss):
+                        any_bad = True
+                        break
+                    acc.backward(loss / accum)
+            grad_norm = float("nan")
+            if any_bad:
+                self.optimizer.zero_grad(set_to_none=True)
+                self.skipped_steps += 1
+                bad_in_row += 1
+                log.warning("step %d: non-finite loss, update skipped (%d in a row)", self.step, bad_in_row)
+                if bad_in_row >= cfg.run.max_bad_steps:
+                    last = ckpt.latest_checkpoint(self.out_dir)
+                    raise TrainingDivergedError(
+                        f"{bad_in_row} steps in a row had a NaN/inf loss (step {self.step}); stopping. "
+                        f"Last good checkpoint: {last or 'none saved yet'}"
+                    )
+            else:
+                bad_in_row = 0
+                if cfg.optim.grad_clip is not None:
+                    grad_norm = float(acc.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip))
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+            self.step += 1
+            window_steps += 1
+            result.losses.append(terms_sum["total"] if not any_bad else float("nan"))
+            progress.update(1)
+            progress.set_postfix(loss=f"{terms_sum['total']:.3f}", refresh=False)
+
+            if self.step % cfg.run.log_every == 0 or self.step == cfg.run.max_steps:
+                elapsed = time.perf_counter() - window_start
+                scalars = {f"loss/{k}": v for k, v in terms_sum.items()}
+                scalars |= {
+                    "lr": self.scheduler.get_last_lr()[0],
+                    "grad_norm": grad_norm,
+                    "steps_per_second": window_steps / max(elapsed, 1e-9),
+                    "samples_per_second": window_steps
+                    * accum
+                    * cfg.data.batch_size
+                    * self.world
+                    / max(elapsed, 1e-9),
+                    "data/bad_records": self.budget.bad,
+                    "train/skipped_steps": self.skipped_steps,
+                }
+                scalars |= grounding_stats(plan)
+                self.logger.scalars(scalars, self.step)
+                window_start, window_steps = time.perf_counter(), 0
+            if cfg.run.picture_every and self.step % cfg.run.picture_every == 0 and acc.is_main_process:
+                self.logger.pictures(self.backbone, batch, plan, self.step)
+            if self.step % cfg.run.save_every == 0 or self.step == cfg.run.max_steps:
+                self.save()
+        progress.close()
+        result.step = self.step
+        result.skipped_steps = self.skipped_steps
+        result.bad_records = self.budget.bad
+        result.seconds = time.perf_counter() - start
+        if self.budget.bad:
+            log.warning("skipped bad records: %s", self.budget.summary())
+        if acc.is_main_process:
+            summary = {
+                "step": self.step,
+                "skipped_steps": self.skipped_steps,
+                "bad_records": self.budget.bad,
+                "seconds": round(result.seconds, 2),
+                "final_loss": result.losses[-1] if result.losses else None,
+            }
+            (self.out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+        self.logger.close()
+        return result
+
+
+def grounding_stats(plan: SupervisionPlan) -> dict[str, float]:
+    """Mean grounding score m-bar of hint, seen and masked tokens (what the plan selected)."""
+    g = plan.grounding
+    if g is None:
+        return {}
+    scores = g.scores
+    stats = {
+        "grounding/seen_mean": float(scores[plan.seen].mean()) if plan.seen.any() else float("nan"),
+        "grounding/masked_mean": float(scores[~plan.seen].mean()) if (~plan.seen).any() else float("nan"),
+        "grounding/text_kept": float(g.text_keep.sum(1).float().mean()),
+    }
+    if plan.num_hints and plan.hint_grid is None:
+        stats["grounding/hint_mean"] = float(scores.gather(1, plan.hint_idx).mean())
+    return stats
+
+
+def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> TrainResult:
+    """Train as ``cfg`` says, writing checkpoints, logs and pictures under ``out_dir``."""
+    return Trainer(cfg, out_dir, resume=resume).run()
