@@ -173,7 +173,8 @@ class ShapeObject:
     @classmethod
     def from_json(cls, record: dict[str, Any], image_size: int) -> ShapeObject:
         """Rebuild an object, mask included, from :meth:`to_json` output."""
-        return _make_object(record["shape"], record["color"], record["size"], tuple(record["box"][:2]), image_size)
+        origin = (record["box"][0], record["box"][1])
+        return _make_object(record["shape"], record["color"], record["size"], origin, image_size)
 
 
 @dataclass
@@ -212,7 +213,9 @@ def render(objects: list[ShapeObject], image_size: int) -> np.ndarray:
 Spec = tuple[str, str, str]  # (shape, colour, size)
 
 
-def _place(rng: np.random.Generator, specs: list[Spec], image_size: int, tries: int = 30) -> list[ShapeObject] | None:
+def _place(
+    rng: np.random.Generator, specs: list[Spec], image_size: int, tries: int = 30
+) -> list[ShapeObject] | None:
     """Drop objects at random non-overlapping positions (gap >= 2 px, or 1 px below 48 px)."""
     gap = 2 if image_size >= 48 else 1
     placed: list[ShapeObject] = []
@@ -220,10 +223,12 @@ def _place(rng: np.random.Generator, specs: list[Spec], image_size: int, tries: 
         h, w = shape_mask(shape, size_px(size, image_size)).shape
         for _ in range(tries):
             x, y = (int(v) for v in rng.integers(0, [image_size - w + 1, image_size - h + 1]))
-            if all(
-                x >= o.box[2] + gap or x + w + gap <= o.box[0] or y >= o.box[3] + gap or y + h + gap <= o.box[1]
+            apart = (
+                (x >= o.box[2] + gap or x + w + gap <= o.box[0])
+                or (y >= o.box[3] + gap or y + h + gap <= o.box[1])
                 for o in placed
-            ):
+            )
+            if all(apart):
                 placed.append(_make_object(shape, color, size, (x, y), image_size))
                 break
         else:
@@ -370,7 +375,8 @@ class ShapesWorld:
         if kind == "counting":
             shapes = [str(rng.choice(SHAPES))] * n
         else:
-            shapes = [str(s) for s in rng.choice(SHAPES, size=n, replace=kind != "two_object" and kind != "position")]
+            distinct = kind in ("two_object", "position")
+            shapes = [str(s) for s in rng.choice(SHAPES, size=n, replace=not distinct)]
         same = kind == "counting" and rng.random() < 0.5
         first = self._color(rng, shapes[0])
         colors = [first if same else self._color(rng, s) for s in shapes]
@@ -401,7 +407,7 @@ def vocabulary() -> list[str]:
 # --- drawing a GenEval prompt --------------------------------------------------------------------
 
 
-class UnsupportedPrompt(ValueError):
+class UnsupportedPromptError(ValueError):
     """A GenEval record names a class ShapesWorld cannot draw."""
 
 
@@ -410,12 +416,12 @@ def render_prompt(metadata: dict[str, Any], rng: np.random.Generator, image_size
 
     Each include item gets exactly ``count`` objects of its class (in its colour if given, else a
     random one); position items are re-drawn until the relation holds with margin against every
-    object of the referenced item. Raises :class:`UnsupportedPrompt` for classes outside SHAPES.
+    object of the referenced item. Raises :class:`UnsupportedPromptError` for classes outside SHAPES.
     """
     items = metadata.get("include", [])
     unknown = sorted({it["class"] for it in items} - set(SHAPES))
     if unknown:
-        raise UnsupportedPrompt(f"ShapesWorld cannot draw: {', '.join(unknown)}")
+        raise UnsupportedPromptError(f"ShapesWorld cannot draw: {', '.join(unknown)}")
     total = sum(it["count"] for it in items)
     for _ in range(500):
         specs, owner = [], []

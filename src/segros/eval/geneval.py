@@ -251,7 +251,8 @@ def iter_images(root: str | Path) -> Iterator[tuple[Path, dict[str, Any]]]:
     reproducible (order does not change any score).
     """
     root = Path(root)
-    folders = sorted((p for p in root.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+    folders = [p for p in root.iterdir() if p.is_dir() and p.name.isdigit()]
+    folders.sort(key=lambda p: int(p.name))
     for folder in folders:
         metadata = json.loads((folder / "metadata.jsonl").read_text(encoding="utf-8"))
         samples = folder / "samples"
