@@ -216,13 +216,16 @@ Spec = tuple[str, str, str]  # (shape, colour, size)
 def _place(
     rng: np.random.Generator, specs: list[Spec], image_size: int, tries: int = 30
 ) -> list[ShapeObject] | None:
-    """Drop objects at random non-overlapping positions (gap >= 2 px, or 1 px below 48 px)."""
+    """Drop objects at random non-overlapping positions (gap >= 2 px, or 1 px below 48 px).
+
+    Objects keep 1 px from the image border, so the border shows only background.
+    """
     gap = 2 if image_size >= 48 else 1
     placed: list[ShapeObject] = []
     for shape, color, size in specs:
         h, w = shape_mask(shape, size_px(size, image_size)).shape
         for _ in range(tries):
-            x, y = (int(v) for v in rng.integers(0, [image_size - w + 1, image_size - h + 1]))
+            x, y = (int(v) for v in rng.integers(1, [image_size - w, image_size - h]))
             apart = (
                 (x >= o.box[2] + gap or x + w + gap <= o.box[0])
                 or (y >= o.box[3] + gap or y + h + gap <= o.box[1])
