@@ -1,1 +1,1 @@
-"""Training and evaluation data."""
+"""Training and evaluation data: ShapesWorld, file readers, ordering and sources."""
