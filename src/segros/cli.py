@@ -12,7 +12,10 @@ import importlib
 import sys
 
 # name -> (module, one-line help)
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "shapes": ("segros.data.shapes_cli", "ShapesWorld: render evaluation images, write training sets"),
+    "eval": ("segros.eval.cli", "score generated images on a benchmark (shapes)"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,1 @@
+"""Datasets: ShapesWorld and readers."""

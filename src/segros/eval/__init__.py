@@ -1,0 +1,1 @@
+"""Benchmarks and judges: GenEval rules, the ShapesWorld judge."""

@@ -1,0 +1,285 @@
+"""GenEval's scoring rules and folder layout, independent of any detector.
+
+GenEval (Ghosh et al., 2023; github.com/djghosh13/geneval) scores a generated image by running an
+object detector and checking the prompt's metadata record against the detections. This module
+re-implements, rule for rule, the parts of ``evaluation/evaluate_images.py`` and
+``evaluation/summary_scores.py`` that do not depend on the detector, so that any detector that
+produces :class:`Detection` lists (here: the ShapesWorld judge) is scored exactly as GenEval would
+score Mask2Former's output. Each function names the upstream function it mirrors.
+
+Layouts:
+
+* input: ``<root>/<index:05d>/metadata.jsonl`` (one JSON object) and
+  ``<root>/<index:05d>/samples/<n>.png``;
+* output: ``results.jsonl`` with the fields ``filename, tag, prompt, correct, reason, metadata,
+  details`` (``metadata`` and ``details`` are JSON strings, as upstream writes them).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+TAGS: tuple[str, ...] = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
+COLORS: tuple[str, ...] = (
+    "red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white",
+)
+RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
+
+# Upstream defaults (``evaluate_images.py`` options): confidence threshold, stricter threshold for
+# the counting tag, detections kept per class, and the position threshold of the relation test.
+THRESHOLD = 0.3
+COUNTING_THRESHOLD = 0.9
+MAX_OBJECTS = 16
+POSITION_THRESHOLD = 0.1
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One detected object: class name, colour name, box ``(x0, y0, x1, y1)`` and confidence."""
+
+    cls: str
+    color: str
+    box: tuple[float, float, float, float]
+    confidence: float
+
+    def to_json(self) -> list[float]:
+        """Upstream ``details`` format: the box followed by the score."""
+        return [float(v) for v in self.box] + [float(self.confidence)]
+
+
+def relative_position(
+    box_a: Iterable[float], box_b: Iterable[float], threshold: float = POSITION_THRESHOLD
+) -> set[str]:
+    """Relations of box A relative to box B; mirrors upstream ``relative_position``.
+
+    The centre offset A - B is shrunk towards zero by ``threshold * (size_a + size_b)`` on each
+    axis, divided by the length of the unshrunk offset, and a relation holds when that axis'
+    component is beyond 0.5 (image y grows downwards, so negative dy is "above").
+    """
+    ax0, ay0, ax1, ay1 = (float(v) for v in list(box_a)[:4])
+    bx0, by0, bx1, by1 = (float(v) for v in list(box_b)[:4])
+    offset = ((ax0 + ax1) / 2 - (bx0 + bx1) / 2, (ay0 + ay1) / 2 - (by0 + by1) / 2)
+    dims = (abs(ax1 - ax0) + abs(bx1 - bx0), abs(ay1 - ay0) + abs(by1 - by0))
+    revised = [
+        max(abs(o) - threshold * d, 0.0) * math.copysign(1.0, o) if o != 0 else 0.0
+        for o, d in zip(offset, dims, strict=True)
+    ]
+    if all(abs(r) < 1e-3 for r in revised):
+        return set()
+    norm = math.hypot(*offset)
+    dx, dy = revised[0] / norm, revised[1] / norm
+    relations = set()
+    if dx < -0.5:
+        relations.add("left of")
+    if dx > 0.5:
+        relations.add("right of")
+    if dy < -0.5:
+        relations.add("above")
+    if dy > 0.5:
+        relations.add("below")
+    return relations
+
+
+def select_detections(
+    detections: Iterable[Detection],
+    tag: str,
+    threshold: float = THRESHOLD,
+    counting_threshold: float = COUNTING_THRESHOLD,
+    max_objects: int = MAX_OBJECTS,
+) -> dict[str, list[Detection]]:
+    """Group detections by class, most confident first; mirrors the filtering in ``evaluate_image``.
+
+    Detections at or below the confidence threshold (the stricter one for ``counting``) are dropped
+    and at most ``max_objects`` are kept per class. Upstream's NMS is off by default
+    (``max_overlap=1``), so none is applied here.
+    """
+    cut = counting_threshold if tag == "counting" else threshold
+    grouped: dict[str, list[Detection]] = {}
+    for det in detections:
+        if det.confidence > cut:
+            grouped.setdefault(det.cls, []).append(det)
+    return {
+        cls: sorted(dets, key=lambda d: -d.confidence)[:max_objects] for cls, dets in grouped.items()
+    }
+
+
+def evaluate(objects: dict[str, list[Detection]], metadata: dict[str, Any]) -> tuple[bool, str]:
+    """Apply one metadata record to the grouped detections; mirrors upstream ``evaluate``.
+
+    * include (AND): the top ``count`` detections of the class must exist; with ``color``, at least
+      ``count`` of those top detections must have that colour; with ``position: [rel, i]``, every
+      one of them must stand in ``rel`` to every object matched by include item ``i``.
+    * exclude (OR): the image fails when at least ``count`` detections of the class exist.
+    """
+    correct = True
+    reason: list[str] = []
+    matched_groups: list[list[Detection] | None] = []
+    for req in metadata.get("include", []):
+        classname, count = req["class"], req["count"]
+        matched = True
+        found = objects.get(classname, [])[:count]
+        if len(found) < count:
+            correct = matched = False
+            reason.append(f"expected {classname}>={count}, found {len(found)}")
+        else:
+            if "color" in req:
+                colors = [d.color for d in found]
+                n_ok = colors.count(req["color"])
+                if n_ok < count:
+                    correct = matched = False
+                    seen = ", ".join(f"{colors.count(c)} {c}" for c in COLORS if c in colors)
+                    reason.append(
+                        f"expected {req['color']} {classname}>={count}, found {n_ok} {req['color']}; "
+                        f"and {seen}"
+                    )
+            if "position" in req and matched:
+                expected_rel, target_group = req["position"]
+                targets = matched_groups[target_group]
+                if targets is None:
+                    correct = matched = False
+                    reason.append(f"no target for {classname} to be {expected_rel}")
+                else:
+                    for obj in found:
+                        for target in targets:
+                            true_rels = relative_position(obj.box, target.box)
+                            if expected_rel not in true_rels:
+                                correct = matched = False
+                                reason.append(
+                                    f"expected {classname} {expected_rel} target, found "
+                                    f"{' and '.join(sorted(true_rels))} target"
+                                )
+                                break
+                        if not matched:
+                            break
+        matched_groups.append(found if matched else None)
+    for req in metadata.get("exclude", []):
+        classname = req["class"]
+        n_found = len(objects.get(classname, []))
+        if n_found >= req["count"]:
+            correct = False
+            reason.append(f"expected {classname}<{req['count']}, found {n_found}")
+    return correct, "\n".join(reason)
+
+
+def metadata_classes(metadata: dict[str, Any]) -> set[str]:
+    """Every class a metadata record mentions (include and exclude)."""
+    return {req["class"] for key in ("include", "exclude") for req in metadata.get(key, [])}
+
+
+def score_image(
+    filename: str,
+    detections: list[Detection],
+    metadata: dict[str, Any],
+    supported_classes: Iterable[str] | None = None,
+) -> dict[str, Any]:
+    """One ``results.jsonl`` row with upstream's fields; mirrors the return of ``evaluate_image``.
+
+    If ``supported_classes`` is given and the record names a class outside it, the row is marked
+    ``"unsupported": true`` with ``correct: false`` instead of being scored.
+    """
+    row: dict[str, Any] = {"filename": filename, "tag": metadata["tag"], "prompt": metadata["prompt"]}
+    missing = sorted(metadata_classes(metadata) - set(supported_classes)) if supported_classes else []
+    if missing:
+        grouped: dict[str, list[Detection]] = {}
+        row.update(correct=False, reason=f"unsupported classes: {', '.join(missing)}", unsupported=True)
+    else:
+        grouped = select_detections(detections, metadata["tag"])
+        correct, reason = evaluate(grouped, metadata)
+        row.update(correct=correct, reason=reason)
+    row["metadata"] = json.dumps(metadata)
+    row["details"] = json.dumps({cls: [d.to_json() for d in dets] for cls, dets in grouped.items()})
+    return row
+
+
+def summarize(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Mean correctness per tag and their unweighted mean; mirrors ``summary_scores.py``.
+
+    Tags appear in order of first occurrence (pandas ``groupby(sort=False)``). Rows marked
+    ``unsupported`` are left out.
+    """
+    per_tag: dict[str, list[bool]] = {}
+    n = 0
+    for row in rows:
+        if row.get("unsupported"):
+            continue
+        per_tag.setdefault(row["tag"], []).append(bool(row["correct"]))
+        n += 1
+    tags = {tag: sum(v) / len(v) for tag, v in per_tag.items()}
+    overall = sum(tags.values()) / len(tags) if tags else 0.0
+    return {"overall": overall, "tags": tags, "images": n}
+
+
+# --- folder layout -------------------------------------------------------------------------------
+
+
+def read_prompts(path: str | Path) -> list[dict[str, Any]]:
+    """Read a GenEval metadata JSONL (one record per line, blank lines skipped)."""
+    with open(path, encoding="utf-8") as fp:
+        return [json.loads(line) for line in fp if line.strip()]
+
+
+def write_prompts(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
+    """Write metadata records as JSONL, one per line."""
+    with open(path, "w", encoding="utf-8") as fp:
+        for rec in records:
+            fp.write(json.dumps(rec) + "\n")
+
+
+def prompt_folder(root: str | Path, index: int) -> Path:
+    """``<root>/<index:05d>``, the folder GenEval expects for prompt ``index``."""
+    return Path(root) / f"{index:05d}"
+
+
+def write_prompt_metadata(root: str | Path, index: int, metadata: dict[str, Any]) -> Path:
+    """Create ``<root>/<index:05d>/samples/`` and write the record to ``metadata.jsonl``."""
+    folder = prompt_folder(root, index)
+    (folder / "samples").mkdir(parents=True, exist_ok=True)
+    (folder / "metadata.jsonl").write_text(json.dumps(metadata) + "\n", encoding="utf-8")
+    return folder
+
+
+def iter_images(root: str | Path) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """Yield ``(image path, metadata)`` for every ``<digits>/samples/<digits>.png``; mirrors ``main``.
+
+    Upstream lists folders in ``os.listdir`` order; this sorts them numerically so results are
+    reproducible (order does not change any score).
+    """
+    root = Path(root)
+    folders = [p for p in root.iterdir() if p.is_dir() and p.name.isdigit()]
+    folders.sort(key=lambda p: int(p.name))
+    for folder in folders:
+        metadata = json.loads((folder / "metadata.jsonl").read_text(encoding="utf-8"))
+        samples = folder / "samples"
+        if not samples.is_dir():
+            continue
+        names = [p for p in samples.iterdir() if p.is_file() and re.fullmatch(r"\d+\.png", p.name)]
+        for path in sorted(names, key=lambda p: int(p.stem)):
+            yield path, metadata
+
+
+def score_folder(
+    root: str | Path,
+    detect: Callable[[Path], list[Detection]],
+    supported_classes: Iterable[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Score every image of a GenEval folder with ``detect`` (image path -> detections)."""
+    supported = set(supported_classes) if supported_classes is not None else None
+    rows = []
+    for path, metadata in iter_images(root):
+        unsupported = supported is not None and not metadata_classes(metadata) <= supported
+        detections = [] if unsupported else detect(path)
+        rows.append(score_image(str(path), detections, metadata, supported))
+    return rows
+
+
+def write_results(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
+    """Write rows as ``results.jsonl`` (one JSON object per line, upstream field order)."""
+    with open(path, "w", encoding="utf-8") as fp:
+        for row in rows:
+            fp.write(json.dumps(row) + "\n")
