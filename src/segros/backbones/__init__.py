@@ -1,0 +1,1 @@
+"""Model backbones that SeGroS fine-tunes."""
