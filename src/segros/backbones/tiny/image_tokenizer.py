@@ -1,0 +1,245 @@
+"""TinyUMM's discrete image tokenizer: a k-means patch codebook learned in the project.
+
+An image of ``image_size`` px is cut into non-overlapping ``patch`` x ``patch`` tiles (row-major
+grid, ``grid = (image_size // patch,) * 2``); each tile becomes the index of its nearest codebook
+entry (squared L2 on pixels in [0, 1]) and decodes back to that entry's pixels. A codebook row is
+a tile flattened in ``(row, column, channel)`` order, i.e. ``tile.reshape(-1)`` of an
+``(patch, patch, 3)`` array.
+
+Fitting (:meth:`PatchTokenizer.fit`) is weighted Lloyd k-means on the *distinct* tiles of the
+training images, each weighted by how often it occurs (flat regions repeat a lot, so this shrinks
+the data many-fold and makes fitting cheap), initialised from a seeded sample of distinct tiles.
+Each final centre is then replaced by its *medoid*, the member tile nearest to it: the codebook
+holds real tiles, so decoded images keep crisp edges and exact colours instead of the blurred,
+colour-mixed averages k-means centres are made of (a judge that reads colours and silhouettes
+pixel by pixel cares about that far more than about mean squared error). All randomness comes from
+one ``torch.Generator``; the result is deterministic given its seed.
+
+Defaults (measured on ShapesWorld, 64 px, see :func:`fit_on_shapes`): ``patch = image_size // 8``
+gives an 8 x 8 grid of 64 tokens, small enough for a transformer on two CPU cores. 10,000 training
+scenes hold about 20k distinct 8 x 8 tiles; with ``num_codes = 4096`` (medoid snapping) the
+round-tripped evaluation renderings still score >= 0.95 with the ShapesWorld judge, while 1024 or
+2048 codes lose small shapes' silhouettes (see the README of this package / the lead's report for
+the table).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+__all__ = ["PatchTokenizer", "fit_on_shapes"]
+
+FORMAT = "segros.patch_tokenizer"
+VERSION = "1"
+_CHUNK_ELEMENTS = 1 << 24  # rows x codes per distance block: bounds memory at 64 MB of float32
+
+
+def _nearest(x: torch.Tensor, codebook: torch.Tensor, code_sq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index of and squared distance to the nearest codebook row for every row of ``x``, in blocks."""
+    step = max(1, _CHUNK_ELEMENTS // max(1, codebook.shape[0]))
+    index = torch.empty(x.shape[0], dtype=torch.long)
+    dist = torch.empty(x.shape[0], dtype=torch.float32)
+    for start in range(0, x.shape[0], step):  # blocks of rows, only to bound memory
+        xb = x[start : start + step]
+        d = (xb * xb).sum(1, keepdim=True) - 2.0 * xb @ codebook.T + code_sq
+        best = d.min(1)
+        index[start : start + step] = best.indices
+        dist[start : start + step] = best.values.clamp_min(0.0)
+    return index, dist
+
+
+def _to_patches(images: torch.Tensor, patch: int) -> torch.Tensor:
+    """``(B, H, W, 3)`` -> ``(B * h * w, patch * patch * 3)``, tiles in row-major grid order."""
+    B, H, W, C = images.shape
+    h, w = H // patch, W // patch
+    x = images.reshape(B, h, patch, w, patch, C).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(B * h * w, patch * patch * C)
+
+
+class PatchTokenizer:
+    """Patch codebook tokenizer: ``encode`` images to ``(B, h*w)`` codes, ``decode`` codes to images."""
+
+    def __init__(self, codebook: torch.Tensor, image_size: int, patch: int) -> None:
+        """``codebook``: ``(K, patch*patch*3)`` float32 in [0, 1]; ``image_size`` divisible by ``patch``."""
+        if patch < 1 or image_size < patch or image_size % patch:
+            raise ValueError(f"image_size {image_size} must be a positive multiple of patch {patch}")
+        codebook = torch.as_tensor(codebook).detach().to("cpu", torch.float32).contiguous()
+        if codebook.ndim != 2 or codebook.shape[0] < 1 or codebook.shape[1] != patch * patch * 3:
+            raise ValueError(f"codebook must be (K, {patch * patch * 3}), got {tuple(codebook.shape)}")
+        if not torch.isfinite(codebook).all() or codebook.min() < 0 or codebook.max() > 1:
+            raise ValueError("codebook values must be finite and in [0, 1]")
+        self.codebook = codebook
+        self.image_size = int(image_size)
+        self.patch = int(patch)
+        self._code_sq = (codebook * codebook).sum(1)
+
+    @property
+    def num_codes(self) -> int:
+        """Codebook size K (the image vocabulary)."""
+        return self.codebook.shape[0]
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Token grid ``(h, w)``; tokens are ordered row-major over it."""
+        n = self.image_size // self.patch
+        return n, n
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens per image, ``h * w``."""
+        h, w = self.grid
+        return h * w
+
+    def _as_float_bhwc(self, images: torch.Tensor) -> torch.Tensor:
+        images = torch.as_tensor(images)
+        if images.dtype == torch.uint8:
+            if images.ndim != 4 or images.shape[-1] != 3:
+                raise ValueError(f"uint8 images must be (B, H, W, 3), got {tuple(images.shape)}")
+            x = images.to(torch.float32) / 255.0
+        elif images.is_floating_point():
+            if images.ndim != 4 or images.shape[1] != 3:
+                raise ValueError(f"float images must be (B, 3, H, W), got {tuple(images.shape)}")
+            x = images.to(torch.float32).permute(0, 2, 3, 1).clamp(0.0, 1.0)
+        else:
+            raise TypeError(f"images must be uint8 (B, H, W, 3) or float (B, 3, H, W), not {images.dtype}")
+        if x.shape[1:3] != (self.image_size, self.image_size):
+            raise ValueError(f"images must be {self.image_size} x {self.image_size}, got {tuple(x.shape[1:3])}")
+        return x.cpu()
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Codes ``(B, h*w)`` long of uint8 ``(B, H, W, 3)`` or float ``(B, 3, H, W)`` images in [0, 1]."""
+        x = self._as_float_bhwc(images)
+        index, _ = _nearest(_to_patches(x, self.patch), self.codebook, self._code_sq)
+        return index.reshape(x.shape[0], self.num_tokens)
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """uint8 images ``(B, H, W, 3)`` of codes ``(B, h*w)`` (codebook lookup of the tile pixels)."""
+        codes = torch.as_tensor(codes)
+        if codes.ndim != 2 or codes.shape[1] != self.num_tokens or codes.is_floating_point():
+            raise ValueError(f"codes must be integer (B, {self.num_tokens}), got {tuple(codes.shape)}")
+        if codes.numel() and (codes.min() < 0 or codes.max() >= self.num_codes):
+            raise ValueError(f"codes must lie in [0, {self.num_codes})")
+        B, (h, w), p = codes.shape[0], self.grid, self.patch
+        tiles = self.codebook[codes.cpu().long()].reshape(B, h, w, p, p, 3).permute(0, 1, 3, 2, 4, 5)
+        pixels = tiles.reshape(B, h * p, w * p, 3)
+        return (pixels * 255.0).round_().clamp_(0, 255).to(torch.uint8)
+
+    def save(self, path: str | Path) -> None:
+        """Write the codebook and ``image_size``/``patch`` metadata to a safetensors file."""
+        from safetensors.torch import save_file
+
+        metadata = {"format": FORMAT, "version": VERSION, "image_size": str(self.image_size), "patch": str(self.patch)}
+        save_file({"codebook": self.codebook}, str(path), metadata=metadata)
+
+    @classmethod
+    def load(cls, path: str | Path) -> PatchTokenizer:
+        """Read a tokenizer written by :meth:`save`; FileNotFoundError / ValueError if missing or malformed."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no image tokenizer file at {path}")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                metadata = f.metadata() or {}
+                codebook = f.get_tensor("codebook")
+        except Exception as exc:  # safetensors raises its own error types for corrupt headers
+            raise ValueError(f"{path} is not a readable safetensors file: {exc}") from exc
+        if metadata.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a {FORMAT} file (metadata format={metadata.get('format')!r})")
+        try:
+            image_size, patch = int(metadata["image_size"]), int(metadata["patch"])
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"{path}: metadata needs integer image_size and patch ({exc})") from exc
+        return cls(codebook, image_size, patch)
+
+    @classmethod
+    @torch.no_grad()
+    def fit(
+        cls,
+        images: torch.Tensor,
+        num_codes: int,
+        patch: int,
+        generator: torch.Generator,
+        iterations: int = 15,
+    ) -> PatchTokenizer:
+        """Fit a ``num_codes`` codebook on uint8 ``(M, H, W, 3)`` images (square, H divisible by patch).
+
+        Weighted k-means over the distinct tiles (weights = occurrences), seeded-sample init, then
+        each centre snapped to its medoid. If the images hold fewer distinct tiles than
+        ``num_codes``, every distinct tile becomes a code and the remaining rows repeat them (so the
+        vocabulary size is always ``num_codes``; repeats are never chosen by ``encode``).
+        """
+        images = torch.as_tensor(images)
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"fit expects uint8 images (M, H, W, 3), got {images.dtype} {tuple(images.shape)}")
+        if images.shape[1] != images.shape[2]:
+            raise ValueError("fit expects square images")
+        if num_codes < 1 or iterations < 0:
+            raise ValueError("num_codes must be >= 1 and iterations >= 0")
+        image_size = images.shape[1]
+        if patch < 1 or image_size % patch:
+            raise ValueError(f"image_size {image_size} must be a multiple of patch {patch}")
+        tiles, counts = torch.unique(_to_patches(images.cpu(), patch), dim=0, return_counts=True)
+        X = tiles.to(torch.float32) / 255.0
+        weight = counts.to(torch.float32)
+        U = X.shape[0]
+        if U <= num_codes:
+            pad = torch.arange(num_codes - U) % U
+            return cls(torch.cat([X, X[pad]]), image_size, patch)
+
+        C = X[torch.randperm(U, generator=generator)[:num_codes]].clone()
+        for _ in range(iterations):
+            assign, dist = _nearest(X, C, (C * C).sum(1))
+            mass = torch.zeros(num_codes).index_add_(0, assign, weight)
+            sums = torch.zeros_like(C).index_add_(0, assign, X * weight[:, None])
+            filled = mass > 0
+            C[filled] = sums[filled] / mass[filled, None]
+            empty = (~filled).nonzero().squeeze(1)
+            if empty.numel():  # re-seed empty clusters at the worst-fitted tiles (deterministic order)
+                worst = torch.sort(dist, descending=True, stable=True).indices[: empty.numel()]
+                C[empty] = X[worst]
+        assign, _ = _nearest(X, C, (C * C).sum(1))
+        # medoid: the member nearest to its centre (ties -> lowest tile index); empty clusters keep
+        # the tile closest to them overall, which is also a real tile
+        d_own = ((X - C[assign]) ** 2).sum(1)
+        order = torch.sort(d_own, stable=True).indices
+        order = order[torch.sort(assign[order], stable=True).indices]
+        sorted_assign = assign[order]
+        first = torch.ones_like(sorted_assign, dtype=torch.bool)
+        first[1:] = sorted_assign[1:] != sorted_assign[:-1]
+        codebook = C.clone()
+        codebook[sorted_assign[first]] = X[order[first]]
+        lonely = torch.ones(num_codes, dtype=torch.bool)
+        lonely[sorted_assign[first]] = False
+        if lonely.any():
+            nearest_tile, _ = _nearest(C[lonely], X, (X * X).sum(1))
+            codebook[lonely] = X[nearest_tile]
+        return cls(codebook, image_size, patch)
+
+
+def fit_on_shapes(
+    image_size: int = 64,
+    num_images: int = 10_000,
+    num_codes: int = 4096,
+    seed: int = 0,
+    patch: int | None = None,
+    iterations: int = 15,
+) -> PatchTokenizer:
+    """Fit on the first ``num_images`` ShapesWorld training scenes (held-out compositions excluded).
+
+    ``patch`` defaults to ``image_size // 8`` (64 tokens). The world and the k-means generator
+    both use ``seed``.
+    """
+    import numpy as np
+
+    from segros.data.shapes import ShapesWorld
+
+    world = ShapesWorld(image_size=image_size, seed=seed, exclude_held_out=True)
+    images = torch.from_numpy(np.stack([world.scene(i).image for i in range(num_images)]))
+    generator = torch.Generator().manual_seed(seed)
+    return PatchTokenizer.fit(images, num_codes, patch or image_size // 8, generator, iterations)
