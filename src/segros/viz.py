@@ -26,8 +26,8 @@ def _figure_to_array(fig) -> np.ndarray:
 
 
 def _upsample(grid_values: np.ndarray, size: int) -> np.ndarray:
-    """(h, w) token values -> (size, size) by nearest neighbour."""
-    h, w = grid_values.shape
+    """(h, w, ...) token values -> (size, size, ...) by nearest neighbour."""
+    h, w = grid_values.shape[:2]
     rows = np.arange(size) * h // size
     cols = np.arange(size) * w // size
     return grid_values[rows][:, cols]

@@ -101,6 +101,7 @@ class OptimConfig(Section):
     eps: float = Field(1e-8, gt=0.0)
     warmup_steps: int = Field(0, ge=0)
     schedule: Literal["cosine", "constant"] = "cosine"
+    schedule_steps: int | None = Field(None, ge=1)  # length of the lr schedule; None: run.max_steps
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)  # cosine decays to lr * this
     grad_clip: float | None = Field(1.0, gt=0.0)
     grad_accum: int = Field(1, ge=1)
@@ -116,7 +117,7 @@ class RunConfig(Section):
     log_every: int = Field(10, ge=1)
     picture_every: int = Field(100, ge=0)  # 0: no pictures
     max_bad_steps: int = Field(5, ge=1)  # NaN/inf losses in a row before the run stops
-    progress: Literal["auto", "on", "off"] = "auto"
+    progress: bool | Literal["auto"] = "auto"  # auto: on a terminal, off in CI
 
 
 class LoggingConfig(Section):

@@ -85,9 +85,9 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def _show_progress(setting: str) -> bool:
+def _show_progress(setting: bool | str) -> bool:
     if setting != "auto":
-        return setting == "on"
+        return bool(setting)
     return sys.stderr.isatty() and not os.environ.get("CI")
 
 
@@ -119,7 +119,7 @@ class Trainer:
         params = [p for p in backbone.parameters() if p.requires_grad]
         o = cfg.optim
         optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
-        total = cfg.run.max_steps
+        total = o.schedule_steps or cfg.run.max_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: lr_factor(s, o.warmup_steps, total, o.schedule, o.min_lr_ratio)
         )
@@ -328,7 +328,8 @@ class Trainer:
                 window_start, window_steps = time.perf_counter(), 0
             if cfg.run.picture_every and self.step % cfg.run.picture_every == 0 and acc.is_main_process:
                 self.logger.pictures(self.backbone, batch, plan, self.step)
-            if self.step % cfg.run.save_every == 0 or self.step == cfg.run.max_steps:
+            # never checkpoint right after a skipped step: the last good checkpoint stays latest
+            if not any_bad and (self.step % cfg.run.save_every == 0 or self.step == cfg.run.max_steps):
                 self.save()
         progress.close()
         result.step = self.step

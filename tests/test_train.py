@@ -1,0 +1,208 @@
+"""The training loop on the tiny model: exact resume, NaN handling, bad data, logs, freezing."""
+
+import json
+import math
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from train_helpers import tiny_config
+
+from segros.data.budget import TooManyBadRecords
+from segros.train import checkpoint as ckpt
+from segros.train.loop import Trainer, TrainingDivergedError, lr_factor, train
+
+
+def weights(folder):
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_resume_reproduces_the_uninterrupted_run_exactly(small_tokenizer, tmp_path):
+    k = 3
+    common = (f"run.save_every={k}", f"optim.schedule_steps={2 * k}")  # same lr schedule in both runs
+    full = train(tiny_config(small_tokenizer, f"run.max_steps={2 * k}", *common), tmp_path / "full")
+    first = train(tiny_config(small_tokenizer, f"run.max_steps={k}", *common), tmp_path / "split")
+    second = train(
+        tiny_config(small_tokenizer, f"run.max_steps={2 * k}", *common), tmp_path / "split", resume=True
+    )
+    assert first.losses + second.losses == full.losses  # exactly, float for float
+    assert len(full.losses) == 2 * k and all(math.isfinite(x) for x in full.losses)
+    w_full = weights(tmp_path / "full/checkpoints" / f"step-{2 * k}")
+    w_split = weights(tmp_path / "split/checkpoints" / f"step-{2 * k}")
+    assert w_full.keys() == w_split.keys()
+    for name in w_full:
+        assert torch.equal(w_full[name], w_split[name]), name
+    # and training did change the weights
+    w_start = weights(tmp_path / "split/checkpoints" / f"step-{k}")
+    assert any(not torch.equal(w_start[n], w_full[n]) for n in w_full)
+
+
+def test_checkpoint_layout_and_keep_last(small_tokenizer, tmp_path):
+    train(tiny_config(small_tokenizer, "run.max_steps=8", "run.save_every=2", "run.keep_last=2"), tmp_path)
+    root = tmp_path / "checkpoints"
+    assert (root / "latest").read_text().strip() == "step-8"
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["step-6", "step-8"]
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "optimizer.pt",
+        "scheduler.pt",
+        "rank-0.pt",
+        "trainer_state.json",
+    ):
+        assert (root / "step-8" / name).is_file(), name
+    assert json.loads((root / "step-8/trainer_state.json").read_text())["step"] == 8
+    assert "method:" in (tmp_path / "config.yaml").read_text()
+
+
+def test_a_half_written_checkpoint_never_becomes_latest(small_tokenizer, tmp_path):
+    train(tiny_config(small_tokenizer, "run.max_steps=3", "run.save_every=3"), tmp_path)
+    root = tmp_path / "checkpoints"
+    # a kill during saving leaves a temporary folder, or a renamed one without its marker
+    (root / ".tmp-step-6").mkdir()
+    (root / ".tmp-step-6" / "model.safetensors").write_bytes(b"partial")
+    broken = root / "step-9"
+    broken.mkdir()
+    (broken / "model.safetensors").write_bytes(b"partial")
+    (root / "latest").write_text("step-9\n")  # even if latest pointed at it
+    assert ckpt.latest_checkpoint(tmp_path) == root / "step-3"
+    result = train(tiny_config(small_tokenizer, "run.max_steps=5", "run.save_every=5"), tmp_path, resume=True)
+    assert result.step == 5 and len(result.losses) == 2
+
+
+def test_resume_without_checkpoint_is_a_clear_error(small_tokenizer, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+        Trainer(tiny_config(small_tokenizer), tmp_path, resume=True)
+
+
+def test_nan_steps_are_skipped_then_stop_the_run(small_tokenizer, tmp_path):
+    trainer = Trainer(
+        tiny_config(small_tokenizer, "run.max_steps=6", "run.save_every=2", "run.max_bad_steps=3"), tmp_path
+    )
+    original = trainer.backbone.reconstruction_loss
+    nan_steps = {2}
+
+    def flaky(batch, plan):
+        loss = original(batch, plan)
+        return loss * float("nan") if trainer.step in nan_steps else loss
+
+    trainer.backbone.reconstruction_loss = flaky
+    result = trainer.run()
+    assert result.skipped_steps == 1 and math.isnan(result.losses[2])
+    assert all(math.isfinite(x) for i, x in enumerate(result.losses) if i != 2)
+
+    # now every step from 6 on is NaN: three in a row stop the run, the last good checkpoint stays
+    trainer = Trainer(
+        tiny_config(small_tokenizer, "run.max_steps=20", "run.save_every=2", "run.max_bad_steps=3"),
+        tmp_path,
+        resume=True,
+    )
+    original = trainer.backbone.reconstruction_loss
+    trainer.backbone.reconstruction_loss = lambda b, p: original(b, p) * float("nan")
+    before = weights(tmp_path / "checkpoints/step-6")
+    with pytest.raises(TrainingDivergedError, match=r"3 steps in a row.*step-6"):
+        trainer.run()
+    assert ckpt.latest_checkpoint(tmp_path).name == "step-6"
+    after = weights(tmp_path / "checkpoints/step-6")
+    assert all(torch.equal(before[n], after[n]) for n in before)
+
+
+def write_jsonl(tmp_path, n_good, n_bad):
+    lines = []
+    for i in range(n_good):
+        Image.new("RGB", (32, 32), (40 * (i % 6), 90, 200)).save(tmp_path / f"{i}.png")
+        lines.append({"image": f"{i}.png", "caption": "a photo of a red circle"})
+    for i in range(n_bad):
+        (tmp_path / f"bad{i}.png").write_bytes(b"not a png")
+        lines.append({"image": f"bad{i}.png", "caption": "a photo of a blue star"})
+    path = tmp_path / "data.jsonl"
+    path.write_text("\n".join(json.dumps(x) for x in lines))
+    return path
+
+
+def test_bad_records_are_counted_and_too_many_stop_the_run(small_tokenizer, tmp_path):
+    data = write_jsonl(tmp_path, n_good=400, n_bad=2)
+    overrides = [
+        "data.source=files",
+        f"data.path={data}",
+        "data.i2t=none",
+        "run.max_steps=4",
+        "data.batch_size=64",
+    ]
+    result = train(tiny_config(small_tokenizer, *overrides, "data.max_bad_share=0.01"), tmp_path / "ok")
+    assert result.bad_records >= 1  # 256 of 402 records read: the bad ones were skipped, not trained on
+    assert json.loads((tmp_path / "ok/train_summary.json").read_text())["bad_records"] == result.bad_records
+
+    data2_dir = tmp_path / "many"
+    data2_dir.mkdir()
+    data2 = write_jsonl(data2_dir, n_good=300, n_bad=30)
+    with pytest.raises(TooManyBadRecords, match=r"bad"):
+        train(
+            tiny_config(
+                small_tokenizer,
+                "data.source=files",
+                f"data.path={data2}",
+                "data.i2t=none",
+                "run.max_steps=8",
+                "data.batch_size=64",
+            ),
+            tmp_path / "stop",
+        )
+
+
+def test_tensorboard_curves_and_pictures_are_written(small_tokenizer, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = tiny_config(small_tokenizer, "logging.tensorboard=true", "run.picture_every=2", "run.max_steps=2")
+    train(cfg, tmp_path)
+    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"images": 0}).Reload()
+    tags = events.Tags()
+    for tag in (
+        "loss/total",
+        "loss/recon",
+        "loss/i2t",
+        "lr",
+        "grad_norm",
+        "steps_per_second",
+        "grounding/hint_mean",
+    ):
+        assert tag in tags["scalars"], tag
+    assert {"grounding", "samples"} <= set(tags["images"])
+    pictures = sorted(p.name for p in (tmp_path / "pictures").iterdir())
+    assert pictures == ["grounding-step000002.png", "samples-step000002.png"]
+
+
+def test_freezing_by_name_pattern_keeps_those_weights(small_tokenizer, tmp_path):
+    cfg = tiny_config(
+        small_tokenizer, "optim.freeze=['model.embed.*']", "run.max_steps=2", "run.save_every=1"
+    )
+    train(cfg, tmp_path)
+    w1, w2 = weights(tmp_path / "checkpoints/step-1"), weights(tmp_path / "checkpoints/step-2")
+    assert torch.equal(w1["model.embed.weight"], w2["model.embed.weight"])
+    assert not torch.equal(w1["model.head.weight"], w2["model.head.weight"])
+    with pytest.raises(ValueError, match="match no parameter"):
+        train(tiny_config(small_tokenizer, "optim.freeze=['nothing.*']"), tmp_path / "x")
+
+
+def test_segros_and_sft_plan_the_same_batch_differently(small_tokenizer, tmp_path):
+    plans = {}
+    for preset in ("segros", "sft"):
+        trainer = Trainer(tiny_config(small_tokenizer, f"method.preset={preset}"), tmp_path / preset)
+        records = next(iter(trainer.t2i))
+        batch = trainer.backbone.prepare_t2i(records)
+        trainer.generator.manual_seed(0)
+        plans[preset] = trainer.plan_for(batch)
+    assert plans["segros"].num_hints == int(0.3 * 64) and plans["sft"].num_hints == 0  # 8x8 tokens
+    assert not torch.equal(plans["segros"].seen, plans["sft"].seen)
+    g = plans["segros"].grounding.scores
+    seen = plans["segros"].seen
+    for b in range(g.shape[0]):  # segros keeps the least grounded tokens visible (noise aside)
+        assert g[b][seen[b]].mean() <= g[b][~seen[b]].mean() + 0.5
+
+
+def test_lr_schedule():
+    assert lr_factor(0, 10, 100, "cosine", 0.1) == pytest.approx(0.1)
+    assert lr_factor(9, 10, 100, "cosine", 0.1) == pytest.approx(1.0)
+    assert lr_factor(100, 10, 100, "cosine", 0.1) == pytest.approx(0.1)
+    assert lr_factor(50, 10, 100, "constant", 0.1) == 1.0

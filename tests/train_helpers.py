@@ -1,0 +1,36 @@
+"""Shared pieces of the training tests: a small fitted image tokenizer and tiny configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from segros.backbones.tiny.image_tokenizer import PatchTokenizer
+from segros.data.shapes import ShapesWorld
+from segros.train.config import load_config
+
+
+def fit_small_tokenizer(path: Path, image_size: int = 32, num_codes: int = 64) -> Path:
+    world = ShapesWorld(image_size=image_size, seed=0)
+    images = torch.from_numpy(np.stack([world.scene(i).image for i in range(64)]))
+    PatchTokenizer.fit(images, num_codes, image_size // 8, torch.Generator().manual_seed(0), 4).save(path)
+    return path
+
+
+def tiny_config(tokenizer: Path, *overrides: str):
+    """The tiny model on 32 px ShapesWorld, small batches, no periodic pictures or logs."""
+    base = [
+        f"model.image_tokenizer={tokenizer}",
+        "model.image_size=32",
+        "data.batch_size=4",
+        "run.max_steps=6",
+        "run.save_every=3",
+        "run.log_every=2",
+        "run.picture_every=0",
+        "run.progress=off",
+        "logging.tensorboard=false",
+        "optim.warmup_steps=2",
+    ]
+    return load_config(None, [*base, *overrides])
