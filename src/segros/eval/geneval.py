@@ -27,16 +27,7 @@ from typing import Any
 
 TAGS: tuple[str, ...] = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 COLORS: tuple[str, ...] = (
-    "red",
-    "orange",
-    "yellow",
-    "green",
-    "blue",
-    "purple",
-    "pink",
-    "brown",
-    "black",
-    "white",
+    "red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white",
 )
 RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
 
@@ -113,7 +104,9 @@ def select_detections(
     for det in detections:
         if det.confidence > cut:
             grouped.setdefault(det.cls, []).append(det)
-    return {cls: sorted(dets, key=lambda d: -d.confidence)[:max_objects] for cls, dets in grouped.items()}
+    return {
+        cls: sorted(dets, key=lambda d: -d.confidence)[:max_objects] for cls, dets in grouped.items()
+    }
 
 
 def evaluate(objects: dict[str, list[Detection]], metadata: dict[str, Any]) -> tuple[bool, str]:

@@ -36,9 +36,7 @@ VERSION = "1"
 _CHUNK_ELEMENTS = 1 << 24  # rows x codes per distance block: bounds memory at 64 MB of float32
 
 
-def _nearest(
-    x: torch.Tensor, codebook: torch.Tensor, code_sq: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _nearest(x: torch.Tensor, codebook: torch.Tensor, code_sq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Index of and squared distance to the nearest codebook row for every row of ``x``, in blocks."""
     step = max(1, _CHUNK_ELEMENTS // max(1, codebook.shape[0]))
     index = torch.empty(x.shape[0], dtype=torch.long)
@@ -107,9 +105,7 @@ class PatchTokenizer:
         else:
             raise TypeError(f"images must be uint8 (B, H, W, 3) or float (B, 3, H, W), not {images.dtype}")
         if x.shape[1:3] != (self.image_size, self.image_size):
-            raise ValueError(
-                f"images must be {self.image_size} x {self.image_size}, got {tuple(x.shape[1:3])}"
-            )
+            raise ValueError(f"images must be {self.image_size} x {self.image_size}, got {tuple(x.shape[1:3])}")
         return x.cpu()
 
     @torch.no_grad()
@@ -136,12 +132,7 @@ class PatchTokenizer:
         """Write the codebook and ``image_size``/``patch`` metadata to a safetensors file."""
         from safetensors.torch import save_file
 
-        metadata = {
-            "format": FORMAT,
-            "version": VERSION,
-            "image_size": str(self.image_size),
-            "patch": str(self.patch),
-        }
+        metadata = {"format": FORMAT, "version": VERSION, "image_size": str(self.image_size), "patch": str(self.patch)}
         save_file({"codebook": self.codebook}, str(path), metadata=metadata)
 
     @classmethod
@@ -185,9 +176,7 @@ class PatchTokenizer:
         """
         images = torch.as_tensor(images)
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(
-                f"fit expects uint8 images (M, H, W, 3), got {images.dtype} {tuple(images.shape)}"
-            )
+            raise ValueError(f"fit expects uint8 images (M, H, W, 3), got {images.dtype} {tuple(images.shape)}")
         if images.shape[1] != images.shape[2]:
             raise ValueError("fit expects square images")
         if num_codes < 1 or iterations < 0:
@@ -199,7 +188,7 @@ class PatchTokenizer:
         X = tiles.to(torch.float32) / 255.0
         weight = counts.to(torch.float32)
         U = X.shape[0]
-        if num_codes >= U:
+        if U <= num_codes:
             pad = torch.arange(num_codes - U) % U
             return cls(torch.cat([X, X[pad]]), image_size, patch)
 
