@@ -101,6 +101,8 @@ class Trainer:
             ["wandb"] if cfg.logging.wandb_project else []
         )
         self.accelerator = Accelerator(
+            # with no GPU, accelerate only forms a multi-process (gloo) group when told cpu=True
+            cpu=not torch.accelerator.is_available(),
             mixed_precision=cfg.optim.mixed_precision,
             log_with=trackers or None,
             project_dir=str(self.out_dir),
@@ -252,6 +254,11 @@ class Trainer:
         )
         return self.accelerator.reduce(bad, "sum").item() == 0
 
+    def params_in_sync(self) -> bool:
+        """Whether every process holds the same weights (the DDP invariant)."""
+        sums = self.accelerator.gather(_checksum(self.backbone).unsqueeze(0))
+        return bool((sums == sums[0]).all())
+
     def run(self) -> TrainResult:
         cfg, acc = self.cfg, self.accelerator
         lam, accum = cfg.method.i2t_weight, cfg.optim.grad_accum
@@ -338,6 +345,9 @@ class Trainer:
         result.seconds = time.perf_counter() - start
         if self.budget.bad:
             log.warning("skipped bad records: %s", self.budget.summary())
+        in_sync = self.params_in_sync()
+        if not in_sync:
+            log.error("parameters differ between processes: the distributed set-up is broken")
         if acc.is_main_process:
             summary = {
                 "step": self.step,
@@ -345,10 +355,19 @@ class Trainer:
                 "bad_records": self.budget.bad,
                 "seconds": round(result.seconds, 2),
                 "final_loss": result.losses[-1] if result.losses else None,
+                "processes": self.world,
+                "params_in_sync": in_sync,
             }
             (self.out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
         self.logger.close()
         return result
+
+
+def _checksum(model: torch.nn.Module) -> torch.Tensor:
+    """Two position-sensitive sums over every parameter: equal weights give equal checksums."""
+    flat = torch.cat([p.detach().double().flatten() for p in model.parameters()])
+    ramp = torch.linspace(1.0, 2.0, flat.numel(), dtype=torch.float64, device=flat.device)
+    return torch.stack([flat.sum(), (flat * ramp).sum()])
 
 
 def grounding_stats(plan: SupervisionPlan) -> dict[str, float]:
