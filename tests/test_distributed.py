@@ -12,10 +12,28 @@ from segros.data.sampling import ShardedOrder
 
 def launch(tokenizer, out, max_steps, resume=False):
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        "-m", "segros.cli", "train", "--out", str(out), "--max-steps", str(max_steps), "--save-every", "2",
-        f"model.image_tokenizer={tokenizer}", "model.image_size=32", "data.batch_size=4",
-        "run.picture_every=0", "run.progress=off", "logging.tensorboard=false", "run.log_every=1",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "segros.cli",
+        "train",
+        "--out",
+        str(out),
+        "--max-steps",
+        str(max_steps),
+        "--save-every",
+        "2",
+        f"model.image_tokenizer={tokenizer}",
+        "model.image_size=32",
+        "data.batch_size=4",
+        "run.picture_every=0",
+        "run.progress=off",
+        "logging.tensorboard=false",
+        "run.log_every=1",
     ] + (["--resume"] if resume else [])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)

@@ -1,0 +1,119 @@
+"""TinyUMM behind the protocol: the plan is honoured, generation is seeded, save/load is exact."""
+
+import pytest
+import torch
+
+from segros.backbones.registry import load_backbone
+from segros.backbones.tiny.adapter import TinyBackbone, TinyOptions
+from segros.backbones.tiny.text_tokenizer import WordTokenizer
+from segros.data.sources import ShapesConversations, ShapesImageText
+from segros.plan import make_plan, preset
+
+
+@pytest.fixture(scope="module")
+def backbone(small_tokenizer):
+    torch.manual_seed(0)
+    model = TinyBackbone.from_options(TinyOptions(image_tokenizer=str(small_tokenizer), image_size=32))
+    return model.eval()
+
+
+def t2i_batch(backbone, n=3):
+    source = ShapesImageText(32, seed=0, length=100)
+    return backbone.prepare_t2i([source[i] for i in range(n)])
+
+
+def test_grounding_inputs_read_the_shared_table_and_caption_tokens_only(backbone):
+    batch = t2i_batch(backbone)
+    g = backbone.grounding_inputs(batch)
+    table = backbone.model.embed.weight
+    assert torch.equal(g.text_emb, table[batch["text_ids"]])
+    assert torch.equal(g.image_emb, table[batch["codes"] + backbone.cfg.code_offset])
+    ids = batch["text_ids"][g.text_valid]
+    tok = backbone.text_tokenizer
+    assert not ((ids == tok.bos_id) | (ids == tok.eos_id) | (ids == tok.pad_id)).any()
+
+
+def test_loss_reads_only_the_plan_targets(backbone):
+    batch = t2i_batch(backbone)
+    B, N = batch["codes"].shape
+    g = torch.Generator().manual_seed(0)
+    plan = make_plan(preset("sft"), torch.full((B,), 0.5), N, None, g)
+    loss = backbone.reconstruction_loss(batch, plan)
+    # changing the ground-truth code at a visible, untargeted position changes its input token,
+    # but changing the target at an unweighted masked position must change nothing
+    plan.loss_weight[0, plan.masked[0].nonzero()[0, 0]] = 0.0
+    untargeted = plan.masked[0] & (plan.loss_weight[0] == 0)
+    idx = untargeted.nonzero()[0, 0]
+    loss_a = backbone.reconstruction_loss(batch, plan)
+    changed = {**batch, "codes": batch["codes"].clone()}
+    changed["codes"][0, idx] = (changed["codes"][0, idx] + 1) % backbone.cfg.num_codes
+    loss_b = backbone.reconstruction_loss(changed, plan)
+    assert torch.equal(loss_a, loss_b)
+    assert not torch.equal(loss, loss_a)  # the weights do matter
+
+
+def test_hints_change_the_prediction_and_text_condition_off_ignores_the_caption(backbone):
+    batch = t2i_batch(backbone)
+    B, N = batch["codes"].shape
+    ratio = torch.full((B,), 0.8)
+    gen = torch.Generator().manual_seed(1)
+    base = make_plan(preset("sft"), ratio, N, None, gen)
+    with_hints = make_plan(
+        preset("sft", hint_pick="random", hint_ratio=0.3), ratio, N, None, torch.Generator().manual_seed(1)
+    )
+    with_hints.seen, with_hints.loss_weight = base.seen, base.loss_weight
+    assert not torch.equal(
+        backbone.reconstruction_loss(batch, base), backbone.reconstruction_loss(batch, with_hints)
+    )
+    reca = make_plan(preset("reca"), ratio, N, None, torch.Generator().manual_seed(1))
+    other_caption = {
+        **batch,
+        "text_ids": torch.flip(batch["text_ids"], [0]),
+        "text_mask": torch.flip(batch["text_mask"], [0]),
+    }
+    assert torch.equal(
+        backbone.reconstruction_loss(batch, reca), backbone.reconstruction_loss(other_caption, reca)
+    )
+
+
+def test_i2t_loss_on_answers(backbone):
+    source = ShapesConversations(32, seed=0, length=10)
+    batch = backbone.prepare_i2t([source[i] for i in range(2)])
+    loss = backbone.i2t_loss(batch)
+    assert torch.isfinite(loss) and loss > 0
+    assert batch["answer_mask"].any(1).all()
+
+
+def test_generation_is_seeded(backbone):
+    prompts = ["a photo of a red circle", "a photo of two blue stars"]
+    a = backbone.generate(prompts, torch.Generator().manual_seed(3), steps=4)
+    b = backbone.generate(prompts, torch.Generator().manual_seed(3), steps=4)
+    c = backbone.generate(prompts, torch.Generator().manual_seed(4), steps=4)
+    assert a.shape == (2, 32, 32, 3) and a.dtype == torch.uint8
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_save_and_load_give_identical_outputs(backbone, tmp_path):
+    backbone.save_pretrained(tmp_path)
+    loaded = load_backbone(tmp_path).eval()
+    batch = t2i_batch(backbone)
+    B, N = batch["codes"].shape
+    plan = make_plan(preset("reca"), torch.full((B,), 0.7), N, None, torch.Generator().manual_seed(0))
+    assert torch.equal(backbone.reconstruction_loss(batch, plan), loaded.reconstruction_loss(batch, plan))
+    codes_a = backbone.generate_codes(["a photo of a red circle"], torch.Generator().manual_seed(0), steps=3)
+    codes_b = loaded.generate_codes(["a photo of a red circle"], torch.Generator().manual_seed(0), steps=3)
+    assert torch.equal(codes_a, codes_b)
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        (tmp_path / "model.safetensors").unlink()
+        TinyBackbone.from_pretrained(tmp_path)
+
+
+def test_word_tokenizer_round_trip_and_unknown_words():
+    tok = WordTokenizer(["a", "photo", "of", "red", "circle"])
+    batch = tok.batch(["a photo of a red circle", "a purple circle"], max_len=16)
+    assert tok.decode(batch["ids"][0].tolist()) == "a photo of a red circle"
+    assert tok.unknown_words == 1  # "purple"
+    assert batch["caption"].sum(1).tolist() == [6, 3]
+    assert batch["mask"].sum(1).tolist() == [8, 5]
+    with pytest.raises(ValueError, match="lower-case"):
+        WordTokenizer(["Bad Word"])
