@@ -205,7 +205,8 @@ def render(objects: list[ShapeObject], image_size: int) -> np.ndarray:
     image = np.empty((image_size, image_size, 3), dtype=np.uint8)
     image[:] = BACKGROUND
     for obj in objects:
-        image[obj.mask] = PALETTE[obj.color]
+        x0, y0, x1, y1 = obj.box
+        image[y0:y1, x0:x1][obj.mask[y0:y1, x0:x1]] = PALETTE[obj.color]
     return image
 
 
