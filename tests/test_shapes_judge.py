@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from segros.data.shapes import (
     BACKGROUND,
@@ -226,3 +228,15 @@ def test_real_geneval_metadata_parses_and_is_reported_unsupported():
         assert row["unsupported"] is True and row["correct"] is False
         assert row["reason"].startswith("unsupported classes: ")
     assert summarize([score_image("x", [], r, SHAPES) for r in records])["images"] == 0
+
+_coord = st.floats(0, 60, allow_nan=False)
+
+_box = st.tuples(_coord, _coord, st.floats(1, 20), st.floats(1, 20))
+
+
+@given(_box, _box)
+def test_relation_test_is_antisymmetric(a, b):
+    box_a = (a[0], a[1], a[0] + a[2], a[1] + a[3])
+    box_b = (b[0], b[1], b[0] + b[2], b[1] + b[3])
+    inverse = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+    assert relative_position(box_b, box_a) == {inverse[r] for r in relative_position(box_a, box_b)}

@@ -189,3 +189,17 @@ def test_render_prompt_rejects_classes_it_cannot_draw():
     with pytest.raises(UnsupportedPromptError):
         render_prompt({"tag": "single_object", "include": [{"class": "bench", "count": 1}], "prompt": "x"},
                       np.random.default_rng(0))
+
+
+def test_dense_caption_relations_hold_under_the_relation_test():
+    world = ShapesWorld(seed=6, caption_style="dense")
+    sentence = re.compile(r"the (\w+) (\w+) is (left of|right of|above|below) the (\w+) (\w+)")
+    checked = 0
+    for i in range(300):
+        scene = world.scene(i)
+        for ca, sa, rel, cb, sb in sentence.findall(scene.caption):
+            (a,) = [o for o in scene.objects if (o.color, o.shape) == (ca, sa)]
+            (b,) = [o for o in scene.objects if (o.color, o.shape) == (cb, sb)]
+            assert relative_position(a.box, b.box) == {rel}, scene.caption
+            checked += 1
+    assert checked >= 50
