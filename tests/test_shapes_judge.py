@@ -229,6 +229,7 @@ def test_real_geneval_metadata_parses_and_is_reported_unsupported():
         assert row["reason"].startswith("unsupported classes: ")
     assert summarize([score_image("x", [], r, SHAPES) for r in records])["images"] == 0
 
+
 _coord = st.floats(0, 60, allow_nan=False)
 
 _box = st.tuples(_coord, _coord, st.floats(1, 20), st.floats(1, 20))

@@ -12,14 +12,16 @@ Pipeline per image:
    at the midpoint between background and its own colour, so blur neither grows nor shrinks it;
 4. colour: the nearest palette colour to the median colour of the object's most saturated half;
 5. shape: nearest prototype in a small geometric feature space (box fill ratio, solidity against
-   the convex hull, up-down and left-right mirror overlap, aspect), prototypes being the renderer's
-   own masks at the component's size; confidence falls with the distance to the best prototype and
-   with the margin to the runner-up, so GenEval's thresholds (0.3, 0.9 for counting) act as upstream.
+   the convex hull, up-down and left-right mirror overlap, aspect); prototypes are the renderer's
+   own masks at the object's size, passed through steps 1-3 with the same smoothing. Confidence
+   falls with the distance to the best prototype and with the margin to the runner-up, so
+   GenEval's thresholds (0.3, and 0.9 for counting) act as upstream.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -135,7 +137,9 @@ def _parts(component: np.ndarray, labels: np.ndarray, strong: np.ndarray, min_ar
     return [component & (owner == i) for i in range(1, len(big) + 1)]
 
 
-def _object_masks(part: np.ndarray, lab: np.ndarray, background: np.ndarray, min_area: int):
+def _object_masks(
+    part: np.ndarray, lab: np.ndarray, background: np.ndarray, min_area: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Re-cut a coarse part at the midpoint between background and its own colour.
 
     The object's colour is the median of its pixels farthest from the background; a pixel belongs to
@@ -181,7 +185,6 @@ def _extract(
     distance = np.sqrt(((lab - background) ** 2).sum(-1))
     foreground = distance > FOREGROUND_DELTA
     strong = distance > 2 * FOREGROUND_DELTA
-    foreground = ndimage.binary_opening(foreground) | (foreground & ~ndimage.binary_erosion(foreground))
     labels = np.zeros(foreground.shape, dtype=np.intp)
     labels[foreground] = nearest_colors(lab[foreground])
     comps, _ = ndimage.label(foreground, structure=EIGHT)
