@@ -37,9 +37,10 @@ GENEVAL_METADATA = Path("/work/shared/benchmarks/geneval/evaluation_metadata.jso
 DERANGEMENT = dict(zip(COLORS, COLORS[1:] + COLORS[:1], strict=True))
 
 
-def _score(size: int, samples: int, corrupt: str = "none") -> dict:
+def _score(size: int, samples: int, corrupt: str = "none", stride: int = 1) -> dict:
+    """Summary of judging rendered prompts (every ``stride``-th one; each tag keeps >= 2 prompts)."""
     rows = []
-    for i, record in enumerate(load_prompts()):
+    for i, record in enumerate(load_prompts()[::stride]):
         for n in range(samples):
             scene = render_prompt(record, np.random.default_rng([11, i, n]), size)
             image = scene.image
@@ -62,14 +63,14 @@ def test_ground_truth_renderings_score_at_least_098(size, samples):
 
 
 def test_permuted_colours_fail_colour_tags_only():
-    summary = _score(64, 1, "permute")
+    summary = _score(64, 1, "permute", stride=2)
     assert summary["tags"]["colors"] <= 0.2 and summary["tags"]["color_attr"] <= 0.2, summary
     assert summary["tags"]["single_object"] >= 0.98  # nothing else changed
 
 
 def test_blank_images_score_zero_everywhere():
-    summary = _score(64, 1, "blank")
-    assert all(v == 0 for v in summary["tags"].values()), summary
+    summary = _score(64, 1, "blank", stride=3)
+    assert set(summary["tags"]) == set(TAGS) and all(v == 0 for v in summary["tags"].values()), summary
 
 
 @pytest.mark.parametrize("size", [32, 64])
