@@ -203,3 +203,12 @@ def test_dense_caption_relations_hold_under_the_relation_test():
             assert relative_position(a.box, b.box) == {rel}, scene.caption
             checked += 1
     assert checked >= 50
+
+
+def test_max_objects_and_argument_checks():
+    world = ShapesWorld(seed=4, max_objects=2)
+    assert max(len(world.scene(i).objects) for i in range(200)) == 2
+    with pytest.raises(ValueError):
+        ShapesWorld(caption_style="poetic")
+    with pytest.raises(ValueError):
+        ShapesWorld(max_objects=5)
