@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -41,5 +42,6 @@ def run(args: argparse.Namespace) -> int:
     from segros.train.loop import train
 
     result = train(cfg, out, resume=args.resume)
-    print(f"trained to step {result.step} in {result.seconds:.1f}s; run folder {out}")
+    if int(os.environ.get("RANK", "0")) == 0:  # one line, not one per process
+        print(f"trained to step {result.step} in {result.seconds:.1f}s; run folder {out}")
     return 0
