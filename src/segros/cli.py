@@ -13,6 +13,8 @@ import sys
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("segros.demo", "SFT vs RecA vs SeGroS on ShapesWorld end to end, with a report"),
+    "pretrain": ("segros.pretrain", "train the TinyUMM the demo starts from (SFT from scratch)"),
     "train": ("segros.train.cli", "fine-tune a backbone with SeGroS, SFT or RecA from a YAML config"),
     "shapes": ("segros.data.shapes_cli", "ShapesWorld: render evaluation images, write training sets"),
     "eval": ("segros.eval.cli", "score generated images on a benchmark (shapes)"),

@@ -1,0 +1,66 @@
+"""Generate a benchmark's prompts with any backbone into GenEval's folder layout.
+
+``ROOT/<index:05d>/metadata.jsonl`` holds the prompt's record and ``samples/<n>.png`` its
+images, exactly what GenEval's ``evaluate_images.py`` (and ``segros eval shapes``) reads.
+Prompts are generated in batches; each batch draws from a generator seeded from ``seed`` and
+its first (prompt, sample) pair, so a folder is reproducible for a given batch size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from segros.eval.geneval import prompt_folder, write_prompt_metadata
+
+
+def sample_seed(seed: int, index: int, sample: int) -> int:
+    return (seed * 1_000_003 + index * 1_009 + sample) % (2**63)
+
+
+@torch.no_grad()
+def generate_folder(
+    backbone: Any,
+    records: Sequence[dict[str, Any]],
+    root: str | Path,
+    samples_per_prompt: int = 4,
+    seed: int = 0,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> Path:
+    """Write ``samples_per_prompt`` images for every record (needs a ``prompt`` field)."""
+    root = Path(root)
+    was_training = backbone.training
+    backbone.eval()
+    jobs = [(i, n) for i in range(len(records)) for n in range(samples_per_prompt)]
+    for i, record in enumerate(records):
+        write_prompt_metadata(root, i, record)
+        (prompt_folder(root, i) / "samples").mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=len(jobs), desc=f"generate {root.name}", disable=not progress, dynamic_ncols=True)
+    for start in range(0, len(jobs), batch_size):
+        chunk = jobs[start : start + batch_size]
+        # one generator per batch, seeded from its first job: batches are reproducible units
+        generator = torch.Generator().manual_seed(sample_seed(seed, *chunk[0]))
+        images = backbone.generate([records[i]["prompt"] for i, _ in chunk], generator=generator).cpu().numpy()
+        for (i, n), image in zip(chunk, images, strict=True):
+            Image.fromarray(image).save(prompt_folder(root, i) / "samples" / f"{n}.png")
+        bar.update(len(chunk))
+    bar.close()
+    backbone.train(was_training)
+    return root
+
+
+def score_shapes_folder(root: str | Path) -> dict[str, Any]:
+    """Judge a ShapesWorld GenEval folder; writes ``results.jsonl`` and returns the summary."""
+    from segros.data.shapes import SHAPES
+    from segros.eval.geneval import score_folder, summarize, write_results
+    from segros.eval.shapes_judge import detect_file
+
+    rows = score_folder(root, detect_file, supported_classes=SHAPES)
+    write_results(Path(root) / "results.jsonl", rows)
+    return summarize(rows)
