@@ -50,10 +50,22 @@ class Stopwatch:
 def settings(quick: bool) -> dict[str, Any]:
     """What ``--quick`` shrinks: a smoke test, its numbers are not meant to be meaningful."""
     if quick:
-        return {"train_scenes": 512, "finetune_steps": 4, "samples": 1, "prompts_per_tag": 2, "pointing_scenes": 32,
-                "pretrain_steps": 20}
-    return {"train_scenes": 20_000, "finetune_steps": None, "samples": 4, "prompts_per_tag": None,
-            "pointing_scenes": 256, "pretrain_steps": None}
+        return {
+            "train_scenes": 512,
+            "finetune_steps": 4,
+            "samples": 1,
+            "prompts_per_tag": 2,
+            "pointing_scenes": 32,
+            "pretrain_steps": 20,
+        }
+    return {
+        "train_scenes": 20_000,
+        "finetune_steps": None,
+        "samples": 4,
+        "prompts_per_tag": None,
+        "pointing_scenes": 256,
+        "pretrain_steps": None,
+    }
 
 
 def training_set(cache: Path, scenes: int, image_size: int, seed: int = 2000) -> Path:
@@ -88,7 +100,9 @@ def pretrained_checkpoint(out: Path, quick: bool, steps: int | None) -> Path:
     from segros.train.loop import train
 
     run_dir = out / "pretrain"
-    overrides = ["run.progress=auto"] + ([f"run.max_steps={steps}", f"run.save_every={steps}"] if steps else [])
+    overrides = ["run.progress=auto"] + (
+        [f"run.max_steps={steps}", f"run.save_every={steps}"] if steps else []
+    )
     cfg = load_config(RECIPES / "demo-pretrain.yaml", overrides)
     from segros.train import checkpoint as ckpt
 
@@ -137,7 +151,9 @@ def eval_prompts(per_tag: int | None) -> list[dict[str, Any]]:
     return picked
 
 
-def evaluate(checkpoint: Path, folder: Path, records: list[dict[str, Any]], samples: int, seed: int) -> dict[str, Any]:
+def evaluate(
+    checkpoint: Path, folder: Path, records: list[dict[str, Any]], samples: int, seed: int
+) -> dict[str, Any]:
     """Generate and judge; a folder already scored for the same checkpoint is reused."""
     from segros.backbones.registry import load_backbone
     from segros.eval.generate import generate_folder, score_shapes_folder
@@ -184,31 +200,45 @@ def run_demo(out: Path, quick: bool = False, seeds: int = 1, cache: Path | None 
     runs: dict[str, list[Path]] = {m: [] for m in METHODS}
     for method in METHODS:
         for seed in range(seeds):
-            path = clock.run(f"fine-tune {method} seed {seed}",
-                             lambda m=method, sd=seed: finetune(out, m, sd, pretrained, data, s["finetune_steps"]))
+            path = clock.run(
+                f"fine-tune {method} seed {seed}",
+                lambda m=method, sd=seed: finetune(out, m, sd, pretrained, data, s["finetune_steps"]),
+            )
             runs[method].append(path)
     records = eval_prompts(s["prompts_per_tag"])
     results: dict[str, list[dict[str, Any]]] = {"pretrained": []}
     for seed in range(seeds):
-        results["pretrained"].append(clock.run(
-            f"evaluate pretrained seed {seed}",
-            lambda sd=seed: evaluate(pretrained, out / "eval" / f"pretrained-seed{sd}", records, s["samples"], sd)))
+        results["pretrained"].append(
+            clock.run(
+                f"evaluate pretrained seed {seed}",
+                lambda sd=seed: evaluate(
+                    pretrained, out / "eval" / f"pretrained-seed{sd}", records, s["samples"], sd
+                ),
+            )
+        )
     for method in METHODS:
         results[method] = [
-            clock.run(f"evaluate {method} seed {seed}",
-                      lambda m=method, sd=seed, p=path: evaluate(p, out / "eval" / f"{m}-seed{sd}", records, s["samples"], sd))
+            clock.run(
+                f"evaluate {method} seed {seed}",
+                lambda m=method, sd=seed, p=path: evaluate(
+                    p, out / "eval" / f"{m}-seed{sd}", records, s["samples"], sd
+                ),
+            )
             for seed, path in enumerate(runs[method])
         ]
     from segros.report import grounding_quality, write_reports
 
-    pointing = clock.run("pointing precision",
-                         lambda: grounding_quality(pretrained, runs["segros"][0], s["pointing_scenes"]))
+    pointing = clock.run(
+        "pointing precision", lambda: grounding_quality(pretrained, runs["segros"][0], s["pointing_scenes"])
+    )
     return write_reports(out, results, pointing, runs, pretrained, clock.seconds, records, quick, seeds)
 
 
 # --- command line -------------------------------------------------------------------------------
 def add_arguments(parser: Any) -> None:
-    parser.add_argument("--quick", action="store_true", help="smoke run in about a minute (numbers meaningless)")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run in about a minute (numbers meaningless)"
+    )
     parser.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     parser.add_argument("--seeds", type=int, default=1, help="fine-tuning / sampling seeds per method")
 

@@ -61,9 +61,11 @@ def run(args: argparse.Namespace) -> int:
             f"- command: `{command}`",
             f"- recipe: `segros/recipes/demo-pretrain.yaml` with overrides {overrides or 'none'}",
             f"- steps: {result.step} (batch {cfg.data.batch_size}), seed {cfg.run.seed}",
-            f"- wall time: {result.seconds:.0f} s on {platform.machine()} with {torch.get_num_threads()} threads",
+            f"- wall time: {result.seconds:.0f} s, {platform.machine()}, {torch.get_num_threads()} threads",
             f"- versions: python {platform.python_version()}, torch {torch.__version__}",
-            f"- final training loss: {result.losses[-1]:.4f}" if result.losses else "- final training loss: n/a",
+            f"- final training loss: {result.losses[-1]:.4f}"
+            if result.losses
+            else "- final training loss: n/a",
             f"- sha256(model.safetensors): {sha256(export / 'model.safetensors')}",
             "",
             "Re-running the command on the same kind of machine and versions reproduces the weights",

@@ -36,7 +36,9 @@ def results_table(results: dict[str, list[dict[str, Any]]]) -> tuple[list[str], 
         row = [name]
         row += [_fmt([s["tags"][t] for s in summaries if t in s["tags"]]) for t in TAGS]
         row.append(_fmt([s["overall"] for s in summaries]))
-        row += [_fmt([s["split"][k] for s in summaries if k in s.get("split", {})]) for k in ("seen", "held_out")]
+        row += [
+            _fmt([s["split"][k] for s in summaries if k in s.get("split", {})]) for k in ("seen", "held_out")
+        ]
         rows.append(row)
     return header, rows
 
@@ -66,13 +68,29 @@ def grounding_picture(checkpoint: Path, path: Path, n: int = 4) -> Path:
     backbone = load_backbone(checkpoint).eval()
     world = ShapesWorld(image_size=backbone.image_size, seed=777)
     scenes = [world.scene(i) for i in range(n)]
-    batch = backbone.prepare_t2i([ImageTextRecord(Image.fromarray(s.image), s.caption, str(i)) for i, s in enumerate(scenes)])
+    batch = backbone.prepare_t2i(
+        [ImageTextRecord(Image.fromarray(s.image), s.caption, str(i)) for i, s in enumerate(scenes)]
+    )
     with torch.no_grad():
         g = backbone.grounding_inputs(batch)
-        plan = plan_batch(g.text_emb, g.image_emb, g.text_valid, preset("segros"), torch.full((n,), 0.8),
-                          torch.Generator().manual_seed(0), backbone.token_grid, backbone.hint_grid)
-    panel = grounding_panel(batch["images"], plan.grounding.scores, backbone.token_grid, plan.hint_idx, plan.seen,
-                            [s.caption for s in scenes])
+        plan = plan_batch(
+            g.text_emb,
+            g.image_emb,
+            g.text_valid,
+            preset("segros"),
+            torch.full((n,), 0.8),
+            torch.Generator().manual_seed(0),
+            backbone.token_grid,
+            backbone.hint_grid,
+        )
+    panel = grounding_panel(
+        batch["images"],
+        plan.grounding.scores,
+        backbone.token_grid,
+        plan.hint_idx,
+        plan.seen,
+        [s.caption for s in scenes],
+    )
     Image.fromarray(panel).save(path)
     return path
 
@@ -89,7 +107,9 @@ def sample_grid(out: Path, models: list[str], records: list[dict[str, Any]], pat
     images, captions = [], []
     for model in models:
         for i in picks:
-            images.append(np.asarray(Image.open(out / "eval" / f"{model}-seed0" / f"{i:05d}" / "samples" / "0.png")))
+            images.append(
+                np.asarray(Image.open(out / "eval" / f"{model}-seed0" / f"{i:05d}" / "samples" / "0.png"))
+            )
             captions.append(f"{model}: {records[i]['prompt'].removeprefix('a photo of ')}")
     Image.fromarray(captioned_grid(np.stack(images), captions, ncols=len(picks))).save(path)
     return path
@@ -109,9 +129,15 @@ def write_reports(
     figures = out / "figures"
     figures.mkdir(exist_ok=True)
     pictures = {
-        "Generated samples (rows: models; sample 0, seed 0)": sample_grid(out, list(results), records, figures / "samples.png"),
-        "Grounding map and token roles, pretrained embeddings": grounding_picture(pretrained, figures / "grounding-pretrained.png"),
-        "Grounding map and token roles, after SeGroS fine-tuning": grounding_picture(runs["segros"][0], figures / "grounding-segros.png"),
+        "Generated samples (rows: models; sample 0, seed 0)": sample_grid(
+            out, list(results), records, figures / "samples.png"
+        ),
+        "Grounding map and token roles, pretrained embeddings": grounding_picture(
+            pretrained, figures / "grounding-pretrained.png"
+        ),
+        "Grounding map and token roles, after SeGroS fine-tuning": grounding_picture(
+            runs["segros"][0], figures / "grounding-segros.png"
+        ),
     }
     header, rows = results_table(results)
     p_header = ["embeddings", "pointing precision", "random", "best possible", "scenes"]
@@ -120,10 +146,10 @@ def write_reports(
         for name, p in pointing.items()
     ]
     lift = {name: p["model"] - p["random"] for name, p in pointing.items()}
-    verdict = "; ".join(
-        f"{name}: {'near random' if abs(v) < 0.05 else ('above' if v > 0 else 'below') + ' random'} ({v:+.3f})"
-        for name, v in lift.items()
-    )
+    def judge(v: float) -> str:
+        return "near random" if abs(v) < 0.05 else ("above" if v > 0 else "below") + " random"
+
+    verdict = "; ".join(f"{name}: {judge(v)} ({v:+.3f})" for name, v in lift.items())
     t_rows = [[k, f"{v:.1f}"] for k, v in seconds.items()] + [["total", f"{sum(seconds.values()):.1f}"]]
     summary = {"results": results, "pointing": pointing, "seconds": seconds, "quick": quick, "seeds": seeds}
     (out / "report.json").write_text(json.dumps(summary, indent=2, default=str))
@@ -137,8 +163,12 @@ def write_reports(
         intro += " **--quick smoke run: these numbers are not meaningful.**"
     sections = [
         ("Results", intro, (header, rows)),
-        ("Grounding quality", "Share of the top-30% grounded tokens (no noise) that lie on an object the caption names. "
-         f"Verdict: {verdict}.", (p_header, p_rows)),
+        (
+            "Grounding quality",
+            "Share of the top-30% grounded tokens (no noise) that lie on an object the caption names. "
+            f"Verdict: {verdict}.",
+            (p_header, p_rows),
+        ),
         ("Wall time per stage (seconds)", "", (["stage", "seconds"], t_rows)),
     ]
     md = ["# segros demo report", ""]
@@ -155,14 +185,23 @@ def write_reports(
         body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in r)
         return f"<table><tr>{head}</tr>{body}</table>"
 
-    parts = ["<!doctype html><meta charset='utf-8'><title>segros demo report</title>",
-             "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}td,th{padding:3px 8px;"
-             "border-bottom:1px solid #ddd;text-align:right}td:first-child{text-align:left}</style>",
-             "<h1>segros demo report</h1>"]
+    parts = [
+        "<!doctype html><meta charset='utf-8'><title>segros demo report</title>",
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}td,th{padding:3px 8px;"
+        "border-bottom:1px solid #ddd;text-align:right}td:first-child{text-align:left}</style>",
+        "<h1>segros demo report</h1>",
+    ]
     for title, text, (h, r) in sections:
-        parts += [f"<h2>{html.escape(title)}</h2>", f"<p>{html.escape(text).replace('**', '')}</p>", table(h, r)]
+        parts += [
+            f"<h2>{html.escape(title)}</h2>",
+            f"<p>{html.escape(text).replace('**', '')}</p>",
+            table(h, r),
+        ]
     for title, path in pictures.items():
         if path is not None:
-            parts += [f"<h3>{html.escape(title)}</h3>", f"<img src='figures/{path.name}' style='max-width:100%'>"]
+            parts += [
+                f"<h3>{html.escape(title)}</h3>",
+                f"<img src='figures/{path.name}' style='max-width:100%'>",
+            ]
     (out / "report.html").write_text("\n".join(parts))
     return out / "report.md"

@@ -46,7 +46,9 @@ def generate_folder(
         chunk = jobs[start : start + batch_size]
         # one generator per batch, seeded from its first job: batches are reproducible units
         generator = torch.Generator().manual_seed(sample_seed(seed, *chunk[0]))
-        images = backbone.generate([records[i]["prompt"] for i, _ in chunk], generator=generator).cpu().numpy()
+        images = (
+            backbone.generate([records[i]["prompt"] for i, _ in chunk], generator=generator).cpu().numpy()
+        )
         for (i, n), image in zip(chunk, images, strict=True):
             Image.fromarray(image).save(prompt_folder(root, i) / "samples" / f"{n}.png")
         bar.update(len(chunk))
