@@ -74,6 +74,7 @@ HELD_OUT_RELATIONS: tuple[tuple[str, str, str], ...] = (
     ("star", "below", "circle"),
 )
 _HELD_OUT_FACTS = frozenset(HELD_OUT_RELATIONS) | {(b, INVERSE[r], a) for a, r, b in HELD_OUT_RELATIONS}
+_HELD_OUT_SHAPE_PAIRS = frozenset((a, b) for a, _, b in _HELD_OUT_FACTS)
 
 TEMPLATE_WORDS = (
     "a an photo of and the is at in on top bottom middle center left right above below small large"
@@ -204,7 +205,8 @@ def render(objects: list[ShapeObject], image_size: int) -> np.ndarray:
     image = np.empty((image_size, image_size, 3), dtype=np.uint8)
     image[:] = BACKGROUND
     for obj in objects:
-        image[obj.mask] = PALETTE[obj.color]
+        x0, y0, x1, y1 = obj.box
+        image[y0:y1, x0:x1][obj.mask[y0:y1, x0:x1]] = PALETTE[obj.color]
     return image
 
 
@@ -216,13 +218,16 @@ Spec = tuple[str, str, str]  # (shape, colour, size)
 def _place(
     rng: np.random.Generator, specs: list[Spec], image_size: int, tries: int = 30
 ) -> list[ShapeObject] | None:
-    """Drop objects at random non-overlapping positions (gap >= 2 px, or 1 px below 48 px)."""
+    """Drop objects at random non-overlapping positions (gap >= 2 px, or 1 px below 48 px).
+
+    Objects keep 1 px from the image border, so the border shows only background.
+    """
     gap = 2 if image_size >= 48 else 1
     placed: list[ShapeObject] = []
     for shape, color, size in specs:
         h, w = shape_mask(shape, size_px(size, image_size)).shape
         for _ in range(tries):
-            x, y = (int(v) for v in rng.integers(0, [image_size - w + 1, image_size - h + 1]))
+            x, y = (int(v) for v in rng.integers(1, [image_size - w, image_size - h]))
             apart = (
                 (x >= o.box[2] + gap or x + w + gap <= o.box[0])
                 or (y >= o.box[3] + gap or y + h + gap <= o.box[1])
@@ -246,7 +251,7 @@ def has_held_out_relation(objects: list[ShapeObject]) -> bool:
     """True if any two objects realise a held-out relational fact (looser test: no shrink)."""
     for a in objects:
         for b in objects:
-            if a is not b and a.shape != b.shape:
+            if a is not b and (a.shape, b.shape) in _HELD_OUT_SHAPE_PAIRS:
                 for rel in relative_position(a.box, b.box, threshold=0.0):
                     if is_held_out_relation(a.shape, rel, b.shape):
                         return True
@@ -341,7 +346,7 @@ class ShapesWorld:
         """Scene number ``index``, a pure function of ``(seed, index)``."""
         rng = np.random.default_rng([self.seed, index])
         while True:
-            kind = str(rng.choice(KINDS))
+            kind = KINDS[rng.integers(len(KINDS))]
             built = self._build(kind, rng)
             if built is not None:
                 objects, relation = built
@@ -359,7 +364,7 @@ class ShapesWorld:
 
     def _color(self, rng: np.random.Generator, shape: str) -> str:
         while True:
-            color = str(rng.choice(COLORS))
+            color = COLORS[rng.integers(len(COLORS))]
             if not (self.exclude_held_out and is_held_out_pair(color, shape)):
                 return color
 
@@ -373,10 +378,11 @@ class ShapesWorld:
         if n > self.max_objects:
             return None
         if kind == "counting":
-            shapes = [str(rng.choice(SHAPES))] * n
+            shapes = [SHAPES[rng.integers(len(SHAPES))]] * n
         else:
             distinct = kind in ("two_object", "position")
-            shapes = [str(s) for s in rng.choice(SHAPES, size=n, replace=not distinct)]
+            picks = rng.choice(len(SHAPES), size=n, replace=not distinct)
+            shapes = [SHAPES[k] for k in picks]
         same = kind == "counting" and rng.random() < 0.5
         first = self._color(rng, shapes[0])
         colors = [first if same else self._color(rng, s) for s in shapes]
