@@ -8,19 +8,32 @@ a tile flattened in ``(row, column, channel)`` order, i.e. ``tile.reshape(-1)`` 
 
 Fitting (:meth:`PatchTokenizer.fit`) is weighted Lloyd k-means on the *distinct* tiles of the
 training images, each weighted by how often it occurs (flat regions repeat a lot, so this shrinks
-the data many-fold and makes fitting cheap), initialised from a seeded sample of distinct tiles.
+the data many-fold and makes fitting cheap), initialised by k-means++ (weighted D^2 sampling).
 Each final centre is then replaced by its *medoid*, the member tile nearest to it: the codebook
 holds real tiles, so decoded images keep crisp edges and exact colours instead of the blurred,
 colour-mixed averages k-means centres are made of (a judge that reads colours and silhouettes
 pixel by pixel cares about that far more than about mean squared error). All randomness comes from
 one ``torch.Generator``; the result is deterministic given its seed.
 
-Defaults (measured on ShapesWorld, 64 px, see :func:`fit_on_shapes`): ``patch = image_size // 8``
-gives an 8 x 8 grid of 64 tokens, small enough for a transformer on two CPU cores. 10,000 training
-scenes hold about 20k distinct 8 x 8 tiles; with ``num_codes = 4096`` (medoid snapping) the
-round-tripped evaluation renderings still score >= 0.95 with the ShapesWorld judge, while 1024 or
-2048 codes lose small shapes' silhouettes (see the README of this package / the lead's report for
-the table).
+Choice of patch and codes (measured on ShapesWorld at 64 px: every evaluation prompt x 4
+samples, encoded, decoded and scored by the ShapesWorld judge; GenEval's counting tag only accepts
+detections above 0.9 confidence, so silhouettes must come back nearly pixel-exact):
+
+* ``patch = 8`` (8 x 8 = 64 tokens) does **not** reach the 0.95 target at a usable vocabulary:
+  10,000 training scenes hold ~20k distinct 8 x 8 tiles (45k after palette swapping); 4096 codes
+  score 0.60 overall (counting 0.06), and even all ~20k training tiles as codes only 0.905
+  (counting 0.56) because evaluation scenes hold held-out colour-shape pairings whose tiles were
+  never seen.
+* ``patch = 4`` (16 x 16 = 256 tokens, the last resort the brief allowed) has few distinct tiles
+  (~2.5k in 2,000 scenes, ~3.1k after palette swapping), so ``num_codes = 4096`` holds every one of
+  them exactly: round trips are lossless on the evaluation set (judge 1.0 on every tag). 3072
+  codes score 0.998 (a few merged tiles), 2048 codes 0.89. Hence the defaults of
+  :func:`fit_on_shapes`: ``patch = image_size // 16``, 4096 codes, 2,000 scenes, palette swap on.
+
+Palette swap (``fit(..., palette_swap=n)``) is a generic augmentation for flat-colour imagery: the
+``n`` most frequent colours form a palette, and every tile made only of palette colours is also
+added with each non-background colour repainted in each other one. It lets a silhouette seen in one
+colour decode exactly in any colour, which is what the held-out pairings need.
 """
 
 from __future__ import annotations
@@ -36,7 +49,9 @@ VERSION = "1"
 _CHUNK_ELEMENTS = 1 << 24  # rows x codes per distance block: bounds memory at 64 MB of float32
 
 
-def _nearest(x: torch.Tensor, codebook: torch.Tensor, code_sq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _nearest(
+    x: torch.Tensor, codebook: torch.Tensor, code_sq: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Index of and squared distance to the nearest codebook row for every row of ``x``, in blocks."""
     step = max(1, _CHUNK_ELEMENTS // max(1, codebook.shape[0]))
     index = torch.empty(x.shape[0], dtype=torch.long)
@@ -56,6 +71,62 @@ def _to_patches(images: torch.Tensor, patch: int) -> torch.Tensor:
     h, w = H // patch, W // patch
     x = images.reshape(B, h, patch, w, patch, C).permute(0, 1, 3, 2, 4, 5)
     return x.reshape(B * h * w, patch * patch * C)
+
+
+def _palette_swap(
+    tiles: torch.Tensor, counts: torch.Tensor, max_colors: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distinct tiles ``(U, D)`` uint8 and counts, plus recoloured copies of the flat-colour ones.
+
+    The palette is the (at most ``max_colors``) most frequent pixel colours that each cover at least
+    0.1% of the training pixels; its most frequent colour is taken as the background and never
+    swapped. A tile made only of palette colours gets one copy per (colour a in it, colour b not in
+    it) pair with every a-pixel painted b; a tile's weight is the largest count among its sources. So a
+    silhouette seen in one colour is also available in every other palette colour, which is what
+    lets held-out colour-shape pairings round-trip exactly.
+    """
+    U, D = tiles.shape
+    rgb = tiles.reshape(U, D // 3, 3).to(torch.int32)
+    key = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]  # (U, pixels) packed colours
+    colors, inverse = torch.unique(key, return_inverse=True)
+    mass = torch.zeros(colors.shape[0], dtype=torch.float64)
+    mass.index_add_(0, inverse.reshape(-1), counts.to(torch.float64).repeat_interleave(key.shape[1]))
+    order = torch.sort(mass, descending=True, stable=True).indices[:max_colors]
+    palette = colors[order[mass[order] >= 1e-3 * mass.sum()]]
+    if palette.numel() < 3:
+        return tiles, counts
+    flat = torch.isin(key, palette).all(1)
+    variants, weights = [key], [counts]
+    for a in palette[1:].tolist():  # loops over colour pairs only; tiles are handled in bulk
+        has_a = flat & (key == a).any(1)
+        for b in palette[1:].tolist():
+            if a != b:
+                sel = has_a & ~(key == b).any(1)
+                variants.append(torch.where(key[sel] == a, b, key[sel]))
+                weights.append(counts[sel])
+    new, weight = torch.cat(variants), torch.cat(weights)
+    out_key, inv = torch.unique(new, dim=0, return_inverse=True)
+    out_counts = torch.zeros(out_key.shape[0], dtype=counts.dtype).scatter_reduce_(0, inv, weight, "amax")
+    out = torch.stack([(out_key >> 16) & 255, (out_key >> 8) & 255, out_key & 255], -1)
+    return out.reshape(out_key.shape[0], D).to(torch.uint8), out_counts
+
+
+def _kmeans_plus_plus(
+    X: torch.Tensor, weight: torch.Tensor, k: int, generator: torch.Generator
+) -> torch.Tensor:
+    """k-means++ seeding: ``k`` rows of ``X`` drawn one by one with probability ~ weight x D^2."""
+    first = torch.multinomial(weight, 1, generator=generator)
+    chosen = torch.empty(k, dtype=torch.long)
+    chosen[0] = first[0]
+    d2 = ((X - X[first]) ** 2).sum(1)
+    for i in range(1, k):  # sequential by definition; each step is one batched pass over X
+        p = weight * d2
+        nxt = (
+            torch.multinomial(p, 1, generator=generator) if p.sum() > 0 else torch.zeros(1, dtype=torch.long)
+        )
+        chosen[i] = nxt[0]
+        d2 = torch.minimum(d2, ((X - X[nxt]) ** 2).sum(1))
+    return X[chosen].clone()
 
 
 class PatchTokenizer:
@@ -105,7 +176,9 @@ class PatchTokenizer:
         else:
             raise TypeError(f"images must be uint8 (B, H, W, 3) or float (B, 3, H, W), not {images.dtype}")
         if x.shape[1:3] != (self.image_size, self.image_size):
-            raise ValueError(f"images must be {self.image_size} x {self.image_size}, got {tuple(x.shape[1:3])}")
+            raise ValueError(
+                f"images must be {self.image_size} x {self.image_size}, got {tuple(x.shape[1:3])}"
+            )
         return x.cpu()
 
     @torch.no_grad()
@@ -132,12 +205,17 @@ class PatchTokenizer:
         """Write the codebook and ``image_size``/``patch`` metadata to a safetensors file."""
         from safetensors.torch import save_file
 
-        metadata = {"format": FORMAT, "version": VERSION, "image_size": str(self.image_size), "patch": str(self.patch)}
+        metadata = {
+            "format": FORMAT,
+            "version": VERSION,
+            "image_size": str(self.image_size),
+            "patch": str(self.patch),
+        }
         save_file({"codebook": self.codebook}, str(path), metadata=metadata)
 
     @classmethod
     def load(cls, path: str | Path) -> PatchTokenizer:
-        """Read a tokenizer written by :meth:`save`; FileNotFoundError / ValueError if missing or malformed."""
+        """Read a file written by :meth:`save`; FileNotFoundError if missing, ValueError if malformed."""
         from safetensors import safe_open
 
         path = Path(path)
@@ -166,17 +244,22 @@ class PatchTokenizer:
         patch: int,
         generator: torch.Generator,
         iterations: int = 15,
+        *,
+        palette_swap: int = 0,
     ) -> PatchTokenizer:
         """Fit a ``num_codes`` codebook on uint8 ``(M, H, W, 3)`` images (square, H divisible by patch).
 
-        Weighted k-means over the distinct tiles (weights = occurrences), seeded-sample init, then
-        each centre snapped to its medoid. If the images hold fewer distinct tiles than
+        Weighted k-means over the distinct tiles (weights = occurrences; k-means++ init), with
+        ``palette_swap > 1`` plus their recoloured copies (see :func:`_palette_swap`); then each
+        centre snapped to its medoid. If the images hold fewer distinct tiles than
         ``num_codes``, every distinct tile becomes a code and the remaining rows repeat them (so the
         vocabulary size is always ``num_codes``; repeats are never chosen by ``encode``).
         """
         images = torch.as_tensor(images)
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(f"fit expects uint8 images (M, H, W, 3), got {images.dtype} {tuple(images.shape)}")
+            raise ValueError(
+                f"fit expects uint8 images (M, H, W, 3), got {images.dtype} {tuple(images.shape)}"
+            )
         if images.shape[1] != images.shape[2]:
             raise ValueError("fit expects square images")
         if num_codes < 1 or iterations < 0:
@@ -185,14 +268,16 @@ class PatchTokenizer:
         if patch < 1 or image_size % patch:
             raise ValueError(f"image_size {image_size} must be a multiple of patch {patch}")
         tiles, counts = torch.unique(_to_patches(images.cpu(), patch), dim=0, return_counts=True)
+        if palette_swap > 1:
+            tiles, counts = _palette_swap(tiles, counts, palette_swap)
         X = tiles.to(torch.float32) / 255.0
         weight = counts.to(torch.float32)
         U = X.shape[0]
-        if U <= num_codes:
+        if num_codes >= U:
             pad = torch.arange(num_codes - U) % U
             return cls(torch.cat([X, X[pad]]), image_size, patch)
 
-        C = X[torch.randperm(U, generator=generator)[:num_codes]].clone()
+        C = _kmeans_plus_plus(X, weight, num_codes, generator)
         for _ in range(iterations):
             assign, dist = _nearest(X, C, (C * C).sum(1))
             mass = torch.zeros(num_codes).index_add_(0, assign, weight)
@@ -224,16 +309,17 @@ class PatchTokenizer:
 
 def fit_on_shapes(
     image_size: int = 64,
-    num_images: int = 10_000,
+    num_images: int = 2000,
     num_codes: int = 4096,
     seed: int = 0,
     patch: int | None = None,
     iterations: int = 15,
+    palette_swap: int = 16,
 ) -> PatchTokenizer:
     """Fit on the first ``num_images`` ShapesWorld training scenes (held-out compositions excluded).
 
-    ``patch`` defaults to ``image_size // 8`` (64 tokens). The world and the k-means generator
-    both use ``seed``.
+    ``patch`` defaults to ``image_size // 16`` (256 tokens at 64 px; see the module docstring for
+    why not ``image_size // 8``). The world and the k-means generator both use ``seed``.
     """
     import numpy as np
 
@@ -242,4 +328,6 @@ def fit_on_shapes(
     world = ShapesWorld(image_size=image_size, seed=seed, exclude_held_out=True)
     images = torch.from_numpy(np.stack([world.scene(i).image for i in range(num_images)]))
     generator = torch.Generator().manual_seed(seed)
-    return PatchTokenizer.fit(images, num_codes, patch or image_size // 8, generator, iterations)
+    return PatchTokenizer.fit(
+        images, num_codes, patch or max(1, image_size // 16), generator, iterations, palette_swap=palette_swap
+    )
