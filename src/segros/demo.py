@@ -195,7 +195,7 @@ def run_demo(out: Path, quick: bool = False, seeds: int = 1, cache: Path | None 
     out.mkdir(parents=True, exist_ok=True)
     cache = cache or cache_dir()
     clock = Stopwatch()
-    data = clock.run("training data", lambda: training_set(cache, s["train_scenes"], 64))
+    data = clock.run("training data", lambda: training_set(cache, s["train_scenes"], 32))
     pretrained = clock.run("pretrained model", lambda: pretrained_checkpoint(out, quick, s["pretrain_steps"]))
     runs: dict[str, list[Path]] = {m: [] for m in METHODS}
     for method in METHODS:

@@ -49,7 +49,7 @@ def grounding_quality(pretrained: Path, segros_run: Path, scenes: int) -> dict[s
     from segros.data.shapes import ShapesWorld
     from segros.eval.pointing import pointing_precision
 
-    world = ShapesWorld(image_size=64, seed=4242)
+    world = ShapesWorld(image_size=32, seed=4242)  # the demo model's resolution
     scene_list = [world.scene(i) for i in range(scenes)]
     out = {}
     for name, path in (("pretrained", pretrained), ("segros", segros_run)):

@@ -39,17 +39,19 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SEGROS_CACHE", "~/.cache/segros")).expanduser()
 
 
-def cached_shapes_tokenizer(image_size: int, num_codes: int, seed: int = 0) -> PatchTokenizer:
+def cached_shapes_tokenizer(image_size: int, num_codes: int, tokens_per_side: int = 8, seed: int = 0) -> PatchTokenizer:
     """The patch tokenizer fitted on ShapesWorld training scenes, fitted once and cached.
 
-    Fitting is deterministic in (image_size, num_codes, seed), so the cache only saves time.
+    Fitting is deterministic in its arguments, so the cache only saves time (about a minute).
     """
     from segros.backbones.tiny.image_tokenizer import fit_on_shapes
 
-    path = cache_dir() / f"tiny-image-tokenizer-{image_size}px-{num_codes}codes-seed{seed}.safetensors"
+    patch = image_size // tokens_per_side
+    name = f"tiny-image-tokenizer-{image_size}px-patch{patch}-{num_codes}codes-seed{seed}.safetensors"
+    path = cache_dir() / name
     if path.is_file():
         return PatchTokenizer.load(path)
-    tokenizer = fit_on_shapes(image_size=image_size, num_codes=num_codes, seed=seed)
+    tokenizer = fit_on_shapes(image_size=image_size, num_codes=num_codes, seed=seed, patch=patch)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     tokenizer.save(tmp)
@@ -65,9 +67,12 @@ class TinyOptions(BaseModel):
     name: Literal["tiny"] = "tiny"
     size: Literal["tiny", "small"] = "tiny"
     init_from: str | None = None  # a checkpoint folder (model.safetensors + config.json)
-    image_size: int = Field(64, ge=16, le=256)
+    # 32 px with 4 px patches: an 8 x 8 token grid whose 4096-code tokenizer round-trips the
+    # evaluation renderings at 0.97 with the judge (8 px patches at 64 px reach only 0.60)
+    image_size: int = Field(32, ge=16, le=256)
+    tokens_per_side: int = Field(8, ge=2, le=64)
     image_tokenizer: str | None = None  # .safetensors; None: fit on ShapesWorld (cached)
-    num_codes: int = Field(1024, ge=2, le=65536)
+    num_codes: int = Field(4096, ge=2, le=65536)
     max_text_len: int = Field(48, ge=4, le=512)
     caption_dropout: float = Field(0.1, ge=0.0, le=1.0)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
@@ -125,7 +130,7 @@ class TinyBackbone(Backbone):
         if options.image_tokenizer:
             image_tokenizer = PatchTokenizer.load(options.image_tokenizer)
         else:
-            image_tokenizer = cached_shapes_tokenizer(options.image_size, options.num_codes)
+            image_tokenizer = cached_shapes_tokenizer(options.image_size, options.num_codes, options.tokens_per_side)
         if image_tokenizer.image_size != options.image_size:
             raise ValueError(
                 f"model.image_tokenizer was fitted for {image_tokenizer.image_size} px images "
