@@ -342,11 +342,15 @@ def run(args: argparse.Namespace) -> int:
             return _error(str(err))
         title = f"SeGroS grounding of checkpoint {args.checkpoint}"
     else:
+        import torch
+
         from segros.backbones.tiny.adapter import TinyBackbone, TinyOptions
 
+        torch.manual_seed(args.seed)  # the untrained model, too, is reproducible from --seed
         backbone = TinyBackbone.from_options(TinyOptions())
         title = (
-            "SeGroS grounding — fresh tiny model, untrained embeddings (pass --checkpoint for a trained one)"
+            f"SeGroS grounding — fresh tiny model, untrained embeddings (init seed {args.seed}; "
+            "pass --checkpoint for a trained one)"
         )
     backbone.eval()
 
