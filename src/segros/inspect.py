@@ -340,7 +340,7 @@ def run(args: argparse.Namespace) -> int:
             backbone = load_backbone(args.checkpoint)
         except (FileNotFoundError, ValueError) as err:
             return _error(str(err))
-        title = f"SeGroS grounding of checkpoint {args.checkpoint}"
+        model = f"checkpoint {args.checkpoint}"
     else:
         import torch
 
@@ -348,8 +348,8 @@ def run(args: argparse.Namespace) -> int:
 
         torch.manual_seed(args.seed)  # the untrained model, too, is reproducible from --seed
         backbone = TinyBackbone.from_options(TinyOptions())
-        title = (
-            f"SeGroS grounding — fresh tiny model, untrained embeddings (init seed {args.seed}; "
+        model = (
+            f"fresh tiny model, untrained embeddings (init seed {args.seed}; "
             "pass --checkpoint for a trained one)"
         )
     backbone.eval()
@@ -362,7 +362,8 @@ def run(args: argparse.Namespace) -> int:
         return _error(str(err))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(inspection_figure(ins, title)).save(out)
+    Image.fromarray(inspection_figure(ins, f"SeGroS grounding — {model}")).save(out)
     print(f"wrote {out}")
+    print(f"model: {model}")
     print(ins.summary())
     return 0
