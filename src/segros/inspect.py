@@ -215,7 +215,7 @@ def inspection_figure(ins: Inspection, title: str) -> np.ndarray:
         ins.scores.reshape(ins.token_grid), cmap="inferno", alpha=0.65, vmin=0, vmax=1,
         interpolation="nearest", extent=extent,
     )  # fmt: skip
-    cbar = fig.colorbar(heat, ax=ax, fraction=0.046, pad=0.03)
+    cbar = fig.colorbar(heat, cax=ax.inset_axes([1.03, 0.0, 0.05, 1.0]))  # keeps the panel's size
     cbar.ax.tick_params(labelsize=7)
     ax.set_title("(c) grounding map m̄ (Eq. 11)", fontsize=10)
 
@@ -263,7 +263,8 @@ def inspection_figure(ins: Inspection, title: str) -> np.ndarray:
         ax.set_axisbelow(True)
         if i == 0:
             ax.set_title(
-                f"(b) text scores per caption token; orange = kept (w = 1, top ρ = {ins.settings['rho']:g})",
+                f"(b) text scores per caption token; orange = kept (w = 1, top ρ = {ins.settings['rho']:g})"
+                + ("; word? = unknown to the model (<unk>)" if ins.unknown_words else ""),
                 fontsize=10,
             )
         if i < len(rows) - 1:
