@@ -18,9 +18,10 @@ import sys
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:  # numpy is imported where it is used, so `segros --help` stays instant
+    import numpy as np
 
 KEPT_RGB = "#e8710a"  # orange: kept text tokens (w = 1)
 DROPPED_RGB = "#b0b0b0"  # grey: filtered-out text tokens
@@ -188,6 +189,7 @@ def inspect_grounding(
 def inspection_figure(ins: Inspection, title: str) -> np.ndarray:
     """The Fig. 3-style picture of an :class:`Inspection`, as an (H, W, 3) uint8 array."""
     import matplotlib
+    import numpy as np
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
