@@ -140,8 +140,8 @@ def inspect_grounding(
         g_in = backbone.grounding_inputs(batch)
     valid = g_in.text_valid[0]
     ids = batch["text_ids"][0][valid].tolist() if "text_ids" in batch else []
-    known = [i for i in ids if i != unk] if unk is not None else ids
-    if not bool(valid.any()) or not known:
+    all_unknown = bool(ids) and unk is not None and all(i == unk for i in ids)
+    if not bool(valid.any()) or all_unknown:
         named = f": {', '.join(repr(w) for w in unknown)}" if unknown else ""
         raise InspectError(f"no word of the caption {caption!r} is known to the model{named}")
 
