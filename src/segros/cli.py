@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("segros.train.cli", "fine-tune a backbone with SeGroS, SFT or RecA from a YAML config"),
     "shapes": ("segros.data.shapes_cli", "ShapesWorld: render evaluation images, write training sets"),
     "eval": ("segros.eval.cli", "score generated images on a benchmark (shapes)"),
+    "inspect": ("segros.inspect", "picture the grounding map, text scores and token roles for an image"),
 }
 
 
