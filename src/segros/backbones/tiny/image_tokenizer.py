@@ -15,19 +15,21 @@ colour-mixed averages k-means centres are made of (a judge that reads colours an
 pixel by pixel cares about that far more than about mean squared error). All randomness comes from
 one ``torch.Generator``; the result is deterministic given its seed.
 
-Choice of patch and codes (measured on ShapesWorld at 64 px: every evaluation prompt x 4
-samples, encoded, decoded and scored by the ShapesWorld judge; GenEval's counting tag only accepts
-detections above 0.9 confidence, so silhouettes must come back nearly pixel-exact):
+Choice of patch and codes (measured on ShapesWorld at 64 px: all 319 evaluation prompts x 4
+samples rendered by ``segros shapes render-eval --seed 0``, encoded, decoded and scored by the
+ShapesWorld judge as of ``shapes`` commit b007822; GenEval's counting tag only accepts detections
+above 0.9 confidence, so small silhouettes must come back almost pixel-exact):
 
-* ``patch = 8`` (8 x 8 = 64 tokens) does **not** reach the 0.95 target at a usable vocabulary:
-  10,000 training scenes hold ~20k distinct 8 x 8 tiles (45k after palette swapping); 4096 codes
-  score 0.60 overall (counting 0.06), and even all ~20k training tiles as codes only 0.905
-  (counting 0.56) because evaluation scenes hold held-out colour-shape pairings whose tiles were
-  never seen.
+* ``patch = 8`` (8 x 8 = 64 tokens) does **not** reach the 0.95 target at a vocabulary of <= 4096:
+  10,000 training scenes hold ~20k distinct 8 x 8 tiles (45k after palette swapping). 4096 codes
+  score 0.74 overall (counting 0.15); only the whole ~20k distinct training tiles as codes reach
+  0.955 (counting 0.75), because evaluation scenes hold tiles never seen in training (held-out
+  colour-shape pairings, new offsets).
 * ``patch = 4`` (16 x 16 = 256 tokens, the last resort the brief allowed) has few distinct tiles
   (~2.5k in 2,000 scenes, ~3.1k after palette swapping), so ``num_codes = 4096`` holds every one of
-  them exactly: round trips are lossless on the evaluation set (judge 1.0 on every tag). 3072
-  codes score 0.998 (a few merged tiles), 2048 codes 0.89. Hence the defaults of
+  them exactly (fit ~4 s, no k-means needed; ~1k rows are unused repeats): judge 1.0 on every
+  tag, 48 of 5.2M evaluation pixels changed. 3072 codes also score 1.0 (k-means merges a few rare
+  tiles; slower fit), 2048 codes 0.991 (counting 0.944). Hence the defaults of
   :func:`fit_on_shapes`: ``patch = image_size // 16``, 4096 codes, 2,000 scenes, palette swap on.
 
 Palette swap (``fit(..., palette_swap=n)``) is a generic augmentation for flat-colour imagery: the
