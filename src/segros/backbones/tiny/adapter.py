@@ -39,7 +39,9 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SEGROS_CACHE", "~/.cache/segros")).expanduser()
 
 
-def cached_shapes_tokenizer(image_size: int, num_codes: int, tokens_per_side: int = 8, seed: int = 0) -> PatchTokenizer:
+def cached_shapes_tokenizer(
+    image_size: int, num_codes: int, tokens_per_side: int = 8, seed: int = 0
+) -> PatchTokenizer:
     """The patch tokenizer fitted on ShapesWorld training scenes, fitted once and cached.
 
     Fitting is deterministic in its arguments, so the cache only saves time (about a minute).
@@ -130,7 +132,9 @@ class TinyBackbone(Backbone):
         if options.image_tokenizer:
             image_tokenizer = PatchTokenizer.load(options.image_tokenizer)
         else:
-            image_tokenizer = cached_shapes_tokenizer(options.image_size, options.num_codes, options.tokens_per_side)
+            image_tokenizer = cached_shapes_tokenizer(
+                options.image_size, options.num_codes, options.tokens_per_side
+            )
         if image_tokenizer.image_size != options.image_size:
             raise ValueError(
                 f"model.image_tokenizer was fitted for {image_tokenizer.image_size} px images "
