@@ -3,7 +3,7 @@ bad inputs give clear errors."""
 
 from __future__ import annotations
 
-import os
+import shutil
 
 import numpy as np
 import pytest
@@ -81,14 +81,23 @@ def test_inspect_knobs_change_the_counts(capsys, checkpoint, image_file, tmp_pat
     assert "kept words (7/7)" in out
 
 
-def test_inspect_without_checkpoint_uses_an_untrained_tiny_model(capsys, image_file, tmp_path, monkeypatch):
-    monkeypatch.setenv("SEGROS_CACHE", os.environ.get("SEGROS_CACHE", str(tmp_path / "cache")))
+def test_inspect_without_checkpoint_uses_an_untrained_tiny_model(
+    capsys, image_file, tmp_path, monkeypatch, small_tokenizer
+):
+    # The default model fits its tokenizer once and caches it (about a minute, tested in
+    # test_image_tokenizer.py); here the cache entry is the session's small tokenizer.
+    from segros.backbones.tiny.adapter import tokenizer_cache_path
+
+    monkeypatch.setenv("SEGROS_CACHE", str(tmp_path / "cache"))
+    cached = tokenizer_cache_path(32, 4096)
+    cached.parent.mkdir(parents=True)
+    shutil.copy(small_tokenizer, cached)
     out_png = tmp_path / "fresh.png"
     code, out, err = _run(capsys, "--image", image_file, "--caption", CAPTION, "--out", out_png)
     assert code == 0, err
     assert "untrained" in out
     _check_picture(out_png)
-    assert "hints 19, seen 13, masked 51" in out  # default tiny model: 64 px, 8x8 tokens
+    assert "hints 19, seen 13, masked 51" in out  # default tiny model: 32 px, 8x8 tokens
 
 
 def test_unknown_words_are_named_but_known_ones_still_work(capsys, checkpoint, image_file, tmp_path):

@@ -44,7 +44,7 @@ def test_masked_count_is_floor_gamma_n(gammas, eta, n, seen_pick, hint_pick):
 @given(gamma=ratios, eta=ratios, n=st.integers(min_value=1, max_value=40))
 def test_hints_and_seen_are_disjoint_when_they_fit(gamma, eta, n):
     g = grounded(B=2, N=n, noise=0.0)  # noise 0 makes ties likely: ordering must still be shared
-    plan = make_plan(PlanConfig(hint_ratio=eta), torch.tensor([gamma, gamma]), n, g)
+    plan = make_plan(PlanConfig(hint_ratio=eta), torch.tensor([gamma, gamma], dtype=torch.float64), n, g)
     hinted = torch.zeros_like(plan.seen).scatter(1, plan.hint_idx, True)
     if eta + (1 - gamma) <= 1:
         assert not (hinted & plan.seen).any()

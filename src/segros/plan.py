@@ -157,7 +157,8 @@ def make_plan(
 
     Args:
         cfg: the knobs.
-        mask_ratio: ``(B,)`` gamma per sample, in [0, 1]; see :mod:`segros.schedules`.
+        mask_ratio: ``(B,)`` gamma per sample, in [0, 1]; see :mod:`segros.schedules`. Pass
+            float64 (as the schedules return): a float32 0.45 is 0.4499999881 and floors lower.
         num_tokens: N, the number of generation tokens.
         grounding: required when ``cfg.needs_grounding``.
         generator: draws random picks and, on another hint grid, that grid's noise.

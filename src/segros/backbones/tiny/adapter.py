@@ -39,6 +39,15 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SEGROS_CACHE", "~/.cache/segros")).expanduser()
 
 
+def tokenizer_cache_path(image_size: int, num_codes: int, tokens_per_side: int = 8, seed: int = 0) -> Path:
+    """Where :func:`cached_shapes_tokenizer` keeps the tokenizer fitted with these arguments."""
+    patch = image_size // tokens_per_side
+    return (
+        cache_dir()
+        / f"tiny-image-tokenizer-{image_size}px-patch{patch}-{num_codes}codes-seed{seed}.safetensors"
+    )
+
+
 def cached_shapes_tokenizer(
     image_size: int, num_codes: int, tokens_per_side: int = 8, seed: int = 0
 ) -> PatchTokenizer:
@@ -48,11 +57,10 @@ def cached_shapes_tokenizer(
     """
     from segros.backbones.tiny.image_tokenizer import fit_on_shapes
 
-    patch = image_size // tokens_per_side
-    name = f"tiny-image-tokenizer-{image_size}px-patch{patch}-{num_codes}codes-seed{seed}.safetensors"
-    path = cache_dir() / name
+    path = tokenizer_cache_path(image_size, num_codes, tokens_per_side, seed)
     if path.is_file():
         return PatchTokenizer.load(path)
+    patch = image_size // tokens_per_side
     tokenizer = fit_on_shapes(image_size=image_size, num_codes=num_codes, seed=seed, patch=patch)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
