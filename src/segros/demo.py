@@ -26,6 +26,13 @@ from pathlib import Path
 from typing import Any
 
 METHODS = ("sft", "reca", "segros")
+# --ablations: paper ablations as one-knob changes of segros (Tables 3, 5 and 8)
+ABLATIONS: dict[str, list[str]] = {
+    "segros_eta0": ["method.preset=segros", "method.hint_ratio=0.0"],
+    "segros_eta1": ["method.preset=segros", "method.hint_ratio=1.0"],
+    "segros_hint_bottom": ["method.preset=segros", "method.hint_pick=bottom"],
+    "segros_noise0": ["method.preset=segros", "method.noise_scale=0.0"],
+}
 TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 PACKAGE = Path(__file__).resolve().parent
 SHIPPED_PRETRAINED = PACKAGE / "assets" / "tiny-pretrained"
@@ -113,15 +120,17 @@ def pretrained_checkpoint(out: Path, quick: bool, steps: int | None) -> Path:
     return ckpt.latest_checkpoint(run_dir)
 
 
-def finetune(out: Path, method: str, seed: int, pretrained: Path, data: Path, steps: int | None) -> Path:
-    """One fine-tuning run; an already finished run folder is reused."""
+def finetune(
+    out: Path, name: str, method: list[str], seed: int, pretrained: Path, data: Path, steps: int | None
+) -> Path:
+    """One fine-tuning run (``method``: config overrides); a finished run folder is reused."""
     from segros.train import checkpoint as ckpt
     from segros.train.config import load_config
     from segros.train.loop import train
 
-    run_dir = out / "runs" / f"{method}-seed{seed}"
+    run_dir = out / "runs" / f"{name}-seed{seed}"
     overrides = [
-        f"method.preset={method}",
+        *method,
         f"run.seed={seed}",
         f"model.init_from={pretrained}",
         "data.source=files",
@@ -187,7 +196,9 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def run_demo(out: Path, quick: bool = False, seeds: int = 1, cache: Path | None = None) -> Path:
+def run_demo(
+    out: Path, quick: bool = False, seeds: int = 1, cache: Path | None = None, ablations: bool = False
+) -> Path:
     """Run every stage and write the reports; returns the path of ``report.md``."""
     from segros.backbones.tiny.adapter import cache_dir
 
@@ -197,14 +208,17 @@ def run_demo(out: Path, quick: bool = False, seeds: int = 1, cache: Path | None 
     clock = Stopwatch()
     data = clock.run("training data", lambda: training_set(cache, s["train_scenes"], 32))
     pretrained = clock.run("pretrained model", lambda: pretrained_checkpoint(out, quick, s["pretrain_steps"]))
-    runs: dict[str, list[Path]] = {m: [] for m in METHODS}
-    for method in METHODS:
+    variants = {m: [f"method.preset={m}"] for m in METHODS} | (ABLATIONS if ablations else {})
+    runs: dict[str, list[Path]] = {name: [] for name in variants}
+    for name, method in variants.items():
         for seed in range(seeds):
             path = clock.run(
-                f"fine-tune {method} seed {seed}",
-                lambda m=method, sd=seed: finetune(out, m, sd, pretrained, data, s["finetune_steps"]),
+                f"fine-tune {name} seed {seed}",
+                lambda n=name, m=method, sd=seed: finetune(
+                    out, n, m, sd, pretrained, data, s["finetune_steps"]
+                ),
             )
-            runs[method].append(path)
+            runs[name].append(path)
     records = eval_prompts(s["prompts_per_tag"])
     results: dict[str, list[dict[str, Any]]] = {"pretrained": []}
     for seed in range(seeds):
@@ -216,15 +230,15 @@ def run_demo(out: Path, quick: bool = False, seeds: int = 1, cache: Path | None 
                 ),
             )
         )
-    for method in METHODS:
-        results[method] = [
+    for name in variants:
+        results[name] = [
             clock.run(
-                f"evaluate {method} seed {seed}",
-                lambda m=method, sd=seed, p=path: evaluate(
-                    p, out / "eval" / f"{m}-seed{sd}", records, s["samples"], sd
+                f"evaluate {name} seed {seed}",
+                lambda n=name, sd=seed, p=path: evaluate(
+                    p, out / "eval" / f"{n}-seed{sd}", records, s["samples"], sd
                 ),
             )
-            for seed, path in enumerate(runs[method])
+            for seed, path in enumerate(runs[name])
         ]
     from segros.report import grounding_quality, write_reports
 
@@ -241,6 +255,9 @@ def add_arguments(parser: Any) -> None:
     )
     parser.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     parser.add_argument("--seeds", type=int, default=1, help="fine-tuning / sampling seeds per method")
+    parser.add_argument(
+        "--ablations", action="store_true", help="also run segros with eta 0 / 1.0, bottom hints, noise 0"
+    )
 
 
 def run(args: Any) -> int:
@@ -248,6 +265,6 @@ def run(args: Any) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     out = Path(args.out)
-    report = run_demo(out, quick=args.quick, seeds=args.seeds)
+    report = run_demo(out, quick=args.quick, seeds=args.seeds, ablations=args.ablations)
     print(f"[demo] report: {report} and {report.with_suffix('.html')}")
     return 0

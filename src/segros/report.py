@@ -146,6 +146,7 @@ def write_reports(
         for name, p in pointing.items()
     ]
     lift = {name: p["model"] - p["random"] for name, p in pointing.items()}
+
     def judge(v: float) -> str:
         return "near random" if abs(v) < 0.05 else ("above" if v > 0 else "below") + " random"
 
