@@ -101,6 +101,89 @@ def test_stray_pixels_are_not_objects():
     assert detect(image) == []
 
 
+# --- garbage is not objects: the confidence says how clean an instance a blob is -------------------
+
+
+def _real_tiles(size: int = 32, patch: int = 4, scenes: int = 60) -> np.ndarray:
+    """The distinct ``patch`` x ``patch`` tiles of real scenes: the vocabulary of a patch decoder."""
+    world = ShapesWorld(image_size=size, seed=3)
+    n = size // patch
+    images = np.stack([world.scene(i).image for i in range(scenes)])
+    tiles = images.reshape(scenes, n, patch, n, patch, 3).transpose(0, 1, 3, 2, 4, 5)
+    return np.unique(tiles.reshape(-1, patch, patch, 3), axis=0)
+
+
+def _mosaic(tiles: np.ndarray, rng: np.random.Generator, n: int = 8) -> np.ndarray:
+    """An ``n`` x ``n`` grid of random tiles, as an untrained generator decodes random codes."""
+    p = tiles.shape[1]
+    grid = tiles[rng.integers(0, len(tiles), n * n)].reshape(n, n, p, p, 3)
+    return grid.transpose(0, 2, 1, 3, 4).reshape(n * p, n * p, 3)
+
+
+def test_random_tile_mosaics_score_at_most_005_on_every_tag():
+    tiles = _real_tiles()
+    rows = [
+        score_image(str(i), detect(_mosaic(tiles, np.random.default_rng([13, i]))), record)
+        for i, record in enumerate(load_prompts()[::3])
+    ]
+    summary = summarize(rows)
+    assert set(summary["tags"]) == set(TAGS)
+    assert all(v <= 0.05 for v in summary["tags"].values()), summary
+
+
+def _circle_and_square() -> np.ndarray:
+    image = np.full((32, 32, 3), BACKGROUND, dtype=np.uint8)
+    image[3:14, 3:14][shape_mask("circle", 11)] = PALETTE["red"]
+    image[18:29, 18:29][shape_mask("square", 11)] = PALETTE["blue"]
+    return image
+
+
+def _confident(image: np.ndarray, threshold: float = 0.3) -> set[tuple[str, str]]:
+    return {(d.cls, d.color) for d in detect(image) if d.confidence >= threshold}
+
+
+def test_a_corrupted_object_is_lost_and_the_intact_one_kept():
+    assert _confident(_circle_and_square(), 0.9) == {("circle", "red"), ("square", "blue")}
+    half = _circle_and_square()
+    half[3:14, 8:14] = BACKGROUND  # right half of the circle erased
+    bite = _circle_and_square()
+    bite[8:14, 8:14] = BACKGROUND  # a quarter bitten off
+    patched = _circle_and_square()
+    patched[4:8, 4:8] = PALETTE["yellow"]  # a foreign tile inside it
+    for image in (half, bite, patched):
+        assert _confident(image) == {("square", "blue")}
+        assert _confident(image, 0.9) == {("square", "blue")}
+
+
+def test_circle_tiles_replaced_by_random_tiles_lose_the_circle():
+    tiles = _real_tiles()
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        image = _circle_and_square()
+        replaced = 0
+        while replaced < 3:  # at least 3 of the circle's 9 tiles, all but the corner tiles hit it
+            ty, tx = (int(v) for v in rng.integers(0, 3, 2))
+            tile = tiles[rng.integers(len(tiles))]
+            if (image[ty * 4 + 1 : ty * 4 + 5, tx * 4 + 1 : tx * 4 + 5] != tile).any():
+                replaced += 1
+            image[ty * 4 + 1 : ty * 4 + 5, tx * 4 + 1 : tx * 4 + 5] = tile
+        assert ("circle", "red") not in _confident(image, 0.9)
+        assert ("square", "blue") in _confident(image, 0.9)
+
+
+def test_touching_objects_are_both_kept():
+    image = _circle_and_square()
+    image[3:14, 14:25][shape_mask("square", 11)] = PALETTE["green"]  # flush against the circle
+    assert _confident(image, 0.9) == {("circle", "red"), ("square", "green"), ("square", "blue")}
+
+
+def test_blobs_far_below_the_smallest_object_are_not_objects():
+    image = np.full((32, 32, 3), BACKGROUND, dtype=np.uint8)
+    image[4:8, 4:8] = PALETTE["red"]  # a lone 4 px square: half the smallest object's side
+    image[20:24, 10:14][shape_mask("circle", 4)] = PALETTE["green"]
+    assert _confident(image) == set()
+
+
 # --- the relation test, golden cases around its thresholds ----------------------------------------
 
 
