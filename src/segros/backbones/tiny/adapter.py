@@ -34,6 +34,10 @@ from segros.sequence import IMAGE, pack_layout
 QUESTION_WORDS = "what is shown describe this picture image how many are there where which color".split()
 
 
+SHIPPED = Path(__file__).resolve().parents[2] / "assets" / "tiny-pretrained"
+SHIPPED_TOKENIZER = SHIPPED / "image_tokenizer.safetensors"
+
+
 def cache_dir() -> Path:
     """Where fitted assets are cached: ``$SEGROS_CACHE`` or ``~/.cache/segros``."""
     return Path(os.environ.get("SEGROS_CACHE", "~/.cache/segros")).expanduser()
@@ -60,6 +64,16 @@ def cached_shapes_tokenizer(
     path = tokenizer_cache_path(image_size, num_codes, tokens_per_side, seed)
     if path.is_file():
         return PatchTokenizer.load(path)
+    # The pretrained model shipped in the package was made with the default tokenizer (this
+    # function with seed 0): reuse its copy rather than fitting the same thing again.
+    if SHIPPED_TOKENIZER.is_file() and seed == 0:
+        shipped = PatchTokenizer.load(SHIPPED_TOKENIZER)
+        if (shipped.image_size, shipped.patch, shipped.num_codes) == (
+            image_size,
+            image_size // tokens_per_side,
+            num_codes,
+        ):
+            return shipped
     patch = image_size // tokens_per_side
     tokenizer = fit_on_shapes(image_size=image_size, num_codes=num_codes, seed=seed, patch=patch)
     path.parent.mkdir(parents=True, exist_ok=True)
