@@ -206,3 +206,14 @@ def test_lr_schedule():
     assert lr_factor(9, 10, 100, "cosine", 0.1) == pytest.approx(1.0)
     assert lr_factor(100, 10, 100, "cosine", 0.1) == pytest.approx(0.1)
     assert lr_factor(50, 10, 100, "constant", 0.1) == 1.0
+
+
+def test_gradient_accumulation_steps_once_per_group(small_tokenizer, tmp_path):
+    result = train(
+        tiny_config(small_tokenizer, "optim.grad_accum=3", "run.max_steps=2", "run.save_every=2"), tmp_path
+    )
+    state = torch.load(tmp_path / "checkpoints/step-2/rank-0.pt", weights_only=True)
+    assert state["t2i"]["order"]["position"] == 2 * 3 * 4  # 2 optimizer steps x 3 micro-batches x 4
+    assert len(result.losses) == 2
+    scheduler = torch.load(tmp_path / "checkpoints/step-2/scheduler.pt", weights_only=True)
+    assert scheduler["last_epoch"] == 2  # the lr schedule counts optimizer steps, not micro-batches
