@@ -197,12 +197,19 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def run_demo(
-    out: Path, quick: bool = False, seeds: int = 1, cache: Path | None = None, ablations: bool = False
+    out: Path,
+    quick: bool = False,
+    seeds: int = 1,
+    cache: Path | None = None,
+    ablations: bool = False,
+    samples: int | None = None,
 ) -> Path:
     """Run every stage and write the reports; returns the path of ``report.md``."""
     from segros.backbones.tiny.adapter import cache_dir
 
     s = settings(quick)
+    if samples is not None:
+        s["samples"] = samples
     out.mkdir(parents=True, exist_ok=True)
     cache = cache or cache_dir()
     clock = Stopwatch()
@@ -220,16 +227,15 @@ def run_demo(
             )
             runs[name].append(path)
     records = eval_prompts(s["prompts_per_tag"])
-    results: dict[str, list[dict[str, Any]]] = {"pretrained": []}
-    for seed in range(seeds):
-        results["pretrained"].append(
+    # the pretrained model has no training seed: it is evaluated once, with sampling seed 0
+    results: dict[str, list[dict[str, Any]]] = {
+        "pretrained": [
             clock.run(
-                f"evaluate pretrained seed {seed}",
-                lambda sd=seed: evaluate(
-                    pretrained, out / "eval" / f"pretrained-seed{sd}", records, s["samples"], sd
-                ),
+                "evaluate pretrained",
+                lambda: evaluate(pretrained, out / "eval" / "pretrained-seed0", records, s["samples"], 0),
             )
-        )
+        ]
+    }
     for name in variants:
         results[name] = [
             clock.run(
@@ -258,6 +264,7 @@ def add_arguments(parser: Any) -> None:
     parser.add_argument(
         "--ablations", action="store_true", help="also run segros with eta 0 / 1.0, bottom hints, noise 0"
     )
+    parser.add_argument("--samples", type=int, help="images per evaluation prompt (default 4; --quick 1)")
 
 
 def run(args: Any) -> int:
@@ -265,6 +272,6 @@ def run(args: Any) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     out = Path(args.out)
-    report = run_demo(out, quick=args.quick, seeds=args.seeds, ablations=args.ablations)
+    report = run_demo(out, quick=args.quick, seeds=args.seeds, ablations=args.ablations, samples=args.samples)
     print(f"[demo] report: {report} and {report.with_suffix('.html')}")
     return 0
