@@ -301,10 +301,17 @@ class TinyBackbone(Backbone):
             logits = self._image_logits(no_hints, None, ids, mask, image_ids.repeat(2, 1)).float()
             cond, uncond = logits[:B], logits[B:]
             guided = uncond + (1.0 + scale) * (cond - uncond) if scale > 0 else cond
-            probs = (guided / self.options.sample_temperature).softmax(-1)
-            flat = probs.reshape(B * N, K).to(gen_device)
-            sampled = torch.multinomial(flat, 1, generator=generator).view(B, N).to(device)
-            confidence = probs.gather(-1, sampled.unsqueeze(-1)).squeeze(-1).clamp_min(1e-30).log()
+            # sample only where the code is still unknown, by inverse CDF (the same distribution
+            # as torch.multinomial, several times faster on (B*N, K) rows)
+            rows = guided[~known] / self.options.sample_temperature  # (M, K)
+            probs = rows.softmax(-1)
+            cdf = probs.cumsum(-1)
+            u = torch.rand(rows.shape[0], 1, generator=generator, device=gen_device).to(device)
+            picked = torch.searchsorted(cdf, u * cdf[:, -1:]).clamp_max(K - 1)  # (M, 1)
+            sampled = codes.clone()
+            sampled[~known] = picked.squeeze(-1)
+            confidence = torch.zeros(B, N, device=device)
+            confidence[~known] = probs.gather(-1, picked).squeeze(-1).clamp_min(1e-30).log()
             u = torch.rand(B, N, generator=generator, device=gen_device).to(device).clamp(1e-20, 1 - 1e-7)
             confidence = confidence + (1.0 - (step + 1) / steps) * -torch.log(
                 -torch.log(u)
