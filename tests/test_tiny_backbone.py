@@ -117,3 +117,19 @@ def test_word_tokenizer_round_trip_and_unknown_words():
     assert batch["mask"].sum(1).tolist() == [8, 5]
     with pytest.raises(ValueError, match="lower-case"):
         WordTokenizer(["Bad Word"])
+
+
+def test_load_backbone_accepts_a_run_folder_and_its_latest_pointer(small_tokenizer, tmp_path):
+    from train_helpers import tiny_config
+
+    from segros.train.loop import train
+
+    train(tiny_config(small_tokenizer, "run.max_steps=2", "run.save_every=1"), tmp_path)
+    by_run = load_backbone(tmp_path)
+    by_pointer = load_backbone(tmp_path / "checkpoints" / "latest")
+    by_folder = load_backbone(tmp_path / "checkpoints" / "step-2")
+    for other in (by_pointer, by_folder):
+        for (name, a), (_, b) in zip(by_run.state_dict().items(), other.state_dict().items(), strict=True):
+            assert torch.equal(a, b), name
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_backbone(tmp_path / "nowhere")

@@ -37,8 +37,25 @@ def build_backbone(options: BaseModel) -> Backbone:
     return backbone_class(options.name).from_options(options)
 
 
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A model folder from what a user may point at: the folder itself, a run's
+    ``checkpoints/latest`` pointer file, or a run folder (its newest complete checkpoint)."""
+    path = Path(path)
+    if path.is_file() and path.name == "latest":
+        return path.parent / path.read_text().strip()
+    if path.is_dir() and not (path / "config.json").is_file() and (path / "checkpoints").is_dir():
+        from segros.train.checkpoint import latest_checkpoint
+
+        found = latest_checkpoint(path)
+        if found is not None:
+            return found
+    return path
+
+
 def load_backbone(path: str | Path, **overrides: Any) -> Backbone:
-    """Load any backbone folder written by ``save_pretrained`` (its config.json names it)."""
+    """Load any backbone folder written by ``save_pretrained`` (its config.json names it);
+    a run folder or its ``checkpoints/latest`` file works too."""
+    path = resolve_checkpoint(path)
     config_file = Path(path) / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{path} has no config.json: not a segros checkpoint folder")
