@@ -98,7 +98,7 @@ def training_set(cache: Path, scenes: int, image_size: int, seed: int = 2000) ->
     return folder
 
 
-def pretrained_checkpoint(out: Path, quick: bool, steps: int | None) -> Path:
+def pretrained_checkpoint(out: Path, steps: int | None) -> Path:
     """The shipped checkpoint, or one trained now with configs/demo/pretrain.yaml."""
     if (SHIPPED_PRETRAINED / "model.safetensors").is_file():
         print(f"[demo] using the shipped pretrained TinyUMM {SHIPPED_PRETRAINED}")
@@ -214,7 +214,7 @@ def run_demo(
     cache = cache or cache_dir()
     clock = Stopwatch()
     data = clock.run("training data", lambda: training_set(cache, s["train_scenes"], 32))
-    pretrained = clock.run("pretrained model", lambda: pretrained_checkpoint(out, quick, s["pretrain_steps"]))
+    pretrained = clock.run("pretrained model", lambda: pretrained_checkpoint(out, s["pretrain_steps"]))
     variants = {m: [f"method.preset={m}"] for m in METHODS} | (ABLATIONS if ablations else {})
     runs: dict[str, list[Path]] = {name: [] for name in variants}
     for name, method in variants.items():

@@ -72,9 +72,14 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
     return found[-1][1] if found else None
 
 
+def tmp_dir(out_dir: str | Path, step: int) -> Path:
+    """The temporary folder a checkpoint is written into before it is renamed."""
+    return checkpoints_dir(out_dir) / f".tmp-step-{step}"
+
+
 def begin(out_dir: str | Path, step: int) -> Path:
     """Create (fresh) the temporary folder a checkpoint is written into. Main process only."""
-    tmp = checkpoints_dir(out_dir) / f".tmp-step-{step}"
+    tmp = tmp_dir(out_dir, step)
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)

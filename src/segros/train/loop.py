@@ -166,7 +166,7 @@ class Trainer:
 
     def save(self) -> Path | None:
         acc = self.accelerator
-        tmp = ckpt.checkpoints_dir(self.out_dir) / f".tmp-step-{self.step}"
+        tmp = ckpt.tmp_dir(self.out_dir, self.step)
         if acc.is_main_process:
             ckpt.begin(self.out_dir, self.step)
         acc.wait_for_everyone()
