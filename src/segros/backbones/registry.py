@@ -18,6 +18,8 @@ from segros.backbones.base import Backbone
 
 BACKBONES: dict[str, str] = {
     "tiny": "segros.backbones.tiny.adapter:TinyBackbone",
+    "showo": "segros.backbones.showo.adapter:ShowoBackbone",
+    "harmon": "segros.backbones.harmon.adapter:HarmonBackbone",
 }
 
 
