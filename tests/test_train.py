@@ -217,3 +217,32 @@ def test_gradient_accumulation_steps_once_per_group(small_tokenizer, tmp_path):
     assert len(result.losses) == 2
     scheduler = torch.load(tmp_path / "checkpoints/step-2/scheduler.pt", weights_only=True)
     assert scheduler["last_epoch"] == 2  # the lr schedule counts optimizer steps, not micro-batches
+
+
+def test_accumulation_marks_only_the_last_micro_batch_as_a_sync_boundary(small_tokenizer, tmp_path):
+    """DeepSpeed and DDP both read accelerate's boundary flag: it must be set on the last
+    micro-batch of each group only, and stay in phase after a skipped (NaN) group."""
+    cfg = tiny_config(small_tokenizer, "optim.grad_accum=3", "run.max_steps=3", "run.save_every=3")
+    trainer = Trainer(cfg, tmp_path)
+    flags: list[bool] = []
+    backward = trainer.accelerator.backward
+
+    def recording_backward(loss, **kwargs):
+        flags.append(trainer.accelerator.sync_gradients)
+        return backward(loss, **kwargs)
+
+    trainer.accelerator.backward = recording_backward
+    original = trainer.backbone.reconstruction_loss
+    calls = {"n": 0}
+
+    def nan_on_fourth_micro_batch(batch, plan):
+        calls["n"] += 1
+        loss = original(batch, plan)
+        return loss * float("nan") if calls["n"] == 4 else loss
+
+    trainer.backbone.reconstruction_loss = nan_on_fourth_micro_batch
+    result = trainer.run()
+    # group 1: three backwards; group 2: NaN on its first micro-batch, no backward at all;
+    # group 3: three backwards, in phase again
+    assert flags == [False, False, True, False, False, True]
+    assert result.skipped_steps == 1 and math.isnan(result.losses[1])

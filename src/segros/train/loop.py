@@ -13,7 +13,6 @@ left as it was.
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import json
 import logging
@@ -104,6 +103,9 @@ class Trainer:
             # with no GPU, accelerate only forms a multi-process (gloo) group when told cpu=True
             cpu=not torch.accelerator.is_available(),
             mixed_precision=cfg.optim.mixed_precision,
+            # accelerate's own accumulation, so DeepSpeed (which keeps its own micro-step count
+            # and ignores no_sync) steps once per group too, and DDP syncs only on the last one
+            gradient_accumulation_steps=cfg.optim.grad_accum,
             log_with=trackers or None,
             project_dir=str(self.out_dir),
         )
@@ -278,18 +280,21 @@ class Trainer:
         while self.step < cfg.run.max_steps:
             terms_sum: dict[str, float] = {}
             any_bad = False
-            for micro in range(accum):
-                batch, plan, i2t = self._micro_batch(t2i_iter, i2t_iter)
-                sync = contextlib.nullcontext() if micro == accum - 1 else acc.no_sync(self.model)
-                with sync, acc.autocast():
+            for _ in range(accum):
+                # every micro-batch enters accumulate(), even after a bad one, so accelerate's
+                # count of micro-batches (and DeepSpeed's boundary) stays in phase with the groups
+                with acc.accumulate(self.model), acc.autocast():
+                    if any_bad:
+                        continue
+                    batch, plan, i2t = self._micro_batch(t2i_iter, i2t_iter)
                     terms = self.model(batch, plan=plan, i2t=i2t)
                     loss = total_loss(terms["recon"], terms.get("i2t", 0.0), lam)  # Eq. 13
                     for k, v in {**terms, "total": loss}.items():
                         terms_sum[k] = terms_sum.get(k, 0.0) + float(v.detach()) / accum
                     if not self._all_finite(loss):
                         any_bad = True
-                        break
-                    acc.backward(loss / accum)
+                        continue
+                    acc.backward(loss)  # divided by grad_accum inside (or by DeepSpeed)
             grad_norm = float("nan")
             if any_bad:
                 self.optimizer.zero_grad(set_to_none=True)
