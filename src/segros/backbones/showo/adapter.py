@@ -61,7 +61,9 @@ class ShowoArch(BaseModel):
     """Sizes for a randomly initialised model (``init_from: null``), e.g. the tiny test model.
 
     Each dict holds fields of :class:`ShowoConfig`, :class:`MagvitConfig`, :class:`ClipConfig`;
-    empty means the published size. ``vocab_size`` follows from the tokenizer and codebook.
+    empty means the published size. ``vocab_size`` follows from the tokenizer and codebook. When
+    loading a published Show-o, the LLM sizes are read off its weights and the CLIP sizes off the
+    CLIP config; ``magvit`` still applies (MAGVIT-v2 publishes no sizes: upstream's are the defaults).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -218,7 +220,9 @@ class ShowoBackbone(Backbone):
             clip_config, clip_weights = ckpt.clip_files(options.clip)
             clip_cfg = _clip_config(json.loads(clip_config.read_text()))
             clip_state = ckpt.clip_vision_state(ckpt.read_weights(clip_weights))
-        magvit_cfg = MagvitConfig(z_channels=int(math.log2(config.get("codebook_size", 8192))))
+        magvit_cfg = MagvitConfig(
+            **{**options.arch.magvit, "z_channels": int(math.log2(config.get("codebook_size", 8192)))}
+        )
         expected_tokens = (options.image_size // magvit_cfg.stride) ** 2
         if config.get("num_vq_tokens", expected_tokens) != expected_tokens:
             raise ValueError(
@@ -226,8 +230,10 @@ class ShowoBackbone(Backbone):
                 f"model.image_size={options.image_size} gives {expected_tokens}; set model.image_size"
             )
         showo_cfg = ShowoConfig(
+            **ckpt.llm_sizes(ckpt.weight_shapes(weights)),
             vocab_size=config["vocab_size"],
             w_clip_vit=bool(config.get("w_clip_vit")),
+            clip_hidden_size=(clip_cfg or ClipConfig()).hidden_size,
             attn_implementation=options.attn_implementation,
         )
         vocab = Vocab.from_tokenizer(tokenizer, magvit_cfg.codebook_size)

@@ -47,6 +47,28 @@ def upstream_showo(source: str) -> tuple[dict[str, Any], Path]:
     return config, files[UPSTREAM_WEIGHTS]
 
 
+def weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor in a safetensors file, read from its header (no tensor loaded)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+
+
+def llm_sizes(shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:
+    """Phi sizes read off the weights (upstream takes them from ``llm_model_path``'s config, i.e.
+    Phi-1.5; the weights carry the same numbers, so no extra file is needed)."""
+    prefix = "showo.model.layers."
+    layers = {int(k[len(prefix) :].split(".")[0]) for k in shapes if k.startswith(prefix)}
+    hidden = shapes["showo.model.embed_tokens.weight"][1]
+    return {
+        "hidden_size": hidden,
+        "num_layers": len(layers),
+        "num_heads": hidden // shapes[f"{prefix}0.self_attn.q_layernorm.weight"][0],
+        "intermediate_size": shapes[f"{prefix}0.mlp.fc1.weight"][0],
+    }
+
+
 def magvit_weights(source: str) -> Path:
     """The MAGVIT-v2 weights file (``model.magvit``, published as ``showlab/magvitv2``)."""
     return resolve_files(source, [UPSTREAM_WEIGHTS], "MAGVIT-v2 tokenizer", "model.magvit")[UPSTREAM_WEIGHTS]
