@@ -343,3 +343,15 @@ def test_save_and_load_give_identical_outputs(tokenizer_dir, tmp_path, clip):
     assert torch.equal(
         loaded.prepare_t2i([ShapesImageText(32, 0, 9)[4]])["codes"], t2i_batch(bb, 1, 4)["codes"]
     )
+
+
+def test_bf16_weights_as_deepspeed_casts_them(tokenizer_dir):
+    """DeepSpeed's bf16 mode casts every weight; data prep, the loss and generation must follow."""
+    bb = tiny_backbone(tokenizer_dir, clip=True, seed=7).to(torch.bfloat16)
+    batch = t2i_batch(bb)
+    assert batch["codes"].dtype == torch.long
+    plan = make_plan(bb, batch, "segros")
+    with torch.no_grad():
+        loss = bb.reconstruction_loss(batch, plan) + bb.i2t_loss(i2t_batch(bb))
+    assert torch.isfinite(loss)
+    assert bb.generate(["a red star"], torch.Generator().manual_seed(0), steps=1).shape == (1, 32, 32, 3)

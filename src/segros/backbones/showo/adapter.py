@@ -429,7 +429,7 @@ class ShowoBackbone(Backbone):
         if w > 0:
             ids = torch.cat([ids, empty_prompt(v, B, ids.shape[1], device)])
         rows = ids.shape[0]
-        no_hints = torch.zeros(rows, 0, self.model.cfg.hidden_size, device=device)
+        no_hints = self.model.embed_tokens.weight.new_zeros(rows, 0, self.model.cfg.hidden_size)
         no_slots = torch.zeros(rows, 0, dtype=torch.long, device=device)
         image_ids = torch.full((B, N), v.mask, dtype=torch.long, device=device)
         gen_device = generator.device if generator is not None else torch.device("cpu")

@@ -229,9 +229,11 @@ class MAGVITv2(nn.Module):
     @torch.no_grad()
     def get_code(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [-1, 1] -> (B, (H/16)*(W/16)) long code ids 0 .. 2**z - 1."""
-        return self.quantize.indices(self.encoder(pixels))
+        dtype = self.encoder.conv_in.weight.dtype  # bf16 under DeepSpeed: follow the weights
+        return self.quantize.indices(self.encoder(pixels.to(dtype)))
 
     @torch.no_grad()
     def decode_code(self, ids: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """(B, h*w) code ids -> (B, 3, h*16, w*16) pixels in about [-1, 1]."""
-        return self.decoder(self.quantize.codes_to_latents(ids, grid))
+        latents = self.quantize.codes_to_latents(ids, grid)
+        return self.decoder(latents.to(self.decoder.conv_in.weight.dtype))
