@@ -1,0 +1,543 @@
+"""Show-o behind the backbone protocol: data, the SeGroS seam, the I2T loss, generation, storage.
+
+Training sequence (paper Fig. 6 mapped onto Show-o's T2I layout)::
+
+    [hints (K) | t2i bos caption eos, left-padded to max_text_len + 1 (P) | soi | image (N) | eoi]
+
+- Attention: :func:`segros.sequence.pack_layout` with the text block as TEXT and ``soi .. eoi`` as
+  IMAGE. That is exactly Show-o's own T2I mask (upstream ``create_attention_mask_predict_next`` with
+  ``rm_pad_in_image``: text causal, ``soi .. eoi`` rows see every non-pad token) plus the hint rules:
+  hints see only hints, text and image see every hint.
+- Positions: everything after the hints keeps upstream's ``0 .. P + N + 1`` (soi at P, image slot
+  ``i`` at ``P + 1 + i``), so the pretrained weights see the positions they were trained with; a
+  hint takes the position of the image slot it came from (CLIP hints: the nearest code slot).
+  Prepending K hints shifts every *index* by K (the loss reads ``K + P + 1 .. K + P + N``), never
+  a position id.
+- Loss (Eq. 15): cross-entropy at the plan's targets only, through
+  :func:`segros.losses.masked_cross_entropy`. ``loss_vocab="full"`` (default) keeps Show-o's native
+  softmax over the whole 58,498-way vocabulary; ``"codes"`` restricts it to the 8,192 code logits
+  (the ones generation samples from). Unlike upstream's ``loss_t2i``, soi and eoi are not targets:
+  they are not image tokens and the plan does not name them.
+
+Image-to-text (Eq. 2) uses Show-o's MMU layout ``[mmu, soi, image, eoi, bos, USER: q ASSISTANT: a, eos]``
+with the image as codes (VQ variants) or projected CLIP features (CLIP variants), the image
+visible to every row and the text causal; only answer tokens carry loss.
+
+Generation is upstream's MaskGIT loop (``Showo.t2i_generate``): CFG ``(1 + w) cond - w uncond``, all
+positions sampled each step, cosine re-masking with Gumbel noise whose temperature decays as a
+cumulative product; every draw comes from the given generator.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from safetensors.torch import load_file, save_file
+
+from segros.backbones.base import Backbone, Batch, GroundingInputs
+from segros.backbones.showo import checkpoints as ckpt
+from segros.backbones.showo.magvit2 import MagvitConfig, MAGVITv2
+from segros.backbones.showo.model import CLIP_MEAN, CLIP_STD, ClipConfig, ClipTower, Showo, ShowoConfig
+from segros.backbones.showo.prompting import (
+    Vocab,
+    empty_prompt,
+    extend_tokenizer,
+    mmu_text,
+    t2i_prompt,
+)
+from segros.losses import i2t_loss, masked_cross_entropy
+from segros.plan import SupervisionPlan
+from segros.sequence import pack_layout
+
+
+class ShowoArch(BaseModel):
+    """Sizes for a randomly initialised model (``init_from: null``), e.g. the tiny test model.
+
+    Each dict holds fields of :class:`ShowoConfig`, :class:`MagvitConfig`, :class:`ClipConfig`;
+    empty means the published size. ``vocab_size`` follows from the tokenizer and codebook. When
+    loading a published Show-o, the LLM sizes are read off its weights and the CLIP sizes off the
+    CLIP config; ``magvit`` still applies (MAGVIT-v2 publishes no sizes: upstream's are the defaults).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    showo: dict[str, Any] = {}
+    magvit: dict[str, Any] = {}
+    clip: dict[str, Any] | None = None  # set: a w/ CLIP-ViT variant
+
+    @model_validator(mode="after")
+    def _fields(self) -> ShowoArch:
+        if "vocab_size" in self.showo or "w_clip_vit" in self.showo:
+            raise ValueError("arch.showo must not set vocab_size or w_clip_vit (derived)")
+        ShowoConfig(**self.showo), MagvitConfig(**self.magvit), ClipConfig(**(self.clip or {}))
+        return self
+
+
+class ShowoOptions(BaseModel):
+    """The ``model:`` section of a config for Show-o. Loading weights happens only when a run starts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Literal["showo"] = "showo"
+    # hub id or folder: a published Show-o (showlab/show-o, -512x512, -w-clip-vit, ...) or a segros
+    # checkpoint folder; null: random weights of ``arch``
+    init_from: str | None = "showlab/show-o"
+    magvit: str = "showlab/magvitv2"  # hub id or folder with pytorch_model.safetensors
+    tokenizer: str = "microsoft/phi-1_5"  # hub id or folder with the Phi-1.5 tokenizer files
+    clip: str = "openai/clip-vit-large-patch14-336"  # CLIP variants only
+    arch: ShowoArch = ShowoArch()
+    image_size: int = Field(256, ge=16, le=2048)
+    max_text_len: int = Field(128, ge=4, le=1024)  # upstream max_seq_length
+    hint_source: Literal["codes", "clip"] | None = None  # None: clip for CLIP variants, else codes
+    loss_vocab: Literal["full", "codes"] = "full"
+    caption_dropout: float = Field(0.1, ge=0.0, le=1.0)  # upstream cond_dropout_prob
+    generation_steps: int = Field(50, ge=1, le=1024)
+    guidance_scale: float = Field(5.0, ge=0.0)
+    generation_temperature: float = Field(1.0, ge=0.0)
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    gradient_checkpointing: bool = False
+
+
+# Options that only change how a loaded model runs (kept from the config over a checkpoint's own).
+RUNTIME = (
+    "hint_source",
+    "loss_vocab",
+    "caption_dropout",
+    "generation_steps",
+    "guidance_scale",
+    "generation_temperature",
+    "attn_implementation",
+    "gradient_checkpointing",
+    "max_text_len",
+)
+
+
+def _square(image: Any, size: int, resample: int) -> Any:
+    """Resize the short side to ``size`` and centre-crop (upstream's T2I and CLIP transforms)."""
+    from PIL import Image
+
+    if not isinstance(image, Image.Image):
+        image = Image.fromarray(np.asarray(image, dtype=np.uint8))
+    image = image.convert("RGB")
+    w, h = image.size
+    if (w, h) != (size, size):
+        scale = size / min(w, h)
+        image = image.resize((max(size, round(w * scale)), max(size, round(h * scale))), resample)
+        w, h = image.size
+        left, top = (w - size) // 2, (h - size) // 2
+        image = image.crop((left, top, left + size, top + size))
+    return image
+
+
+def _to_uint8(images: Sequence[Any], size: int) -> torch.Tensor:
+    from PIL import Image
+
+    arrays = [np.asarray(_square(im, size, Image.Resampling.BICUBIC), dtype=np.uint8) for im in images]
+    return torch.from_numpy(np.stack(arrays))
+
+
+def _is_segros_folder(source: str | Path) -> bool:
+    config = Path(source) / "config.json"
+    return config.is_file() and json.loads(config.read_text()).get("backbone") == "showo"
+
+
+class ShowoBackbone(Backbone):
+    """Show-o (VQ or w/ CLIP-ViT, 256 or 512 px); see the module docstring."""
+
+    Options = ShowoOptions
+    mask_schedule = "cosine"  # Show-o: gamma = cos(pi/2 u), one ratio per sample
+
+    def __init__(
+        self,
+        showo_cfg: ShowoConfig,
+        magvit_cfg: MagvitConfig,
+        clip_cfg: ClipConfig | None,
+        tokenizer: Any,
+        options: ShowoOptions,
+    ) -> None:
+        super().__init__()
+        self.options = options
+        self.text_tokenizer = tokenizer
+        self.vocab = Vocab.from_tokenizer(tokenizer, magvit_cfg.codebook_size)
+        if showo_cfg.vocab_size != self.vocab.size:
+            raise ValueError(
+                f"the LLM has {showo_cfg.vocab_size} embeddings but tokenizer + codebook give "
+                f"{self.vocab.size}"
+            )
+        self.model = Showo(showo_cfg)
+        self.vq = MAGVITv2(magvit_cfg).requires_grad_(False).eval()
+        self.clip = ClipTower(clip_cfg) if clip_cfg is not None else None
+        if showo_cfg.w_clip_vit != (clip_cfg is not None):
+            raise ValueError("a CLIP config is needed exactly for w_clip_vit models")
+        self.image_size = options.image_size
+        side, stride = options.image_size // magvit_cfg.stride, magvit_cfg.stride
+        if side * stride != options.image_size:
+            raise ValueError(f"model.image_size must be a multiple of MAGVIT's stride {stride}")
+        self.token_grid = (side, side)
+        self.hint_source = options.hint_source or ("clip" if showo_cfg.w_clip_vit else "codes")
+        if self.hint_source == "clip" and self.clip is None:
+            raise ValueError("model.hint_source='clip' needs a w/ CLIP-ViT Show-o")
+        self.hint_grid = clip_cfg.grid if self.hint_source == "clip" else None
+        self.caption_dropout = options.caption_dropout
+        if options.gradient_checkpointing:
+            self.model.showo.gradient_checkpointing_enable()
+
+    # --- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_options(cls, options: ShowoOptions) -> ShowoBackbone:
+        """Published weights (``init_from`` a hub id or folder), a segros checkpoint, or random ``arch``."""
+        if options.init_from and _is_segros_folder(options.init_from):
+            return cls.from_pretrained(options.init_from, **options.model_dump(include=set(RUNTIME)))
+        if options.init_from:
+            return cls._from_upstream(options)
+        tokenizer = extend_tokenizer(ckpt.load_tokenizer(options.tokenizer))
+        magvit_cfg = MagvitConfig(**options.arch.magvit)
+        clip_cfg = ClipConfig(**options.arch.clip) if options.arch.clip is not None else None
+        showo_cfg = ShowoConfig(
+            **options.arch.showo,
+            vocab_size=Vocab.from_tokenizer(tokenizer, magvit_cfg.codebook_size).size,
+            w_clip_vit=clip_cfg is not None,
+            clip_hidden_size=(clip_cfg or ClipConfig()).hidden_size,
+            attn_implementation=options.attn_implementation,
+        )
+        return cls(showo_cfg, magvit_cfg, clip_cfg, tokenizer, options)
+
+    @classmethod
+    def _from_upstream(cls, options: ShowoOptions) -> ShowoBackbone:
+        """A published Show-o: every file is located first, so a missing one stops before any load."""
+        config, weights = ckpt.upstream_showo(options.init_from)
+        vq_weights = ckpt.magvit_weights(options.magvit)
+        tokenizer = extend_tokenizer(ckpt.load_tokenizer(options.tokenizer))
+        clip_cfg, clip_state = None, None
+        if config.get("w_clip_vit"):
+            clip_config, clip_weights = ckpt.clip_files(options.clip)
+            clip_cfg = _clip_config(json.loads(clip_config.read_text()))
+            clip_state = ckpt.clip_vision_state(ckpt.read_weights(clip_weights))
+        magvit_cfg = MagvitConfig(
+            **{**options.arch.magvit, "z_channels": int(math.log2(config.get("codebook_size", 8192)))}
+        )
+        expected_tokens = (options.image_size // magvit_cfg.stride) ** 2
+        if config.get("num_vq_tokens", expected_tokens) != expected_tokens:
+            raise ValueError(
+                f"{options.init_from} was trained on {config['num_vq_tokens']} image tokens but "
+                f"model.image_size={options.image_size} gives {expected_tokens}; set model.image_size"
+            )
+        showo_cfg = ShowoConfig(
+            **ckpt.llm_sizes(ckpt.weight_shapes(weights)),
+            vocab_size=config["vocab_size"],
+            w_clip_vit=bool(config.get("w_clip_vit")),
+            clip_hidden_size=(clip_cfg or ClipConfig()).hidden_size,
+            attn_implementation=options.attn_implementation,
+        )
+        vocab = Vocab.from_tokenizer(tokenizer, magvit_cfg.codebook_size)
+        if vocab.llm_vocab_size != config.get("llm_vocab_size", vocab.llm_vocab_size):
+            raise ValueError(
+                f"tokenizer has {vocab.llm_vocab_size} text tokens, the checkpoint expects "
+                f"{config['llm_vocab_size']}"
+            )
+        backbone = _build_empty(cls, showo_cfg, magvit_cfg, clip_cfg, tokenizer, options)
+        ckpt.load_exact(backbone.model, load_file(str(weights)), f"Show-o weights {weights}")
+        ckpt.load_exact(backbone.vq, load_file(str(vq_weights)), f"MAGVIT-v2 weights {vq_weights}")
+        if backbone.clip is not None:
+            ckpt.load_exact(backbone.clip.tower, clip_state, f"CLIP weights from {options.clip}")
+        return backbone._finish_loading()
+
+    def _finish_loading(self) -> ShowoBackbone:
+        left = [n for n, p in [*self.named_parameters(), *self.named_buffers()] if p.is_meta]
+        if left:
+            raise ValueError(f"weights were not loaded for {left[:8]}")
+        self.vq.requires_grad_(False)
+        if self.clip is not None:
+            self.clip.tower.requires_grad_(False)
+        return self
+
+    # --- data -----------------------------------------------------------------------------------
+    @property
+    def _device(self) -> torch.device:
+        return self.model.embed_tokens.weight.device
+
+    def _encode(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, 3) uint8 -> (B, N) MAGVIT-v2 codes, on the tokenizer's device, returned on CPU."""
+        device = next(self.vq.parameters()).device
+        pixels = images.to(device).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # Normalize(0.5, 0.5)
+        return self.vq.get_code(pixels).cpu()
+
+    def _clip_pixels(self, images: Sequence[Any]) -> torch.Tensor:
+        from PIL import Image
+
+        size = self.clip.cfg.image_size
+        arr = np.stack([np.asarray(_square(im, size, Image.Resampling.BICUBIC)) for im in images])
+        pixels = torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255.0
+        return (pixels - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+
+    def _image_fields(self, raw: Sequence[Any]) -> Batch:
+        images = _to_uint8(raw, self.image_size)
+        out: Batch = {"images": images, "codes": self._encode(images)}
+        if self.clip is not None:
+            out["clip_pixels"] = self._clip_pixels(raw)
+        return out
+
+    def prepare_t2i(self, records: Sequence[Any]) -> Batch:
+        captions = [r.caption for r in records]
+        text = t2i_prompt(self.text_tokenizer, self.vocab, captions, self.options.max_text_len)
+        return {
+            **self._image_fields([r.image for r in records]),
+            "text_ids": text["ids"],
+            "text_mask": text["mask"],
+            "caption_mask": text["caption"],
+            "captions": captions,
+        }
+
+    def prepare_i2t(self, records: Sequence[Any]) -> Batch:
+        # the first question-answer turn of each LLaVA conversation
+        text = mmu_text(
+            self.text_tokenizer, self.vocab, [r.turns[0] for r in records], self.options.max_text_len
+        )
+        return {
+            **self._image_fields([r.image for r in records]),
+            "text_ids": text["ids"],
+            "text_mask": text["mask"],
+            "answer_mask": text["answer"],
+        }
+
+    def image_for_display(self, batch: Batch) -> torch.Tensor:
+        return batch["images"]
+
+    # --- the SeGroS seam --------------------------------------------------------------------
+    def _code_embeddings(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.model.embed(codes + self.vocab.code_offset)
+
+    def grounding_inputs(self, batch: Batch) -> GroundingInputs:
+        """Caption tokens and image codes through the one shared embedding table (DESIGN.md)."""
+        return GroundingInputs(
+            text_emb=self.model.embed(batch["text_ids"]),
+            text_valid=batch["caption_mask"],
+            image_emb=self._code_embeddings(batch["codes"]),
+        )
+
+    def clip_embeddings(self, batch: Batch) -> torch.Tensor:
+        """(B, 576, D): frozen CLIP patch features through the (trainable) ``mm_projector``."""
+        return self.model.mm_projector(self.clip(batch["clip_pixels"]))
+
+    def hint_embeddings(self, batch: Batch, hint_idx: torch.Tensor) -> torch.Tensor:
+        if hint_idx.shape[1] == 0:  # SFT: no hints, no CLIP pass
+            return self.model.embed_tokens.weight.new_zeros(hint_idx.shape[0], 0, self.model.cfg.hidden_size)
+        if self.hint_source == "clip":
+            feats = self.clip_embeddings(batch)
+            return feats.gather(1, hint_idx.unsqueeze(-1).expand(-1, -1, feats.shape[-1]))
+        return self._code_embeddings(batch["codes"].gather(1, hint_idx))
+
+    def hint_slots(self, hint_idx: torch.Tensor) -> torch.Tensor:
+        """Image slot of every hint: itself on the code grid, the nearest code cell for CLIP hints."""
+        if self.hint_grid is None:
+            return hint_idx
+        (gh, gw), (th, tw) = self.hint_grid, self.token_grid
+        row = ((hint_idx // gw).double() + 0.5) * th / gh
+        col = ((hint_idx % gw).double() + 0.5) * tw / gw
+        return row.floor().long() * tw + col.floor().long()
+
+    def _condition(self, batch: Batch, text_condition: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt ids and mask, with the empty prompt where the caption is dropped or unused (RecA)."""
+        ids = batch["text_ids"]
+        empty = empty_prompt(self.vocab, ids.shape[0], ids.shape[1], ids.device)
+        if not text_condition:
+            ids = empty
+        elif batch.get("drop_caption") is not None:
+            ids = torch.where(batch["drop_caption"].to(ids.device).unsqueeze(1), empty, ids)
+        return ids, ids != self.vocab.pad
+
+    def image_logits(
+        self,
+        hints: torch.Tensor,
+        hint_slots: torch.Tensor,
+        text_ids: torch.Tensor,
+        text_mask: torch.Tensor,
+        image_ids: torch.Tensor,
+    ) -> torch.Tensor:
+        """Logits (B, N, V) at the image slots of ``[hints | prompt | soi image eoi]`` (Fig. 6)."""
+        B, K = hints.shape[:2]
+        P, N = text_ids.shape[1], image_ids.shape[1]
+        v = self.vocab
+        layout = pack_layout(K, text_mask, N + 2)  # soi .. eoi form Show-o's bidirectional span
+        soi = torch.full((B, 1), v.soi, dtype=torch.long, device=image_ids.device)
+        eoi = torch.full((B, 1), v.eoi, dtype=torch.long, device=image_ids.device)
+        tokens = torch.cat(
+            [hints, self.model.embed(torch.cat([text_ids, soi, image_ids, eoi], dim=1))], dim=1
+        )
+        positions = torch.arange(P + N + 2, device=tokens.device).expand(B, -1)
+        positions = torch.cat([P + 1 + hint_slots.to(tokens.device), positions], dim=1)
+        hidden = self.model.hidden(tokens, layout.allowed, positions)
+        start = K + P + 1  # hints shift every index the loss reads by K
+        return self.model.logits(hidden[:, start : start + N])
+
+    def reconstruction_loss(self, batch: Batch, plan: SupervisionPlan) -> torch.Tensor:
+        codes, v = batch["codes"], self.vocab
+        ids, mask = self._condition(batch, plan.text_condition)
+        hints = self.hint_embeddings(batch, plan.hint_idx)
+        image_ids = torch.where(plan.seen, codes + v.code_offset, v.mask)  # Sec. 3.4
+        logits = self.image_logits(hints, self.hint_slots(plan.hint_idx), ids, mask, image_ids)
+        if self.options.loss_vocab == "codes":
+            logits = logits[..., v.code_offset : v.code_offset + v.codebook_size]
+            return masked_cross_entropy(logits, codes, plan.loss_weight)  # Eq. 15
+        return masked_cross_entropy(logits, codes + v.code_offset, plan.loss_weight)  # Eq. 15
+
+    def i2t_loss(self, batch: Batch) -> torch.Tensor:
+        """Eq. 2 on Show-o's MMU layout; the image is a prefix every row sees, the text is causal."""
+        ids, v = batch["text_ids"], self.vocab
+        B, T = ids.shape
+        if self.clip is not None:
+            image = self.clip_embeddings(batch)
+        else:
+            image = self._code_embeddings(batch["codes"])
+        n = image.shape[1]
+        head = self.model.embed(torch.tensor([v.mmu, v.soi], device=ids.device)).expand(B, -1, -1)
+        eoi = self.model.embed(torch.tensor([v.eoi], device=ids.device)).expand(B, -1, -1)
+        tokens = torch.cat([head, image.to(head.dtype), eoi, self.model.embed(ids)], dim=1)
+        S, prefix = tokens.shape[1], n + 3
+        idx = torch.arange(S, device=ids.device)
+        # upstream create_attention_mask_for_mmu (codes: columns mmu .. eoi seen by every row) and
+        # create_attention_mask_for_mmu_vit (CLIP: the n feature columns), on top of causal
+        first = 2 if self.clip is not None else 0
+        last = 2 + n if self.clip is not None else prefix
+        col = idx.view(1, S)
+        allowed = (idx.view(S, 1) >= col) | ((col >= first) & (col < last))
+        hidden = self.model.hidden(tokens, allowed.expand(B, S, S), idx.expand(B, -1))
+        return i2t_loss(self.model.logits(hidden[:, prefix:]), ids, batch["answer_mask"])  # Eq. 2
+
+    # --- generation ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate_codes(
+        self,
+        prompts: Sequence[str],
+        generator: torch.Generator | None = None,
+        guidance_scale: float | None = None,
+        steps: int | None = None,
+    ) -> torch.Tensor:
+        """(B, N) code ids by MaskGIT decoding with classifier-free guidance (upstream t2i_generate)."""
+        w = self.options.guidance_scale if guidance_scale is None else guidance_scale
+        steps = steps or self.options.generation_steps
+        v, device = self.vocab, self._device
+        B, N, K = len(prompts), self.num_tokens, v.codebook_size
+        ids = t2i_prompt(self.text_tokenizer, v, list(prompts), self.options.max_text_len)["ids"].to(device)
+        if w > 0:
+            ids = torch.cat([ids, empty_prompt(v, B, ids.shape[1], device)])
+        rows = ids.shape[0]
+        no_hints = self.model.embed_tokens.weight.new_zeros(rows, 0, self.model.cfg.hidden_size)
+        no_slots = torch.zeros(rows, 0, dtype=torch.long, device=device)
+        image_ids = torch.full((B, N), v.mask, dtype=torch.long, device=device)
+        gen_device = generator.device if generator is not None else torch.device("cpu")
+        temperature = self.options.generation_temperature
+        sampled = torch.zeros(B, N, dtype=torch.long, device=device)
+        for step in range(steps):
+            logits = self.image_logits(no_hints, no_slots, ids, ids != v.pad, image_ids.repeat(rows // B, 1))
+            logits = logits[..., v.code_offset : v.code_offset + K].float()
+            if w > 0:
+                logits = (1 + w) * logits[:B] - w * logits[B:]  # MUSE-style guidance
+            probs = logits.softmax(-1)
+            # every position draws a code (inverse CDF: torch.multinomial's distribution, seeded)
+            u = torch.rand(B, N, 1, generator=generator, device=gen_device).to(device)
+            cdf = probs.cumsum(-1)
+            draw = torch.searchsorted(cdf, u * cdf[..., -1:]).clamp_max(K - 1).squeeze(-1)
+            unknown = image_ids == v.mask
+            sampled = torch.where(unknown, draw, image_ids - v.code_offset)
+            ratio = (step + 1) / steps
+            mask_len = torch.tensor(math.floor(N * math.cos(0.5 * math.pi * ratio)), device=device)
+            mask_len = torch.clamp(torch.minimum(unknown.sum(-1, keepdim=True) - 1, mask_len), min=1)
+            chosen = probs.gather(-1, sampled.unsqueeze(-1)).squeeze(-1)
+            chosen = torch.where(unknown, chosen, torch.finfo(chosen.dtype).max)
+            temperature = temperature * (1.0 - ratio)  # annealed as a cumulative product, as upstream
+            g = torch.rand(B, N, generator=generator, device=gen_device).to(device).clamp(1e-20, 1 - 1e-7)
+            confidence = chosen.clamp_min(1e-20).log() + temperature * -torch.log(-torch.log(g))
+            cut_off = confidence.sort(-1).values.gather(1, mask_len)
+            image_ids = torch.where(confidence < cut_off, v.mask, sampled + v.code_offset)
+        return sampled
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """(B, N) codes -> (B, H, W, 3) uint8 through the MAGVIT-v2 decoder."""
+        device = next(self.vq.parameters()).device
+        pixels = self.vq.decode_code(codes.clamp(0, self.vocab.codebook_size - 1).to(device), self.token_grid)
+        return (
+            ((pixels.float() + 1) / 2).clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
+        )
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        generator: torch.Generator | None = None,
+        guidance_scale: float | None = None,
+        steps: int | None = None,
+    ) -> torch.Tensor:
+        return self.decode(self.generate_codes(prompts, generator, guidance_scale, steps))
+
+    # --- storage ------------------------------------------------------------------------------
+    def save_pretrained(self, path: str | Path) -> None:
+        """``config.json`` (``backbone: showo``), ``model.safetensors`` (Show-o, MAGVIT-v2 and CLIP
+        weights: the whole state, which the trainer's resume reloads) and ``tokenizer/``."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(path / "model.safetensors"))
+        self.text_tokenizer.save_pretrained(str(path / "tokenizer"))
+        config = {
+            "backbone": "showo",
+            "showo": self.model.cfg.to_dict(),
+            "magvit": self.vq.cfg.to_dict(),
+            "clip": self.clip.cfg.to_dict() if self.clip is not None else None,
+            "options": self.options.model_dump(),
+        }
+        (path / "config.json").write_text(json.dumps(config, indent=2))
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, **overrides: Any) -> ShowoBackbone:
+        """A segros Show-o folder, or a published Show-o (hub id or folder; ``overrides`` are options)."""
+        if not _is_segros_folder(path):
+            return cls.from_options(ShowoOptions(**{**overrides, "init_from": str(path)}))
+        path = Path(path)
+        missing = [
+            f for f in ("model.safetensors", "tokenizer/tokenizer_config.json") if not (path / f).is_file()
+        ]
+        if missing:
+            raise FileNotFoundError(
+                f"{path} is not a complete Show-o checkpoint: missing {', '.join(missing)}"
+            )
+        from transformers import AutoTokenizer
+
+        config = json.loads((path / "config.json").read_text())
+        options = ShowoOptions(**{**config["options"], **overrides, "init_from": None})
+        showo_cfg = ShowoConfig(**{**config["showo"], "attn_implementation": options.attn_implementation})
+        clip_cfg = ClipConfig(**config["clip"]) if config["clip"] is not None else None
+        tokenizer = extend_tokenizer(
+            AutoTokenizer.from_pretrained(str(path / "tokenizer"), padding_side="left")
+        )
+        backbone = _build_empty(
+            cls, showo_cfg, MagvitConfig(**config["magvit"]), clip_cfg, tokenizer, options
+        )
+        ckpt.load_exact(backbone, load_file(str(path / "model.safetensors")), f"{path}/model.safetensors")
+        return backbone._finish_loading()
+
+
+def _clip_config(raw: dict[str, Any]) -> ClipConfig:
+    """Our :class:`ClipConfig` from a published CLIP ``config.json`` (full CLIP or vision-only)."""
+    vision = raw.get("vision_config", raw)
+    fields = ("hidden_size", "intermediate_size", "image_size", "patch_size")
+    return ClipConfig(
+        **{k: vision[k] for k in fields if k in vision},
+        num_layers=vision.get("num_hidden_layers", 24),
+        num_heads=vision.get("num_attention_heads", 16),
+    )
+
+
+def _build_empty(cls: type[ShowoBackbone], *args: Any) -> ShowoBackbone:
+    """The backbone with parameters on the meta device (no memory, no init time); buffers are real
+    and the weights are then assigned from a file."""
+    from accelerate import init_empty_weights
+
+    with init_empty_weights(include_buffers=False):
+        return cls(*args)

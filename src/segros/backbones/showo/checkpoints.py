@@ -1,0 +1,135 @@
+"""Finding and reading Show-o's published files: the LLM, MAGVIT-v2, the Phi-1.5 tokenizer, CLIP-ViT.
+
+Every lookup goes through :func:`segros.backbones.hub.resolve_files`, so a folder or a hub id both
+work, and an offline machine without the files stops at once naming them and the config key to set.
+Weights are read with safetensors (or ``torch.load(weights_only=True)`` for CLIP's ``.bin``); nothing
+is unpickled.
+
+Published layouts (upstream ``models/modeling_utils.py`` L47-49; HF file listings):
+``showlab/show-o*`` and ``showlab/magvitv2`` hold ``config.json`` + ``pytorch_model.safetensors``
+(not ``model.safetensors``); the Show-o ``config.json`` is diffusers-style (``_class_name: "Showo"``,
+``vocab_size``, ``llm_vocab_size``, ``codebook_size``, ``num_vq_tokens``, ``w_clip_vit``).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from segros.backbones.hub import MissingCheckpointError, resolve_files
+
+UPSTREAM_WEIGHTS = "pytorch_model.safetensors"
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.json",
+    "merges.txt",
+    "special_tokens_map.json",
+    "added_tokens.json",
+)
+# Keys a published file may hold that this code recomputes rather than stores.
+RECOMPUTED = ("*rotary_emb.inv_freq", "*quantize.embedding", "*quantize.power_vals")
+
+
+def upstream_showo(source: str) -> tuple[dict[str, Any], Path]:
+    """(config dict, weights path) of a published Show-o checkpoint (``model.init_from``)."""
+    files = resolve_files(source, ["config.json", UPSTREAM_WEIGHTS], "Show-o checkpoint", "model.init_from")
+    config = json.loads(files["config.json"].read_text())
+    if config.get("_class_name") != "Showo":
+        raise ValueError(
+            f"{source}: config.json is not a Show-o config (_class_name {config.get('_class_name')!r})"
+        )
+    return config, files[UPSTREAM_WEIGHTS]
+
+
+def weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor in a safetensors file, read from its header (no tensor loaded)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+
+
+def llm_sizes(shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:
+    """Phi sizes read off the weights (upstream takes them from ``llm_model_path``'s config, i.e.
+    Phi-1.5; the weights carry the same numbers, so no extra file is needed)."""
+    prefix = "showo.model.layers."
+    layers = {int(k[len(prefix) :].split(".")[0]) for k in shapes if k.startswith(prefix)}
+    hidden = shapes["showo.model.embed_tokens.weight"][1]
+    return {
+        "hidden_size": hidden,
+        "num_layers": len(layers),
+        "num_heads": hidden // shapes[f"{prefix}0.self_attn.q_layernorm.weight"][0],
+        "intermediate_size": shapes[f"{prefix}0.mlp.fc1.weight"][0],
+    }
+
+
+def magvit_weights(source: str) -> Path:
+    """The MAGVIT-v2 weights file (``model.magvit``, published as ``showlab/magvitv2``)."""
+    return resolve_files(source, [UPSTREAM_WEIGHTS], "MAGVIT-v2 tokenizer", "model.magvit")[UPSTREAM_WEIGHTS]
+
+
+def load_tokenizer(source: str) -> Any:
+    """The Phi-1.5 text tokenizer (``model.tokenizer``), left padding as upstream sets it."""
+    from transformers import AutoTokenizer
+
+    files = resolve_files(
+        source, ["tokenizer_config.json"], "Phi-1.5 tokenizer", "model.tokenizer", optional=TOKENIZER_FILES
+    )
+    return AutoTokenizer.from_pretrained(str(files["tokenizer_config.json"].parent), padding_side="left")
+
+
+def clip_files(source: str) -> tuple[Path, Path]:
+    """(config.json, weights) of the CLIP vision encoder (``model.clip``)."""
+    files = resolve_files(
+        source,
+        ["config.json"],
+        "CLIP-ViT encoder",
+        "model.clip",
+        optional=["model.safetensors", "pytorch_model.bin"],
+    )
+    weights = files.get("model.safetensors") or files.get("pytorch_model.bin")
+    if weights is None:
+        raise MissingCheckpointError(
+            f"CLIP-ViT encoder: {source} has config.json but neither model.safetensors nor "
+            "pytorch_model.bin. Set model.clip to a folder that has one of them."
+        )
+    return files["config.json"], weights
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from safetensors or a weights-only torch file."""
+    if path.suffix == ".safetensors":
+        return load_file(str(path))
+    return torch.load(str(path), map_location="cpu", weights_only=True)
+
+
+def clip_vision_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The vision tower of a full CLIP checkpoint (``vision_model.*``), with that prefix removed
+    (transformers 5 names ``CLIPVisionModel``'s parameters without it)."""
+    prefix = "vision_model."
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def load_exact(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    """Load ``state`` into ``module`` (assigning tensors, so meta-initialised modules work), failing
+    on any missing or unexpected key except those this code recomputes (:data:`RECOMPUTED`)."""
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state and not _recomputed(k)]
+    unexpected = [k for k in state if k not in expected and not _recomputed(k)]
+    wrong = [k for k in state if k in expected and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or wrong:
+        raise ValueError(
+            f"{what}: the weights do not match the model: missing {missing[:8]}, unexpected "
+            f"{unexpected[:8]}, wrong shapes {[(k, tuple(state[k].shape)) for k in wrong[:8]]}"
+        )
+    module.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False, assign=True)
+
+
+def _recomputed(key: str) -> bool:
+    return any(fnmatch.fnmatch(key, p) for p in RECOMPUTED)
