@@ -246,3 +246,11 @@ def test_accumulation_marks_only_the_last_micro_batch_as_a_sync_boundary(small_t
     # group 3: three backwards, in phase again
     assert flags == [False, False, True, False, False, True]
     assert result.skipped_steps == 1 and math.isnan(result.losses[1])
+
+
+def test_launcher_accumulation_that_disagrees_with_the_config_stops_the_run(
+    small_tokenizer, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "4")  # what accelerate launch sets
+    with pytest.raises(ValueError, match=r"optim.grad_accum is 2 .* sets 4"):
+        Trainer(tiny_config(small_tokenizer, "optim.grad_accum=2"), tmp_path)

@@ -130,6 +130,14 @@ class Trainer:
         # The scheduler is stepped by hand once per optimizer step: accelerate's wrapper would
         # step it once per process.
         self.model, self.optimizer = acc.prepare(backbone, optimizer)
+        # `accelerate launch --gradient_accumulation_steps` and a DeepSpeed config override the
+        # value passed above; a silent mismatch would change the effective batch
+        if acc.gradient_accumulation_steps != o.grad_accum:
+            raise ValueError(
+                f"optim.grad_accum is {o.grad_accum} but the launcher (accelerate launch "
+                f"--gradient_accumulation_steps or the DeepSpeed config) sets "
+                f"{acc.gradient_accumulation_steps}; make them agree"
+            )
         self.plan_cfg = cfg.method.plan_config()
         self.generator = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + self.rank)
 
