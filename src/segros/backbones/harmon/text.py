@@ -102,7 +102,7 @@ def word_level_tokenizer(words: Sequence[str], folder: str | Path) -> Any:
     from transformers import PreTrainedTokenizerFast
 
     specials = [END, "<|im_start|>", "<|endoftext|>", "[UNK]"]
-    template = "user assistant Generate an image : . what is shown in this describe picture".split()
+    template = "user assistant Generate an image : . , what is shown in this describe picture".split()
     vocab: dict[str, int] = {}
     for w in [*specials, *template, *words]:
         vocab.setdefault(w, len(vocab))
