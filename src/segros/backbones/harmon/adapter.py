@@ -383,9 +383,10 @@ class HarmonBackbone(Backbone):
         x_enc, z_enc = self.model.visual_features(x, masked, self.token_grid)
         K = 0 if hints is None else hints.shape[1]
         layout = pack_layout(K, text_mask, z_enc.shape[1], hint_idx=hint_idx)
-        parts = [self.model.embed_text(ids), z_enc]
+        text = self.model.embed_text(ids)
+        parts = [text, z_enc.to(text.dtype)]
         if K:
-            parts.insert(0, hints.to(z_enc.dtype))
+            parts.insert(0, hints.to(text.dtype))
         hidden = self.model.llm_hidden(torch.cat(parts, dim=1), self._allowed(layout), layout.position_ids)
         x_dec = self.model.decoder_input(x_enc, hidden[:, layout.image])
         return self.model.mar.forward_mae_decoder(x_dec, masked, self.token_grid)
