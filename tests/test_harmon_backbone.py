@@ -206,3 +206,28 @@ def test_save_and_load_round_trip_identically(backbone, tmp_path):
         second = loaded.eval()(dict(batch), plan=plan)["recon"]
     backbone.train()
     assert torch.equal(first, second)
+
+
+def test_grounding_builds_no_graph_even_with_checkpointing(tokenizer_dir):
+    model = tiny_backbone(tokenizer_dir, grad_checkpointing=True)
+    with torch.no_grad():
+        g = model(model.prepare_t2i(records(2)), mode="ground")
+    assert not g.text_emb.requires_grad and not g.image_emb.requires_grad
+
+
+def test_diffusion_schedules_follow_mar():
+    """Cosine alpha_bar with max beta 0.999 over 1000 steps; 100 respaced steps from 0 to 999,
+    and respacing to all 1000 steps gives the training diffusion back."""
+    from segros.backbones.harmon.diffloss import GaussianDiffusion, cosine_betas, spaced_timesteps
+
+    betas = cosine_betas(1000)
+    acp = torch.cumprod(1 - torch.from_numpy(betas), 0)
+    t = torch.arange(1, 1000, dtype=torch.float64) / 1000
+    want = torch.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2 / math.cos(0.008 / 1.008 * math.pi / 2) ** 2
+    assert torch.allclose(acp[:-1], want, atol=1e-6) and betas.max() == 0.999
+    steps = spaced_timesteps(1000, 100)
+    assert len(steps) == 100 and steps[0] == 0 and steps[-1] == 999 and steps[1] == 10
+    full = GaussianDiffusion.respaced(betas, 1000)
+    assert full.timestep_map.tolist() == list(range(1000))
+    got = torch.from_numpy(full._arrays["log_betas"])
+    assert torch.allclose(got, torch.log(torch.from_numpy(betas)), rtol=0, atol=1e-10)

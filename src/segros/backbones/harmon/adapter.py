@@ -185,10 +185,14 @@ class HarmonBackbone(Backbone):
         super().__init__()
         self.options = options
         self.model = Harmon(cfg)
+        # MAR's class table is never used by Harmon (buffers take fake_latent): frozen, so that DDP
+        # does not wait for its gradient; it stays in the state dict for the released key set
+        self.model.mar.class_emb.requires_grad_(False)
         self.model.mar.grad_checkpointing = options.grad_checkpointing
         self.model.mar.diffloss.net.grad_checkpointing = options.grad_checkpointing
-        if options.grad_checkpointing:
-            self.model.llm.gradient_checkpointing_enable()
+        if options.grad_checkpointing:  # transformers 5 renamed it; the old name warns
+            llm = self.model.llm
+            getattr(llm, "activation_checkpointing_enable", llm.gradient_checkpointing_enable)()
         self._vae = [AutoencoderKL(cfg.vae).requires_grad_(False).eval()]  # a list: not a submodule
         self.text_tokenizer = tokenizer
         self.image_size = options.image_size
@@ -327,8 +331,8 @@ class HarmonBackbone(Backbone):
 
     # --- the SeGroS seam --------------------------------------------------------------------------
     def grounding_inputs(self, batch: Batch) -> GroundingInputs:
-        with torch.no_grad():
-            text_emb = self.model.embed_text(batch["text_ids"].to(self.device))
+        with torch.no_grad():  # detached: checkpointing's input hook marks embeddings requires_grad
+            text_emb = self.model.embed_text(batch["text_ids"].to(self.device)).detach()
         return GroundingInputs(
             text_emb=text_emb, text_valid=batch["caption_mask"], image_emb=self._clean_features(batch)
         )
