@@ -231,3 +231,30 @@ def test_diffusion_schedules_follow_mar():
     assert full.timestep_map.tolist() == list(range(1000))
     got = torch.from_numpy(full._arrays["log_betas"])
     assert torch.allclose(got, torch.log(torch.from_numpy(betas)), rtol=0, atol=1e-10)
+
+
+def test_caption_mask_with_a_byte_level_bpe_like_qwen(tmp_path):
+    """Qwen's tokenizer is byte-level BPE, whose tokens carry the preceding space (" red"); the
+    caption mask must still cover the first caption word and nothing of the template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from segros.backbones.harmon.text import T2I_PREFIX, T2I_SUFFIX, encode_t2i
+
+    specials = ["<|im_end|>", "<|im_start|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False)
+    tok.decoder = decoders.ByteLevel()
+    captions = [r.caption for r in records(20)]
+    corpus = [T2I_PREFIX + c + T2I_SUFFIX for c in captions] * 3
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
+    tok.train_from_iterator(corpus, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=specials[0], pad_token=specials[0])
+    batch = encode_t2i(fast, captions[:3], 200)
+    rows = zip(batch["text_ids"], batch["caption_mask"], batch["text_mask"], captions[:3], strict=True)
+    for ids, valid, real, caption in rows:
+        assert fast.decode(ids[valid].tolist()).strip() == caption
+        template = fast.decode(ids[real & ~valid].tolist())
+        assert template.startswith("<|im_start|>user\nGenerate an image:")
+        assert caption.split()[0] not in template.split()

@@ -24,6 +24,8 @@ How the plan maps onto Harmon (paper Sec. 3, Fig. 6, appendix 11.0.2):
 - I2T (Eq. 2): Harmon's understanding layout, ``<image>`` expanded to all tokens + buffers inside
   the chat template, plain causal attention, gradient into the visual features scaled by 0.1;
   NLL on the answer of the first LLaVA turn.
+- Images: T2I images are centre-cropped to a square and resized (upstream crops a random square,
+  ``crop2square``); I2T images are padded to a square with grey as upstream.
 - Generation: MAR iterative decoding (random order, cosine schedule), CFG against the prompt
   ``Generate an image.`` (``guidance_scale`` 1 = none, as upstream's ``cfg``), DiffLoss sampling with
   temperature, every draw from the given ``torch.Generator``.

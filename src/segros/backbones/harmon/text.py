@@ -6,8 +6,8 @@ Text-to-image prompts are ``<|im_start|>user\\nGenerate an image: {caption}<|im_
 <|im_end|>\\n<|im_start|>assistant\\n{answer}<|im_end|>`` with ``<image>`` expanded to every image
 token plus the buffers. Batches are right-padded with ``<|im_end|>`` as upstream's collate does.
 
-Grounding reads only *caption* tokens: a token is a caption token when its character span lies
-inside the caption (offset mapping of a fast tokenizer), so the template, "Generate an image:",
+Grounding reads only *caption* tokens: a token is a caption token when its character span
+overlaps the caption (offset mapping of a fast tokenizer), so the template, "Generate an image:",
 special tokens and padding are never valid, and the caption is tokenised in context exactly as
 the model sees it. Over-long captions lose their last tokens; the template is never cut.
 """
@@ -47,7 +47,9 @@ def encode_t2i(tokenizer: Any, captions: Sequence[str], max_len: int) -> dict[st
         text = T2I_PREFIX + caption + T2I_SUFFIX
         enc = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
         end = start + len(caption)
-        inside = [a >= start and b <= end and b > a for a, b in enc["offset_mapping"]]
+        # overlap, not containment: byte-level BPE (Qwen) glues the space before the first caption
+        # word to it, so that token starts one character before the caption
+        inside = [b > a and a < end and b > start for a, b in enc["offset_mapping"]]
         ids = list(enc["input_ids"])
         excess = len(ids) - max_len
         if excess > 0:  # cut the caption's last tokens, keep the template
