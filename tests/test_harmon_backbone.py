@@ -8,7 +8,7 @@ import torch
 from harmon_helpers import i2t_records, records, tiny_backbone, tiny_tokenizer
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from segros.backbones.harmon.adapter import HarmonBackbone, diffusion_loss
+from segros.backbones.harmon.adapter import HarmonBackbone, HarmonOptions, diffusion_loss
 from segros.backbones.harmon.mar import check_equal_visible
 from segros.backbones.registry import load_backbone
 from segros.plan import PRESETS, plan_batch, preset
@@ -189,6 +189,11 @@ def test_save_and_load_round_trip_identically(backbone, tmp_path):
     backbone.save_pretrained(tmp_path / "ckpt")
     loaded = load_backbone(tmp_path / "ckpt")
     assert isinstance(loaded, HarmonBackbone)
+    # a config's model.init_from may name the folder too; run-time options can be overridden
+    again = HarmonBackbone.from_options(HarmonOptions(init_from=str(tmp_path / "ckpt"), caption_dropout=0.3))
+    assert again.caption_dropout == 0.3 and again.token_grid == backbone.token_grid
+    pairs = zip(backbone.state_dict().values(), again.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
     for (k, v), (k2, v2) in zip(backbone.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert k == k2 and torch.equal(v, v2)
     prompts = ["a green triangle"]
