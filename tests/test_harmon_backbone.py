@@ -263,3 +263,16 @@ def test_caption_mask_with_a_byte_level_bpe_like_qwen(tmp_path):
         template = fast.decode(ids[real & ~valid].tolist())
         assert template.startswith("<|im_start|>user\nGenerate an image:")
         assert caption.split()[0] not in template.split()
+
+
+def test_bf16_weights_train_and_generate(tokenizer_dir):
+    """DeepSpeed bf16 casts every weight (the VAE's too, it moves with the module): the adapter
+    follows the weights' dtype and the loss stays float32."""
+    model = tiny_backbone(tokenizer_dir).to(torch.bfloat16)
+    assert next(model.vae.parameters()).dtype == torch.bfloat16
+    batch = model.prepare_t2i(records(2))
+    plan = _plan(model, batch, "segros", torch.Generator().manual_seed(0))
+    terms = model(batch, plan=plan, i2t=model.prepare_i2t(i2t_records(2)))
+    (terms["recon"] + terms["i2t"]).backward()
+    assert terms["recon"].dtype == torch.float32 and math.isfinite(float(terms["recon"].detach()))
+    assert model.generate(["a red circle"], torch.Generator().manual_seed(0)).dtype == torch.uint8

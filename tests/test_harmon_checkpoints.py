@@ -95,6 +95,12 @@ def test_full_size_names_and_shapes_match_the_release(size):
     assert sorted(set(got) - set(want)) == [] and sorted(set(want) - set(got)) == []
     assert {k: got[k] for k in want if got[k] != want[k]} == {}
     assert model.llm.config.tie_word_embeddings  # lm_head may be absent from the .pth: tied
+    # independent totals: LTH14/mar README L61-63 lists MAR-B (DiffLoss 6 x 1024) at 208M and MAR-H
+    # (12 x 1536) at 943M parameters; the Qwen2.5-0.5B / 1.5B model cards list 0.49B / 1.54B
+    mar = sum(p.numel() for p in model.mar.parameters())
+    llm = sum(p.numel() for p in model.llm.parameters())
+    assert abs(mar - {"0.5b": 208e6, "1.5b": 943e6}[size]) < 1e6
+    assert round(llm / 1e7) == {"0.5b": 49, "1.5b": 154}[size]
 
 
 @pytest.fixture(scope="module")
