@@ -1,0 +1,1 @@
+"""Harmon (Qwen2.5 + MAR + KL-16 VAE) behind the segros backbone protocol; see ``adapter.py``."""

@@ -1,0 +1,557 @@
+"""Harmon behind the backbone protocol: grounding, SeGroS plans, DiffLoss, I2T, generation, storage.
+
+How the plan maps onto Harmon (paper Sec. 3, Fig. 6, appendix 11.0.2):
+
+- Grounding embeddings: Qwen's input embeddings of the caption tokens, and for image tokens the
+  MAR encoder's output on the *clean* image (all tokens visible) projected by ``proj_in`` into the
+  LLM space, buffers excluded. Computed once per batch without gradient (MAR dropout off) and
+  cached in the batch; the hints are the same features at ``plan.hint_idx``, so **no gradient
+  flows into the hints** (as RecA feeds its dense visual prompt, a fixed condition).
+- Corrupted input: the plan's ``seen`` tokens stay visible; the MAR encoder drops the rest, which
+  needs equal visible counts per sample (the ``truncnorm`` schedule draws one ratio per batch;
+  unequal counts raise). The plan masks ``floor(gamma N)`` tokens where upstream's
+  ``random_masking`` masks ``ceil(gamma N)``: at N = 1024 and gamma in [0.7, 1] that is at most one
+  token more visible, and gamma = 1 masks everything in both.
+- Sequence: ``[hints | text | visible tokens + buffers]`` through Qwen with the Fig. 6 mask from
+  :func:`segros.sequence.pack_layout`; each hint gets the position id its image slot has when the
+  whole image is visible (text length + grid index). Within the image part, ``image_attention``
+  ``causal`` (default) keeps Harmon's own causal attention among image tokens, with which the
+  released weights were trained (buffers sit at the end so they see every visible token);
+  ``full`` makes the image block bidirectional as Fig. 6 draws it. Generation uses the same rule.
+- Loss (Eq. 17): residual ``x_enc + proj_out(z_llm)`` -> MAR decoder -> DiffLoss at the plan's
+  targets only, weighted by ``plan.loss_weight`` (drop-loss: 0 on non-target masked tokens), each
+  target repeated ``diffusion_batch_mul`` times with its own timestep and noise.
+- I2T (Eq. 2): Harmon's understanding layout, ``<image>`` expanded to all tokens + buffers inside
+  the chat template, plain causal attention, gradient into the visual features scaled by 0.1;
+  NLL on the answer of the first LLaVA turn.
+- Images: T2I images are centre-cropped to a square and resized (upstream crops a random square,
+  ``crop2square``); I2T images are padded to a square with grey as upstream.
+- Generation: MAR iterative decoding (random order, cosine schedule), CFG against the prompt
+  ``Generate an image.`` (``guidance_scale`` 1 = none, as upstream's ``cfg``), DiffLoss sampling with
+  temperature, every draw from the given ``torch.Generator``.
+
+The VAE is held outside the module tree, as upstream keeps ``vae.*`` out of its state dict: the
+backbone's state dict is exactly the Harmon model's (``model.llm.*``, ``model.mar.*``,
+``model.proj_*``), and the VAE moves with ``.to()`` through ``_apply``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from safetensors.torch import load_file, save_file
+
+from segros.backbones.base import Backbone, Batch, GroundingInputs
+from segros.backbones.harmon import text as T
+from segros.backbones.harmon.diffloss import DiffLoss
+from segros.backbones.harmon.mar import check_equal_visible, mask_by_order, random_orders
+from segros.backbones.harmon.model import Harmon, HarmonConfig, scale_gradient
+from segros.backbones.harmon.vae import AutoencoderKL
+from segros.backbones.hub import MissingCheckpointError, resolve_files
+from segros.losses import i2t_loss
+from segros.plan import SupervisionPlan
+from segros.sequence import IMAGE, pack_layout
+
+log = logging.getLogger(__name__)
+
+QWEN_TOKENIZERS = {"0.5b": "Qwen/Qwen2.5-0.5B-Instruct", "1.5b": "Qwen/Qwen2.5-1.5B-Instruct"}
+TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json"]
+VAE_FILE = "kl16.ckpt"
+
+
+class HarmonOptions(BaseModel):
+    """The ``model:`` section of a config for Harmon."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Literal["harmon"] = "harmon"
+    size: Literal["0.5b", "1.5b", "tiny"] = "0.5b"
+    # a segros folder (config.json), or a folder / hub id with the upstream release (wusize/harmon);
+    # None: random initialisation (tiny smoke runs)
+    init_from: str | None = None
+    checkpoint_file: str | None = None  # in init_from; default harmon_{size}.pth (e.g. harmon_1.5b-o.pth)
+    vae: str | None = None  # folder / hub id with kl16.ckpt; default: init_from
+    tokenizer: str | None = None  # folder / hub id; default Qwen/Qwen2.5-{size}-Instruct
+    image_size: int = Field(512, ge=32, le=2048)  # Harmon trains and samples at 512 px
+    max_text_len: int = Field(128, ge=8, le=4096)
+    caption_dropout: float = Field(0.1, ge=0.0, le=1.0)
+    diffusion_batch_mul: int = Field(4, ge=1, le=64)
+    i2t_grad_scale: float = Field(0.1, ge=0.0)  # gradient into visual features from the I2T loss
+    image_attention: Literal["causal", "full"] = "causal"
+    grad_checkpointing: bool = False
+    generation_steps: int = Field(64, ge=1, le=1024)
+    guidance_scale: float = Field(3.0, ge=0.0)
+    cfg_schedule: Literal["constant", "linear"] = "constant"
+    temperature: float = Field(1.0, gt=0.0)
+    diffusion_steps: int = Field(100, ge=1, le=1000)
+
+
+# --- images ---------------------------------------------------------------------------------------
+
+
+def _to_pil(image: Any) -> Any:
+    from PIL import Image
+
+    if not isinstance(image, Image.Image):
+        image = Image.fromarray(np.asarray(image, dtype=np.uint8))
+    return image.convert("RGB")
+
+
+def _center_crop(image: Any, size: int) -> Any:
+    from PIL import Image
+
+    w, h = image.size
+    s = min(w, h)
+    image = image.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+    return image if image.size == (size, size) else image.resize((size, size), Image.Resampling.BICUBIC)
+
+
+def _pad_square(image: Any, size: int) -> Any:
+    """Upstream's understanding preprocessing: pad to a square with (127, 127, 127), resize."""
+    from PIL import Image
+
+    w, h = image.size
+    s = max(w, h)
+    canvas = Image.new("RGB", (s, s), (127, 127, 127))
+    canvas.paste(image, ((s - w) // 2, (s - h) // 2))
+    return canvas if s == size else canvas.resize((size, size), Image.Resampling.BICUBIC)
+
+
+def _uint8(images: Sequence[Any]) -> torch.Tensor:
+    return torch.stack([torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()) for im in images])
+
+
+def _pixels(images: torch.Tensor) -> torch.Tensor:
+    """(B, H, W, 3) uint8 -> (B, 3, H, W) float in [-1, 1]."""
+    return images.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+@contextlib.contextmanager
+def _eval_mode(module: torch.nn.Module) -> Iterator[None]:
+    was = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was)
+
+
+# --- the loss -------------------------------------------------------------------------------------
+
+
+def diffusion_loss(
+    diffloss: DiffLoss,
+    z: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor,
+    batch_mul: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Eq. 17 on the plan's targets: the DiffLoss of every token with ``weight > 0``, each repeated
+    ``batch_mul`` times, weighted by ``weight`` and normalised by its sum.
+
+    ``z`` (B, N, D) is the MAR decoder output, ``target`` (B, N, C) the clean latents. Tokens of
+    weight 0 (seen, or dropped by drop-loss) never reach the head, so they cannot change the loss.
+    Equals upstream's ``(loss * mask).sum() / mask.sum()`` over the repeated rows for 0/1 weights.
+    """
+    rows = weight > 0
+    if not bool(rows.any()):
+        return z.sum() * 0.0  # keeps every parameter in the graph
+    w = weight[rows].float()
+    zs, ts = z[rows], target[rows]
+    per_row = diffloss(ts.repeat(batch_mul, 1), zs.repeat(batch_mul, 1), generator)
+    per_token = per_row.view(batch_mul, -1).mean(0)
+    return (per_token * w).sum() / w.sum()
+
+
+# --- the backbone ---------------------------------------------------------------------------------
+
+
+class HarmonBackbone(Backbone):
+    """Harmon-0.5B / 1.5B (or a tiny random configuration); see the module docstring."""
+
+    Options = HarmonOptions
+    mask_schedule = "truncnorm"
+    mask_per_batch = True
+
+    def __init__(self, cfg: HarmonConfig, tokenizer: Any, options: HarmonOptions) -> None:
+        super().__init__()
+        self.options = options
+        self.model = Harmon(cfg)
+        # MAR's class table is never used by Harmon (buffers take fake_latent): frozen, so that DDP
+        # does not wait for its gradient; it stays in the state dict for the released key set
+        self.model.mar.class_emb.requires_grad_(False)
+        self.model.mar.grad_checkpointing = options.grad_checkpointing
+        self.model.mar.diffloss.net.grad_checkpointing = options.grad_checkpointing
+        if options.grad_checkpointing:  # transformers 5 renamed it; the old name warns
+            llm = self.model.llm
+            getattr(llm, "activation_checkpointing_enable", llm.gradient_checkpointing_enable)()
+        self._vae = [AutoencoderKL(cfg.vae).requires_grad_(False).eval()]  # a list: not a submodule
+        self.text_tokenizer = tokenizer
+        self.image_size = options.image_size
+        stride = cfg.vae.stride * cfg.mar.patch_size
+        if options.image_size % stride:
+            raise ValueError(f"model.image_size must be a multiple of {stride}, got {options.image_size}")
+        self.token_grid = (options.image_size // stride, options.image_size // stride)
+        self.caption_dropout = options.caption_dropout
+        self._null_ids = T.encode_null(tokenizer)
+        vocab = cfg.llm["vocab_size"]
+        if len(tokenizer) > vocab:
+            raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the LLM only {vocab} embeddings")
+
+    @property
+    def cfg(self) -> HarmonConfig:
+        return self.model.cfg
+
+    @property
+    def vae(self) -> AutoencoderKL:
+        return self._vae[0]
+
+    def _apply(self, fn: Any, recurse: bool = True) -> HarmonBackbone:  # moves/casts the VAE along
+        super()._apply(fn, recurse)
+        self._vae[0]._apply(fn, recurse)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.mar.fake_latent.device
+
+    # --- construction -----------------------------------------------------------------------------
+    @classmethod
+    def from_options(cls, options: HarmonOptions) -> HarmonBackbone:
+        """Random weights (``init_from`` None), a segros folder, or the upstream release."""
+        source = options.init_from
+        if source and (Path(source).expanduser() / "config.json").is_file():
+            keep = set(HarmonOptions.model_fields) - {"name", "init_from", "size", "image_size", "tokenizer"}
+            return cls.from_pretrained(source, **options.model_dump(include=keep))
+        tokenizer = load_tokenizer(options.tokenizer or QWEN_TOKENIZERS.get(options.size), options.size)
+        cfg = HarmonConfig.for_size(options.size)
+        if not source:
+            return cls(cfg, tokenizer, options)
+        ckpt_name = options.checkpoint_file or f"harmon_{options.size}.pth"
+        found, errors = {}, []
+        for src, files, what, key in (
+            (source, [ckpt_name], f"Harmon-{options.size} checkpoint", "model.init_from"),
+            (options.vae or source, [VAE_FILE], "Harmon KL-16 VAE", "model.vae"),
+        ):
+            try:
+                found |= resolve_files(src, files, what, key)
+            except MissingCheckpointError as err:
+                errors.append(str(err))
+        if errors:
+            raise MissingCheckpointError("\n".join(errors))
+        backbone = cls(cfg, tokenizer, options)
+        backbone.load_upstream(found[ckpt_name], found[VAE_FILE])
+        return backbone
+
+    def load_upstream(self, harmon_pth: str | Path, kl16_ckpt: str | Path) -> None:
+        """Load the released ``harmon_*.pth`` (flat state dict of ``Harmon``) and ``kl16.ckpt``
+        (``{"model": state dict}``), both with ``weights_only=True``. Missing keys other than the
+        tied ``llm.lm_head.weight`` are an error; ``vae.*`` and unknown keys are ignored (logged)."""
+        state = _unwrap(torch.load(harmon_pth, map_location="cpu", weights_only=True))
+        state = {k.removeprefix("module."): v for k, v in state.items() if not k.startswith("vae.")}
+        result = self.model.load_state_dict(state, strict=False)
+        tied = {"llm.lm_head.weight"} if self.model.llm.config.tie_word_embeddings else set()
+        missing = [k for k in result.missing_keys if k not in tied]
+        if missing:
+            raise ValueError(f"{harmon_pth} lacks {len(missing)} Harmon weights, e.g. {missing[:5]}")
+        if result.unexpected_keys:
+            log.warning("%s: ignored %d unknown keys, e.g. %s", harmon_pth, len(result.unexpected_keys),
+                        result.unexpected_keys[:5])  # fmt: skip
+        if tied:
+            self.model.llm.tie_weights()
+        vae_state = _unwrap(torch.load(kl16_ckpt, map_location="cpu", weights_only=True))
+        own = self.vae.state_dict()
+        missing = [k for k in own if k not in vae_state]
+        if missing:
+            raise ValueError(f"{kl16_ckpt} lacks {len(missing)} VAE weights, e.g. {missing[:5]}")
+        self.vae.load_state_dict({k: vae_state[k] for k in own})
+
+    # --- data -------------------------------------------------------------------------------------
+    def prepare_t2i(self, records: Sequence[Any]) -> Batch:
+        images = _uint8([_center_crop(_to_pil(r.image), self.image_size) for r in records])
+        captions = [r.caption for r in records]
+        return {
+            "images": images,
+            "pixels": _pixels(images),
+            **T.encode_t2i(self.text_tokenizer, captions, self.options.max_text_len),
+            "captions": captions,
+        }
+
+    def prepare_i2t(self, records: Sequence[Any]) -> Batch:
+        images = _uint8([_pad_square(_to_pil(r.image), self.image_size) for r in records])
+        # Harmon is trained here on the first question-answer turn of each conversation
+        turns = [r.turns[0] for r in records]
+        return {
+            "pixels": _pixels(images),
+            **T.encode_i2t(self.text_tokenizer, turns, self.options.max_text_len),
+        }
+
+    def image_for_display(self, batch: Batch) -> torch.Tensor:
+        return batch["images"]
+
+    # --- encoders ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_latents(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, N, 16) scaled posterior means (Harmon encodes with the mode, not a sample)."""
+        vae = self.vae
+        mean, _ = vae.encode(pixels.to(self.device, next(vae.parameters()).dtype))
+        return (mean * self.cfg.vae_scale).flatten(2).transpose(1, 2).float()
+
+    @torch.no_grad()
+    def decode_latents(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, N, 16) latents -> (B, H, W, 3) uint8."""
+        h, w = self.token_grid
+        z = (tokens / self.cfg.vae_scale).transpose(1, 2).reshape(tokens.shape[0], -1, h, w)
+        x = self.vae.decode(z.to(next(self.vae.parameters()).dtype)).float()
+        return (127.5 * x + 128).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu()
+
+    def _latents(self, batch: Batch) -> torch.Tensor:
+        if "latents" not in batch:
+            batch["latents"] = self.encode_latents(batch["pixels"])
+        return batch["latents"]
+
+    def _clean_features(self, batch: Batch) -> torch.Tensor:
+        """(B, N, H): ``proj_in`` of the MAR encoder on the clean image, buffers excluded; no
+        gradient, dropout off, computed once per batch (grounding and hints share it)."""
+        if "clean_features" not in batch:
+            x = self._latents(batch)
+            with torch.no_grad(), _eval_mode(self.model):
+                visible = torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device)
+                _, z_enc = self.model.visual_features(x, visible, self.token_grid)
+            batch["clean_features"] = z_enc[:, : x.shape[1]]
+        return batch["clean_features"]
+
+    # --- the SeGroS seam --------------------------------------------------------------------------
+    def grounding_inputs(self, batch: Batch) -> GroundingInputs:
+        with torch.no_grad():  # detached: checkpointing's input hook marks embeddings requires_grad
+            text_emb = self.model.embed_text(batch["text_ids"].to(self.device)).detach()
+        return GroundingInputs(
+            text_emb=text_emb, text_valid=batch["caption_mask"], image_emb=self._clean_features(batch)
+        )
+
+    def hint_embeddings(self, batch: Batch, hint_idx: torch.Tensor) -> torch.Tensor:
+        feats = self._clean_features(batch)
+        return feats.gather(1, hint_idx.unsqueeze(-1).expand(-1, -1, feats.shape[-1]))
+
+    def _null_prompt(self, batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = torch.tensor(self._null_ids, device=device).expand(batch_size, -1)
+        return ids, torch.ones_like(ids, dtype=torch.bool)
+
+    def _condition(self, batch: Batch, text_condition: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt ids and mask; the CFG prompt where the caption is dropped or not used (RecA)."""
+        ids, mask = batch["text_ids"], batch["text_mask"]
+        null_ids, null_mask = self._null_prompt(ids.shape[0], ids.device)
+        if not text_condition:
+            return null_ids, null_mask
+        drop = batch.get("drop_caption")
+        if drop is None or not bool(drop.any()):
+            return ids, mask
+        width = max(ids.shape[1], null_ids.shape[1])
+        pad = T.pad_id(self.text_tokenizer)
+        ids, null_ids = (
+            torch.nn.functional.pad(t, (0, width - t.shape[1]), value=pad) for t in (ids, null_ids)
+        )
+        mask, null_mask = (torch.nn.functional.pad(t, (0, width - t.shape[1])) for t in (mask, null_mask))
+        drop = drop.to(ids.device).unsqueeze(1)
+        return torch.where(drop, null_ids, ids), torch.where(drop, null_mask, mask)
+
+    def _allowed(self, layout: Any) -> torch.Tensor:
+        """The Fig. 6 mask, with Harmon's causal attention among image tokens unless ``full``."""
+        if self.options.image_attention == "full":
+            return layout.allowed
+        S = layout.segment.shape[0]
+        image = layout.segment == IMAGE
+        idx = torch.arange(S, device=image.device)
+        future = image.view(S, 1) & image.view(1, S) & (idx.view(1, S) > idx.view(S, 1))
+        return layout.allowed & ~future
+
+    def _denoiser_condition(
+        self,
+        x: torch.Tensor,
+        masked: torch.Tensor,
+        ids: torch.Tensor,
+        text_mask: torch.Tensor,
+        hints: torch.Tensor | None = None,
+        hint_idx: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """MAR decoder output (B, N, D) for latents ``x`` with ``masked`` tokens hidden, after
+        ``[hints | text | visible + buffers]`` went through the LLM (Fig. 6)."""
+        x_enc, z_enc = self.model.visual_features(x, masked, self.token_grid)
+        K = 0 if hints is None else hints.shape[1]
+        layout = pack_layout(K, text_mask, z_enc.shape[1], hint_idx=hint_idx)
+        text = self.model.embed_text(ids)
+        parts = [text, z_enc.to(text.dtype)]
+        if K:
+            parts.insert(0, hints.to(text.dtype))
+        hidden = self.model.llm_hidden(torch.cat(parts, dim=1), self._allowed(layout), layout.position_ids)
+        x_dec = self.model.decoder_input(x_enc, hidden[:, layout.image])
+        return self.model.mar.forward_mae_decoder(x_dec, masked, self.token_grid)
+
+    def reconstruction_loss(self, batch: Batch, plan: SupervisionPlan) -> torch.Tensor:
+        x = self._latents(batch)
+        masked = ~plan.seen
+        check_equal_visible(masked)
+        ids, text_mask = self._condition(batch, plan.text_condition)
+        hints = self.hint_embeddings(batch, plan.hint_idx) if plan.num_hints else None
+        z = self._denoiser_condition(
+            x, masked, ids, text_mask, hints, plan.hint_idx if plan.num_hints else None
+        )
+        return diffusion_loss(
+            self.model.mar.diffloss, z, x, plan.loss_weight, self.options.diffusion_batch_mul
+        )
+
+    def i2t_loss(self, batch: Batch) -> torch.Tensor:
+        x = self._latents(batch)
+        B, device = x.shape[0], x.device
+        visible = torch.zeros(x.shape[:2], dtype=torch.bool, device=device)
+        _, z_enc = self.model.visual_features(x, visible, self.token_grid)
+        z_enc = scale_gradient(z_enc, self.options.i2t_grad_scale)
+        prefix = batch["prefix_ids"].to(device)
+        tail, tail_mask = batch["tail_ids"].to(device), batch["tail_mask"].to(device)
+        embeds = torch.cat(
+            [
+                self.model.embed_text(prefix).expand(B, -1, -1),
+                z_enc.to(self.model.llm.dtype),
+                self.model.embed_text(tail),
+            ],
+            dim=1,
+        )
+        start = prefix.shape[0] + z_enc.shape[1]
+        full_mask = torch.cat([torch.ones(B, start, dtype=torch.bool, device=device), tail_mask], dim=1)
+        layout = pack_layout(0, full_mask, 0)  # causal with right padding: Harmon's understanding path
+        hidden = self.model.llm_hidden(embeds, layout.allowed, layout.position_ids)
+        logits = self.model.llm.lm_head(hidden[:, start:])
+        return i2t_loss(logits, tail, batch["answer_mask"].to(device))  # Eq. 2
+
+    # --- generation -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate_latents(
+        self,
+        prompts: Sequence[str],
+        generator: torch.Generator | None = None,
+        guidance_scale: float | None = None,
+        steps: int | None = None,
+    ) -> torch.Tensor:
+        """MAR decoding (upstream ``Harmon.sample``): each step predicts the masked tokens, samples
+        the ones the cosine schedule unmasks next (in a random order) with DiffLoss, and keeps them."""
+        o = self.options
+        cfg = o.guidance_scale if guidance_scale is None else guidance_scale
+        steps = steps or o.generation_steps
+        device, B, N = self.device, len(prompts), self.num_tokens
+        self.model.mar.diffloss.set_sampling_steps(o.diffusion_steps)
+        text = T.encode_t2i(self.text_tokenizer, list(prompts), o.max_text_len)
+        ids, tmask = text["text_ids"].to(device), text["text_mask"].to(device)
+        guided = cfg != 1.0
+        if guided:
+            null_ids, null_mask = self._null_prompt(B, device)
+            width = max(ids.shape[1], null_ids.shape[1])
+            pad = T.pad_id(self.text_tokenizer)
+            F = torch.nn.functional
+            ids = torch.cat([F.pad(t, (0, width - t.shape[1]), value=pad) for t in (ids, null_ids)])
+            tmask = torch.cat([F.pad(t, (0, width - t.shape[1])) for t in (tmask, null_mask)])
+        copies = 2 if guided else 1
+        orders = random_orders(B, N, generator).to(device)
+        tokens = torch.zeros(B, N, self.cfg.mar.vae_embed_dim, device=device)
+        masked = torch.ones(B, N, dtype=torch.bool, device=device)
+        with _eval_mode(self):
+            for step in range(steps):
+                z = self._denoiser_condition(
+                    tokens.repeat(copies, 1, 1), masked.repeat(copies, 1), ids, tmask
+                )
+                remaining = int(masked[0].sum())
+                mask_len = math.floor(N * math.cos(math.pi / 2 * (step + 1) / steps))
+                mask_len = max(1, min(remaining - 1, mask_len))
+                masked_next = mask_by_order(mask_len, orders)
+                to_pred = masked if step == steps - 1 else masked & ~masked_next
+                if bool(to_pred.any()):
+                    cond = z[:B][to_pred]
+                    rows = torch.cat([cond, z[B:][to_pred]]) if guided else cond
+                    cfg_iter = cfg if o.cfg_schedule == "constant" else 1 + (cfg - 1) * (N - mask_len) / N
+                    sampled = self.model.mar.diffloss.sample(rows, o.temperature, cfg_iter, generator)
+                    tokens[to_pred] = sampled[: cond.shape[0]].to(tokens.dtype)
+                masked = masked_next if step < steps - 1 else torch.zeros_like(masked)
+        return tokens
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        generator: torch.Generator | None = None,
+        guidance_scale: float | None = None,
+        steps: int | None = None,
+    ) -> torch.Tensor:
+        return self.decode_latents(self.generate_latents(prompts, generator, guidance_scale, steps))
+
+    # --- storage ----------------------------------------------------------------------------------
+    def save_pretrained(self, path: str | Path) -> None:
+        """``config.json`` (backbone, architecture, options), ``model.safetensors`` (this module's
+        state dict; a tied lm_head is stored as a copy), ``vae.safetensors``, ``tokenizer/``."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        state, seen = {}, set()
+        for k, v in self.state_dict().items():
+            v = v.detach().cpu()
+            key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape))
+            state[k] = v.clone().contiguous() if key in seen else v.contiguous()
+            seen.add(key)
+        save_file(state, str(path / "model.safetensors"))
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.vae.state_dict().items()},
+                  str(path / "vae.safetensors"))  # fmt: skip
+        self.text_tokenizer.save_pretrained(str(path / "tokenizer"))
+        config = {"backbone": "harmon", "model": self.cfg.to_dict(), "options": self.options.model_dump()}
+        (path / "config.json").write_text(json.dumps(config, indent=2))
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, **overrides: Any) -> HarmonBackbone:
+        """A folder written by :meth:`save_pretrained`; anything else (a folder or hub id with the
+        upstream release) goes through :meth:`from_options` with ``init_from=path``."""
+        folder = Path(path).expanduser()
+        if not (folder / "config.json").is_file():
+            return cls.from_options(HarmonOptions(**{**overrides, "init_from": str(path)}))
+        missing = [
+            f for f in ("model.safetensors", "vae.safetensors", "tokenizer") if not (folder / f).exists()
+        ]
+        if missing:
+            raise FileNotFoundError(
+                f"{folder} is not a segros Harmon checkpoint: missing {', '.join(missing)}"
+            )
+        config = json.loads((folder / "config.json").read_text())
+        if config.get("backbone") != "harmon":
+            raise ValueError(f"{folder} holds a {config.get('backbone')!r} checkpoint, not harmon")
+        options = HarmonOptions(**{**config["options"], **overrides, "init_from": None})
+        backbone = cls(
+            HarmonConfig.from_dict(config["model"]), load_tokenizer(str(folder / "tokenizer")), options
+        )
+        backbone.load_state_dict(load_file(str(folder / "model.safetensors")))
+        backbone.vae.load_state_dict(load_file(str(folder / "vae.safetensors")))
+        return backbone
+
+
+def _unwrap(state: Any) -> dict[str, torch.Tensor]:
+    """The state dict inside a checkpoint (``{"model": ...}`` / ``{"state_dict": ...}`` or flat)."""
+    for key in ("model", "state_dict", "module"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict) and len(state) <= 4:
+            return state[key]
+    if not isinstance(state, dict):
+        raise ValueError(f"expected a state dict, got {type(state).__name__}")
+    return state
+
+
+def load_tokenizer(source: str | None, size: str = "tiny") -> Any:
+    """``AutoTokenizer`` from a folder or hub id (files looked up through :func:`resolve_files`)."""
+    from transformers import AutoTokenizer
+
+    if not source:
+        raise ValueError(f"model.tokenizer is required for size {size!r} (a folder with tokenizer.json)")
+    files = resolve_files(source, TOKENIZER_FILES, "Qwen tokenizer", "model.tokenizer",
+                          optional=["vocab.json", "merges.txt", "special_tokens_map.json"])  # fmt: skip
+    return AutoTokenizer.from_pretrained(str(files["tokenizer.json"].parent))

@@ -1,0 +1,121 @@
+"""Harmon's chat prompts, tokenised with caption masks (docs/upstream/harmon.md section 5).
+
+Text-to-image prompts are ``<|im_start|>user\\nGenerate an image: {caption}<|im_end|>\\n
+<|im_start|>assistant\\n``; the classifier-free-guidance prompt is the same template around
+``Generate an image.``. Image-to-text samples are ``<|im_start|>user\\n<image>\\n{question}
+<|im_end|>\\n<|im_start|>assistant\\n{answer}<|im_end|>`` with ``<image>`` expanded to every image
+token plus the buffers. Batches are right-padded with ``<|im_end|>`` as upstream's collate does.
+
+Grounding reads only *caption* tokens: a token is a caption token when its character span
+overlaps the caption (offset mapping of a fast tokenizer), so the template, "Generate an image:",
+special tokens and padding are never valid, and the caption is tokenised in context exactly as
+the model sees it. Over-long captions lose their last tokens; the template is never cut.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+USER, ASSISTANT, END = "<|im_start|>user\n", "<|im_start|>assistant\n", "<|im_end|>"
+T2I_PREFIX = USER + "Generate an image: "
+T2I_SUFFIX = END + "\n" + ASSISTANT
+NULL_PROMPT = USER + "Generate an image." + T2I_SUFFIX
+
+
+def pad_id(tokenizer: Any) -> int:
+    return int(tokenizer.convert_tokens_to_ids(END))
+
+
+def _right_pad(rows: Sequence[list[int]], value: int | bool) -> torch.Tensor:
+    width = max(1, max(len(r) for r in rows))
+    dtype = torch.bool if isinstance(value, bool) else torch.long
+    out = torch.full((len(rows), width), value, dtype=dtype)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(r, dtype=dtype)
+    return out
+
+
+def encode_t2i(tokenizer: Any, captions: Sequence[str], max_len: int) -> dict[str, torch.Tensor]:
+    """``text_ids`` / ``text_mask`` / ``caption_mask`` (B, T) for the T2I prompt of each caption."""
+    ids_rows, caption_rows = [], []
+    start = len(T2I_PREFIX)
+    for caption in captions:
+        text = T2I_PREFIX + caption + T2I_SUFFIX
+        enc = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
+        end = start + len(caption)
+        # overlap, not containment: byte-level BPE (Qwen) glues the space before the first caption
+        # word to it, so that token starts one character before the caption
+        inside = [b > a and a < end and b > start for a, b in enc["offset_mapping"]]
+        ids = list(enc["input_ids"])
+        excess = len(ids) - max_len
+        if excess > 0:  # cut the caption's last tokens, keep the template
+            where = [i for i, c in enumerate(inside) if c][-excess:]
+            if len(where) < excess:
+                raise ValueError(f"the T2I template alone is longer than max_text_len={max_len}")
+            drop = set(where)
+            ids = [t for i, t in enumerate(ids) if i not in drop]
+            inside = [c for i, c in enumerate(inside) if i not in drop]
+        ids_rows.append(ids)
+        caption_rows.append(inside)
+    text_ids = _right_pad(ids_rows, pad_id(tokenizer))
+    return {
+        "text_ids": text_ids,
+        "text_mask": _right_pad([[True] * len(r) for r in ids_rows], False),
+        "caption_mask": _right_pad(caption_rows, False),
+    }
+
+
+def encode_null(tokenizer: Any) -> list[int]:
+    """Token ids of the classifier-free-guidance prompt."""
+    return list(tokenizer(NULL_PROMPT, add_special_tokens=True)["input_ids"])
+
+
+def encode_i2t(tokenizer: Any, turns: Sequence[tuple[str, str]], max_len: int) -> dict[str, Any]:
+    """The I2T prompt split around the image: constant ``prefix_ids`` (user header) and, per
+    sample, ``tail_ids`` / ``tail_mask`` / ``answer_mask`` (B, T) for question, header and answer
+    (the answer's closing ``<|im_end|>`` is supervised, as upstream)."""
+    prefix = list(tokenizer(USER, add_special_tokens=True)["input_ids"])
+    rows, answers = [], []
+    for question, answer in turns:
+        head = list(tokenizer("\n" + question + T2I_SUFFIX, add_special_tokens=False)["input_ids"])
+        ans = list(tokenizer(answer + END, add_special_tokens=False)["input_ids"])
+        ids = (head + ans)[:max_len]
+        rows.append(ids)
+        answers.append([False] * len(head) + [True] * (len(ids) - len(head)))
+    return {
+        "prefix_ids": torch.tensor(prefix, dtype=torch.long),
+        "tail_ids": _right_pad(rows, pad_id(tokenizer)),
+        "tail_mask": _right_pad([[True] * len(r) for r in rows], False),
+        "answer_mask": _right_pad(answers, False),
+    }
+
+
+def word_level_tokenizer(words: Sequence[str], folder: str | Path) -> Any:
+    """A small fast word-level tokenizer with Qwen's chat specials, saved to ``folder``.
+
+    For tests and CPU smoke runs of the tiny configuration: the same ``AutoTokenizer`` code path
+    as the real Qwen tokenizer, with no download. Template words are always in the vocabulary.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = [END, "<|im_start|>", "<|endoftext|>", "[UNK]"]
+    template = "user assistant Generate an image : . , what is shown in this describe picture".split()
+    vocab: dict[str, int] = {}
+    for w in [*specials, *template, *words]:
+        vocab.setdefault(w, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        eos_token=END,
+        pad_token=END,
+        additional_special_tokens=specials[1:3],
+    )
+    fast.save_pretrained(str(folder))
+    return fast
