@@ -74,7 +74,13 @@ def test_the_trainer_runs_harmon_unchanged(tokenizer_dir, tmp_path):
         "run.save_every=2", "run.picture_every=0", "logging.tensorboard=false", "run.progress=false",
     ]  # fmt: skip
     cfg = load_config(CONFIGS / "segros_droploss-0.5b.yaml", overrides)
-    result = Trainer(cfg, tmp_path / "run").run()
+    trainer = Trainer(cfg, tmp_path / "run")
+    # upstream's optimiser: no weight decay on the diffusion head and on 1-D parameters
+    exempt = {id(p) for g in trainer.optimizer.param_groups if g["weight_decay"] == 0.0 for p in g["params"]}
+    for name, param in trainer.backbone.named_parameters():
+        if param.requires_grad:
+            assert (id(param) in exempt) == ("diffloss" in name or param.ndim <= 1), name
+    result = trainer.run()
     assert result.step == 2 and all(np.isfinite(result.losses))
     assert (tmp_path / "run" / "checkpoints" / "step-2" / "vae.safetensors").is_file()
 

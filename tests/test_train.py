@@ -254,3 +254,25 @@ def test_launcher_accumulation_that_disagrees_with_the_config_stops_the_run(
     monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "4")  # what accelerate launch sets
     with pytest.raises(ValueError, match=r"optim.grad_accum is 2 .* sets 4"):
         Trainer(tiny_config(small_tokenizer, "optim.grad_accum=2"), tmp_path)
+
+
+def test_param_groups_exempt_patterns_and_one_d_parameters_from_weight_decay():
+    from segros.train.loop import param_groups
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 2))
+    model[2].weight.requires_grad_(False)
+    groups = param_groups(model, 0.05, ["0.weight"], one_d=True)
+    decay, exempt = groups
+    assert decay == {"params": [], "weight_decay": 0.05}  # 0.weight by pattern, 2.weight frozen
+    assert exempt["weight_decay"] == 0.0
+    assert {id(p) for p in exempt["params"]} == {
+        id(model[0].weight),
+        id(model[0].bias),
+        id(model[1].weight),
+        id(model[1].bias),
+        id(model[2].bias),
+    }
+    plain = param_groups(model, 0.05, [], one_d=False)
+    assert len(plain) == 1 and len(plain[0]["params"]) == 5
+    with pytest.raises(ValueError, match="match no parameter"):
+        param_groups(model, 0.05, ["*diffloss*"], one_d=False)

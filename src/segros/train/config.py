@@ -107,6 +107,10 @@ class OptimConfig(Section):
     grad_accum: int = Field(1, ge=1)
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     freeze: list[str] = []  # fnmatch patterns over parameter names
+    # parameters trained without weight decay: fnmatch patterns, and optionally every 1-D
+    # parameter (biases, norm scales), as MAE/MAR/Harmon's optimiser does
+    no_decay: list[str] = []
+    no_decay_1d: bool = False
 
 
 class RunConfig(Section):

@@ -80,6 +80,26 @@ def freeze(model: torch.nn.Module, patterns: list[str]) -> int:
     return frozen
 
 
+def param_groups(
+    model: torch.nn.Module, weight_decay: float, patterns: list[str], one_d: bool
+) -> list[dict[str, Any]]:
+    """Trainable parameters split into AdamW groups with and without weight decay."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        exempt = (one_d and param.ndim <= 1) or any(fnmatch.fnmatch(name, p) for p in patterns)
+        (no_decay if exempt else decay).append(param)
+    if patterns and not any(
+        fnmatch.fnmatch(name, p) for name, _ in model.named_parameters() for p in patterns
+    ):
+        raise ValueError(f"optim.no_decay patterns {patterns} match no parameter name")
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
@@ -120,9 +140,9 @@ class Trainer:
         backbone = build_backbone(cfg.model_options())
         freeze(backbone, cfg.optim.freeze)
         self.backbone: Backbone = backbone
-        params = [p for p in backbone.parameters() if p.requires_grad]
         o = cfg.optim
-        optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+        groups = param_groups(backbone, o.weight_decay, o.no_decay, o.no_decay_1d)
+        optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
         total = o.schedule_steps or cfg.run.max_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: lr_factor(s, o.warmup_steps, total, o.schedule, o.min_lr_ratio)
