@@ -45,7 +45,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file, save_file
@@ -57,6 +56,7 @@ from segros.backbones.harmon.mar import check_equal_visible, mask_by_order, rand
 from segros.backbones.harmon.model import Harmon, HarmonConfig, scale_gradient
 from segros.backbones.harmon.vae import AutoencoderKL
 from segros.backbones.hub import MissingCheckpointError, resolve_files
+from segros.backbones.images import pad_square, square_batch, stack_uint8, to_signed_unit
 from segros.losses import i2t_loss
 from segros.plan import SupervisionPlan
 from segros.sequence import IMAGE, pack_layout
@@ -96,43 +96,6 @@ class HarmonOptions(BaseModel):
 
 
 # --- images ---------------------------------------------------------------------------------------
-
-
-def _to_pil(image: Any) -> Any:
-    from PIL import Image
-
-    if not isinstance(image, Image.Image):
-        image = Image.fromarray(np.asarray(image, dtype=np.uint8))
-    return image.convert("RGB")
-
-
-def _center_crop(image: Any, size: int) -> Any:
-    from PIL import Image
-
-    w, h = image.size
-    s = min(w, h)
-    image = image.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
-    return image if image.size == (size, size) else image.resize((size, size), Image.Resampling.BICUBIC)
-
-
-def _pad_square(image: Any, size: int) -> Any:
-    """Upstream's understanding preprocessing: pad to a square with (127, 127, 127), resize."""
-    from PIL import Image
-
-    w, h = image.size
-    s = max(w, h)
-    canvas = Image.new("RGB", (s, s), (127, 127, 127))
-    canvas.paste(image, ((s - w) // 2, (s - h) // 2))
-    return canvas if s == size else canvas.resize((size, size), Image.Resampling.BICUBIC)
-
-
-def _uint8(images: Sequence[Any]) -> torch.Tensor:
-    return torch.stack([torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()) for im in images])
-
-
-def _pixels(images: torch.Tensor) -> torch.Tensor:
-    """(B, H, W, 3) uint8 -> (B, 3, H, W) float in [-1, 1]."""
-    return images.permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
 @contextlib.contextmanager
@@ -278,21 +241,21 @@ class HarmonBackbone(Backbone):
 
     # --- data -------------------------------------------------------------------------------------
     def prepare_t2i(self, records: Sequence[Any]) -> Batch:
-        images = _uint8([_center_crop(_to_pil(r.image), self.image_size) for r in records])
+        images = square_batch([r.image for r in records], self.image_size)
         captions = [r.caption for r in records]
         return {
             "images": images,
-            "pixels": _pixels(images),
+            "pixels": to_signed_unit(images),
             **T.encode_t2i(self.text_tokenizer, captions, self.options.max_text_len),
             "captions": captions,
         }
 
     def prepare_i2t(self, records: Sequence[Any]) -> Batch:
-        images = _uint8([_pad_square(_to_pil(r.image), self.image_size) for r in records])
+        images = stack_uint8([pad_square(r.image, self.image_size) for r in records])
         # Harmon is trained here on the first question-answer turn of each conversation
         turns = [r.turns[0] for r in records]
         return {
-            "pixels": _pixels(images),
+            "pixels": to_signed_unit(images),
             **T.encode_i2t(self.text_tokenizer, turns, self.options.max_text_len),
         }
 

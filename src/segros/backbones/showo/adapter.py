@@ -36,12 +36,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from safetensors.torch import load_file, save_file
 
 from segros.backbones.base import Backbone, Batch, GroundingInputs
+from segros.backbones.images import square_batch, to_signed_unit
 from segros.backbones.showo import checkpoints as ckpt
 from segros.backbones.showo.magvit2 import MagvitConfig, MAGVITv2
 from segros.backbones.showo.model import CLIP_MEAN, CLIP_STD, ClipConfig, ClipTower, Showo, ShowoConfig
@@ -117,30 +117,6 @@ RUNTIME = (
     "gradient_checkpointing",
     "max_text_len",
 )
-
-
-def _square(image: Any, size: int, resample: int) -> Any:
-    """Resize the short side to ``size`` and centre-crop (upstream's T2I and CLIP transforms)."""
-    from PIL import Image
-
-    if not isinstance(image, Image.Image):
-        image = Image.fromarray(np.asarray(image, dtype=np.uint8))
-    image = image.convert("RGB")
-    w, h = image.size
-    if (w, h) != (size, size):
-        scale = size / min(w, h)
-        image = image.resize((max(size, round(w * scale)), max(size, round(h * scale))), resample)
-        w, h = image.size
-        left, top = (w - size) // 2, (h - size) // 2
-        image = image.crop((left, top, left + size, top + size))
-    return image
-
-
-def _to_uint8(images: Sequence[Any], size: int) -> torch.Tensor:
-    from PIL import Image
-
-    arrays = [np.asarray(_square(im, size, Image.Resampling.BICUBIC), dtype=np.uint8) for im in images]
-    return torch.from_numpy(np.stack(arrays))
 
 
 def _is_segros_folder(source: str | Path) -> bool:
@@ -266,19 +242,17 @@ class ShowoBackbone(Backbone):
     def _encode(self, images: torch.Tensor) -> torch.Tensor:
         """(B, H, W, 3) uint8 -> (B, N) MAGVIT-v2 codes, on the tokenizer's device, returned on CPU."""
         device = next(self.vq.parameters()).device
-        pixels = images.to(device).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # Normalize(0.5, 0.5)
+        pixels = to_signed_unit(images.to(device))  # Normalize(0.5, 0.5)
         return self.vq.get_code(pixels).cpu()
 
     def _clip_pixels(self, images: Sequence[Any]) -> torch.Tensor:
-        from PIL import Image
-
+        """CLIP's transform: short side to the tower's size, centre crop, CLIP mean/std."""
         size = self.clip.cfg.image_size
-        arr = np.stack([np.asarray(_square(im, size, Image.Resampling.BICUBIC)) for im in images])
-        pixels = torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255.0
+        pixels = square_batch(images, size).permute(0, 3, 1, 2).float() / 255.0
         return (pixels - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
 
     def _image_fields(self, raw: Sequence[Any]) -> Batch:
-        images = _to_uint8(raw, self.image_size)
+        images = square_batch(raw, self.image_size)
         out: Batch = {"images": images, "codes": self._encode(images)}
         if self.clip is not None:
             out["clip_pixels"] = self._clip_pixels(raw)

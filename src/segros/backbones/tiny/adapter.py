@@ -17,12 +17,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file, save_file
 
 from segros.backbones.base import Backbone, Batch, GroundingInputs
+from segros.backbones.images import NEAREST, square_batch
 from segros.backbones.tiny.image_tokenizer import PatchTokenizer
 from segros.backbones.tiny.model import SIZES, TinyConfig, TinyUMM
 from segros.backbones.tiny.text_tokenizer import WordTokenizer
@@ -105,21 +105,6 @@ class TinyOptions(BaseModel):
     sample_temperature: float = Field(1.0, gt=0.0)
 
 
-def _images_to_uint8(images: Sequence[Any], size: int) -> torch.Tensor:
-    """PIL images or (H, W, 3) arrays -> (B, size, size, 3) uint8, resized with PIL if needed."""
-    from PIL import Image
-
-    out = []
-    for im in images:
-        if not isinstance(im, Image.Image):
-            im = Image.fromarray(np.asarray(im, dtype=np.uint8))
-        im = im.convert("RGB")
-        if im.size != (size, size):
-            im = im.resize((size, size), Image.Resampling.NEAREST)
-        out.append(torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()))
-    return torch.stack(out)
-
-
 class TinyBackbone(Backbone):
     """The built-in UMM; see the module docstring."""
 
@@ -179,7 +164,7 @@ class TinyBackbone(Backbone):
 
     # --- data -------------------------------------------------------------------------------
     def prepare_t2i(self, records: Sequence[Any]) -> Batch:
-        images = _images_to_uint8([r.image for r in records], self.options.image_size)
+        images = square_batch([r.image for r in records], self.options.image_size, NEAREST)
         text = self.text_tokenizer.batch([r.caption for r in records], self.cfg.max_text_len)
         return {
             "images": images,
@@ -191,7 +176,7 @@ class TinyBackbone(Backbone):
         }
 
     def prepare_i2t(self, records: Sequence[Any]) -> Batch:
-        images = _images_to_uint8([r.image for r in records], self.options.image_size)
+        images = square_batch([r.image for r in records], self.options.image_size, NEAREST)
         # TinyUMM trains on the first question-answer turn of each conversation.
         qa = self.text_tokenizer.question_answer([r.turns[0] for r in records], self.cfg.max_text_len)
         return {
