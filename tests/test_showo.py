@@ -310,6 +310,14 @@ def test_clip_variant_hints_come_from_the_projected_clip_grid(clip_backbone):
     loss.backward()
     assert bb.model.mm_projector[0].weight.grad.abs().sum() > 0
     bb.zero_grad(set_to_none=True)
+    # SFT uses no hint and, without I2T, no CLIP feature: every trainable parameter still gets a
+    # (zero) gradient, as DDP requires
+    sft_plan = make_plan(bb, batch, "sft")
+    bb.reconstruction_loss(batch, sft_plan).backward()
+    trainable = [(n, p) for n, p in bb.named_parameters() if p.requires_grad]
+    assert all(p.grad is not None for _, p in trainable), [n for n, p in trainable if p.grad is None]
+    assert bb.model.mm_projector[0].weight.grad.abs().sum() == 0
+    bb.zero_grad(set_to_none=True)
 
 
 def test_generation_is_seeded_and_decodes_images(backbone):

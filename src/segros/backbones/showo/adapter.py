@@ -359,8 +359,18 @@ class ShowoBackbone(Backbone):
         logits = self.image_logits(hints, self.hint_slots(plan.hint_idx), ids, mask, image_ids)
         if self.options.loss_vocab == "codes":
             logits = logits[..., v.code_offset : v.code_offset + v.codebook_size]
-            return masked_cross_entropy(logits, codes, plan.loss_weight)  # Eq. 15
-        return masked_cross_entropy(logits, codes + v.code_offset, plan.loss_weight)  # Eq. 15
+            loss = masked_cross_entropy(logits, codes, plan.loss_weight)  # Eq. 15
+        else:
+            loss = masked_cross_entropy(logits, codes + v.code_offset, plan.loss_weight)  # Eq. 15
+        return loss + self._unused_projector_term(plan)
+
+    def _unused_projector_term(self, plan: SupervisionPlan) -> torch.Tensor | float:
+        """Zero that still reaches ``mm_projector`` when no CLIP hint used it (SFT, code hints):
+        DDP waits for a gradient of every trainable parameter and would hang or fail otherwise."""
+        projector = getattr(self.model, "mm_projector", None)
+        if projector is None or (self.hint_source == "clip" and plan.num_hints > 0):
+            return 0.0
+        return 0.0 * sum(p.sum() for p in projector.parameters() if p.requires_grad)
 
     def i2t_loss(self, batch: Batch) -> torch.Tensor:
         """Eq. 2 on Show-o's MMU layout; the image is a prefix every row sees, the text is causal."""
