@@ -62,3 +62,40 @@ def test_two_processes_train_in_sync_and_resume(small_tokenizer, tmp_path):
     resumed = launch(small_tokenizer, tmp_path, max_steps=6, resume=True)
     assert resumed["step"] == 6 and resumed["params_in_sync"] is True
     assert (tmp_path / "checkpoints/latest").read_text().strip() == "step-6"
+
+
+def test_two_processes_train_showo_with_an_idle_projector_and_accumulation(tmp_path):
+    """Show-o's CLIP variant under SFT without I2T leaves ``mm_projector`` unused by the loss:
+    DDP (find_unused_parameters off) fails on the next step unless it still gets a gradient.
+    Accumulation runs through accelerate's accumulate() across the two processes."""
+    import yaml
+    from showo_helpers import TINY_ARCH, TINY_CLIP, save_word_tokenizer
+
+    tokenizer = save_word_tokenizer(tmp_path / "tokenizer")
+    config = {
+        "model": {
+            "name": "showo",
+            "init_from": None,
+            "tokenizer": str(tokenizer),
+            "arch": {**TINY_ARCH, "clip": TINY_CLIP},
+            "image_size": 32,
+            "max_text_len": 16,
+            "hint_source": "clip",
+        },
+        "method": {"preset": "sft", "i2t_weight": 0.0},
+        "data": {"source": "shapes", "batch_size": 2, "i2t": "none"},
+        "optim": {"lr": 1e-3, "warmup_steps": 0, "grad_accum": 2},
+        "run": {"max_steps": 2, "save_every": 2, "picture_every": 0, "progress": False},
+        "logging": {"tensorboard": False},
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "segros.cli", "train", "--config", str(tmp_path / "config.yaml"), "--out", str(out)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["processes"] == 2 and summary["step"] == 2 and summary["params_in_sync"] is True
+    state = torch.load(out / "checkpoints/step-2/rank-0.pt", weights_only=True)
+    assert state["t2i"]["order"]["position"] == 2 * 2 * 2  # 2 steps x 2 micro-batches x 2 records
