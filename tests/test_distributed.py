@@ -91,7 +91,8 @@ def test_two_processes_train_showo_with_an_idle_projector_and_accumulation(tmp_p
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     out = tmp_path / "run"
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    cmd = [*launcher, "-m", "segros.cli", "train", "--config", str(tmp_path / "config.yaml"), "--out", str(out)]
+    config_file = str(tmp_path / "config.yaml")
+    cmd = [*launcher, "-m", "segros.cli", "train", "--config", config_file, "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
