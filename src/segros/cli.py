@@ -17,6 +17,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("segros.pretrain", "train the TinyUMM the demo starts from (SFT from scratch)"),
     "train": ("segros.train.cli", "fine-tune a backbone with SeGroS, SFT or RecA from a YAML config"),
     "shapes": ("segros.data.shapes_cli", "ShapesWorld: render evaluation images, write training sets"),
+    "generate": (
+        "segros.eval.generate_cli",
+        "GenEval / DPG-Bench / T2I-CompBench prompts to images",
+    ),
     "eval": ("segros.eval.cli", "score generated images on a benchmark (shapes)"),
     "inspect": ("segros.inspect", "picture the grounding map, text scores and token roles for an image"),
 }

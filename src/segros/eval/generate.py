@@ -8,10 +8,11 @@ its first (prompt, sample) pair, so a folder is reproducible for a given batch s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
@@ -23,7 +24,40 @@ def sample_seed(seed: int, index: int, sample: int) -> int:
     return (seed * 1_000_003 + index * 1_009 + sample) % (2**63)
 
 
+Job = tuple[int, int]  # (prompt index, sample number)
+
+
 @torch.no_grad()
+def generate_jobs(
+    backbone: Any,
+    prompts: Sequence[str],
+    jobs: Sequence[Job],
+    write: Callable[[Job, np.ndarray], None],
+    seed: int = 0,
+    batch_size: int = 64,
+    progress: bool = False,
+    desc: str = "generate",
+    options: dict[str, Any] | None = None,
+) -> None:
+    """Generate ``prompts[i]`` for every ``(i, n)`` job in batches and hand each image to ``write``
+    as soon as its batch is done (a killed run keeps what it wrote). ``options`` go to
+    ``backbone.generate`` (``guidance_scale``, ``steps``)."""
+    was_training = backbone.training
+    backbone.eval()
+    bar = tqdm(total=len(jobs), desc=desc, disable=not progress, dynamic_ncols=True)
+    for start in range(0, len(jobs), batch_size):
+        chunk = jobs[start : start + batch_size]
+        # one generator per batch, seeded from its first job: batches are reproducible units
+        generator = torch.Generator().manual_seed(sample_seed(seed, *chunk[0]))
+        batch_prompts = [prompts[i] for i, _ in chunk]
+        images = backbone.generate(batch_prompts, generator=generator, **(options or {})).cpu().numpy()
+        for job, image in zip(chunk, images, strict=True):
+            write(job, image)
+        bar.update(len(chunk))
+    bar.close()
+    backbone.train(was_training)
+
+
 def generate_folder(
     backbone: Any,
     records: Sequence[dict[str, Any]],
@@ -35,25 +69,16 @@ def generate_folder(
 ) -> Path:
     """Write ``samples_per_prompt`` images for every record (needs a ``prompt`` field)."""
     root = Path(root)
-    was_training = backbone.training
-    backbone.eval()
-    jobs = [(i, n) for i in range(len(records)) for n in range(samples_per_prompt)]
     for i, record in enumerate(records):
         write_prompt_metadata(root, i, record)
-        (prompt_folder(root, i) / "samples").mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=len(jobs), desc=f"generate {root.name}", disable=not progress, dynamic_ncols=True)
-    for start in range(0, len(jobs), batch_size):
-        chunk = jobs[start : start + batch_size]
-        # one generator per batch, seeded from its first job: batches are reproducible units
-        generator = torch.Generator().manual_seed(sample_seed(seed, *chunk[0]))
-        images = (
-            backbone.generate([records[i]["prompt"] for i, _ in chunk], generator=generator).cpu().numpy()
-        )
-        for (i, n), image in zip(chunk, images, strict=True):
-            Image.fromarray(image).save(prompt_folder(root, i) / "samples" / f"{n}.png")
-        bar.update(len(chunk))
-    bar.close()
-    backbone.train(was_training)
+
+    def write(job: Job, image: np.ndarray) -> None:
+        i, n = job
+        Image.fromarray(image).save(prompt_folder(root, i) / "samples" / f"{n}.png")
+
+    jobs = [(i, n) for i in range(len(records)) for n in range(samples_per_prompt)]
+    prompts = [r["prompt"] for r in records]
+    generate_jobs(backbone, prompts, jobs, write, seed, batch_size, progress, f"generate {root.name}")
     return root
 
 

@@ -1,0 +1,195 @@
+"""Generate a public benchmark's prompts with any backbone, in the layout its scorer reads.
+
+The paper evaluates on GenEval, DPG-Bench and T2I-CompBench. Their scorers need detectors and
+VQA models this project does not ship, so segros writes the images exactly where those scorers
+look for them and the user runs the official scoring:
+
+- ``geneval``: ``evaluation_metadata.jsonl`` in, ``OUT/<index:05d>/{metadata.jsonl,
+  samples/<n>.png}`` out (GenEval's ``evaluate_images.py``; ``segros eval shapes`` for
+  ShapesWorld prompts).
+- ``dpg``: DPG-Bench's ``prompts.json`` (``{"<item_id>.txt": prompt}``) in, one grid per prompt
+  ``OUT/<item_id>.png`` of the samples (2 x 2 for 4 samples) out, as ``compute_dpg_bench.py
+  --pic-num 4`` splits it.
+- ``t2i-compbench``: a ``<category>_val.txt`` (one prompt per line) in,
+  ``OUT/samples/<prompt>_<k:06d>.png`` out with ``k`` counting images over the file, as
+  T2I-CompBench's scorers read them.
+
+Prompt files are data the user points at (the benchmarks' licences keep them out of this
+repository). A malformed or empty prompt stops with the file and line, before anything is
+generated.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image
+
+from segros.eval.generate import Job, generate_jobs
+from segros.eval.geneval import prompt_folder, write_prompt_metadata
+
+Benchmark = Literal["geneval", "dpg", "t2i-compbench"]
+BENCHMARKS: tuple[str, ...] = ("geneval", "dpg", "t2i-compbench")
+
+
+class PromptFileError(ValueError):
+    """A prompt file that cannot be read as the benchmark says."""
+
+
+def read_prompts(path: str | Path, benchmark: Benchmark) -> list[dict[str, Any]]:
+    """Records with a ``prompt`` (and, for DPG-Bench, the item ``key``) from a benchmark file."""
+    path = Path(path)
+    if not path.is_file():
+        raise PromptFileError(f"prompt file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    if benchmark == "geneval":
+        records = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise PromptFileError(f"{path}:{n}: not a JSON line ({e.msg})") from None
+            if not isinstance(record, dict):
+                raise PromptFileError(f"{path}:{n}: not a JSON object")
+            records.append(_checked(record, f"{path}:{n}"))
+    elif benchmark == "dpg":
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise PromptFileError(f"{path}: not JSON ({e.msg} at line {e.lineno})") from None
+        if not isinstance(items, dict):
+            raise PromptFileError(f'{path}: expected {{"<item_id>.txt": prompt, ...}}')
+        records = [
+            _checked({"key": Path(key).stem, "prompt": prompt}, f"{path}: {key}")
+            for key, prompt in items.items()
+        ]
+    elif benchmark == "t2i-compbench":
+        records = [
+            _checked({"prompt": line.strip()}, f"{path}:{n}")
+            for n, line in enumerate(text.splitlines(), 1)
+            if line.strip()
+        ]
+    else:
+        raise ValueError(f"benchmark must be one of {', '.join(BENCHMARKS)}; got {benchmark!r}")
+    if not records:
+        raise PromptFileError(f"{path} holds no prompts")
+    return records
+
+
+def _checked(record: dict[str, Any], where: str) -> dict[str, Any]:
+    prompt = record.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise PromptFileError(f"{where}: no prompt (a non-empty string is required)")
+    return record
+
+
+def image_grid(images: Sequence[np.ndarray]) -> np.ndarray:
+    """(H, W, 3) images tiled row by row into a near-square grid (2 x 2 for 4)."""
+    n = len(images)
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    h, w, c = images[0].shape
+    grid = np.zeros((rows * h, cols * w, c), dtype=np.uint8)
+    for k, image in enumerate(images):
+        r, q = divmod(k, cols)
+        grid[r * h : (r + 1) * h, q * w : (q + 1) * w] = image
+    return grid
+
+
+def compbench_name(prompt: str, k: int) -> str:
+    """T2I-CompBench's file name: the prompt, an underscore, a six-digit running number."""
+    return f"{prompt.replace('/', ' ')}_{k:06d}.png"
+
+
+def generate_benchmark(
+    backbone: Any,
+    records: Sequence[dict[str, Any]],
+    benchmark: Benchmark,
+    out: str | Path,
+    samples: int = 4,
+    seed: int = 0,
+    batch_size: int = 16,
+    skip_existing: bool = False,
+    progress: bool = False,
+    options: dict[str, Any] | None = None,
+) -> int:
+    """Generate every record ``samples`` times into ``out``; returns the images generated.
+
+    ``skip_existing`` resumes a killed run: jobs whose file exists are left alone (the rest are
+    re-batched, so their pixels differ from an uninterrupted run's; seeds stay per batch).
+    ``options`` go to ``backbone.generate`` (``guidance_scale``, ``steps``).
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    prompts = [r["prompt"] for r in records]
+    all_jobs = [(i, n) for i in range(len(records)) for n in range(samples)]
+
+    if benchmark == "geneval":
+        for i, record in enumerate(records):
+            write_prompt_metadata(out, i, record)
+
+        def target(job: Job) -> Path:
+            return prompt_folder(out, job[0]) / "samples" / f"{job[1]}.png"
+
+    elif benchmark == "t2i-compbench":
+        (out / "samples").mkdir(exist_ok=True)
+
+        def target(job: Job) -> Path:
+            return out / "samples" / compbench_name(prompts[job[0]], job[0] * samples + job[1])
+
+    else:  # dpg: one grid per prompt, written once all its samples are done
+        return _generate_dpg(
+            backbone, records, out, samples, seed, batch_size, skip_existing, progress, options
+        )
+
+    jobs = [job for job in all_jobs if not (skip_existing and target(job).is_file())]
+
+    def write(job: Job, image: np.ndarray) -> None:
+        _save_atomic(image, target(job))
+
+    generate_jobs(
+        backbone, prompts, jobs, write, seed, batch_size, progress, f"generate {benchmark}", options
+    )
+    return len(jobs)
+
+
+def _generate_dpg(
+    backbone: Any,
+    records: Sequence[dict[str, Any]],
+    out: Path,
+    samples: int,
+    seed: int,
+    batch_size: int,
+    skip_existing: bool,
+    progress: bool,
+    options: dict[str, Any] | None,
+) -> int:
+    prompts = [r["prompt"] for r in records]
+    todo = [i for i, r in enumerate(records) if not (skip_existing and (out / f"{r['key']}.png").is_file())]
+    jobs = [(i, n) for i in todo for n in range(samples)]
+    pending: dict[int, dict[int, np.ndarray]] = {}
+
+    def write(job: Job, image: np.ndarray) -> None:
+        i, n = job
+        pending.setdefault(i, {})[n] = image
+        if len(pending[i]) == samples:
+            done = pending.pop(i)
+            _save_atomic(image_grid([done[k] for k in range(samples)]), out / f"{records[i]['key']}.png")
+
+    generate_jobs(backbone, prompts, jobs, write, seed, batch_size, progress, "generate dpg", options)
+    return len(jobs)
+
+
+def _save_atomic(image: np.ndarray, path: Path) -> None:
+    """Write through a temporary name, so a killed run never leaves a half-written PNG behind
+    for ``skip_existing`` to trust."""
+    tmp = path.with_name(path.name + ".tmp")
+    Image.fromarray(image).save(tmp, format="PNG")
+    tmp.replace(path)
