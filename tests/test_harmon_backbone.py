@@ -180,7 +180,7 @@ def test_generation_is_seeded_and_uint8(backbone):
     c = backbone.generate(prompts, torch.Generator().manual_seed(1), guidance_scale=1.0)
     assert a.shape == (2, 64, 64, 3) and a.dtype == torch.uint8
     assert torch.equal(a, b)
-    lat = backbone.generate_latents(prompts, torch.Generator().manual_seed(1), guidance_scale=2.0, steps=2)
+    lat = backbone.generate_tokens(prompts, torch.Generator().manual_seed(1), guidance_scale=2.0, steps=2)
     assert lat.shape == (2, backbone.num_tokens, 16) and bool((lat != 0).all())
     assert c.shape == a.shape
 

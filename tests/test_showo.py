@@ -322,15 +322,14 @@ def test_clip_variant_hints_come_from_the_projected_clip_grid(clip_backbone):
 
 def test_generation_is_seeded_and_decodes_images(backbone):
     prompts = ["a red circle", "two blue squares"]
-    c1 = backbone.generate_codes(prompts, torch.Generator().manual_seed(0), steps=3)
-    assert torch.equal(c1, backbone.generate_codes(prompts, torch.Generator().manual_seed(0), steps=3))
-    assert not torch.equal(c1, backbone.generate_codes(prompts, torch.Generator().manual_seed(1), steps=3))
+    c1 = backbone.generate_tokens(prompts, torch.Generator().manual_seed(0), steps=3)
+    assert torch.equal(c1, backbone.generate_tokens(prompts, torch.Generator().manual_seed(0), steps=3))
+    assert not torch.equal(c1, backbone.generate_tokens(prompts, torch.Generator().manual_seed(1), steps=3))
     assert c1.shape == (2, 64) and c1.min() >= 0 and c1.max() < backbone.vocab.codebook_size
     images = backbone.generate(prompts, torch.Generator().manual_seed(0), guidance_scale=0.0, steps=2)
     assert images.shape == (2, 32, 32, 3) and images.dtype == torch.uint8
-    assert torch.equal(
-        images, backbone.decode(backbone.generate_codes(prompts, torch.Generator().manual_seed(0), 0.0, 2))
-    )
+    again = backbone.generate_tokens(prompts, torch.Generator().manual_seed(0), 0.0, 2)
+    assert torch.equal(images, backbone.decode_tokens(again))
 
 
 @pytest.mark.parametrize("clip", [False, True])

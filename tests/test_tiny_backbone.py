@@ -100,8 +100,8 @@ def test_save_and_load_give_identical_outputs(backbone, tmp_path):
     B, N = batch["codes"].shape
     plan = make_plan(preset("reca"), torch.full((B,), 0.7), N, None, torch.Generator().manual_seed(0))
     assert torch.equal(backbone.reconstruction_loss(batch, plan), loaded.reconstruction_loss(batch, plan))
-    codes_a = backbone.generate_codes(["a photo of a red circle"], torch.Generator().manual_seed(0), steps=3)
-    codes_b = loaded.generate_codes(["a photo of a red circle"], torch.Generator().manual_seed(0), steps=3)
+    codes_a = backbone.generate_tokens(["a photo of a red circle"], torch.Generator().manual_seed(0), steps=3)
+    codes_b = loaded.generate_tokens(["a photo of a red circle"], torch.Generator().manual_seed(0), steps=3)
     assert torch.equal(codes_a, codes_b)
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
         (tmp_path / "model.safetensors").unlink()

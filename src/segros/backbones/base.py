@@ -26,7 +26,8 @@ What an adapter must provide:
 - ``reconstruction_loss``: the backbone's native loss on the plan's targets, with the hints
   prepended in the Fig. 6 layout and ``plan.text_condition`` honoured.
 - ``i2t_loss``: next-token NLL of answers given image and question (Eq. 2).
-- ``generate``: images from prompts, seeded, for evaluation.
+- ``generate_tokens`` / ``decode_tokens``: image tokens from prompts, seeded, and their pixels
+  (``generate`` chains them, for evaluation).
 - ``save_pretrained`` / ``from_pretrained``: a folder with ``model.safetensors`` and config.
 """
 
@@ -103,6 +104,20 @@ class Backbone(nn.Module, ABC):
 
     # --- inference and storage ---------------------------------------------------------------
     @abstractmethod
+    def generate_tokens(
+        self,
+        prompts: Sequence[str],
+        generator: torch.Generator | None = None,
+        guidance_scale: float | None = None,
+        steps: int | None = None,
+    ) -> torch.Tensor:
+        """Image tokens (codes or latents) for the prompts by the backbone's own decoding, seeded
+        by ``generator``; ``None`` takes the backbone's default guidance and step count."""
+
+    @abstractmethod
+    def decode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, 3) uint8 images, on the CPU, from :meth:`generate_tokens`' output."""
+
     def generate(
         self,
         prompts: Sequence[str],
@@ -111,6 +126,7 @@ class Backbone(nn.Module, ABC):
         steps: int | None = None,
     ) -> torch.Tensor:
         """(B, H, W, 3) uint8 images for the prompts."""
+        return self.decode_tokens(self.generate_tokens(prompts, generator, guidance_scale, steps))
 
     @abstractmethod
     def save_pretrained(self, path: str | Path) -> None:

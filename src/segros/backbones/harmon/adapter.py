@@ -271,7 +271,7 @@ class HarmonBackbone(Backbone):
         return (mean * self.cfg.vae_scale).flatten(2).transpose(1, 2).float()
 
     @torch.no_grad()
-    def decode_latents(self, tokens: torch.Tensor) -> torch.Tensor:
+    def decode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, N, 16) latents -> (B, H, W, 3) uint8."""
         h, w = self.token_grid
         z = (tokens / self.cfg.vae_scale).transpose(1, 2).reshape(tokens.shape[0], -1, h, w)
@@ -398,7 +398,7 @@ class HarmonBackbone(Backbone):
 
     # --- generation -------------------------------------------------------------------------------
     @torch.no_grad()
-    def generate_latents(
+    def generate_tokens(
         self,
         prompts: Sequence[str],
         generator: torch.Generator | None = None,
@@ -444,15 +444,6 @@ class HarmonBackbone(Backbone):
                     tokens[to_pred] = sampled[: cond.shape[0]].to(tokens.dtype)
                 masked = masked_next if step < steps - 1 else torch.zeros_like(masked)
         return tokens
-
-    def generate(
-        self,
-        prompts: Sequence[str],
-        generator: torch.Generator | None = None,
-        guidance_scale: float | None = None,
-        steps: int | None = None,
-    ) -> torch.Tensor:
-        return self.decode_latents(self.generate_latents(prompts, generator, guidance_scale, steps))
 
     # --- storage ----------------------------------------------------------------------------------
     def save_pretrained(self, path: str | Path) -> None:

@@ -397,7 +397,7 @@ class ShowoBackbone(Backbone):
 
     # --- generation ---------------------------------------------------------------------------
     @torch.no_grad()
-    def generate_codes(
+    def generate_tokens(
         self,
         prompts: Sequence[str],
         generator: torch.Generator | None = None,
@@ -443,22 +443,13 @@ class ShowoBackbone(Backbone):
             image_ids = torch.where(confidence < cut_off, v.mask, sampled + v.code_offset)
         return sampled
 
-    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+    def decode_tokens(self, codes: torch.Tensor) -> torch.Tensor:
         """(B, N) codes -> (B, H, W, 3) uint8 through the MAGVIT-v2 decoder."""
         device = next(self.vq.parameters()).device
         pixels = self.vq.decode_code(codes.clamp(0, self.vocab.codebook_size - 1).to(device), self.token_grid)
         return (
             ((pixels.float() + 1) / 2).clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
         )
-
-    def generate(
-        self,
-        prompts: Sequence[str],
-        generator: torch.Generator | None = None,
-        guidance_scale: float | None = None,
-        steps: int | None = None,
-    ) -> torch.Tensor:
-        return self.decode(self.generate_codes(prompts, generator, guidance_scale, steps))
 
     # --- storage ------------------------------------------------------------------------------
     def save_pretrained(self, path: str | Path) -> None:

@@ -257,7 +257,7 @@ class TinyBackbone(Backbone):
 
     # --- generation ---------------------------------------------------------------------------
     @torch.no_grad()
-    def generate_codes(
+    def generate_tokens(
         self,
         prompts: Sequence[str],
         generator: torch.Generator | None = None,
@@ -309,15 +309,8 @@ class TinyBackbone(Backbone):
             known = keep
         return codes
 
-    def generate(
-        self,
-        prompts: Sequence[str],
-        generator: torch.Generator | None = None,
-        guidance_scale: float | None = None,
-        steps: int | None = None,
-    ) -> torch.Tensor:
-        codes = self.generate_codes(prompts, generator, guidance_scale, steps)
-        return self.image_tokenizer.decode(codes.cpu())
+    def decode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.image_tokenizer.decode(tokens.cpu())
 
     # --- storage ------------------------------------------------------------------------------
     def save_pretrained(self, path: str | Path) -> None:
