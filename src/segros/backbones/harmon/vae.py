@@ -18,6 +18,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segros.backbones.conv_blocks import (
+    AttnBlock,
+    Downsample,
+    ResnetBlock,
+    Upsample,
+    group_norm,
+    mid_block,
+    run_mid,
+)
+
 
 @dataclass(frozen=True)
 class VAEConfig:
@@ -37,77 +47,10 @@ class VAEConfig:
         return asdict(self)
 
 
-def _norm(channels: int, groups: int) -> nn.GroupNorm:
-    return nn.GroupNorm(groups, channels, eps=1e-6, affine=True)
-
-
-class ResnetBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, groups: int) -> None:
-        super().__init__()
-        self.norm1 = _norm(cin, groups)
-        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
-        self.norm2 = _norm(cout, groups)
-        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
-        if cin != cout:
-            self.nin_shortcut = nn.Conv2d(cin, cout, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(F.silu(self.norm2(h)))
-        return (self.nin_shortcut(x) if hasattr(self, "nin_shortcut") else x) + h
-
-
-class AttnBlock(nn.Module):
-    """Single-head spatial self-attention with 1x1-conv q, k, v and output projection."""
-
-    def __init__(self, channels: int, groups: int) -> None:
-        super().__init__()
-        self.norm = _norm(channels, groups)
-        self.q, self.k, self.v = (nn.Conv2d(channels, channels, 1) for _ in range(3))
-        self.proj_out = nn.Conv2d(channels, channels, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, C, H, W = x.shape
-        h = self.norm(x)
-        q, k, v = (m(h).flatten(2).transpose(1, 2) for m in (self.q, self.k, self.v))  # (B, HW, C)
-        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, C, H, W)
-        return x + self.proj_out(out)
-
-
-class Downsample(nn.Module):
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.pad(x, (0, 1, 0, 1)))  # LDM's asymmetric padding
-
-
-class Upsample(nn.Module):
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
-
-
 def _level(blocks: list[nn.Module], attns: list[nn.Module]) -> nn.Module:
     level = nn.Module()
     level.block, level.attn = nn.ModuleList(blocks), nn.ModuleList(attns)
     return level
-
-
-def _mid(channels: int, groups: int) -> nn.Module:
-    mid = nn.Module()
-    mid.block_1 = ResnetBlock(channels, channels, groups)
-    mid.attn_1 = AttnBlock(channels, groups)
-    mid.block_2 = ResnetBlock(channels, channels, groups)
-    return mid
-
-
-def _run_mid(mid: nn.Module, h: torch.Tensor) -> torch.Tensor:
-    return mid.block_2(mid.attn_1(mid.block_1(h)))
 
 
 class Encoder(nn.Module):
@@ -129,8 +72,8 @@ class Encoder(nn.Module):
                 level.downsample = Downsample(cin)
                 res //= 2
             self.down.append(level)
-        self.mid = _mid(cin, g)
-        self.norm_out = _norm(cin, g)
+        self.mid = mid_block(cin, g)
+        self.norm_out = group_norm(cin, g)
         self.conv_out = nn.Conv2d(cin, 2 * cfg.embed_dim, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -142,7 +85,7 @@ class Encoder(nn.Module):
                     h = level.attn[j](h)
             if hasattr(level, "downsample"):
                 h = level.downsample(h)
-        return self.conv_out(F.silu(self.norm_out(_run_mid(self.mid, h))))
+        return self.conv_out(F.silu(self.norm_out(run_mid(self.mid, h))))
 
 
 class Decoder(nn.Module):
@@ -151,7 +94,7 @@ class Decoder(nn.Module):
         g, ch, n = cfg.norm_groups, cfg.ch, len(cfg.ch_mult)
         cin = ch * cfg.ch_mult[-1]
         self.conv_in = nn.Conv2d(cfg.embed_dim, cin, 3, padding=1)
-        self.mid = _mid(cin, g)
+        self.mid = mid_block(cin, g)
         levels: list[nn.Module] = []
         for i in reversed(range(n)):
             blocks = []
@@ -163,11 +106,11 @@ class Decoder(nn.Module):
                 level.upsample = Upsample(cin)
             levels.insert(0, level)
         self.up = nn.ModuleList(levels)
-        self.norm_out = _norm(cin, g)
+        self.norm_out = group_norm(cin, g)
         self.conv_out = nn.Conv2d(cin, 3, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = _run_mid(self.mid, self.conv_in(z))
+        h = run_mid(self.mid, self.conv_in(z))
         for level in reversed(self.up):
             for block in level.block:
                 h = block(h)

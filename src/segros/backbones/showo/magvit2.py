@@ -21,6 +21,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segros.backbones.conv_blocks import (
+    Downsample,
+    ResnetBlock,
+    Upsample,
+    group_norm,
+    mid_block,
+    run_mid,
+)
+
 
 @dataclass
 class MagvitConfig:
@@ -46,78 +55,6 @@ class MagvitConfig:
         return asdict(self)
 
 
-def _swish(x: torch.Tensor) -> torch.Tensor:
-    return x * torch.sigmoid(x)
-
-
-class ResnetBlock(nn.Module):
-    """GroupNorm-swish-conv twice, with a 1x1 ``nin_shortcut`` when the width changes."""
-
-    def __init__(self, in_ch: int, out_ch: int, groups: int) -> None:
-        super().__init__()
-        self.norm1 = nn.GroupNorm(groups, in_ch, eps=1e-6)
-        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
-        self.norm2 = nn.GroupNorm(groups, out_ch, eps=1e-6)
-        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
-        self.nin_shortcut = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(_swish(self.norm1(x)))
-        h = self.conv2(_swish(self.norm2(h)))
-        return (x if self.nin_shortcut is None else self.nin_shortcut(x)) + h
-
-
-class AttnBlock(nn.Module):
-    """Single-head self-attention over the spatial positions (1x1 convs for q, k, v, out)."""
-
-    def __init__(self, ch: int, groups: int) -> None:
-        super().__init__()
-        self.norm = nn.GroupNorm(groups, ch, eps=1e-6)
-        self.q, self.k, self.v = (nn.Conv2d(ch, ch, 1) for _ in range(3))
-        self.proj_out = nn.Conv2d(ch, ch, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, C, H, W = x.shape
-        h = self.norm(x)
-        q, k, v = (m(h).flatten(2).transpose(1, 2) for m in (self.q, self.k, self.v))  # (B, HW, C)
-        out = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(C)) v
-        return x + self.proj_out(out.transpose(1, 2).reshape(B, C, H, W))
-
-
-class Downsample(nn.Module):
-    """Stride-2 3x3 conv with (0, 1, 0, 1) zero padding (taming-transformers' asymmetric pad)."""
-
-    def __init__(self, ch: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(ch, ch, 3, stride=2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.pad(x, (0, 1, 0, 1)))
-
-
-class Upsample(nn.Module):
-    """Nearest x2 then a 3x3 conv."""
-
-    def __init__(self, ch: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
-
-
-def _mid(ch: int, groups: int) -> nn.Module:
-    mid = nn.Module()
-    mid.block_1 = ResnetBlock(ch, ch, groups)
-    mid.attn_1 = AttnBlock(ch, groups)
-    mid.block_2 = ResnetBlock(ch, ch, groups)
-    return mid
-
-
-def _run_mid(mid: nn.Module, h: torch.Tensor) -> torch.Tensor:
-    return mid.block_2(mid.attn_1(mid.block_1(h)))
-
-
 class Encoder(nn.Module):
     """Pixels (B, 3, H, W) in [-1, 1] -> latents (B, z, H/stride, W/stride).
 
@@ -141,8 +78,8 @@ class Encoder(nn.Module):
             if i != levels - 1:
                 level.downsample = Downsample(block_in)
             self.down.append(level)
-        self.mid = _mid(block_in, g)
-        self.norm_out = nn.GroupNorm(g, block_in, eps=1e-6)
+        self.mid = mid_block(block_in, g)
+        self.norm_out = group_norm(block_in, g)
         self.conv_out = nn.Conv2d(block_in, cfg.z_channels, 3, padding=1)
         self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.z_channels, 1)
 
@@ -153,8 +90,8 @@ class Encoder(nn.Module):
                 h = block(h)
             if hasattr(level, "downsample"):
                 h = level.downsample(h)
-        h = _run_mid(self.mid, h)
-        return self.quant_conv(self.conv_out(_swish(self.norm_out(h))))
+        h = run_mid(self.mid, h)
+        return self.quant_conv(self.conv_out(F.silu(self.norm_out(h))))
 
 
 class Decoder(nn.Module):
@@ -169,7 +106,7 @@ class Decoder(nn.Module):
         g, ch, mults = cfg.norm_groups, cfg.ch, cfg.decoder_ch_mult
         block_in = ch * mults[-1]
         self.conv_in = nn.Conv2d(cfg.z_channels, block_in, 3, padding=1)
-        self.mid = _mid(block_in, g)
+        self.mid = mid_block(block_in, g)
         levels: list[nn.Module] = []
         for i in reversed(range(len(mults))):
             level = nn.Module()
@@ -181,18 +118,18 @@ class Decoder(nn.Module):
                 level.upsample = Upsample(block_in)
             levels.insert(0, level)
         self.up = nn.ModuleList(levels)
-        self.norm_out = nn.GroupNorm(g, block_in, eps=1e-6)
+        self.norm_out = group_norm(block_in, g)
         self.conv_out = nn.Conv2d(block_in, 3, 3, padding=1)
         self.post_quant_conv = nn.Conv2d(cfg.z_channels, cfg.z_channels, 1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = _run_mid(self.mid, self.conv_in(self.post_quant_conv(z)))
+        h = run_mid(self.mid, self.conv_in(self.post_quant_conv(z)))
         for level in reversed(self.up):
             for block in level.block:
                 h = block(h)
             if hasattr(level, "upsample"):
                 h = level.upsample(h)
-        return self.conv_out(_swish(self.norm_out(h)))
+        return self.conv_out(F.silu(self.norm_out(h)))
 
 
 class LFQuantizer(nn.Module):
