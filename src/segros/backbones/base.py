@@ -137,9 +137,10 @@ class Backbone(nn.Module, ABC):
     def from_pretrained(cls, path: str | Path, **overrides: Any) -> Backbone:
         """Load a folder written by :meth:`save_pretrained` (or the upstream release)."""
 
-    @abstractmethod
     def image_for_display(self, batch: Batch) -> torch.Tensor:
-        """(B, H, W, 3) uint8 images of a batch, for grounding pictures."""
+        """(B, H, W, 3) uint8 images of a batch, for grounding pictures: ``prepare_t2i`` keeps
+        them under ``"images"``; override if an adapter stores them otherwise."""
+        return batch["images"]
 
     # --- the single entry point wrappers see ---------------------------------------------------
     def forward(

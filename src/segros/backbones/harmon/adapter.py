@@ -259,9 +259,6 @@ class HarmonBackbone(Backbone):
             **T.encode_i2t(self.text_tokenizer, turns, self.options.max_text_len),
         }
 
-    def image_for_display(self, batch: Batch) -> torch.Tensor:
-        return batch["images"]
-
     # --- encoders ---------------------------------------------------------------------------------
     @torch.no_grad()
     def encode_latents(self, pixels: torch.Tensor) -> torch.Tensor:

@@ -281,9 +281,6 @@ class ShowoBackbone(Backbone):
             "answer_mask": text["answer"],
         }
 
-    def image_for_display(self, batch: Batch) -> torch.Tensor:
-        return batch["images"]
-
     # --- the SeGroS seam --------------------------------------------------------------------
     def _code_embeddings(self, codes: torch.Tensor) -> torch.Tensor:
         return self.model.embed(codes + self.vocab.code_offset)

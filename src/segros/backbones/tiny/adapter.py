@@ -186,9 +186,6 @@ class TinyBackbone(Backbone):
             "answer_mask": qa["answer"],
         }
 
-    def image_for_display(self, batch: Batch) -> torch.Tensor:
-        return batch["images"]
-
     # --- the SeGroS seam --------------------------------------------------------------------
     def _code_embeddings(self, codes: torch.Tensor) -> torch.Tensor:
         return self.model.embed(codes + self.cfg.code_offset)
