@@ -129,8 +129,6 @@ def generate_benchmark(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     prompts = [r["prompt"] for r in records]
-    all_jobs = [(i, n) for i in range(len(records)) for n in range(samples)]
-
     if benchmark == "geneval":
         for i, record in enumerate(records):
             write_prompt_metadata(out, i, record)
@@ -149,6 +147,7 @@ def generate_benchmark(
             backbone, records, out, samples, seed, batch_size, skip_existing, progress, options
         )
 
+    all_jobs = [(i, n) for i in range(len(records)) for n in range(samples)]
     jobs = [job for job in all_jobs if not (skip_existing and target(job).is_file())]
 
     def write(job: Job, image: np.ndarray) -> None:

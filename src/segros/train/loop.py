@@ -84,15 +84,13 @@ def param_groups(
     model: torch.nn.Module, weight_decay: float, patterns: list[str], one_d: bool
 ) -> list[dict[str, Any]]:
     """Trainable parameters split into AdamW groups with and without weight decay."""
-    decay, no_decay = [], []
+    decay, no_decay, matched = [], [], False
     for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        exempt = (one_d and param.ndim <= 1) or any(fnmatch.fnmatch(name, p) for p in patterns)
-        (no_decay if exempt else decay).append(param)
-    if patterns and not any(
-        fnmatch.fnmatch(name, p) for name, _ in model.named_parameters() for p in patterns
-    ):
+        named = any(fnmatch.fnmatch(name, p) for p in patterns)
+        matched |= named
+        if param.requires_grad:
+            (no_decay if named or (one_d and param.ndim <= 1) else decay).append(param)
+    if patterns and not matched:
         raise ValueError(f"optim.no_decay patterns {patterns} match no parameter name")
     groups = [{"params": decay, "weight_decay": weight_decay}]
     if no_decay:
