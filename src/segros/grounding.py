@@ -26,6 +26,7 @@ from segros._checks import (
 )
 
 TEXT_FILTERS = ("both", "intra", "inter", "none")
+TEXT_STOPWORDS = ("none", "english")  # caption function words excluded from the filter (Fig. 3)
 
 # A min-max range at or below this fraction of the vector's magnitude is float rounding of a
 # constant vector, whose min-max normalisation is defined as all zeros (DESIGN.md).
@@ -42,10 +43,15 @@ class GroundingConfig:
     temperature: float = 1.0  # tau in Eqs. 3, 5, 10
     text_filter: str = "both"  # Table 4: both | intra | inter | none
     noise_scale: float = 0.5  # alpha: xi ~ U[0, alpha) in Eq. 12 (Table 8)
+    # "english": caption tokens of English function words are left out of the grounding (never
+    # kept in w, Eq. 9) while still conditioning the model; applied by :func:`content_tokens`
+    # before :func:`ground` (Fig. 3's caption: "text scores exclude ... stopwords")
+    text_stopwords: str = "none"
 
     def __post_init__(self) -> None:
         check_ratio("text_keep_ratio", self.text_keep_ratio)
         check_choice("text_filter", self.text_filter, TEXT_FILTERS)
+        check_choice("text_stopwords", self.text_stopwords, TEXT_STOPWORDS)
         for name in ("temperature", "noise_scale"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float):
@@ -88,6 +94,24 @@ def minmax(x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
     out = (x - lo) / torch.where(negligible, torch.ones_like(span), span)
     out = out.masked_fill(negligible, 0.0)
     return out if valid is None else out.masked_fill(~valid, 0.0)
+
+
+def content_tokens(
+    text_valid: torch.Tensor, stopword: torch.Tensor | None, text_stopwords: str
+) -> torch.Tensor:
+    """The caption tokens the grounding reads: ``text_valid`` minus stopwords when asked.
+
+    With ``text_stopwords="english"`` every token marked in ``stopword`` (B, L) is dropped, except
+    in a sample whose caption would be left empty (only function words): that sample keeps its
+    whole caption, so the map stays defined. ``"none"`` returns ``text_valid`` unchanged.
+    """
+    check_choice("text_stopwords", text_stopwords, TEXT_STOPWORDS)
+    if text_stopwords == "none":
+        return text_valid
+    if stopword is None:
+        raise ValueError("text_stopwords='english' needs the backbone's stopword mask (GroundingInputs)")
+    content = text_valid & ~stopword.to(text_valid.device)
+    return torch.where(content.any(-1, keepdim=True), content, text_valid)
 
 
 def keep_top_k(values: torch.Tensor, valid: torch.Tensor, ratio: float) -> torch.Tensor:

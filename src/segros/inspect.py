@@ -49,6 +49,8 @@ class Inspection:
     seen: np.ndarray  # (N,) bool on token_grid
     unknown_words: list[str]  # caption words outside the model's vocabulary
     settings: dict[str, float]
+    # (Lv,) bool: tokens left out of the grounding as stopwords (--text-stopwords english)
+    excluded: np.ndarray | None = None
 
     @property
     def kept_words(self) -> list[str]:
@@ -63,6 +65,9 @@ class Inspection:
         ]
         if self.unknown_words:
             lines.append(f"words unknown to the model (read as <unk>): {', '.join(self.unknown_words)}")
+        if self.excluded is not None and self.excluded.any():
+            stop = [w for w, x in zip(self.words, self.excluded, strict=True) if x]
+            lines.append(f"stopwords left out of the grounding ({len(stop)}): {' '.join(stop)}")
         return "\n".join(lines)
 
 
@@ -146,7 +151,8 @@ def inspect_grounding(
         raise InspectError(f"no word of the caption {caption!r} is known to the model{named}")
 
     generator = torch.Generator().manual_seed(seed)
-    g = ground(g_in.text_emb.float(), g_in.image_emb.float(), g_in.text_valid, grounding, generator)
+    content = g_in.content_valid(grounding.text_stopwords)
+    g = ground(g_in.text_emb.float(), g_in.image_emb.float(), content, grounding, generator)
     plan = make_plan(
         cfg,
         torch.tensor([mask_ratio], dtype=torch.float64),
@@ -175,6 +181,7 @@ def inspect_grounding(
         hint_grid=hint_grid,
         seen=plan.seen[0].cpu().numpy(),
         unknown_words=unknown,
+        excluded=(valid & ~content[0])[valid].cpu().numpy(),
         settings={
             "tau": grounding.temperature,
             "rho": grounding.text_keep_ratio,
@@ -184,6 +191,10 @@ def inspect_grounding(
             "seed": seed,
         },
     )
+
+
+def _any(flags: np.ndarray | None) -> bool:
+    return flags is not None and bool(flags.any())
 
 
 def inspection_figure(ins: Inspection, title: str) -> np.ndarray:
@@ -266,15 +277,20 @@ def inspection_figure(ins: Inspection, title: str) -> np.ndarray:
         if i == 0:
             ax.set_title(
                 f"(b) text scores per caption token; orange = kept (w = 1, top ρ = {ins.settings['rho']:g})"
-                + ("; word? = unknown to the model (<unk>)" if ins.unknown_words else ""),
+                + ("; word? = unknown to the model (<unk>)" if ins.unknown_words else "")
+                + ("; [word] = stopword, not grounded" if _any(ins.excluded) else ""),
                 fontsize=10,
             )
         if i < len(rows) - 1:
             ax.set_xticks(x, [""] * lv)
         else:
-            ax.set_xticks(x, ins.words, rotation=45 if lv > 8 else 0, ha="right" if lv > 8 else "center")
-            for tick, kept in zip(ax.get_xticklabels(), ins.keep, strict=True):
+            excluded = ins.excluded if ins.excluded is not None else np.zeros(lv, dtype=bool)
+            labels = [f"[{w}]" if x else w for w, x in zip(ins.words, excluded, strict=True)]
+            ax.set_xticks(x, labels, rotation=45 if lv > 8 else 0, ha="right" if lv > 8 else "center")
+            for tick, kept, stop in zip(ax.get_xticklabels(), ins.keep, excluded, strict=True):
                 tick.set_fontsize(9)
+                if stop:
+                    tick.set_color("#999999")
                 if kept:
                     tick.set_fontweight("bold")
                     tick.set_color(KEPT_RGB)
@@ -309,6 +325,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=1.0, help="softmax temperature τ")
     parser.add_argument("--text-keep-ratio", type=float, default=0.4, help="text keep ratio ρ")
     parser.add_argument("--noise-scale", type=float, default=0.5, help="noise scale α of Eq. 12")
+    parser.add_argument(
+        "--text-stopwords",
+        choices=("none", "english"),
+        default="none",
+        help="english: leave function words out of the grounding (marked [word] in the picture)",
+    )
 
 
 def _error(message: str) -> int:
@@ -325,7 +347,10 @@ def run(args: argparse.Namespace) -> int:
         return _error(f"--mask-ratio must be in [0, 1], got {args.mask_ratio}")
     try:
         grounding = GroundingConfig(
-            text_keep_ratio=args.text_keep_ratio, temperature=args.temperature, noise_scale=args.noise_scale
+            text_keep_ratio=args.text_keep_ratio,
+            temperature=args.temperature,
+            noise_scale=args.noise_scale,
+            text_stopwords=args.text_stopwords,
         )
         from segros.plan import PlanConfig
 

@@ -19,10 +19,20 @@ import torch
 import torch.nn.functional as F
 
 from segros._checks import check_choice, check_ratio
-from segros.grounding import Grounding, GroundingConfig, ground, keep_top_k, uniform_noise
+from segros.grounding import (
+    Grounding,
+    GroundingConfig,
+    content_tokens,
+    ground,
+    keep_top_k,
+    uniform_noise,
+)
 
 HINT_PICKS = ("top", "bottom", "random", "all", "none")  # Table 5 (top/bottom), Table 9 (all)
 SEEN_PICKS = ("bottom", "top", "random")  # Table 5 (top/bottom), SFT/RecA (random)
+# prefix: hints are ordinary prefix tokens whose position ids say nothing of their slot beyond
+# their order (Sec. 3.4, Fig. 6); slot: a hint takes its image slot's position id (an ablation)
+HINT_POSITIONS = ("prefix", "slot")
 
 
 @dataclass(frozen=True)
@@ -34,10 +44,14 @@ class PlanConfig:
     seen_pick: str = "bottom"  # bottom | top | random
     loss_target_ratio: float | None = None  # drop-loss r (Table 6); None = every masked token
     text_condition: bool = True  # False: RecA-style image-only conditioning (Table 9)
+    hint_position: str = "prefix"  # prefix | slot (docs/design-notes.md)
+    hint_prob: float = 1.0  # probability that a sample gets its hints (beyond the paper)
     grounding: GroundingConfig = field(default_factory=GroundingConfig)
 
     def __post_init__(self) -> None:
         check_ratio("hint_ratio", self.hint_ratio)
+        check_ratio("hint_prob", self.hint_prob)
+        check_choice("hint_position", self.hint_position, HINT_POSITIONS)
         check_choice("hint_pick", self.hint_pick, HINT_PICKS)
         check_choice("seen_pick", self.seen_pick, SEEN_PICKS)
         if self.loss_target_ratio is not None:
@@ -86,6 +100,10 @@ class SupervisionPlan:
     mask_ratio: torch.Tensor  # (B,) float64: gamma per sample
     hint_grid: tuple[int, int] | None = None  # None: hints index the generation tokens
     grounding: Grounding | None = None  # for logging and pictures
+    hint_position: str = "prefix"  # how adapters number the hints (HINT_POSITIONS)
+    # (B,) bool: which samples get their hints (method.hint_prob); None: every sample. A sample
+    # without hints still has the grounded corrupted input and targets.
+    hint_keep: torch.Tensor | None = None
 
     @property
     def masked(self) -> torch.Tensor:
@@ -103,7 +121,14 @@ class SupervisionPlan:
             seen=self.seen.to(device),
             loss_weight=self.loss_weight.to(device),
             grounding=None if self.grounding is None else self.grounding.to(device),
+            hint_keep=None if self.hint_keep is None else self.hint_keep.to(device),
         )
+
+    def hint_valid(self) -> torch.Tensor | None:
+        """(B, K) bool: the hints each sample attends to (None: all), for the sequence layout."""
+        if self.hint_keep is None:
+            return None
+        return self.hint_keep.unsqueeze(1).expand(-1, self.num_hints)
 
 
 def resample_grid(scores: torch.Tensor, src: tuple[int, int], dst: tuple[int, int]) -> torch.Tensor:
@@ -208,6 +233,12 @@ def make_plan(
         order = torch.argsort(hint_scores, dim=-1, descending=cfg.hint_pick != "bottom", stable=True)
         hint_idx = order[:, : int(hint_count)].sort(dim=-1).values
 
+    # Hint dropout (method.hint_prob, beyond the paper): drawn only when it can drop something,
+    # so the default leaves every other draw of the generator where it was.
+    hint_keep = None
+    if cfg.hint_prob < 1.0 and hint_idx.shape[1] > 0:
+        hint_keep = (uniform_noise((B,), generator, mask_ratio.float()) < cfg.hint_prob).to(device)
+
     # Loss targets: every masked token, or (drop-loss, Table 6) the top-r grounded masked ones.
     masked = ~seen
     if cfg.loss_target_ratio is None:
@@ -223,6 +254,8 @@ def make_plan(
         mask_ratio=mask_ratio,
         hint_grid=tuple(hint_grid) if other_grid else None,
         grounding=grounding,
+        hint_position=cfg.hint_position,
+        hint_keep=hint_keep,
     )
 
 
@@ -235,11 +268,18 @@ def plan_batch(
     generator: torch.Generator | None = None,
     token_grid: tuple[int, int] | None = None,
     hint_grid: tuple[int, int] | None = None,
+    text_stopword: torch.Tensor | None = None,
 ) -> SupervisionPlan:
-    """Ground (only when the plan needs it) and plan in one call; the usual entry point."""
+    """Ground (only when the plan needs it) and plan in one call; the usual entry point.
+
+    ``text_stopword`` (B, L) bool marks caption tokens of function words; with
+    ``cfg.grounding.text_stopwords="english"`` they are left out of the grounding
+    (:func:`segros.grounding.content_tokens`).
+    """
     grounding = None
     if cfg.needs_grounding:
-        grounding = ground(text_emb, image_emb, text_valid, cfg.grounding, generator)
+        valid = content_tokens(text_valid, text_stopword, cfg.grounding.text_stopwords)
+        grounding = ground(text_emb, image_emb, valid, cfg.grounding, generator)
     return make_plan(
         cfg, mask_ratio, image_emb.shape[1], grounding, generator, token_grid=token_grid, hint_grid=hint_grid
     )

@@ -82,6 +82,7 @@ def grounding_picture(checkpoint: Path, path: Path, n: int = 4) -> Path:
             torch.Generator().manual_seed(0),
             backbone.token_grid,
             backbone.hint_grid,
+            text_stopword=g.text_stopword,
         )
     panel = grounding_panel(
         batch["images"],

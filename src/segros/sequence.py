@@ -10,10 +10,21 @@ Attention rules (query row -> key column):
   the outputs at padding positions are meaningless and must be ignored.
 
 Position ids: text tokens count 0, 1, ... over real tokens (right padding shifts nothing),
-image slot ``i`` gets ``n_text + i``. A hint that came from image slot ``i`` (``hint_idx``
-given) gets that slot's id, so hints are not a bag of patches; without ``hint_idx`` (hints
-whose encoder carries its own positions) hints are a plain prefix ``0 .. K-1`` and the rest
-shifts by K.
+image slot ``i`` gets ``n_text + i``. Hints are numbered by ``hint_position``:
+
+- ``"prefix"`` (the default of :class:`segros.plan.PlanConfig`): hint ``k`` of ``K`` gets ``k - K``,
+  i.e. ``-K .. -1``, and text and image keep exactly the ids they have without hints (at
+  generation). A hint's id carries its order only, never its slot. Rotary models use these ids as
+  they are (only differences matter, so this equals numbering hints ``0 .. K-1`` and shifting
+  the rest); models with a learned position table map them to a range of their own.
+- ``"slot"``: the hint from image slot ``i`` (``hint_idx``) gets that slot's id ``n_text + i``, the
+  same as the image token it duplicates (an ablation: for code-embedding hints it lets the model
+  copy a hinted target from distance 0).
+- ``"shift"`` (when neither is asked and no ``hint_idx`` is given): a plain prefix ``0 .. K-1`` and
+  the rest shifted by K; used for image prefixes in image-to-text layouts.
+
+``hint_valid`` (B, K) bool drops hints per sample (``method.hint_prob``): a dropped hint is treated
+as padding, so no token attends to it and the sample behaves exactly as one without hints.
 """
 
 from __future__ import annotations
@@ -63,6 +74,8 @@ def pack_layout(
     text_mask: torch.Tensor,
     num_image: int,
     hint_idx: torch.Tensor | None = None,
+    hint_position: str | None = None,
+    hint_valid: torch.Tensor | None = None,
 ) -> PackedLayout:
     """Build the Fig. 6 attention mask and position ids.
 
@@ -73,6 +86,9 @@ def pack_layout(
         num_image: N, image tokens per sample. With N = 0 and the image as the prefix, the same
             rules give the image-to-text layout (image bidirectional, text causal after it).
         hint_idx: ``(B, K)`` image-slot index of every hint, or None (see module docstring).
+        hint_position: ``"prefix"``, ``"slot"`` (needs ``hint_idx``) or ``"shift"``; None means
+            ``"slot"`` when ``hint_idx`` is given, else ``"shift"``.
+        hint_valid: ``(B, K)`` bool, False at hints a sample does not get; None: all.
     """
     if not isinstance(text_mask, torch.Tensor) or text_mask.dim() != 2:
         raise ValueError("text_mask must be a (B, T) bool tensor")
@@ -82,6 +98,14 @@ def pack_layout(
         raise ValueError(f"need num_hints >= 0 and num_image >= 0, got {num_hints} and {num_image}")
     if hint_idx is not None and tuple(hint_idx.shape) != (B, num_hints):
         raise ValueError(f"hint_idx must have shape {(B, num_hints)}, got {tuple(hint_idx.shape)}")
+    if hint_position is None:
+        hint_position = "shift" if hint_idx is None else "slot"
+    if hint_position not in ("prefix", "slot", "shift"):
+        raise ValueError(f"hint_position must be prefix, slot or shift, got {hint_position!r}")
+    if hint_position == "slot" and hint_idx is None and num_hints:
+        raise ValueError("hint_position='slot' needs hint_idx")
+    if hint_valid is not None:
+        check_bool_tensor("hint_valid", hint_valid, (B, num_hints))
     device = text_mask.device
     S = num_hints + T + num_image
 
@@ -93,9 +117,10 @@ def pack_layout(
         ]
     )
     ones = torch.ones
+    hints_real = ones(B, num_hints, dtype=torch.bool, device=device) if hint_valid is None else hint_valid
     is_real = torch.cat(
         [
-            ones(B, num_hints, dtype=torch.bool, device=device),
+            hints_real.to(device),
             text_mask,
             ones(B, num_image, dtype=torch.bool, device=device),
         ],
@@ -116,9 +141,11 @@ def pack_layout(
     n_text = text_mask.sum(1, keepdim=True)  # (B, 1)
     text_pos = (text_mask.long().cumsum(1) - 1).clamp_min(0) * text_mask
     image_pos = n_text + torch.arange(num_image, device=device)
-    if hint_idx is None:
+    if hint_position == "shift":
         hint_pos = torch.arange(num_hints, device=device).expand(B, -1)
         text_pos, image_pos = text_pos + num_hints * text_mask, image_pos + num_hints
+    elif hint_position == "prefix":
+        hint_pos = torch.arange(-num_hints, 0, device=device).expand(B, -1)
     else:
         hint_pos = n_text + hint_idx.to(device)
     position_ids = torch.cat([hint_pos, text_pos, image_pos], dim=1).long()

@@ -54,6 +54,15 @@ class GroundingInputs:
     text_emb: torch.Tensor  # (B, L, D)
     text_valid: torch.Tensor  # (B, L) bool: caption tokens only
     image_emb: torch.Tensor  # (B, N, D)
+    # (B, L) bool: caption tokens of English function words (segros.stopwords), for
+    # method.text_stopwords=english; None if the backbone cannot tell
+    text_stopword: torch.Tensor | None = None
+
+    def content_valid(self, text_stopwords: str) -> torch.Tensor:
+        """``text_valid`` without stopwords when ``text_stopwords == "english"`` (see grounding)."""
+        from segros.grounding import content_tokens
+
+        return content_tokens(self.text_valid, self.text_stopword, text_stopwords)
 
 
 class Backbone(nn.Module, ABC):

@@ -215,25 +215,70 @@ def render(objects: list[ShapeObject], image_size: int) -> np.ndarray:
 Spec = tuple[str, str, str]  # (shape, colour, size)
 
 
+LAYOUTS = ("free", "grid")
+
+
+def _fits(box: tuple[int, int, int, int], placed: list[ShapeObject], gap: int) -> bool:
+    """True if ``box`` keeps at least ``gap`` px from every placed object on one axis."""
+    x0, y0, x1, y1 = box
+    return all(
+        (x0 >= o.box[2] + gap or x1 + gap <= o.box[0]) or (y0 >= o.box[3] + gap or y1 + gap <= o.box[1])
+        for o in placed
+    )
+
+
+def check_grid(image_size: int, cells: int) -> None:
+    """ValueError unless a small object fits one cell and a large one a 2 x 2 block."""
+    cell = image_size // cells if cells > 0 else 0
+    if (
+        cells < 2
+        or image_size % cells
+        or cell < size_px("small", image_size)
+        or 2 * cell < size_px("large", image_size)
+    ):
+        raise ValueError(
+            f"grid layout needs image_size ({image_size}) divisible by cells ({cells}) into cells of at "
+            f"least {size_px('small', image_size)} px (a small object); 4 cells per side fit"
+        )
+
+
+def _grid_origin(
+    rng: np.random.Generator, w: int, h: int, size: str, image_size: int, cells: int
+) -> tuple[int, int]:
+    """Top-left pixel of a glyph snapped to the token grid.
+
+    A small object is drawn in one grid cell, a large one in a block of 2 x 2 cells, centred in
+    it, so the same object always cuts into the same image tokens (see ``layout="grid"``).
+    """
+    cell = image_size // cells
+    span = 1 if size == "small" else 2
+    col, row = (int(v) for v in rng.integers(0, cells - span + 1, size=2))
+    return col * cell + (span * cell - w) // 2, row * cell + (span * cell - h) // 2
+
+
 def _place(
-    rng: np.random.Generator, specs: list[Spec], image_size: int, tries: int = 30
+    rng: np.random.Generator,
+    specs: list[Spec],
+    image_size: int,
+    tries: int = 30,
+    layout: str = "free",
+    cells: int = 4,
 ) -> list[ShapeObject] | None:
     """Drop objects at random non-overlapping positions (gap >= 2 px, or 1 px below 48 px).
 
-    Objects keep 1 px from the image border, so the border shows only background.
+    ``free``: anywhere, 1 px from the image border (the border shows only background).
+    ``grid``: snapped to a ``cells`` x ``cells`` grid (:func:`_grid_origin`), gap >= 2 px.
     """
-    gap = 2 if image_size >= 48 else 1
+    gap = 2 if image_size >= 48 or layout == "grid" else 1
     placed: list[ShapeObject] = []
     for shape, color, size in specs:
         h, w = shape_mask(shape, size_px(size, image_size)).shape
         for _ in range(tries):
-            x, y = (int(v) for v in rng.integers(1, [image_size - w, image_size - h]))
-            apart = (
-                (x >= o.box[2] + gap or x + w + gap <= o.box[0])
-                or (y >= o.box[3] + gap or y + h + gap <= o.box[1])
-                for o in placed
-            )
-            if all(apart):
+            if layout == "grid":
+                x, y = _grid_origin(rng, w, h, size, image_size, cells)
+            else:
+                x, y = (int(v) for v in rng.integers(1, [image_size - w, image_size - h]))
+            if _fits((x, y, x + w, y + h), placed, gap):
                 placed.append(_make_object(shape, color, size, (x, y), image_size))
                 break
         else:
@@ -292,6 +337,26 @@ def dense_caption(objects: list[ShapeObject], image_size: int, rng: np.random.Ge
     return ". ".join([text, *sentences])
 
 
+def coarse_caption(
+    kind: str, objects: list[ShapeObject], relation: str | None, rng: np.random.Generator
+) -> str:
+    """Web-alt-text-like caption for pretraining: names some objects, rarely a relation.
+
+    Each object is named with probability 0.6 (at least one always is), with its colour half the
+    time, never its size or place; a counting scene says its count half the time; a position scene
+    states its relation one time in ten. Mirrors the coarse captions real UMMs are pretrained on.
+    """
+    if kind == "counting" and rng.random() < 0.5:
+        same_color = len({o.color for o in objects}) == 1
+        return geneval_caption(kind, objects, None, bool(rng.random() < 0.5) and same_color)
+    if kind == "position" and relation is not None and rng.random() < 0.1:
+        return geneval_caption(kind, objects, relation, bool(rng.random() < 0.5))
+    named = rng.random(len(objects)) < 0.6
+    named[rng.integers(len(objects))] = True
+    nouns = [_noun(o, bool(rng.random() < 0.5)) for o, keep in zip(objects, named, strict=True) if keep]
+    return "a photo of " + (nouns[0] if len(nouns) == 1 else ", ".join(nouns[:-1]) + " and " + nouns[-1])
+
+
 def geneval_caption(kind: str, objects: list[ShapeObject], relation: str | None, with_color: bool) -> str:
     """GenEval-template caption for a scene built for ``kind`` (one of the six tags)."""
     if kind == "single_object":
@@ -309,13 +374,20 @@ def geneval_caption(kind: str, objects: list[ShapeObject], relation: str | None,
 # --- the world -----------------------------------------------------------------------------------
 
 KINDS = ("single_object", "two_object", "counting", "position", "scene")
+CAPTION_STYLES = ("geneval", "dense", "mixed", "coarse")
 
 
 class ShapesWorld:
     """Endless, seeded stream of :class:`Scene` s; ``scene(i)`` is random access.
 
     ``caption_style`` is ``"geneval"`` (template captions where the scene kind has one), ``"dense"``
-    (descriptive captions) or ``"mixed"`` (either, half the time each).
+    (descriptive captions), ``"mixed"`` (either, half the time each) or ``"coarse"`` (some objects
+    named, rarely a relation: :func:`coarse_caption`, for pretraining).
+
+    ``layout`` is ``"free"`` (objects anywhere) or ``"grid"``: objects snapped to a ``cells`` x
+    ``cells`` grid matching an image tokenizer's patches, a small object in one cell and a large one
+    centred in a 2 x 2 block, so every object is always cut into the same tokens (see
+    ``docs/miniature.md`` for why this is what lets a small model learn to draw shapes).
     """
 
     def __init__(
@@ -325,9 +397,16 @@ class ShapesWorld:
         exclude_held_out: bool = True,
         max_objects: int = 4,
         caption_style: str = "mixed",
+        layout: str = "free",
+        cells: int = 4,
     ) -> None:
-        if caption_style not in ("geneval", "dense", "mixed"):
-            raise ValueError(f"caption_style must be geneval, dense or mixed, not {caption_style!r}")
+        if caption_style not in CAPTION_STYLES:
+            styles = ", ".join(CAPTION_STYLES)
+            raise ValueError(f"caption_style must be one of {styles}, not {caption_style!r}")
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
+        if layout == "grid":
+            check_grid(image_size, cells)
         if not 1 <= max_objects <= 4:
             raise ValueError("max_objects must be between 1 and 4")
         self.image_size = image_size
@@ -335,6 +414,8 @@ class ShapesWorld:
         self.exclude_held_out = exclude_held_out
         self.max_objects = max_objects
         self.caption_style = caption_style
+        self.layout = layout
+        self.cells = cells
 
     def __iter__(self) -> Iterator[Scene]:
         index = 0
@@ -354,7 +435,9 @@ class ShapesWorld:
         style = self.caption_style
         if style == "mixed":
             style = "geneval" if rng.random() < 0.5 else "dense"
-        if style == "geneval" and kind != "scene":
+        if style == "coarse":
+            caption = coarse_caption(kind, objects, relation, rng)
+        elif style == "geneval" and kind != "scene":
             same_color = len({o.color for o in objects}) == 1
             with_color = bool(rng.random() < 0.5) and (kind != "counting" or same_color)
             caption = geneval_caption(kind, objects, relation, with_color)
@@ -387,7 +470,8 @@ class ShapesWorld:
         first = self._color(rng, shapes[0])
         colors = [first if same else self._color(rng, s) for s in shapes]
         sizes = ["small"] * n if n >= 3 else [str(s) for s in rng.choice(list(SIZES), size=n)]
-        objects = _place(rng, list(zip(shapes, colors, sizes, strict=True)), self.image_size)
+        specs = list(zip(shapes, colors, sizes, strict=True))
+        objects = _place(rng, specs, self.image_size, layout=self.layout, cells=self.cells)
         if objects is None or (self.exclude_held_out and has_held_out_relation(objects)):
             return None
         relation = None
@@ -417,7 +501,13 @@ class UnsupportedPromptError(ValueError):
     """A GenEval record names a class ShapesWorld cannot draw."""
 
 
-def render_prompt(metadata: dict[str, Any], rng: np.random.Generator, image_size: int = 64) -> Scene:
+def render_prompt(
+    metadata: dict[str, Any],
+    rng: np.random.Generator,
+    image_size: int = 64,
+    layout: str = "free",
+    cells: int = 4,
+) -> Scene:
     """Draw a scene that satisfies a GenEval metadata record exactly (a perfect generator).
 
     Each include item gets exactly ``count`` objects of its class (in its colour if given, else a
@@ -429,6 +519,8 @@ def render_prompt(metadata: dict[str, Any], rng: np.random.Generator, image_size
     if unknown:
         raise UnsupportedPromptError(f"ShapesWorld cannot draw: {', '.join(unknown)}")
     total = sum(it["count"] for it in items)
+    if layout == "grid":
+        check_grid(image_size, cells)
     for _ in range(500):
         specs, owner = [], []
         for k, it in enumerate(items):
@@ -437,7 +529,7 @@ def render_prompt(metadata: dict[str, Any], rng: np.random.Generator, image_size
                 size = "small" if total >= 3 else str(rng.choice(list(SIZES)))
                 specs.append((it["class"], color, size))
                 owner.append(k)
-        objects = _place(rng, specs, image_size)
+        objects = _place(rng, specs, image_size, layout=layout, cells=cells)
         if objects is None:
             continue
         ok = True

@@ -11,6 +11,14 @@ from __future__ import annotations
 import argparse
 
 CORRUPTIONS = ("none", "permute-colors", "blank")
+CAPTION_STYLES = ("mixed", "geneval", "dense", "coarse")  # segros.data.shapes.CAPTION_STYLES
+
+
+def _layout_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--layout", choices=("free", "grid"), default="free", help="grid: objects snapped to the token grid"
+    )
+    parser.add_argument("--cells", type=int, default=4, help="grid cells per side for --layout grid")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,6 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--prompts", default=None, help="GenEval metadata JSONL (default: ours)")
+    _layout_arguments(p)
     p.add_argument(
         "--corrupt",
         choices=CORRUPTIONS,
@@ -32,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d.add_argument("--n", type=int, required=True, help="number of samples")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--image-size", type=int, default=64)
-    d.add_argument("--caption-style", choices=("mixed", "geneval", "dense"), default="mixed")
+    d.add_argument("--caption-style", choices=CAPTION_STYLES, default="mixed")
+    _layout_arguments(d)
     d.add_argument("--include-held-out", action="store_true", help="do not hold out evaluation compositions")
 
 
@@ -58,7 +68,7 @@ def _render_eval(args: argparse.Namespace) -> int:
         for n in range(args.samples_per_prompt):
             rng = np.random.default_rng([args.seed, index, n])
             try:
-                scene = render_prompt(metadata, rng, args.image_size)
+                scene = render_prompt(metadata, rng, args.image_size, args.layout, args.cells)
                 image = scene.image
             except UnsupportedPromptError:
                 unsupported += n == 0
@@ -93,6 +103,8 @@ def _make_dataset(args: argparse.Namespace) -> int:
         seed=args.seed,
         exclude_held_out=not args.include_held_out,
         caption_style=args.caption_style,
+        layout=args.layout,
+        cells=args.cells,
     )
     with open(out / "data.jsonl", "w", encoding="utf-8") as fp:
         for i in range(args.n):

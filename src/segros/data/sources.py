@@ -21,10 +21,20 @@ SHAPES_QUESTIONS = ("what is shown in this image", "describe this picture", "wha
 class ShapesImageText:
     """ShapesWorld scenes ``0 .. length-1`` as image-caption records."""
 
-    def __init__(self, image_size: int, seed: int, length: int) -> None:
+    def __init__(
+        self,
+        image_size: int,
+        seed: int,
+        length: int,
+        layout: str = "free",
+        cells: int = 4,
+        caption_style: str = "mixed",
+    ) -> None:
         from segros.data.shapes import ShapesWorld
 
-        self.world = ShapesWorld(image_size=image_size, seed=seed)
+        self.world = ShapesWorld(
+            image_size=image_size, seed=seed, caption_style=caption_style, layout=layout, cells=cells
+        )
         self.length = length
 
     def __len__(self) -> int:
@@ -41,8 +51,8 @@ class ShapesConversations:
     Uses a different seed stream from the T2I source so the two tasks see different scenes.
     """
 
-    def __init__(self, image_size: int, seed: int, length: int) -> None:
-        self.scenes = ShapesImageText(image_size, seed + 7919, length)
+    def __init__(self, image_size: int, seed: int, length: int, **world: Any) -> None:
+        self.scenes = ShapesImageText(image_size, seed + 7919, length, **world)
 
     def __len__(self) -> int:
         return len(self.scenes)
@@ -53,17 +63,21 @@ class ShapesConversations:
         return I2TRecord(record.image, [(question, record.caption)], record.key)
 
 
-def t2i_source(data: Any, image_size: int) -> Any:
-    """The image-caption dataset a ``data:`` section names."""
+def _world(data: Any, cells: int) -> dict[str, Any]:
+    return {"layout": data.shapes_layout, "cells": cells, "caption_style": data.shapes_caption_style}
+
+
+def t2i_source(data: Any, image_size: int, cells: int = 4) -> Any:
+    """The image-caption dataset a ``data:`` section names (``cells``: the model's token grid side)."""
     if data.source == "shapes":
-        return ShapesImageText(image_size, data.shapes_seed, data.shapes_scenes)
+        return ShapesImageText(image_size, data.shapes_seed, data.shapes_scenes, **_world(data, cells))
     return open_image_text(data.path, image_key=data.image_column, caption_key=data.caption_column)
 
 
-def i2t_source(data: Any, image_size: int) -> Any | None:
+def i2t_source(data: Any, image_size: int, cells: int = 4) -> Any | None:
     """The image-to-text dataset, or None when ``data.i2t`` is ``none``."""
     if data.i2t == "none":
         return None
     if data.i2t == "shapes":
-        return ShapesConversations(image_size, data.shapes_seed, data.shapes_scenes)
+        return ShapesConversations(image_size, data.shapes_seed, data.shapes_scenes, **_world(data, cells))
     return LlavaConversations(data.i2t_path, data.i2t_image_root)

@@ -102,7 +102,8 @@ def pointing_precision(
         batch = backbone.prepare_t2i(records)
         with torch.no_grad():
             g_in = backbone.grounding_inputs(batch)
-            g = ground(g_in.text_emb.float(), g_in.image_emb.float(), g_in.text_valid, grounding, generator)
+            valid = g_in.content_valid(grounding.text_stopwords)
+            g = ground(g_in.text_emb.float(), g_in.image_emb.float(), valid, grounding, generator)
         plan = make_plan(
             cfg,
             torch.zeros(len(chunk), dtype=torch.float64),

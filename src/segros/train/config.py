@@ -38,11 +38,16 @@ class MethodConfig(Section):
     loss_targets: Literal["all", "top"] | None = None  # "top": drop-loss (Table 6)
     loss_target_ratio: float = Field(0.3, ge=0.0, le=1.0)
     text_condition: bool | None = None
+    # visual hints: position ids (prefix: order only, the default; slot: the image slot's, an
+    # ablation) and the probability a sample gets its hints (1.0: the paper)
+    hint_position: Literal["prefix", "slot"] = "prefix"
+    hint_prob: float = Field(1.0, ge=0.0, le=1.0)
     # grounding knobs, paper defaults
     text_keep_ratio: float = Field(0.4, ge=0.0, le=1.0)
     temperature: float = Field(1.0, ge=MIN_TEMPERATURE)
     text_filter: Literal["both", "intra", "inter", "none"] = "both"
     noise_scale: float = Field(0.5, ge=0.0)
+    text_stopwords: Literal["none", "english"] = "none"  # english: function words not grounded
     # objective
     i2t_weight: float = Field(1.0, ge=0.0)  # lambda in Eq. 13
     mask_schedule: Literal["cosine", "truncnorm", "uniform"] | None = None  # None: the backbone's
@@ -59,11 +64,14 @@ class MethodConfig(Section):
             seen_pick=self.seen_pick or base.seen_pick,
             loss_target_ratio=self.loss_target_ratio if targets == "top" else None,
             text_condition=base.text_condition if self.text_condition is None else self.text_condition,
+            hint_position=self.hint_position,
+            hint_prob=self.hint_prob,
             grounding=GroundingConfig(
                 text_keep_ratio=self.text_keep_ratio,
                 temperature=self.temperature,
                 text_filter=self.text_filter,
                 noise_scale=self.noise_scale,
+                text_stopwords=self.text_stopwords,
             ),
         )
 
@@ -77,6 +85,11 @@ class DataConfig(Section):
     caption_column: str = "caption"
     shapes_seed: int = 0
     shapes_scenes: int = Field(1_000_000, ge=1)  # distinct scenes the stream draws from
+    # ShapesWorld's object placement (grid: snapped to the tiny tokenizer's patches, cells per side =
+    # the model's token grid) and caption distribution (coarse for pretraining, mixed / dense for
+    # fine-tuning; docs/miniature.md)
+    shapes_layout: Literal["free", "grid"] = "free"
+    shapes_caption_style: Literal["mixed", "geneval", "dense", "coarse"] = "mixed"
     i2t: Literal["shapes", "llava", "none"] = "shapes"
     i2t_path: str | None = None  # LLaVA JSON
     i2t_image_root: str | None = None
@@ -89,6 +102,11 @@ class DataConfig(Section):
     def _paths(self) -> DataConfig:
         if self.source != "shapes" and not self.path:
             raise ValueError("data.path is required for data.source='files'")
+        if self.source == "shapes" and self.path:
+            raise ValueError(
+                f"data.path ({self.path}) is set but data.source is 'shapes', which ignores it: "
+                "set data.source=files to train on it, or drop data.path"
+            )
         if self.i2t == "llava" and not (self.i2t_path and self.i2t_image_root):
             raise ValueError("data.i2t_path and data.i2t_image_root are required for data.i2t='llava'")
         return self

@@ -44,6 +44,12 @@ from segros.train.logger import RunLogger
 log = logging.getLogger(__name__)
 
 
+def _grid_side(backbone: Backbone) -> int:
+    """Token-grid side of the backbone (ShapesWorld's grid layout snaps objects to it)."""
+    grid = getattr(backbone, "token_grid", None)
+    return int(grid[0]) if grid else 4
+
+
 class TrainingDivergedError(RuntimeError):
     """Too many consecutive steps with a non-finite loss."""
 
@@ -161,7 +167,7 @@ class Trainer:
 
         d = cfg.data
         self.budget = BadRecordBudget(max_share=d.max_bad_share)
-        t2i = t2i_source(d, backbone.image_size)
+        t2i = t2i_source(d, backbone.image_size, _grid_side(backbone))
         self.t2i = RecordBatches(
             t2i,
             ShardedOrder(len(t2i), cfg.run.seed, d.shuffle, self.rank, self.world),
@@ -170,7 +176,7 @@ class Trainer:
         )
         self.i2t: RecordBatches | None = None
         if cfg.method.i2t_weight > 0:
-            i2t = i2t_source(d, backbone.image_size)
+            i2t = i2t_source(d, backbone.image_size, _grid_side(backbone))
             if i2t is not None:
                 order = ShardedOrder(len(i2t), cfg.run.seed + 1, d.shuffle, self.rank, self.world)
                 self.i2t = RecordBatches(
@@ -260,6 +266,7 @@ class Trainer:
             self.generator,
             token_grid=backbone.token_grid,
             hint_grid=backbone.hint_grid,
+            text_stopword=g.text_stopword,
         )
         return plan.to(self.accelerator.device)
 

@@ -1,10 +1,14 @@
 """TinyUMM behind the backbone protocol: data preparation, the SeGroS seam, generation, storage.
 
 Hints are the clean code embeddings at the plan's positions (as for Show-o's VQ variants),
-prepended in the Fig. 6 layout and given their image slot's position. The reconstruction loss
-is cross-entropy over code ids at the plan's targets (Eq. 15). Image-to-text puts the clean
-image first (bidirectional) and predicts the answer causally (Eq. 2). Generation is
-MaskGIT-style parallel decoding with classifier-free guidance; the model learns the empty
+prepended in the Fig. 6 layout. With ``hint_position=prefix`` (default) they take position ids of a
+range of their own, numbered by their order, so a hint says *what* is in the image, not *where*,
+and text and image keep exactly their generation-time positions; ``slot`` gives each hint its
+image slot's position (an ablation: the model can then copy a hinted target from distance 0).
+The reconstruction loss is cross-entropy over code ids at the plan's targets (Eq. 15).
+Image-to-text puts the clean image first (bidirectional) and predicts the answer causally
+(Eq. 2). Generation is MaskGIT-style parallel decoding with classifier-free guidance; the model
+learns the empty
 prompt through caption dropout.
 """
 
@@ -36,6 +40,7 @@ QUESTION_WORDS = "what is shown describe this picture image how many are there w
 
 SHIPPED = Path(__file__).resolve().parents[2] / "assets" / "tiny-pretrained"
 SHIPPED_TOKENIZER = SHIPPED / "image_tokenizer.safetensors"
+SHIPPED_LAYOUT = "grid"  # the ShapesWorld layout the shipped tokenizer was fitted on
 
 
 def cache_dir() -> Path:
@@ -43,17 +48,17 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SEGROS_CACHE", "~/.cache/segros")).expanduser()
 
 
-def tokenizer_cache_path(image_size: int, num_codes: int, tokens_per_side: int = 8, seed: int = 0) -> Path:
+def tokenizer_cache_path(
+    image_size: int, num_codes: int, tokens_per_side: int = 8, seed: int = 0, layout: str = "free"
+) -> Path:
     """Where :func:`cached_shapes_tokenizer` keeps the tokenizer fitted with these arguments."""
     patch = image_size // tokens_per_side
-    return (
-        cache_dir()
-        / f"tiny-image-tokenizer-{image_size}px-patch{patch}-{num_codes}codes-seed{seed}.safetensors"
-    )
+    name = f"tiny-image-tokenizer-{image_size}px-patch{patch}-{num_codes}codes-seed{seed}"
+    return cache_dir() / (name + ("" if layout == "free" else f"-{layout}") + ".safetensors")
 
 
 def cached_shapes_tokenizer(
-    image_size: int, num_codes: int, tokens_per_side: int = 8, seed: int = 0
+    image_size: int, num_codes: int, tokens_per_side: int = 8, seed: int = 0, layout: str = "free"
 ) -> PatchTokenizer:
     """The patch tokenizer fitted on ShapesWorld training scenes, fitted once and cached.
 
@@ -61,12 +66,12 @@ def cached_shapes_tokenizer(
     """
     from segros.backbones.tiny.image_tokenizer import fit_on_shapes
 
-    path = tokenizer_cache_path(image_size, num_codes, tokens_per_side, seed)
+    path = tokenizer_cache_path(image_size, num_codes, tokens_per_side, seed, layout)
     if path.is_file():
         return PatchTokenizer.load(path)
     # The pretrained model shipped in the package was made with the default tokenizer (this
     # function with seed 0): reuse its copy rather than fitting the same thing again.
-    if SHIPPED_TOKENIZER.is_file() and seed == 0:
+    if SHIPPED_TOKENIZER.is_file() and seed == 0 and layout == SHIPPED_LAYOUT:
         shipped = PatchTokenizer.load(SHIPPED_TOKENIZER)
         if (shipped.image_size, shipped.patch, shipped.num_codes) == (
             image_size,
@@ -75,7 +80,9 @@ def cached_shapes_tokenizer(
         ):
             return shipped
     patch = image_size // tokens_per_side
-    tokenizer = fit_on_shapes(image_size=image_size, num_codes=num_codes, seed=seed, patch=patch)
+    tokenizer = fit_on_shapes(
+        image_size=image_size, num_codes=num_codes, seed=seed, patch=patch, layout=layout
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     tokenizer.save(tmp)
@@ -89,13 +96,16 @@ class TinyOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: Literal["tiny"] = "tiny"
-    size: Literal["tiny", "small"] = "tiny"
+    size: Literal["tiny", "small", "base"] = "tiny"
     init_from: str | None = None  # a checkpoint folder (model.safetensors + config.json)
     # 32 px with 4 px patches: an 8 x 8 token grid whose 4096-code tokenizer round-trips the
     # evaluation renderings at 0.97 with the judge (8 px patches at 64 px reach only 0.60)
     image_size: int = Field(32, ge=16, le=256)
     tokens_per_side: int = Field(8, ge=2, le=64)
     image_tokenizer: str | None = None  # .safetensors; None: fit on ShapesWorld (cached)
+    # the ShapesWorld layout the tokenizer is fitted on when image_tokenizer is None; "grid" snaps
+    # objects to the patches (docs/miniature.md), cells per side = tokens_per_side
+    shapes_layout: Literal["free", "grid"] = "free"
     num_codes: int = Field(4096, ge=2, le=65536)
     max_text_len: int = Field(48, ge=4, le=512)
     caption_dropout: float = Field(0.1, ge=0.0, le=1.0)
@@ -103,6 +113,9 @@ class TinyOptions(BaseModel):
     generation_steps: int = Field(8, ge=1, le=256)
     guidance_scale: float = Field(2.0, ge=0.0)
     sample_temperature: float = Field(1.0, gt=0.0)
+    # scale of the annealed Gumbel noise on the unmasking order (MaskGIT's choice temperature);
+    # 0: unmask strictly the most confident codes
+    choice_temperature: float = Field(1.0, ge=0.0)
 
 
 class TinyBackbone(Backbone):
@@ -132,7 +145,14 @@ class TinyBackbone(Backbone):
     def from_options(cls, options: TinyOptions) -> TinyBackbone:
         """A fresh model (or ``init_from`` a checkpoint) as a config's ``model:`` section asks."""
         if options.init_from:
-            keep = {"caption_dropout", "dropout", "generation_steps", "guidance_scale", "sample_temperature"}
+            keep = {
+                "caption_dropout",
+                "dropout",
+                "generation_steps",
+                "guidance_scale",
+                "sample_temperature",
+                "choice_temperature",
+            }
             return cls.from_pretrained(options.init_from, **options.model_dump(include=keep))
         from segros.data.shapes import vocabulary
 
@@ -140,7 +160,7 @@ class TinyBackbone(Backbone):
             image_tokenizer = PatchTokenizer.load(options.image_tokenizer)
         else:
             image_tokenizer = cached_shapes_tokenizer(
-                options.image_size, options.num_codes, options.tokens_per_side
+                options.image_size, options.num_codes, options.tokens_per_side, layout=options.shapes_layout
             )
         if image_tokenizer.image_size != options.image_size:
             raise ValueError(
@@ -191,10 +211,12 @@ class TinyBackbone(Backbone):
         return self.model.embed(codes + self.cfg.code_offset)
 
     def grounding_inputs(self, batch: Batch) -> GroundingInputs:
+        ids = batch["text_ids"]
         return GroundingInputs(
-            text_emb=self.model.embed(batch["text_ids"]),
+            text_emb=self.model.embed(ids),
             text_valid=batch["caption_mask"],
             image_emb=self._code_embeddings(batch["codes"]),
+            text_stopword=self.text_tokenizer.stopword_ids(ids),  # one word per token
         )
 
     def hint_embeddings(self, batch: Batch, hint_idx: torch.Tensor) -> torch.Tensor:
@@ -221,15 +243,27 @@ class TinyBackbone(Backbone):
     def _image_logits(
         self,
         hints: torch.Tensor,
-        hint_idx: torch.Tensor | None,
         ids: torch.Tensor,
         mask: torch.Tensor,
         image_ids: torch.Tensor,
+        plan: SupervisionPlan | None = None,
     ) -> torch.Tensor:
         """Code logits (B, N, K) at the image slots of ``[hints | text | image]`` (Fig. 6)."""
-        layout = pack_layout(hints.shape[1], mask, image_ids.shape[1], hint_idx=hint_idx)
+        K = hints.shape[1]
+        position = plan.hint_position if plan is not None and K else "prefix"
+        layout = pack_layout(
+            K,
+            mask,
+            image_ids.shape[1],
+            hint_idx=plan.hint_idx if plan is not None and K else None,
+            hint_position=position,
+            hint_valid=plan.hint_valid() if plan is not None and K else None,
+        )
+        positions = layout.position_ids
+        if position == "prefix" and K:  # -K..-1 -> the hints' own range of the position table
+            positions = torch.where(positions < 0, positions + K + self.cfg.hint_position_base, positions)
         tokens = torch.cat([hints, self.model.embed(ids), self.model.embed(image_ids)], dim=1)
-        hidden = self.model.hidden(tokens, layout.segment, layout.position_ids, layout.allowed)
+        hidden = self.model.hidden(tokens, layout.segment, positions, layout.allowed)
         lo = self.cfg.code_offset
         return self.model.logits(hidden[:, layout.image], lo, lo + self.cfg.num_codes)
 
@@ -238,7 +272,7 @@ class TinyBackbone(Backbone):
         ids, mask = self._condition(batch, plan.text_condition)
         hints = self.hint_embeddings(batch, plan.hint_idx)
         image_ids = torch.where(plan.seen, codes + self.cfg.code_offset, self.cfg.mask_id)  # Sec. 3.4
-        logits = self._image_logits(hints, plan.hint_idx, ids, mask, image_ids)
+        logits = self._image_logits(hints, ids, mask, image_ids, plan)
         return masked_cross_entropy(logits, codes, plan.loss_weight)  # Eq. 15
 
     def i2t_loss(self, batch: Batch) -> torch.Tensor:
@@ -280,7 +314,7 @@ class TinyBackbone(Backbone):
         gen_device = generator.device if generator is not None else torch.device("cpu")
         for step in range(steps):
             image_ids = torch.where(known, codes + self.cfg.code_offset, self.cfg.mask_id)
-            logits = self._image_logits(no_hints, None, ids, mask, image_ids.repeat(2, 1)).float()
+            logits = self._image_logits(no_hints, ids, mask, image_ids.repeat(2, 1)).float()
             cond, uncond = logits[:B], logits[B:]
             guided = uncond + (1.0 + scale) * (cond - uncond) if scale > 0 else cond
             # sample only where the code is still unknown, by inverse CDF (the same distribution
@@ -295,9 +329,8 @@ class TinyBackbone(Backbone):
             confidence = torch.zeros(B, N, device=device)
             confidence[~known] = probs.gather(-1, picked).squeeze(-1).clamp_min(1e-30).log()
             u = torch.rand(B, N, generator=generator, device=gen_device).to(device).clamp(1e-20, 1 - 1e-7)
-            confidence = confidence + (1.0 - (step + 1) / steps) * -torch.log(
-                -torch.log(u)
-            )  # annealed Gumbel
+            anneal = self.options.choice_temperature * (1.0 - (step + 1) / steps)
+            confidence = confidence + anneal * -torch.log(-torch.log(u))  # annealed Gumbel
             confidence = confidence.masked_fill(known, math.inf)
             still_masked = math.floor(N * math.cos(0.5 * math.pi * (step + 1) / steps))
             order = confidence.argsort(dim=-1, descending=True, stable=True)

@@ -4,7 +4,9 @@ One embedding table holds text words, image codes and the image [MASK] token (as
 extended Phi vocabulary does), so the grounding map reads text and image-token embeddings
 from the same table. One pre-norm transformer (nanoGPT style) runs over any
 ``[prefix | text | image]`` sequence with an explicit attention mask (paper Fig. 6); a segment
-embedding tells hints, text and image slots apart because hints share their slot's position.
+embedding tells hints, text and image slots apart. Learned absolute positions: text ``0..``, image
+after the text, prefix hints a range of their own numbered by their order (or, with
+``hint_position=slot``, their image slot's id).
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from torch import nn
 
 SIZES: dict[str, dict[str, int]] = {
     "tiny": {"dim": 64, "layers": 2, "heads": 4},  # tests: several steps per second on 2 cores
-    "small": {"dim": 128, "layers": 4, "heads": 4},  # the demo: pretrains in about half an hour on 2 cores
+    "small": {"dim": 128, "layers": 4, "heads": 4},
+    "base": {"dim": 256, "layers": 6, "heads": 8},
 }
 
 
@@ -48,9 +51,15 @@ class TinyConfig:
         return self.text_vocab + self.num_codes + 1
 
     @property
-    def max_positions(self) -> int:
-        # prefix hints share image-slot positions; an I2T prefix image uses 0..N-1 before text
+    def hint_position_base(self) -> int:
+        """First position id of prefix hints: a range of their own after text and image."""
         return self.max_text_len + self.num_image_tokens
+
+    @property
+    def max_positions(self) -> int:
+        # text + image (an I2T prefix image uses 0..N-1 before the text), then up to N prefix
+        # hints numbered by their order (method.hint_position=prefix; slot hints reuse image ids)
+        return self.max_text_len + 2 * self.num_image_tokens
 
     def to_dict(self) -> dict[str, int | float]:
         return asdict(self)

@@ -52,6 +52,14 @@ class WordTokenizer:
         self.unknown_words += sum(i == self.unk_id for i in ids)
         return ids
 
+    def stopword_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B, T) bool: True at ids of English function words (:mod:`segros.stopwords`)."""
+        from segros.stopwords import is_stopword
+
+        if not hasattr(self, "_stop_table"):
+            self._stop_table = torch.tensor([is_stopword(w) for w in self.vocab], dtype=torch.bool)
+        return self._stop_table.to(ids.device)[ids]
+
     def decode(self, ids: Iterable[int]) -> str:
         """Text of the ids, skipping special tokens."""
         return " ".join(self.vocab[i] for i in ids if i >= len(SPECIALS))
