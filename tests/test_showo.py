@@ -172,7 +172,7 @@ def test_without_hints_the_mask_and_positions_are_upstreams(backbone):
 
 def test_hints_are_prepended_with_the_fig6_pattern_and_their_slot_positions(backbone):
     batch = t2i_batch(backbone)
-    plan = make_plan(backbone, batch, "segros")
+    plan = make_plan(backbone, batch, "segros", hint_position="slot")
     K, P, N = plan.num_hints, batch["text_ids"].shape[1], backbone.num_tokens
     assert int(0.3 * N) == K
     cap = Capture(backbone)

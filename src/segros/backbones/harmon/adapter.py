@@ -13,8 +13,14 @@ How the plan maps onto Harmon (paper Sec. 3, Fig. 6, appendix 11.0.2):
   ``random_masking`` masks ``ceil(gamma N)``: at N = 1024 and gamma in [0.7, 1] that is at most one
   token more visible, and gamma = 1 masks everything in both.
 - Sequence: ``[hints | text | visible tokens + buffers]`` through Qwen with the Fig. 6 mask from
-  :func:`segros.sequence.pack_layout`; each hint gets the position id its image slot has when the
-  whole image is visible (text length + grid index). Within the image part, ``image_attention``
+  :func:`segros.sequence.pack_layout`. Text and image keep exactly their generation-time position
+  ids; the hints are numbered by ``plan.hint_position``: ``prefix`` (default) gives hint ``k`` of K
+  the id ``k - K`` (``-K .. -1``, which Qwen's rotary embedding takes as it is: only differences
+  matter), so the LLM position tells a hint's order, not its slot; ``slot`` (an ablation) gives each
+  hint the id its image slot has when the whole image is visible (text length + grid index). The
+  hint *features* carry their slot either way: they come out of the MAR encoder, which adds its own
+  learned position table. ``plan.hint_valid()`` (``method.hint_prob``) turns a sample's dropped hints
+  into padding nobody attends to. Within the image part, ``image_attention``
   ``causal`` (default) keeps Harmon's own causal attention among image tokens, with which the
   released weights were trained (buffers sit at the end so they see every visible token);
   ``full`` makes the image block bidirectional as Fig. 6 draws it. Generation uses the same rule.
@@ -295,8 +301,12 @@ class HarmonBackbone(Backbone):
     def grounding_inputs(self, batch: Batch) -> GroundingInputs:
         with torch.no_grad():  # detached: checkpointing's input hook marks embeddings requires_grad
             text_emb = self.model.embed_text(batch["text_ids"].to(self.device)).detach()
+        stopword = batch.get("caption_stopword")  # whole-word function words (segros.stopwords)
         return GroundingInputs(
-            text_emb=text_emb, text_valid=batch["caption_mask"], image_emb=self._clean_features(batch)
+            text_emb=text_emb,
+            text_valid=batch["caption_mask"],
+            image_emb=self._clean_features(batch),
+            text_stopword=None if stopword is None else stopword & batch["caption_mask"],
         )
 
     def hint_embeddings(self, batch: Batch, hint_idx: torch.Tensor) -> torch.Tensor:
@@ -343,12 +353,25 @@ class HarmonBackbone(Backbone):
         text_mask: torch.Tensor,
         hints: torch.Tensor | None = None,
         hint_idx: torch.Tensor | None = None,
+        hint_position: str = "prefix",
+        hint_valid: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """MAR decoder output (B, N, D) for latents ``x`` with ``masked`` tokens hidden, after
-        ``[hints | text | visible + buffers]`` went through the LLM (Fig. 6)."""
+        ``[hints | text | visible + buffers]`` went through the LLM (Fig. 6).
+
+        ``hint_position`` (``"prefix"`` | ``"slot"``, the latter reading ``hint_idx``) and
+        ``hint_valid`` (B, K) bool are the plan's; without hints (generation) both are ignored.
+        """
         x_enc, z_enc = self.model.visual_features(x, masked, self.token_grid)
         K = 0 if hints is None else hints.shape[1]
-        layout = pack_layout(K, text_mask, z_enc.shape[1], hint_idx=hint_idx)
+        layout = pack_layout(
+            K,
+            text_mask,
+            z_enc.shape[1],
+            hint_idx=hint_idx if K else None,
+            hint_position=hint_position if K else "prefix",
+            hint_valid=hint_valid if K else None,
+        )
         text = self.model.embed_text(ids)
         parts = [text, z_enc.to(text.dtype)]
         if K:
@@ -364,7 +387,14 @@ class HarmonBackbone(Backbone):
         ids, text_mask = self._condition(batch, plan.text_condition)
         hints = self.hint_embeddings(batch, plan.hint_idx) if plan.num_hints else None
         z = self._denoiser_condition(
-            x, masked, ids, text_mask, hints, plan.hint_idx if plan.num_hints else None
+            x,
+            masked,
+            ids,
+            text_mask,
+            hints,
+            plan.hint_idx if plan.num_hints else None,
+            hint_position=plan.hint_position,
+            hint_valid=plan.hint_valid(),
         )
         return diffusion_loss(
             self.model.mar.diffloss, z, x, plan.loss_weight, self.options.diffusion_batch_mul

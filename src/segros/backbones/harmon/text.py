@@ -10,6 +10,8 @@ Grounding reads only *caption* tokens: a token is a caption token when its chara
 overlaps the caption (offset mapping of a fast tokenizer), so the template, "Generate an image:",
 special tokens and padding are never valid, and the caption is tokenised in context exactly as
 the model sees it. Over-long captions lose their last tokens; the template is never cut.
+``caption_stopword`` marks the caption tokens of English function words (``method.text_stopwords``):
+a sub-word token is one when the whole caption word it belongs to is (the same offsets).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from segros.stopwords import token_stopwords
 
 USER, ASSISTANT, END = "<|im_start|>user\n", "<|im_start|>assistant\n", "<|im_end|>"
 T2I_PREFIX = USER + "Generate an image: "
@@ -40,8 +44,9 @@ def _right_pad(rows: Sequence[list[int]], value: int | bool) -> torch.Tensor:
 
 
 def encode_t2i(tokenizer: Any, captions: Sequence[str], max_len: int) -> dict[str, torch.Tensor]:
-    """``text_ids`` / ``text_mask`` / ``caption_mask`` (B, T) for the T2I prompt of each caption."""
-    ids_rows, caption_rows = [], []
+    """``text_ids`` / ``text_mask`` / ``caption_mask`` / ``caption_stopword`` (B, T) for the T2I
+    prompt of each caption (``caption_stopword``: True at caption tokens of function words)."""
+    ids_rows, caption_rows, stop_rows = [], [], []
     start = len(T2I_PREFIX)
     for caption in captions:
         text = T2I_PREFIX + caption + T2I_SUFFIX
@@ -50,6 +55,10 @@ def encode_t2i(tokenizer: Any, captions: Sequence[str], max_len: int) -> dict[st
         # overlap, not containment: byte-level BPE (Qwen) glues the space before the first caption
         # word to it, so that token starts one character before the caption
         inside = [b > a and a < end and b > start for a, b in enc["offset_mapping"]]
+        # offsets clipped to the caption, so only caption words count (template words never do)
+        spans = [(max(a, start) - start, min(b, end) - start) if c else (0, 0)
+                 for (a, b), c in zip(enc["offset_mapping"], inside, strict=True)]  # fmt: skip
+        stop = [s and c for s, c in zip(token_stopwords(caption, spans), inside, strict=True)]
         ids = list(enc["input_ids"])
         excess = len(ids) - max_len
         if excess > 0:  # cut the caption's last tokens, keep the template
@@ -59,13 +68,16 @@ def encode_t2i(tokenizer: Any, captions: Sequence[str], max_len: int) -> dict[st
             drop = set(where)
             ids = [t for i, t in enumerate(ids) if i not in drop]
             inside = [c for i, c in enumerate(inside) if i not in drop]
+            stop = [c for i, c in enumerate(stop) if i not in drop]
         ids_rows.append(ids)
         caption_rows.append(inside)
+        stop_rows.append(stop)
     text_ids = _right_pad(ids_rows, pad_id(tokenizer))
     return {
         "text_ids": text_ids,
         "text_mask": _right_pad([[True] * len(r) for r in ids_rows], False),
         "caption_mask": _right_pad(caption_rows, False),
+        "caption_stopword": _right_pad(stop_rows, False),
     }
 
 

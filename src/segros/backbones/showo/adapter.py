@@ -9,10 +9,16 @@ Training sequence (paper Fig. 6 mapped onto Show-o's T2I layout)::
   ``rm_pad_in_image``: text causal, ``soi .. eoi`` rows see every non-pad token) plus the hint rules:
   hints see only hints, text and image see every hint.
 - Positions: everything after the hints keeps upstream's ``0 .. P + N + 1`` (soi at P, image slot
-  ``i`` at ``P + 1 + i``), so the pretrained weights see the positions they were trained with; a
-  hint takes the position of the image slot it came from (CLIP hints: the nearest code slot).
-  Prepending K hints shifts every *index* by K (the loss reads ``K + P + 1 .. K + P + N``), never
-  a position id.
+  ``i`` at ``P + 1 + i``), exactly the ids of generation, so the pretrained weights see the positions
+  they were trained with. The hints are numbered by ``plan.hint_position``: ``prefix`` (default)
+  gives hint ``k`` of K the id ``k - K`` (``-K .. -1``): a hint's id tells its order, not its slot.
+  Phi's rotary embedding is ``cos/sin(position * freq)`` and accepts negative ids; only differences
+  matter, so this is the same as numbering hints ``0 .. K-1`` and shifting the rest by K. ``slot``
+  (an ablation) gives a hint the position of the image slot it came from (CLIP hints: the nearest
+  code slot), from where the model can copy a hinted code. Either way prepending K hints shifts
+  every *index* by K (the loss reads ``K + P + 1 .. K + P + N``), never a text or image position id.
+- Hint dropout (``method.hint_prob``): ``plan.hint_valid()`` makes a sample's dropped hints padding
+  that nothing attends to, so that sample's logits are those of the same sample without hints.
 - Loss (Eq. 15): cross-entropy at the plan's targets only, through
   :func:`segros.losses.masked_cross_entropy`. ``loss_vocab="full"`` (default) keeps Show-o's native
   softmax over the whole 58,498-way vocabulary; ``"codes"`` restricts it to the 8,192 code logits
@@ -40,6 +46,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from safetensors.torch import load_file, save_file
 
+from segros._checks import check_choice
 from segros.backbones.base import Backbone, Batch, GroundingInputs
 from segros.backbones.images import square_batch, to_signed_unit
 from segros.backbones.showo import checkpoints as ckpt
@@ -53,7 +60,7 @@ from segros.backbones.showo.prompting import (
     t2i_prompt,
 )
 from segros.losses import i2t_loss, masked_cross_entropy
-from segros.plan import SupervisionPlan
+from segros.plan import HINT_POSITIONS, SupervisionPlan
 from segros.sequence import pack_layout
 
 
@@ -266,6 +273,7 @@ class ShowoBackbone(Backbone):
             "text_ids": text["ids"],
             "text_mask": text["mask"],
             "caption_mask": text["caption"],
+            "caption_stopword": text["stopword"],  # caption tokens of function words (whole words)
             "captions": captions,
         }
 
@@ -287,10 +295,12 @@ class ShowoBackbone(Backbone):
 
     def grounding_inputs(self, batch: Batch) -> GroundingInputs:
         """Caption tokens and image codes through the one shared embedding table (DESIGN.md)."""
+        stopword = batch.get("caption_stopword")
         return GroundingInputs(
             text_emb=self.model.embed(batch["text_ids"]),
             text_valid=batch["caption_mask"],
             image_emb=self._code_embeddings(batch["codes"]),
+            text_stopword=None if stopword is None else stopword & batch["caption_mask"],
         )
 
     def clip_embeddings(self, batch: Batch) -> torch.Tensor:
@@ -327,23 +337,39 @@ class ShowoBackbone(Backbone):
     def image_logits(
         self,
         hints: torch.Tensor,
-        hint_slots: torch.Tensor,
+        hint_slots: torch.Tensor | None,
         text_ids: torch.Tensor,
         text_mask: torch.Tensor,
         image_ids: torch.Tensor,
+        hint_position: str = "prefix",
+        hint_valid: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits (B, N, V) at the image slots of ``[hints | prompt | soi image eoi]`` (Fig. 6)."""
+        """Logits (B, N, V) at the image slots of ``[hints | prompt | soi image eoi]`` (Fig. 6).
+
+        ``hint_position``: ``"prefix"`` numbers the hints ``-K .. -1``; ``"slot"`` gives hint ``k`` the
+        id of image slot ``hint_slots[:, k]`` (``P + 1 + slot``). Text and image always keep
+        upstream's ``0 .. P + N + 1``. ``hint_valid`` (B, K) bool drops hints per sample (padding).
+        """
+        check_choice("hint_position", hint_position, HINT_POSITIONS)
         B, K = hints.shape[:2]
         P, N = text_ids.shape[1], image_ids.shape[1]
         v = self.vocab
-        layout = pack_layout(K, text_mask, N + 2)  # soi .. eoi form Show-o's bidirectional span
+        # soi .. eoi form Show-o's bidirectional span; its position ids are replaced below by
+        # upstream's arange over the left-padded prompt (pack_layout counts real tokens only)
+        layout = pack_layout(K, text_mask, N + 2, hint_position="prefix", hint_valid=hint_valid)
         soi = torch.full((B, 1), v.soi, dtype=torch.long, device=image_ids.device)
         eoi = torch.full((B, 1), v.eoi, dtype=torch.long, device=image_ids.device)
         tokens = torch.cat(
             [hints, self.model.embed(torch.cat([text_ids, soi, image_ids, eoi], dim=1))], dim=1
         )
         positions = torch.arange(P + N + 2, device=tokens.device).expand(B, -1)
-        positions = torch.cat([P + 1 + hint_slots.to(tokens.device), positions], dim=1)
+        if hint_position == "prefix" or K == 0:
+            hint_pos = layout.position_ids[:, :K].to(tokens.device)  # -K .. -1
+        elif hint_slots is None:
+            raise ValueError("hint_position='slot' needs hint_slots")
+        else:
+            hint_pos = P + 1 + hint_slots.to(tokens.device)
+        positions = torch.cat([hint_pos, positions], dim=1)
         hidden = self.model.hidden(tokens, layout.allowed, positions)
         start = K + P + 1  # hints shift every index the loss reads by K
         return self.model.logits(hidden[:, start : start + N])
@@ -353,7 +379,15 @@ class ShowoBackbone(Backbone):
         ids, mask = self._condition(batch, plan.text_condition)
         hints = self.hint_embeddings(batch, plan.hint_idx)
         image_ids = torch.where(plan.seen, codes + v.code_offset, v.mask)  # Sec. 3.4
-        logits = self.image_logits(hints, self.hint_slots(plan.hint_idx), ids, mask, image_ids)
+        logits = self.image_logits(
+            hints,
+            self.hint_slots(plan.hint_idx),
+            ids,
+            mask,
+            image_ids,
+            hint_position=plan.hint_position,
+            hint_valid=plan.hint_valid(),
+        )
         if self.options.loss_vocab == "codes":
             logits = logits[..., v.code_offset : v.code_offset + v.codebook_size]
             loss = masked_cross_entropy(logits, codes, plan.loss_weight)  # Eq. 15

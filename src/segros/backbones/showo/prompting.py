@@ -13,6 +13,10 @@ Facts from upstream ``training/prompting_utils.py`` (Show-o commit 45a5a2de):
 
 BOS and EOS are the same ``<|endoftext|>`` in Phi-1.5; the tokenizer does not add them itself.
 Everything here is batched tensor code over already-tokenised lists.
+
+The T2I prompt also marks caption tokens of English function words (``method.text_stopwords``,
+:mod:`segros.stopwords`): a sub-word token is a stopword when the whole word it belongs to is, read
+off the fast tokenizer's character offsets (a slow tokenizer: off its decoding).
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from segros.stopwords import token_stopwords
 
 PAD_TOKEN = "[PAD]"
 NEW_TOKENS = (
@@ -111,6 +117,29 @@ def tokenize(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
     return [list(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
 
 
+def tokenize_captions(tokenizer: Any, texts: Sequence[str]) -> tuple[list[list[int]], list[list[bool]]]:
+    """Token ids of each text (no special tokens added, as :func:`tokenize`) and, per token, whether
+    the whole word it belongs to is an English function word (:func:`segros.stopwords.token_stopwords`).
+
+    A fast tokenizer gives the character offsets directly. A slow one (no offsets) is read off its
+    decoding: token ``k`` spans the characters its id adds to the decoded prefix ``ids[:k]``, so the
+    leading-space marker of byte-level BPE / SentencePiece pieces separates the words.
+    """
+    ids_rows, stop_rows = [], []
+    for text in texts:
+        if getattr(tokenizer, "is_fast", False):
+            enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
+        else:
+            ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+            text = tokenizer.decode(ids)
+            ends = [len(tokenizer.decode(ids[: k + 1])) for k in range(len(ids))]
+            offsets = [(min(a, b), b) for a, b in zip([0, *ends[:-1]], ends, strict=True)]
+        ids_rows.append(ids)
+        stop_rows.append(token_stopwords(text, offsets))
+    return ids_rows, stop_rows
+
+
 def _pad(rows: Sequence[Sequence[int]], length: int, pad: int, left: bool) -> torch.Tensor:
     out = torch.full((len(rows), length), pad, dtype=torch.long)
     for i, row in enumerate(rows):  # collation of ragged lists (CPU, once per batch)
@@ -128,22 +157,26 @@ def t2i_prompt(
 ) -> dict[str, torch.Tensor]:
     """The text block of Show-o's T2I sequence, ``(B, max_text_len + 1)``, left-padded.
 
-    Returns ``ids``, ``mask`` (True at non-pad tokens) and ``caption`` (True only at caption tokens:
-    not t2i, bos, eos or padding; what grounding may use).
+    Returns ``ids``, ``mask`` (True at non-pad tokens), ``caption`` (True only at caption tokens:
+    not t2i, bos, eos or padding; what grounding may use) and ``stopword`` (True at the caption
+    tokens of English function words; False everywhere else, see :func:`tokenize_captions`).
     """
     length = max_text_len + 1
-    rows, caption_rows = [], []
-    for text in tokenize(tokenizer, captions):
+    rows, caption_rows, stop_rows = [], [], []
+    for text, stop in zip(*tokenize_captions(tokenizer, captions), strict=True):
         if text and text[0] == vocab.bos:
-            text = text[1:]
+            text, stop = text[1:], stop[1:]
         row = [vocab.t2i, vocab.bos, *text, vocab.eos]
         if len(row) > length:  # upstream: cut to max_text_len + 1 - 1 tokens, re-append eos
             row = [*row[: length - 1], vocab.eos]
         rows.append(row)
-        caption_rows.append([0, 0, *([1] * (len(row) - 3)), 0])
+        n = len(row) - 3  # caption tokens kept
+        caption_rows.append([0, 0, *([1] * n), 0])
+        stop_rows.append([0, 0, *(int(f) for f in stop[:n]), 0])
     ids = _pad(rows, length, vocab.pad, left=True)
     caption = _pad(caption_rows, length, 0, left=True).bool()
-    return {"ids": ids, "mask": ids != vocab.pad, "caption": caption}
+    stopword = _pad(stop_rows, length, 0, left=True).bool()
+    return {"ids": ids, "mask": ids != vocab.pad, "caption": caption, "stopword": stopword}
 
 
 def empty_prompt(vocab: Vocab, batch_size: int, length: int, device: torch.device) -> torch.Tensor:
