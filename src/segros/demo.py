@@ -2,10 +2,11 @@
 
 Stages (each timed):
 
-1. training data: a finite ShapesWorld training set written once to the cache and reused;
-2. the pretrained TinyUMM every method starts from: the checkpoint shipped in the package
+1. the pretrained TinyUMM every method starts from: the checkpoint shipped in the package
    (``segros/assets/tiny-pretrained``, provenance next to it), else trained by ``segros pretrain``
-   (``segros/recipes/demo-pretrain.yaml``);
+   (``segros/recipes/demo-pretrain.yaml``: coarse captions);
+2. fine-tuning data: a finite ShapesWorld training set drawn as the pretrained model sees scenes,
+   with dense compositional captions, written once to the cache and reused;
 3. fine-tuning that checkpoint with ``sft``, ``reca`` and ``segros`` (same steps, data order and
    seeds; paper defaults eta 0.3, rho 0.4, alpha 0.5, lambda 1);
 4. generating every evaluation prompt (GenEval layout, 4 samples each) and scoring it with the
@@ -19,19 +20,24 @@ from __future__ import annotations
 
 import json
 import shutil
-import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from segros.eval.checkpoint import evaluate_checkpoint
+
 METHODS = ("sft", "reca", "segros")
-# --ablations: paper ablations as one-knob changes of segros (Tables 3, 5 and 8)
+# --ablations: paper ablations as one-knob changes of segros (Tables 3, 5 and 8), and the
+# visual-hint knobs beyond the paper's defaults (hint positions, stopwords, hint dropout)
 ABLATIONS: dict[str, list[str]] = {
     "segros_eta0": ["method.preset=segros", "method.hint_ratio=0.0"],
     "segros_eta1": ["method.preset=segros", "method.hint_ratio=1.0"],
     "segros_hint_bottom": ["method.preset=segros", "method.hint_pick=bottom"],
     "segros_noise0": ["method.preset=segros", "method.noise_scale=0.0"],
+    "segros_hint_slot": ["method.preset=segros", "method.hint_position=slot"],
+    "segros_stopwords": ["method.preset=segros", "method.text_stopwords=english"],
+    "segros_hint_prob05": ["method.preset=segros", "method.hint_prob=0.5"],
 }
 TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 PACKAGE = Path(__file__).resolve().parent
@@ -40,17 +46,36 @@ RECIPES = PACKAGE / "recipes"  # demo-pretrain.yaml, demo-finetune.yaml (shipped
 
 
 class Stopwatch:
-    """Wall time per named stage, printed as it goes."""
+    """Wall time per named stage, printed as it goes and kept in ``stage_times.json``.
 
-    def __init__(self) -> None:
+    A stage whose result already exists (``done()`` is true before it runs) is reused: it keeps
+    the wall time it took when it was first computed, and is marked ``reused``.
+    """
+
+    def __init__(self, record: Path | None = None) -> None:
+        self.record = record
+        self.first: dict[str, float] = {}
+        if record is not None and record.is_file():
+            self.first = json.loads(record.read_text())
         self.seconds: dict[str, float] = {}
+        self.reused: set[str] = set()
 
-    def run(self, name: str, fn: Callable[[], Any]) -> Any:
+    def run(self, name: str, fn: Callable[[], Any], done: Callable[[], bool] = lambda: False) -> Any:
         print(f"[demo] {name} ...", flush=True)
+        reused = done()
         start = time.perf_counter()
         result = fn()
-        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
-        print(f"[demo] {name}: {time.perf_counter() - start:.1f}s", flush=True)
+        took = time.perf_counter() - start
+        if reused and name in self.first:
+            self.seconds[name] = self.first[name]
+            self.reused.add(name)
+            print(f"[demo] {name}: reused (first computed in {self.first[name]:.1f}s)", flush=True)
+        else:
+            self.seconds[name] = took
+            self.first[name] = took
+            print(f"[demo] {name}: {took:.1f}s", flush=True)
+            if self.record is not None:
+                self.record.write_text(json.dumps(self.first, indent=1))
         return result
 
 
@@ -75,23 +100,45 @@ def settings(quick: bool) -> dict[str, Any]:
     }
 
 
-def training_set(cache: Path, scenes: int, image_size: int, seed: int = 2000) -> Path:
-    """The cached finite training set (images + data.jsonl); written only if missing."""
+# Fine-tuning data: the scenes the pretrained model was trained to draw (its image size, objects
+# snapped to its token grid) with dense, compositional captions (GenEval templates and dense
+# descriptions, "mixed"), as the paper fine-tunes on well-aligned captions after coarse-caption
+# pretraining (docs/miniature.md).
+FINETUNE_CAPTIONS = "mixed"
+
+
+def world_of(checkpoint: Path) -> dict[str, Any]:
+    """ShapesWorld settings matching a TinyUMM checkpoint: image size, layout, grid cells."""
+    options = json.loads((checkpoint / "config.json").read_text())["options"]
+    return {
+        "image_size": options["image_size"],
+        "layout": options.get("shapes_layout", "free"),
+        "cells": options["tokens_per_side"],
+    }
+
+
+def training_set_folder(cache: Path, scenes: int, world: dict[str, Any], seed: int = 2000) -> Path:
+    kind = f"{world['image_size']}px-{world['layout']}{world['cells']}-{FINETUNE_CAPTIONS}"
+    return cache / f"shapes-train-{kind}-{scenes}-seed{seed}"
+
+
+def training_set(cache: Path, scenes: int, world: dict[str, Any], seed: int = 2000) -> Path:
+    """The cached finite fine-tuning set (images + data.jsonl); written only if missing."""
     from PIL import Image
 
     from segros.data.shapes import ShapesWorld
 
-    folder = cache / f"shapes-train-{image_size}px-{scenes}-seed{seed}"
+    folder = training_set_folder(cache, scenes, world, seed)
     if (folder / "data.jsonl").is_file():
         print(f"[demo] reusing training data {folder}")
         return folder
     tmp = folder.with_name(folder.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "images").mkdir(parents=True)
-    world = ShapesWorld(image_size=image_size, seed=seed)
+    shapes = ShapesWorld(seed=seed, caption_style=FINETUNE_CAPTIONS, **world)
     with open(tmp / "data.jsonl", "w") as f:
         for i in range(scenes):
-            scene = world.scene(i)
+            scene = shapes.scene(i)
             Image.fromarray(scene.image).save(tmp / "images" / f"{i:06d}.png")
             f.write(json.dumps({"image": f"images/{i:06d}.png", **scene.to_json()}) + "\n")
     tmp.rename(folder)
@@ -120,29 +167,40 @@ def pretrained_checkpoint(out: Path, steps: int | None) -> Path:
     return ckpt.latest_checkpoint(run_dir)
 
 
-def finetune(
-    out: Path, name: str, method: list[str], seed: int, pretrained: Path, data: Path, steps: int | None
-) -> Path:
-    """One fine-tuning run (``method``: config overrides); a finished run folder is reused."""
-    from segros.train import checkpoint as ckpt
+def finetune_config(method: list[str], seed: int, pretrained: Path, data: Path, steps: int | None) -> Any:
     from segros.train.config import load_config
-    from segros.train.loop import train
 
-    run_dir = out / "runs" / f"{name}-seed{seed}"
     overrides = [
         *method,
         f"run.seed={seed}",
         f"model.init_from={pretrained}",
         "data.source=files",
         f"data.path={data / 'data.jsonl'}",
+        # the image-to-text term reads ShapesWorld scenes drawn like the model's
+        f"data.shapes_layout={world_of(pretrained)['layout']}",
+        f"data.shapes_caption_style={FINETUNE_CAPTIONS}",
         "run.progress=auto",
     ]
     if steps:
         overrides += [f"run.max_steps={steps}", f"run.save_every={steps}", "run.picture_every=0"]
-    cfg = load_config(RECIPES / "demo-finetune.yaml", overrides)
+    return load_config(RECIPES / "demo-finetune.yaml", overrides)
+
+
+def finished(run_dir: Path, steps: int) -> bool:
+    """True if ``run_dir`` holds a checkpoint at ``steps`` or later."""
+    from segros.train import checkpoint as ckpt
+
     latest = ckpt.latest_checkpoint(run_dir)
-    if latest is None or ckpt.load_trainer_state(latest)["step"] < cfg.run.max_steps:
-        train(cfg, run_dir, resume=latest is not None)
+    return latest is not None and ckpt.load_trainer_state(latest)["step"] >= steps
+
+
+def finetune(run_dir: Path, cfg: Any) -> Path:
+    """One fine-tuning run; a finished run folder is reused, an interrupted one resumed."""
+    from segros.train import checkpoint as ckpt
+    from segros.train.loop import train
+
+    if not finished(run_dir, cfg.run.max_steps):
+        train(cfg, run_dir, resume=ckpt.latest_checkpoint(run_dir) is not None)
     return ckpt.latest_checkpoint(run_dir)
 
 
@@ -160,40 +218,13 @@ def eval_prompts(per_tag: int | None) -> list[dict[str, Any]]:
     return picked
 
 
-def evaluate(
-    checkpoint: Path, folder: Path, records: list[dict[str, Any]], samples: int, seed: int
-) -> dict[str, Any]:
-    """Generate and judge; a folder already scored for the same checkpoint is reused."""
-    from segros.backbones.registry import load_backbone
-    from segros.eval.generate import generate_folder, score_shapes_folder
-
-    summary_file = folder / "summary.json"
-    if summary_file.is_file():
-        saved = json.loads(summary_file.read_text())
-        if saved.get("checkpoint") == str(checkpoint) and saved.get("samples") == samples:
-            return saved
-    shutil.rmtree(folder, ignore_errors=True)
-    backbone = load_backbone(checkpoint)
-    generate_folder(backbone, records, folder, samples_per_prompt=samples, seed=seed, progress=True)
-    summary = score_shapes_folder(folder)
-    summary |= {"checkpoint": str(checkpoint), "samples": samples, "split": held_out_split(folder)}
-    summary_file.write_text(json.dumps(summary, indent=2))
-    return summary
-
-
-def held_out_split(folder: Path) -> dict[str, float]:
-    """Accuracy over images of seen vs held-out compositions."""
-    rows = [json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines() if line.strip()]
-    out = {}
-    for name, flag in (("seen", False), ("held_out", True)):
-        part = [r["correct"] for r in rows if bool(json.loads(r["metadata"]).get("held_out", False)) is flag]
-        if part:
-            out[name] = sum(part) / len(part)
-    return out
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+def evaluated(folder: Path, samples: int, seed: int) -> bool:
+    """True if ``folder`` already holds a finished evaluation with these settings."""
+    summary = folder / "summary.json"
+    if not summary.is_file():
+        return False
+    saved = json.loads(summary.read_text())
+    return (saved.get("samples"), saved.get("seed")) == (samples, seed)
 
 
 def run_demo(
@@ -203,55 +234,72 @@ def run_demo(
     cache: Path | None = None,
     ablations: bool = False,
     samples: int | None = None,
+    first_seed: int = 0,
 ) -> Path:
-    """Run every stage and write the reports; returns the path of ``report.md``."""
+    """Run every stage and write the reports; returns the path of ``report.md``.
+
+    Seeds ``first_seed .. first_seed + seeds - 1`` are fine-tuning and sampling seeds. Quick and
+    full runs keep their runs and evaluations in separate sub-folders (``quick/`` and ``full/``),
+    so a ``--quick`` smoke run never collides with a full run in the same output folder.
+    """
     from segros.backbones.tiny.adapter import cache_dir
 
     s = settings(quick)
     if samples is not None:
         s["samples"] = samples
     out.mkdir(parents=True, exist_ok=True)
+    work = out / ("quick" if quick else "full")
+    work.mkdir(exist_ok=True)
     cache = cache or cache_dir()
-    clock = Stopwatch()
-    data = clock.run("training data", lambda: training_set(cache, s["train_scenes"], 32))
-    pretrained = clock.run("pretrained model", lambda: pretrained_checkpoint(out, s["pretrain_steps"]))
+    clock = Stopwatch(work / "stage_times.json")
+    pretrained = clock.run(
+        "pretrained model",
+        lambda: pretrained_checkpoint(work, s["pretrain_steps"]),
+        done=lambda: (SHIPPED_PRETRAINED / "model.safetensors").is_file(),
+    )
+    world = world_of(pretrained)
+    data = clock.run(
+        "training data",
+        lambda: training_set(cache, s["train_scenes"], world),
+        done=lambda: (training_set_folder(cache, s["train_scenes"], world) / "data.jsonl").is_file(),
+    )
     variants = {m: [f"method.preset={m}"] for m in METHODS} | (ABLATIONS if ablations else {})
+    seed_list = list(range(first_seed, first_seed + seeds))
     runs: dict[str, list[Path]] = {name: [] for name in variants}
     for name, method in variants.items():
-        for seed in range(seeds):
+        for seed in seed_list:
+            cfg = finetune_config(method, seed, pretrained, data, s["finetune_steps"])
+            run_dir = work / "runs" / f"{name}-seed{seed}"
             path = clock.run(
                 f"fine-tune {name} seed {seed}",
-                lambda n=name, m=method, sd=seed: finetune(
-                    out, n, m, sd, pretrained, data, s["finetune_steps"]
-                ),
+                lambda r=run_dir, c=cfg: finetune(r, c),
+                done=lambda r=run_dir, c=cfg: finished(r, c.run.max_steps),
             )
             runs[name].append(path)
     records = eval_prompts(s["prompts_per_tag"])
-    # the pretrained model has no training seed: it is evaluated once, with sampling seed 0
+
+    def evaluation(name: str, checkpoint: Path, seed: int) -> dict[str, Any]:
+        folder = work / "eval" / f"{name}-seed{seed}"
+        return clock.run(
+            f"evaluate {name} seed {seed}",
+            lambda: evaluate_checkpoint(checkpoint, folder, records, s["samples"], seed),
+            done=lambda: evaluated(folder, s["samples"], seed),
+        )
+
+    # the pretrained model has no training seed: it is sampled with every sampling seed
     results: dict[str, list[dict[str, Any]]] = {
-        "pretrained": [
-            clock.run(
-                "evaluate pretrained",
-                lambda: evaluate(pretrained, out / "eval" / "pretrained-seed0", records, s["samples"], 0),
-            )
-        ]
+        "pretrained": [evaluation("pretrained", pretrained, seed) for seed in seed_list]
     }
     for name in variants:
         results[name] = [
-            clock.run(
-                f"evaluate {name} seed {seed}",
-                lambda n=name, sd=seed, p=path: evaluate(
-                    p, out / "eval" / f"{n}-seed{sd}", records, s["samples"], sd
-                ),
-            )
-            for seed, path in enumerate(runs[name])
+            evaluation(name, path, seed) for seed, path in zip(seed_list, runs[name], strict=True)
         ]
     from segros.report import grounding_quality, write_reports
 
     pointing = clock.run(
         "pointing precision", lambda: grounding_quality(pretrained, runs["segros"][0], s["pointing_scenes"])
     )
-    return write_reports(out, results, pointing, runs, pretrained, clock.seconds, records, quick, seeds)
+    return write_reports(out, work, results, pointing, runs, pretrained, clock, records, quick, seed_list)
 
 
 # --- command line -------------------------------------------------------------------------------
@@ -261,8 +309,11 @@ def add_arguments(parser: Any) -> None:
     )
     parser.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     parser.add_argument("--seeds", type=int, default=1, help="fine-tuning / sampling seeds per method")
+    parser.add_argument("--first-seed", type=int, default=0, help="first seed (runs seeds S .. S+seeds-1)")
     parser.add_argument(
-        "--ablations", action="store_true", help="also run segros with eta 0 / 1.0, bottom hints, noise 0"
+        "--ablations",
+        action="store_true",
+        help="also run segros with eta 0 / 1.0, bottom hints, noise 0, slot hints, stopwords, hint_prob 0.5",
     )
     parser.add_argument("--samples", type=int, help="images per evaluation prompt (default 4; --quick 1)")
 
@@ -272,6 +323,16 @@ def run(args: Any) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     out = Path(args.out)
-    report = run_demo(out, quick=args.quick, seeds=args.seeds, ablations=args.ablations, samples=args.samples)
+    if args.seeds < 1 or args.first_seed < 0:
+        print("segros demo: error: --seeds must be >= 1 and --first-seed >= 0")
+        return 2
+    report = run_demo(
+        out,
+        quick=args.quick,
+        seeds=args.seeds,
+        ablations=args.ablations,
+        samples=args.samples,
+        first_seed=args.first_seed,
+    )
     print(f"[demo] report: {report} and {report.with_suffix('.html')}")
     return 0

@@ -243,15 +243,15 @@ def check_grid(image_size: int, cells: int) -> None:
 
 
 def _grid_origin(
-    rng: np.random.Generator, w: int, h: int, size: str, image_size: int, cells: int
+    rng: np.random.Generator, w: int, h: int, image_size: int, cells: int
 ) -> tuple[int, int]:
     """Top-left pixel of a glyph snapped to the token grid.
 
-    A small object is drawn in one grid cell, a large one in a block of 2 x 2 cells, centred in
-    it, so the same object always cuts into the same image tokens (see ``layout="grid"``).
+    A glyph that fits one grid cell is drawn in one cell, a larger one in a block of 2 x 2 cells,
+    centred in it, so the same object always cuts into the same image tokens (``layout="grid"``).
     """
     cell = image_size // cells
-    span = 1 if size == "small" else 2
+    span = 1 if max(w, h) <= cell else 2
     col, row = (int(v) for v in rng.integers(0, cells - span + 1, size=2))
     return col * cell + (span * cell - w) // 2, row * cell + (span * cell - h) // 2
 
@@ -275,7 +275,7 @@ def _place(
         h, w = shape_mask(shape, size_px(size, image_size)).shape
         for _ in range(tries):
             if layout == "grid":
-                x, y = _grid_origin(rng, w, h, size, image_size, cells)
+                x, y = _grid_origin(rng, w, h, image_size, cells)
             else:
                 x, y = (int(v) for v in rng.integers(1, [image_size - w, image_size - h]))
             if _fits((x, y, x + w, y + h), placed, gap):

@@ -63,6 +63,16 @@ class ShapesConversations:
         return I2TRecord(record.image, [(question, record.caption)], record.key)
 
 
+def world_for(backbone: Any, seed: int, **kwargs: Any) -> Any:
+    """A ShapesWorld drawn the way ``backbone`` was trained to see it: its image size, and for a
+    TinyUMM fitted on the grid layout, objects snapped to its token grid (``model.shapes_layout``)."""
+    from segros.data.shapes import ShapesWorld
+
+    layout = getattr(getattr(backbone, "options", None), "shapes_layout", "free")
+    cells = int(backbone.token_grid[0])
+    return ShapesWorld(image_size=backbone.image_size, seed=seed, layout=layout, cells=cells, **kwargs)
+
+
 def _world(data: Any, cells: int) -> dict[str, Any]:
     return {"layout": data.shapes_layout, "cells": cells, "caption_style": data.shapes_caption_style}
 

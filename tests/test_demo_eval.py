@@ -1,0 +1,86 @@
+"""``segros eval checkpoint`` and the demo's bookkeeping: real checkpoints, real processes."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from segros.backbones.tiny.adapter import TinyBackbone, TinyOptions
+from segros.demo import Stopwatch
+from segros.eval.checkpoint import SHIPPED_PRETRAINED, evaluate_checkpoint, resolve
+
+
+@pytest.fixture(scope="module")
+def checkpoint(small_tokenizer, tmp_path_factory):
+    torch.manual_seed(0)
+    model = TinyBackbone.from_options(
+        TinyOptions(image_tokenizer=str(small_tokenizer), image_size=32, generation_steps=2)
+    )
+    path = tmp_path_factory.mktemp("ckpt") / "model"
+    model.save_pretrained(path)
+    return path
+
+
+def test_eval_checkpoint_cli_scores_every_prompt_and_prints_the_summary_last(checkpoint, tmp_path):
+    out = tmp_path / "eval"
+    cmd = [sys.executable, "-m", "segros.cli", "eval", "checkpoint", str(checkpoint), "--samples", "1"]
+    done = subprocess.run([*cmd, "--out", str(out)], capture_output=True, text=True, check=True)
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["images"] == 319
+    assert set(summary) == {"overall", "tags", "seen", "held_out", "images"}
+    assert set(summary["tags"]) == {
+        "single_object",
+        "two_object",
+        "counting",
+        "colors",
+        "position",
+        "color_attr",
+    }
+    assert len([p for p in out.iterdir() if p.is_dir()]) == 319
+    assert 0.0 <= summary["overall"] <= 1.0
+    # a second call reuses the scored folder and prints the same summary
+    again = subprocess.run([*cmd, "--out", str(out)], capture_output=True, text=True, check=True)
+    assert "(reused)" in again.stdout
+    assert json.loads(again.stdout.strip().splitlines()[-1]) == summary
+
+
+def test_eval_checkpoint_cli_rejects_a_missing_checkpoint(tmp_path):
+    cmd = [sys.executable, "-m", "segros.cli", "eval", "checkpoint", str(tmp_path / "nope")]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 2 and "does not exist" in done.stderr
+
+
+def test_pretrained_names_the_shipped_model():
+    assert resolve("pretrained") == SHIPPED_PRETRAINED
+    assert (SHIPPED_PRETRAINED / "model.safetensors").is_file()
+
+
+def test_evaluation_is_redone_when_the_settings_differ(checkpoint, tmp_path):
+    records = [
+        {
+            "tag": "single_object",
+            "include": [{"class": "circle", "count": 1}],
+            "prompt": "a photo of a circle",
+        }
+    ]
+    first = evaluate_checkpoint(checkpoint, tmp_path, records, samples=1, seed=0, progress=False)
+    assert first["images"] == 1 and "reused" not in first
+    assert evaluate_checkpoint(checkpoint, tmp_path, records, samples=1, seed=0, progress=False)["reused"]
+    other = evaluate_checkpoint(checkpoint, tmp_path, records, samples=2, seed=0, progress=False)
+    assert other["images"] == 2 and "reused" not in other
+
+
+def test_stopwatch_keeps_the_first_wall_time_of_reused_stages(tmp_path):
+    record = tmp_path / "stage_times.json"
+    clock = Stopwatch(record)
+    clock.run("stage", lambda: sum(range(10**5)))
+    first = clock.seconds["stage"]
+    assert json.loads(record.read_text()) == {"stage": first}
+    again = Stopwatch(record)
+    again.run("stage", lambda: None, done=lambda: True)
+    assert again.seconds["stage"] == first and again.reused == {"stage"}
+    fresh = Stopwatch(record)
+    fresh.run("stage", lambda: None, done=lambda: False)  # recomputed: its own new time
+    assert fresh.reused == set() and fresh.seconds["stage"] != first
