@@ -21,7 +21,7 @@ def write(tmp_path, data):
         ({"run": {"max_steps": 0}}, "run.max_steps", "greater than or equal to 1"),
         ({"run": {"colour": 3}}, "run.colour", "Extra inputs"),
         ({"surprise": {}}, "surprise", "Extra inputs"),
-        ({"model": {"name": "tiny", "size": "huge"}}, "model.size", "'tiny' or 'small'"),
+        ({"model": {"name": "tiny", "size": "huge"}}, "model.size", "'tiny', 'small' or 'base'"),
         ({"model": {"name": "tiny", "layers": 3}}, "model.layers", "Extra inputs"),
         ({"model": {"name": "gpt5"}}, "model.name", "tiny"),
         ({"data": {"source": "files"}}, "data.path", "required"),

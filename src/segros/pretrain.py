@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import platform
 import shutil
 import sys
@@ -22,9 +23,28 @@ EXPORTED = ("model.safetensors", "config.json", "image_tokenizer.safetensors")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/pretrain", help="run folder (default: runs/pretrain)")
     parser.add_argument("--max-steps", type=int, help="same as run.max_steps=N")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/latest")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from OUT/checkpoints/latest (also done when one exists)",
+    )
     parser.add_argument("--export", help="copy the final model and PROVENANCE.md to this folder")
     parser.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides")
+
+
+def train_seconds(out: Path, state: dict) -> float:
+    """Training wall time of a finished run: the checkpoint's running total (across resumes), else
+    the last ``train_summary.json`` (runs written before the total was kept)."""
+    if "train_seconds" in state:
+        return float(state["train_seconds"])
+    summary = out / "train_summary.json"
+    return float(json.loads(summary.read_text()).get("seconds", 0.0)) if summary.is_file() else 0.0
+
+
+def final_loss(out: Path) -> str:
+    summary = out / "train_summary.json"
+    loss = json.loads(summary.read_text()).get("final_loss") if summary.is_file() else None
+    return "n/a" if loss is None else f"{loss:.4f}"
 
 
 def sha256(path: Path) -> str:
@@ -46,9 +66,17 @@ def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides) + ([f"run.max_steps={args.max_steps}"] if args.max_steps else [])
     cfg = load_config(RECIPES / "demo-pretrain.yaml", overrides)
     start = time.perf_counter()
-    result = train(cfg, args.out, resume=args.resume)
     final = ckpt.latest_checkpoint(args.out)
-    print(f"pretrained to step {result.step} in {time.perf_counter() - start:.0f}s: {final}")
+    done = final is not None and ckpt.load_trainer_state(final)["step"] >= cfg.run.max_steps
+    if done:  # finished earlier (e.g. an export after the run): nothing to train
+        print(f"{args.out} is already trained to step {cfg.run.max_steps}")
+    else:
+        train(cfg, args.out, resume=args.resume or final is not None)
+        final = ckpt.latest_checkpoint(args.out)
+    state = ckpt.load_trainer_state(final)
+    step, seconds = int(state["step"]), train_seconds(Path(args.out), state)
+    took = time.perf_counter() - start
+    print(f"pretrained to step {step} ({seconds:.0f}s of training; this call {took:.0f}s)")
     if args.export:
         export = Path(args.export)
         export.mkdir(parents=True, exist_ok=True)
@@ -60,16 +88,17 @@ def run(args: argparse.Namespace) -> int:
             "",
             f"- command: `{command}`",
             f"- recipe: `segros/recipes/demo-pretrain.yaml` with overrides {overrides or 'none'}",
-            f"- steps: {result.step} (batch {cfg.data.batch_size}), seed {cfg.run.seed}",
-            f"- wall time: {result.seconds:.0f} s, {platform.machine()}, {torch.get_num_threads()} threads",
+            f"- steps: {step} (batch {cfg.data.batch_size} + {cfg.data.i2t_batch_size} image-to-text), "
+            f"seed {cfg.run.seed}",
+            f"- wall time: {seconds:.0f} s of training, {platform.machine()}, "
+            f"{torch.get_num_threads()} threads",
             f"- versions: python {platform.python_version()}, torch {torch.__version__}",
-            f"- final training loss: {result.losses[-1]:.4f}"
-            if result.losses
-            else "- final training loss: n/a",
+            f"- final training loss: {final_loss(Path(args.out))}",
             f"- sha256(model.safetensors): {sha256(export / 'model.safetensors')}",
             "",
             "Re-running the command on the same kind of machine and versions reproduces the weights",
-            "bit for bit (training is deterministic on the CPU; see tests/test_train.py).",
+            "bit for bit (training is deterministic on the CPU; see tests/test_train.py). The run",
+            "checkpoints every `run.save_every` steps: the same command continues an interrupted run.",
         ]
         (export / "PROVENANCE.md").write_text("\n".join(lines) + "\n")
         print(f"exported to {export}")

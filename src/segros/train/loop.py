@@ -61,7 +61,8 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)  # total loss per step (NaN when skipped)
     skipped_steps: int = 0
     bad_records: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # wall time of this call
+    total_seconds: float = 0.0  # wall time of the run up to its last step, across resumes
 
 
 def lr_factor(step: int, warmup: int, total: int, schedule: str, min_ratio: float) -> float:
@@ -120,6 +121,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> None:
         self.cfg = cfg
         self.out_dir = Path(out_dir)
+        self.seconds_before, self.run_start = 0.0, None  # see train_seconds()
         trackers = (["tensorboard"] if cfg.logging.tensorboard else []) + (
             ["wandb"] if cfg.logging.wandb_project else []
         )
@@ -190,6 +192,10 @@ class Trainer:
         self.logger = RunLogger(acc, cfg, self.out_dir)
 
     # --- checkpoints ----------------------------------------------------------------------------
+    def train_seconds(self) -> float:
+        """Wall time spent training this run so far, including the runs it resumed from."""
+        return self.seconds_before + (time.perf_counter() - self.run_start if self.run_start else 0.0)
+
     def _rank_state(self) -> dict[str, Any]:
         return {
             "generator": self.generator.get_state(),
@@ -211,7 +217,12 @@ class Trainer:
             ckpt.save_shared(tmp, self.optimizer, self.scheduler)
         acc.wait_for_everyone()
         if acc.is_main_process:
-            state = {"step": self.step, "world_size": self.world, "skipped_steps": self.skipped_steps}
+            state = {
+                "step": self.step,
+                "world_size": self.world,
+                "skipped_steps": self.skipped_steps,
+                "train_seconds": round(self.train_seconds(), 2),  # across resumes
+            }
             final = ckpt.finish(self.out_dir, tmp, self.step, state, self.cfg.run.keep_last)
         acc.wait_for_everyone()
         return final
@@ -241,6 +252,7 @@ class Trainer:
             self.i2t.load_state_dict(rank_state["i2t"])
         self.step = int(state["step"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
+        self.seconds_before = float(state.get("train_seconds", 0.0))
         log.info("resumed from %s at step %d", folder, self.step)
 
     # --- one step ---------------------------------------------------------------------------------
@@ -301,7 +313,7 @@ class Trainer:
         t2i_iter = iter(self.t2i)
         i2t_iter = iter(self.i2t) if self.i2t is not None else None
         bad_in_row = 0
-        start = time.perf_counter()
+        start = self.run_start = time.perf_counter()
         progress = tqdm(
             total=cfg.run.max_steps,
             initial=self.step,
@@ -381,6 +393,7 @@ class Trainer:
         result.skipped_steps = self.skipped_steps
         result.bad_records = self.budget.bad
         result.seconds = time.perf_counter() - start
+        result.total_seconds = self.train_seconds()
         if self.budget.bad:
             log.warning("skipped bad records: %s", self.budget.summary())
         in_sync = self.params_in_sync()
@@ -392,6 +405,7 @@ class Trainer:
                 "skipped_steps": self.skipped_steps,
                 "bad_records": self.budget.bad,
                 "seconds": round(result.seconds, 2),
+                "total_seconds": round(result.total_seconds, 2),
                 "final_loss": result.losses[-1] if result.losses else None,
                 "processes": self.world,
                 "params_in_sync": in_sync,
