@@ -21,7 +21,8 @@ from PIL import Image
 from segros.backbones.registry import load_backbone
 from segros.data.llava import I2TRecord
 from segros.data.readers import ImageTextRecord
-from segros.data.shapes import ShapesWorld
+from segros.data.sources import world_for
+from segros.eval.checkpoint import resolve
 from segros.eval.pointing import patch_coverage
 from segros.plan import make_plan, preset
 
@@ -61,13 +62,14 @@ def main() -> None:
     p.add_argument("--scenes", type=int, default=512)
     p.add_argument("--mask-ratio", type=float, default=0.8)
     args = p.parse_args()
-    cache: dict[int, list] = {}
+    cache: dict[tuple, list] = {}
     for path in args.checkpoints:
-        size = load_backbone(path).image_size
-        if size not in cache:
-            world = ShapesWorld(image_size=size, seed=9999)
-            cache[size] = [world.scene(i) for i in range(args.scenes)]
-        r = evaluate(path, cache[size], args.mask_ratio)
+        path = str(resolve(path))
+        world = world_for(load_backbone(path), seed=9999)  # drawn as the model sees scenes
+        key = (world.image_size, world.layout, world.cells)
+        if key not in cache:
+            cache[key] = [world.scene(i) for i in range(args.scenes)]
+        r = evaluate(path, cache[key], args.mask_ratio)
         print(
             f"{path}\tnll={r['nll']:.4f}\tnll_on_objects={r['nll_on_objects']:.4f}\ti2t_nll={r['i2t_nll']:.4f}"
         )

@@ -58,7 +58,8 @@ def grounding_panel(
     rows = min(max_rows, images.shape[0])
     with_roles = hint_idx is not None and seen is not None
     cols = 3 if with_roles else 2
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.6 * rows + 0.3), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.6 * rows + 0.8), squeeze=False)
+    heat_image = None
     for r in range(rows):
         image = images[r].cpu().numpy()
         heat = _upsample(scores[r].float().cpu().numpy().reshape(grid), image.shape[0])
@@ -66,7 +67,7 @@ def grounding_panel(
         title = captions[r] if captions else ""
         axes[r, 0].set_title(title[:38] + ("…" if len(title) > 38 else ""), fontsize=7)
         axes[r, 1].imshow(image)
-        axes[r, 1].imshow(heat, cmap="inferno", alpha=0.6, vmin=0, vmax=1)
+        heat_image = axes[r, 1].imshow(heat, cmap="inferno", alpha=0.6, vmin=0, vmax=1)
         axes[r, 1].set_title("grounding m̄", fontsize=7)
         if with_roles:
             hint = np.zeros(grid[0] * grid[1], dtype=bool)
@@ -75,7 +76,18 @@ def grounding_panel(
             axes[r, 2].set_title("hint / seen / masked", fontsize=7)
     for ax in axes.flat:
         ax.axis("off")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07 if with_roles else 0.04, 1, 1))
+    bar = fig.add_axes((0.38 if with_roles else 0.55, 0.03, 0.25 if with_roles else 0.35, 0.012))
+    fig.colorbar(heat_image, cax=bar, orientation="horizontal").set_label("m̄ (Eq. 11)", fontsize=7)
+    bar.tick_params(labelsize=6)
+    if with_roles:
+        from matplotlib.patches import Patch
+
+        roles = ((HINT_RGB, "hint"), (SEEN_RGB, "seen"), (MASKED_RGB, "masked"))
+        fig.legend(
+            handles=[Patch(color=c / 255, label=n) for c, n in roles],
+            loc="lower right", ncol=3, fontsize=7, frameon=False, bbox_to_anchor=(0.99, 0.0),
+        )  # fmt: skip
     return _figure_to_array(fig)
 
 
