@@ -4,12 +4,19 @@ Records carry PIL images or (H, W, 3) arrays of any size; every backbone wants a
 Show-o and Harmon (and TinyUMM) resize the short side and centre-crop for generation; Harmon's
 understanding path pads to a square instead. Keeping these in one place keeps the adapters'
 data preparation comparable.
+
+The size arithmetic is the libraries' that upstream preprocessing goes through, so the pixels are
+the same: the resized long side is truncated, ``int(size * long / short)`` (torchvision's
+``Resize(int)`` and transformers' ``get_resize_output_image_size``), and the centre-crop offset is
+``int(round((extent - size) / 2.0))`` (torchvision's ``center_crop``, Python's half-to-even round) or
+``(extent - size) // 2`` (transformers' ``center_crop``, e.g. ``CLIPImageProcessor``). On PIL images
+both libraries resize with ``PIL.Image.resize`` and the given filter, as here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -26,16 +33,45 @@ def to_rgb(image: Any) -> Image.Image:
     return image.convert("RGB")
 
 
-def center_square(image: Any, size: int, resample: int = BICUBIC) -> Image.Image:
-    """Resize the short side to ``size`` and centre-crop to ``size`` x ``size``."""
+CropRule = Literal["torchvision", "transformers"]
+
+
+def short_side_resize(width: int, height: int, size: int) -> tuple[int, int]:
+    """(width, height) with the short side at ``size``: the long side is ``int(size * long / short)``,
+    truncated, as torchvision's ``transforms.functional._compute_resized_output_size`` (0.17.1 L352-372)
+    and transformers' ``image_transforms.get_resize_output_image_size(default_to_square=False)``
+    (4.41.1 L262) compute it."""
+    short, long = (width, height) if width <= height else (height, width)
+    new_long = int(size * long / short)
+    return (size, new_long) if width <= height else (new_long, size)
+
+
+def crop_offset(extent: int, size: int, rule: CropRule = "torchvision") -> int:
+    """Start of a centred ``size`` window in ``extent``: torchvision's ``center_crop`` (0.17.1 L582-583)
+    rounds half of the excess with Python's ``round`` (half to even: 83.5 -> 84, 82.5 -> 82);
+    transformers' ``image_transforms.center_crop`` (4.41.1 L467-470) floors it."""
+    if rule == "torchvision":
+        return int(round((extent - size) / 2.0))
+    if rule == "transformers":
+        return (extent - size) // 2
+    raise ValueError(f"unknown crop rule {rule!r}")
+
+
+def center_square(
+    image: Any, size: int, resample: int = BICUBIC, crop: CropRule = "torchvision"
+) -> Image.Image:
+    """Resize the short side to ``size`` and centre-crop to ``size`` x ``size``: ``Resize(size)`` then
+    ``CenterCrop(size)`` of torchvision (default; Show-o's ``image_transform``) or the resize and
+    crop of a transformers image processor (``crop="transformers"``; CLIP's)."""
     image = to_rgb(image)
     w, h = image.size
     if (w, h) == (size, size):
         return image
-    scale = size / min(w, h)
-    image = image.resize((max(size, round(w * scale)), max(size, round(h * scale))), resample)
+    resized = short_side_resize(w, h, size)
+    if resized != (w, h):  # torchvision returns the image untouched when the size already fits
+        image = image.resize(resized, resample)
     w, h = image.size
-    left, top = (w - size) // 2, (h - size) // 2
+    left, top = crop_offset(w, size, crop), crop_offset(h, size, crop)
     return image.crop((left, top, left + size, top + size))
 
 
@@ -54,11 +90,16 @@ def stack_uint8(images: Sequence[Any]) -> torch.Tensor:
     return torch.from_numpy(np.stack([np.asarray(im, dtype=np.uint8) for im in images]))
 
 
-def square_batch(images: Sequence[Any], size: int, resample: int = BICUBIC) -> torch.Tensor:
+def square_batch(
+    images: Sequence[Any], size: int, resample: int = BICUBIC, crop: CropRule = "torchvision"
+) -> torch.Tensor:
     """(B, size, size, 3) uint8: :func:`center_square` of every image."""
-    return stack_uint8([center_square(im, size, resample) for im in images])
+    return stack_uint8([center_square(im, size, resample, crop) for im in images])
 
 
 def to_signed_unit(images: torch.Tensor) -> torch.Tensor:
-    """(B, H, W, 3) uint8 -> (B, 3, H, W) float in [-1, 1] (Normalize(0.5, 0.5) of the VAEs)."""
+    """(B, H, W, 3) uint8 -> (B, 3, H, W) float in [-1, 1] (Normalize(0.5, 0.5) of the VAEs).
+
+    In float32 ``u / 127.5 - 1`` equals, for every u in 0..255, both Show-o's ``ToTensor`` +
+    ``Normalize(0.5, 0.5)`` (``(u / 255 - 0.5) / 0.5``) and Harmon's ``2 * (u / 255) - 1``."""
     return images.permute(0, 3, 1, 2).float() / 127.5 - 1.0

@@ -38,12 +38,20 @@ def cosine_betas(num_steps: int = 1000, max_beta: float = 0.999) -> np.ndarray:
 
 
 def spaced_timesteps(num_steps: int, count: int) -> list[int]:
-    """``count`` evenly spread timesteps of ``num_steps`` (guided-diffusion's ``space_timesteps``
-    with one section): round(i * (num_steps - 1) / (count - 1))."""
+    """``count`` evenly spread timesteps of ``num_steps``, as ``space_timesteps`` with one section
+    (improved-diffusion / MAR / Harmon ``respace.py``): the fractional stride ``(num_steps - 1) /
+    (count - 1)`` is added to a running float total one step at a time and each total is rounded
+    (Python ``round``, half to even). This is not ``round(i * stride)``: the accumulated sum drifts
+    in the last bits, which picks another timestep for 278 of the 1000 counts (21 steps: 499, where
+    ``round(10 * 49.95)`` gives 500)."""
     if not 1 <= count <= num_steps:
         raise ValueError(f"cannot take {count} sampling steps out of {num_steps}")
-    stride = 1.0 if count == 1 else (num_steps - 1) / (count - 1)
-    return sorted({round(i * stride) for i in range(count)})
+    stride = 1 if count == 1 else (num_steps - 1) / (count - 1)
+    taken, total = [], 0.0
+    for _ in range(count):
+        taken.append(round(total))
+        total += stride
+    return sorted(set(taken))
 
 
 def _normal_kl(mean1, logvar1, mean2, logvar2):  # noqa: ANN001, ANN202 - elementwise tensor algebra

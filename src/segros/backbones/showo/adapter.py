@@ -253,9 +253,10 @@ class ShowoBackbone(Backbone):
         return self.vq.get_code(pixels).cpu()
 
     def _clip_pixels(self, images: Sequence[Any]) -> torch.Tensor:
-        """CLIP's transform: short side to the tower's size, centre crop, CLIP mean/std."""
+        """CLIP's transform: short side to the tower's size, centre crop, CLIP mean/std, with the
+        arithmetic of transformers' ``CLIPImageProcessor`` (truncated side, floored crop offset)."""
         size = self.clip.cfg.image_size
-        pixels = square_batch(images, size).permute(0, 3, 1, 2).float() / 255.0
+        pixels = square_batch(images, size, crop="transformers").permute(0, 3, 1, 2).float() / 255.0
         return (pixels - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
 
     def _image_fields(self, raw: Sequence[Any]) -> Batch:
@@ -427,6 +428,19 @@ class ShowoBackbone(Backbone):
         return i2t_loss(self.model.logits(hidden[:, prefix:]), ids, batch["answer_mask"])  # Eq. 2
 
     # --- generation ---------------------------------------------------------------------------
+    @staticmethod
+    def cosine_mask_len(num_tokens: int, step: int, steps: int) -> int:
+        """Tokens left masked after ``step`` (0-based) of ``steps``, before the [1, unknown - 1] clamp.
+
+        Upstream's arithmetic exactly: ``cosine_schedule(torch.tensor(ratio))`` (``models/sampling.py``
+        L39-40: ``cos(t * pi * 0.5)`` on a float32 CPU tensor) and ``(num_vq_tokens * mask_ratio).floor()``
+        (``models/modeling_showo.py`` L157-166), all in float32. In float64 the count at ratio 2/3
+        comes out one higher (128 vs 127 of 256, 512 vs 511 of 1024): every step count divisible by 3
+        (upstream's 18 and 12 included) would leave a different number of tokens masked.
+        """
+        ratio = torch.tensor((step + 1) / steps, dtype=torch.float32)
+        return int((num_tokens * torch.cos(ratio * math.pi * 0.5)).floor())
+
     @torch.no_grad()
     def generate_tokens(
         self,
@@ -463,7 +477,7 @@ class ShowoBackbone(Backbone):
             unknown = image_ids == v.mask
             sampled = torch.where(unknown, draw, image_ids - v.code_offset)
             ratio = (step + 1) / steps
-            mask_len = torch.tensor(math.floor(N * math.cos(0.5 * math.pi * ratio)), device=device)
+            mask_len = torch.tensor(self.cosine_mask_len(N, step, steps), device=device)
             mask_len = torch.clamp(torch.minimum(unknown.sum(-1, keepdim=True) - 1, mask_len), min=1)
             chosen = probs.gather(-1, sampled.unsqueeze(-1)).squeeze(-1)
             chosen = torch.where(unknown, chosen, torch.finfo(chosen.dtype).max)
@@ -475,12 +489,15 @@ class ShowoBackbone(Backbone):
         return sampled
 
     def decode_tokens(self, codes: torch.Tensor) -> torch.Tensor:
-        """(B, N) codes -> (B, H, W, 3) uint8 through the MAGVIT-v2 decoder."""
+        """(B, N) codes -> (B, H, W, 3) uint8 through the MAGVIT-v2 decoder.
+
+        As upstream ``inference_t2i.py`` L157-159: ``clamp((x + 1) / 2, 0, 1) * 255`` in float32, then
+        numpy's ``astype(np.uint8)``, which truncates (no rounding); the uint8 cast here truncates too.
+        """
         device = next(self.vq.parameters()).device
         pixels = self.vq.decode_code(codes.clamp(0, self.vocab.codebook_size - 1).to(device), self.token_grid)
-        return (
-            ((pixels.float() + 1) / 2).clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
-        )
+        levels = ((pixels.float() + 1) / 2).clamp(0, 1).mul(255)
+        return levels.to(torch.uint8).permute(0, 2, 3, 1).cpu()
 
     # --- storage ------------------------------------------------------------------------------
     def save_pretrained(self, path: str | Path) -> None:
