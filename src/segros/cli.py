@@ -1,14 +1,20 @@
 """The `segros` command line: one subcommand per module, imported only when it runs.
 
 Each subcommand module provides ``add_arguments(parser)`` and ``run(args) -> int``. Adding a
-command is one line in ``COMMANDS``. Command modules keep heavy imports (torch, models) inside
-``run`` so that ``segros --help`` stays instant.
+command is one line in ``COMMANDS``. Only the module of the command being run is imported (and
+none for ``segros --help``), and command modules keep heavy imports (torch, models) inside
+``run``, so that ``segros --help`` and ``segros COMMAND --help`` stay instant.
+
+Exit codes: 0 success; 2 a usage or config error (one line naming the option or key); 1 a data
+or runtime error (bad records, a broken checkpoint, a full disk, ...): one line ``segros
+COMMAND: error: ...``, with the traceback only under ``--debug``.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 
 # name -> (module, one-line help)
@@ -25,24 +31,53 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("segros.inspect", "picture the grounding map, text scores and token roles for an image"),
 }
 
+DEBUG_HELP = "on an error, show the full Python traceback instead of one line"
 
-def build_parser() -> argparse.ArgumentParser:
+log = logging.getLogger(__name__)
+
+
+def _requested_command(argv: list[str]) -> str | None:
+    """The subcommand ``argv`` names: its first token that is not a top-level option."""
+    for token in argv:
+        if not token.startswith("-"):
+            return token if token in COMMANDS else None
+    return None
+
+
+def build_parser(only: str | None = None, lazy: bool = False) -> argparse.ArgumentParser:
+    """The full parser; with ``lazy``, only the module of command ``only`` (if any) is imported
+    and given its arguments (argparse only ever parses the one command that was named)."""
     parser = argparse.ArgumentParser(
         prog="segros",
         description="Fine-tune unified multimodal models with Semantically-Grounded Supervision.",
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
-        module = importlib.import_module(module_name)
         cmd = sub.add_parser(name, help=help_text, description=help_text)
+        if lazy and name != only:
+            continue
+        module = importlib.import_module(module_name)
         module.add_arguments(cmd)
+        # also accepted after the command; SUPPRESS keeps a top-level --debug from being overwritten
+        cmd.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
         cmd.set_defaults(_module=module)
     return parser
 
 
+# Errors that come from the data, the files or the run, not from a bug: one clean line.
+def _clean_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [ValueError, OSError]
+    loop = sys.modules.get("segros.train.loop")  # only if it was imported: never import torch here
+    if loop is not None:
+        errors.append(loop.TrainingDivergedError)
+    return tuple(errors)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_requested_command(argv), lazy=True)
     args = parser.parse_args(argv)
     if args.version:
         from segros import __version__
@@ -52,7 +87,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    return int(args._module.run(args) or 0)
+    try:
+        return int(args._module.run(args) or 0)
+    except Exception as err:
+        if args.debug or not isinstance(err, _clean_errors()):
+            raise
+        log.debug("segros %s failed", args.command, exc_info=True)
+        print(f"segros {args.command}: error: {err} (run with --debug for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

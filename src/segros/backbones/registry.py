@@ -48,7 +48,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if path.is_dir() and not (path / "config.json").is_file() and (path / "checkpoints").is_dir():
         from segros.train.checkpoint import latest_checkpoint
 
-        found = latest_checkpoint(path)
+        # the newest one as it is: a broken one is named by load_backbone, not silently replaced
+        found = latest_checkpoint(path, verify=False)
         if found is not None:
             return found
     return path
@@ -56,10 +57,28 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 def load_backbone(path: str | Path, **overrides: Any) -> Backbone:
     """Load any backbone folder written by ``save_pretrained`` (its config.json names it);
-    a run folder or its ``checkpoints/latest`` file works too."""
+    a run folder or its ``checkpoints/latest`` file works too.
+
+    A weights file that is cut short or corrupt, or that does not fit the model, is a
+    ``ValueError`` naming the file (safetensors alone says "incomplete metadata" and no path).
+    """
+    from segros.train.checkpoint import safetensors_problem
+
     path = resolve_checkpoint(path)
     config_file = Path(path) / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{path} has no config.json: not a segros checkpoint folder")
-    name = json.loads(config_file.read_text()).get("backbone")
-    return backbone_class(name).from_pretrained(path, **overrides)
+    try:
+        name = json.loads(config_file.read_text()).get("backbone")
+    except ValueError as e:
+        raise ValueError(f"{config_file} is not valid JSON ({e})") from None
+    for weights in sorted(Path(path).glob("*.safetensors")):
+        if problem := safetensors_problem(weights):
+            raise ValueError(f"cannot load checkpoint {path}: {weights}: {problem}")
+    cls = backbone_class(name)
+    try:
+        return cls.from_pretrained(path, **overrides)
+    except (FileNotFoundError, ValueError):
+        raise
+    except Exception as e:  # safetensors' SafetensorError, load_state_dict's RuntimeError, ...
+        raise ValueError(f"cannot load checkpoint {path}: {type(e).__name__}: {e}") from e

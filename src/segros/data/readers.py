@@ -54,20 +54,65 @@ class BadRecord:
 # ---------------------------------------------------------------------------
 
 
+# Background that transparent pixels are composited onto (what a viewer on a white page shows).
+TRANSPARENT_BACKGROUND = (255, 255, 255)
+
+
+def image_to_rgb(im: Image.Image) -> Image.Image | str:
+    """An 8-bit RGB image with the same picture as ``im`` (any PIL mode), or why there is none.
+
+    ``Image.convert("RGB")`` alone is wrong for several modes and says nothing:
+
+    - 16-bit grey (``I;16*``, and ``I`` read from a PNG, which holds at most 16 bits) is clipped
+      at 255, so a 16-bit PNG comes out almost all white. Here it is scaled: v * 255 / 65535.
+      (16-bit RGB(A) PNGs are already reduced to 8 bits per channel by PIL when decoding.)
+    - 32-bit integer (``I`` from other formats) and floating-point (``F``) images have no fixed
+      value range (0..1? 0..255? 0..65535?), so any conversion would be a guess: they are bad.
+    - Transparency (``LA``, ``PA``, ``RGBA``, premultiplied modes, ``P``/``L``/``RGB`` with a
+      transparent colour) is dropped by ``convert``, leaving whatever colour the transparent
+      pixels happen to hold (often black). Here the image is composited onto white.
+    """
+    mode = im.mode
+    if mode == "RGB" and "transparency" not in im.info:
+        return im
+    if (mode.startswith("I;16") and not mode.endswith("S")) or (mode == "I" and im.format == "PNG"):
+        values = np.asarray(im if mode == "I" else im.convert("I"), dtype=np.int64)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            return f"16-bit image (mode {mode}) holds values outside 0..65535"
+        grey = ((values * 255 + 32767) // 65535).astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    if mode in ("I", "F") or mode.startswith("I;"):
+        kind = "floating-point" if mode == "F" else "32-bit integer"
+        return (
+            f"{kind} image (mode {mode}) has no fixed value range, so it cannot be converted to "
+            "8-bit colour without guessing; save it as 8- or 16-bit"
+        )
+    if mode in ("LA", "La", "PA", "RGBA", "RGBa") or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (*TRANSPARENT_BACKGROUND, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
 def decode_image(data: bytes) -> Image.Image | str:
     """Decode image bytes to a fully loaded RGB image, or return the reason it failed.
 
     PIL raises many exception types for bad input (OSError, SyntaxError,
     struct.error, DecompressionBombError, ...), so any exception counts as a
     corrupt image. Truncated files are caught by ``load()`` unless some other
-    code has set ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES``.
+    code has set ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES``. Modes other than RGB
+    go through :func:`image_to_rgb` (16-bit scaled, transparency composited,
+    float and 32-bit integer images refused).
     """
     if not data:
         return "image is empty (0 bytes)"
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
-            return im.convert("RGB")
+            rgb = image_to_rgb(im)
+            if isinstance(rgb, str):
+                return rgb
+            return rgb.copy() if rgb is im else rgb
     except Exception as e:  # noqa: BLE001 - see docstring
         return f"cannot decode image: {type(e).__name__}: {e}"
 
@@ -153,18 +198,25 @@ class JsonlImageText:
 
     Relative image paths are resolved against the manifest's folder, so a
     dataset directory can be moved as a whole. Blank lines are ignored; a
-    line that is not valid JSON is a bad record.
+    line that is not valid JSON, or not UTF-8, is a bad record (its key is
+    ``<manifest>:<line>``), never an error for the whole manifest.
     """
 
     def __init__(self, path: str | Path, image_key: str = "image", caption_key: str = "caption") -> None:
         self.path = Path(path)
         self.image_key = image_key
         self.caption_key = caption_key
-        self.lines: list[tuple[int, str]] = []
-        with self.path.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
-                if line.strip():
-                    self.lines.append((lineno, line))
+        # str for UTF-8 lines; the raw bytes of a line that is not UTF-8 (a bad record when read)
+        self.lines: list[tuple[int, str | bytes]] = []
+        with self.path.open("rb") as f:
+            for lineno, raw in enumerate(f, start=1):
+                if not raw.strip():
+                    continue
+                try:
+                    line: str | bytes = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+                except UnicodeDecodeError:
+                    line = raw
+                self.lines.append((lineno, line))
         if not self.lines:
             raise ValueError(f"no records in {self.path}")
 
@@ -174,6 +226,12 @@ class JsonlImageText:
     def __getitem__(self, i: int) -> ImageTextRecord | BadRecord:
         lineno, line = self.lines[i]
         key = f"{self.path.name}:{lineno}"
+        if isinstance(line, bytes):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                bad = line[e.start : e.start + 1].hex()
+                return BadRecord(key, f"line is not UTF-8 (byte 0x{bad} at column {e.start + 1}: {e.reason})")
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:

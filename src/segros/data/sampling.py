@@ -110,10 +110,14 @@ class RecordBatches:
     """Endless batches of exactly ``batch_size`` good records from ``dataset`` in ``order``.
 
     Bad records are counted by ``budget`` (which raises once there are too
-    many) and replaced by pulling further indices. The generator is lazy,
-    so after batch k has been yielded ``state_dict()`` points just past its
-    last index, and a fresh ``RecordBatches`` loaded with it yields batch
-    k+1 exactly.
+    many) and replaced by pulling further indices. The budget is given each
+    record's index, so a bad record met again in a later epoch is skipped
+    but not counted again; the bad share is judged every ``batch_size``
+    reads and at the end of each batch (not right after each bad record,
+    which would always judge it at a peak), while a stream of nothing but
+    bad records stops at once. The generator is lazy, so after batch k has
+    been yielded ``state_dict()`` points just past its last index, and a
+    fresh ``RecordBatches`` loaded with it yields batch k+1 exactly.
     """
 
     def __init__(
@@ -131,17 +135,25 @@ class RecordBatches:
         self.order = order
         self.batch_size = batch_size
         self.budget = budget if budget is not None else BadRecordBudget()
+        # a dataset smaller than the budget's min_seen is judged after one full pass
+        self.budget.pass_size = order.per_rank
 
     def __iter__(self) -> Iterator[list[Any]]:
         indices = iter(self.order)
         while True:
             batch: list[Any] = []
+            pulled = 0
             while len(batch) < self.batch_size:
-                record = self.dataset[next(indices)]
-                if self.budget.observe(record):
+                index = next(indices)
+                record = self.dataset[index]
+                pulled += 1
+                if self.budget.observe(record, index):
                     batch.append(record)
                 else:
+                    self.budget.check(share=False)  # nothing but bad records: stop at once
+                if pulled % self.batch_size == 0:
                     self.budget.check()
+            self.budget.check()
             yield batch
 
     def state_dict(self) -> dict[str, Any]:

@@ -3,6 +3,12 @@
 ``segros eval shapes DIR`` scores a GenEval-layout folder of ShapesWorld images with the rule-based
 judge, writes ``DIR/results.jsonl`` and prints, as its last line, the JSON summary
 ``{"overall": ..., "tags": {...}, "images": n}`` computed as GenEval's ``summary_scores.py`` does.
+The folder is first checked against the prompts (``--prompts FILE``; by default the shipped
+ShapesWorld prompts when the folder holds them): missing prompt folders or samples, extra ones
+and metadata that differ are an error listing them (exit 1) unless ``--allow-incomplete``, which
+scores the expected images present, leaves extras out and adds ``expected_images`` /
+``missing_images`` / ``missing_prompts`` to the summary. An image that cannot be read is named
+and scored as a failure of that sample (``unreadable`` in the summary).
 
 ``segros eval checkpoint CKPT`` generates every ShapesWorld evaluation prompt with a checkpoint
 (a run folder, a checkpoint folder or ``pretrained``, the TinyUMM shipped in the package), scores
@@ -19,6 +25,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("shapes", help="score a GenEval-layout folder of ShapesWorld images")
     p.add_argument("dir", help="folder with <index:05d>/metadata.jsonl and <index:05d>/samples/<n>.png")
     p.add_argument("--out", default=None, help="results file (default: DIR/results.jsonl)")
+    p.add_argument(
+        "--prompts",
+        default=None,
+        help="the GenEval metadata JSONL the folder was generated from (default: the shipped "
+        "ShapesWorld prompts if the folder holds them, else the folder's own metadata)",
+    )
+    p.add_argument(
+        "--samples", type=int, default=None, help="images per prompt (default: the most common count)"
+    )
+    p.add_argument(
+        "--allow-incomplete",
+        action="store_true",
+        help="score what is there (missing prompts/samples and extras reported, extras not scored)",
+    )
     c = sub.add_parser("checkpoint", help="generate the ShapesWorld prompts with a checkpoint and score them")
     c.add_argument("checkpoint", help="run folder, checkpoint folder, or 'pretrained' (the shipped TinyUMM)")
     c.add_argument("--samples", type=int, default=4, help="images per prompt (default: 4)")
@@ -55,30 +75,101 @@ def _checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
+def _listing(title: str, items: list[str], limit: int = 12) -> str:
+    more = f", ... and {len(items) - limit} more" if len(items) > limit else ""
+    return f"  {title} ({len(items)}): {', '.join(items[:limit])}{more}"
+
+
 def run(args: argparse.Namespace) -> int:
     if args.benchmark == "checkpoint":
         return _checkpoint(args)
     import json
+    import sys
     import time
     from pathlib import Path
 
     from segros.data.shapes import SHAPES
-    from segros.eval.geneval import score_folder, summarize, write_results
+    from segros.data.shapes_prompts import default_prompts_path, load_prompts
+    from segros.eval.geneval import check_folder, read_prompts, score_folder, summarize, write_results
     from segros.eval.shapes_judge import detect_file
 
+    def error(message: str, code: int) -> int:
+        print(f"segros eval shapes: error: {message}", file=sys.stderr)
+        return code
+
+    root = Path(args.dir)
+    if not root.is_dir():
+        return error(f"{root} is not a folder", 2)
+    if args.samples is not None and args.samples < 1:
+        return error("--samples must be >= 1", 2)
+    try:
+        if args.prompts is not None:
+            records, reference, default = read_prompts(args.prompts), args.prompts, None
+        else:
+            records, reference = None, ""
+            default = (load_prompts(), f"the shipped ShapesWorld prompt file {default_prompts_path().name}")
+    except (OSError, ValueError) as e:
+        return error(f"cannot read the prompt file: {e}", 2)
+    try:
+        check = check_folder(root, records, args.samples, reference, default)
+    except (OSError, ValueError) as e:
+        return error(str(e), 1)
+    expected = f"{check.prompts} prompts x {check.samples} samples = {check.expected_images} images"
+    problems = [
+        _listing(title, items)
+        for title, items in (
+            ("prompt folders missing", check.missing_prompts),
+            ("images missing", check.missing_images),
+            ("extra, not expected (not scored)", check.extra),
+            ("metadata differing from the prompts", check.mismatched),
+        )
+        if items
+    ]
+    if check.mismatched or (problems and not args.allow_incomplete):
+        hint = (
+            "the folder was made from other prompts: pass the right --prompts"
+            if check.mismatched
+            else "pass --allow-incomplete to score what is there, or --prompts/--samples if these are wrong"
+        )
+        what = "does not match its prompts" if check.mismatched else "is incomplete"
+        detail = "\n".join(problems)
+        return error(f"{root} {what}; expected {expected} ({check.reference}):\n{detail}\n{hint}", 1)
+    if problems:
+        print(f"warning: {root} is incomplete; expected {expected} ({check.reference}):", file=sys.stderr)
+        print("\n".join(problems), file=sys.stderr)
+
     start = time.perf_counter()
-    rows = score_folder(args.dir, detect_file, supported_classes=SHAPES)
+    rows = score_folder(root, detect_file, supported_classes=SHAPES, images=check.images)
     elapsed = time.perf_counter() - start
-    out = Path(args.out) if args.out else Path(args.dir) / "results.jsonl"
+    out = Path(args.out) if args.out else root / "results.jsonl"
     write_results(out, rows)
+    unreadable = [r for r in rows if r.get("unreadable")]
+    for r in unreadable:
+        print(f"warning: {r['filename']}: {r['reason']} (scored as a failure)", file=sys.stderr)
     unsupported = sum(1 for r in rows if r.get("unsupported"))
     n_scored = len(rows) - unsupported
     print(f"scored {n_scored} images in {elapsed:.1f} s; {unsupported} unsupported; wrote {out}")
+    if problems:
+        print(
+            f"incomplete: {len(check.images)} of {check.expected_images} expected images scored; "
+            f"{check.missing_image_count} missing ({len(check.missing_prompts)} prompt folders); "
+            f"{len(check.extra)} extra left out"
+        )
     for split in (False, True):
         part = [r for r in rows if bool(json.loads(r["metadata"]).get("held_out", False)) is split]
         if part and any(json.loads(r["metadata"]).get("held_out") for r in rows):
             s = summarize(part)
             name = "held-out" if split else "seen"
             print(f"{name}: {s['images']} images, " + ", ".join(f"{t} {v:.3f}" for t, v in s["tags"].items()))
-    print(json.dumps(summarize(rows)))
+    summary = summarize(rows)
+    if unreadable:
+        summary["unreadable"] = len(unreadable)
+    if problems:
+        summary |= {
+            "expected_images": check.expected_images,
+            "missing_images": check.missing_image_count,
+            "missing_prompts": len(check.missing_prompts),
+            "extra": len(check.extra),
+        }
+    print(json.dumps(summary))
     return 0

@@ -4,6 +4,9 @@
 images, exactly what GenEval's ``evaluate_images.py`` (and ``segros eval shapes``) reads.
 Prompts are generated in batches; each batch draws from a generator seeded from ``seed`` and
 its first (prompt, sample) pair, so a folder is reproducible for a given batch size.
+
+torch is imported inside the functions that run a model, so that importing this module (and
+:mod:`segros.eval.benchmarks`, and ``segros generate --help``) stays fast.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -27,7 +29,31 @@ def sample_seed(seed: int, index: int, sample: int) -> int:
 Job = tuple[int, int]  # (prompt index, sample number)
 
 
-@torch.no_grad()
+def image_problem(path: Path) -> str | None:
+    """Why the image file ``path`` does not decode completely (truncated, corrupt), or None."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for broken files
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def remove_undecodable(root: str | Path, pattern: str = "*.png") -> list[tuple[Path, str]]:
+    """Delete the images under ``root`` that do not decode, so a resumed run makes them again.
+
+    ``--skip-existing`` trusts any file that exists; an output cut short (a full disk, a copy
+    interrupted) would otherwise be kept and only fail later, in the benchmark's scorer.
+    Returns ``(path, reason)`` for each file removed.
+    """
+    removed = []
+    for path in sorted(Path(root).rglob(pattern)):
+        if path.is_file() and (problem := image_problem(path)) is not None:
+            path.unlink()
+            removed.append((path, problem))
+    return removed
+
+
 def generate_jobs(
     backbone: Any,
     prompts: Sequence[str],
@@ -42,6 +68,8 @@ def generate_jobs(
     """Generate ``prompts[i]`` for every ``(i, n)`` job in batches and hand each image to ``write``
     as soon as its batch is done (a killed run keeps what it wrote). ``options`` go to
     ``backbone.generate`` (``guidance_scale``, ``steps``)."""
+    import torch
+
     was_training = backbone.training
     backbone.eval()
     bar = tqdm(total=len(jobs), desc=desc, disable=not progress, dynamic_ncols=True)
@@ -50,7 +78,9 @@ def generate_jobs(
         # one generator per batch, seeded from its first job: batches are reproducible units
         generator = torch.Generator().manual_seed(sample_seed(seed, *chunk[0]))
         batch_prompts = [prompts[i] for i, _ in chunk]
-        images = backbone.generate(batch_prompts, generator=generator, **(options or {})).cpu().numpy()
+        with torch.no_grad():
+            images = backbone.generate(batch_prompts, generator=generator, **(options or {}))
+        images = images.cpu().numpy()
         for job, image in zip(chunk, images, strict=True):
             write(job, image)
         bar.update(len(chunk))

@@ -25,7 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guidance-scale", type=float, default=None, help="default: the backbone's")
     parser.add_argument("--steps", type=int, default=None, help="decoding steps; default: the backbone's")
     parser.add_argument(
-        "--skip-existing", action="store_true", help="resume: keep images already written, make the rest"
+        "--skip-existing",
+        action="store_true",
+        help="resume: keep images already written (those that decode), make the rest",
     )
 
 
@@ -37,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
     from segros.backbones.registry import load_backbone
     from segros.eval.benchmarks import PromptFileError, generate_benchmark, read_prompts
+    from segros.eval.generate import remove_undecodable
 
     if args.samples < 1 or args.batch_size < 1:
         print("--samples and --batch-size must be at least 1", file=sys.stderr)
@@ -47,7 +50,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     records = records[: args.limit] if args.limit else records
-    backbone = load_backbone(args.checkpoint)
+    try:
+        backbone = load_backbone(args.checkpoint)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"segros generate: error: {e}", file=sys.stderr)
+        return 2 if isinstance(e, FileNotFoundError) else 1  # a wrong path vs a broken checkpoint
+    if args.skip_existing:
+        # an output cut short (full disk, interrupted copy) is not "existing": make it again
+        removed = remove_undecodable(args.out)
+        for path, problem in removed:
+            print(f"{path} does not decode ({problem}); generating it again", file=sys.stderr)
     if torch.accelerator.is_available():
         backbone.to(torch.accelerator.current_accelerator())
     options = {k: v for k, v in {"guidance_scale": args.guidance_scale, "steps": args.steps}.items() if v}

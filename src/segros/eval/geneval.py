@@ -28,7 +28,7 @@ from typing import Any
 TAGS: tuple[str, ...] = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 COLORS: tuple[str, ...] = (
     "red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white",
-)
+)  # fmt: skip
 RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
 
 # Upstream defaults (``evaluate_images.py`` options): confidence threshold, stricter threshold for
@@ -106,7 +106,7 @@ def select_detections(
             grouped.setdefault(det.cls, []).append(det)
     return {
         cls: sorted(dets, key=lambda d: -d.confidence)[:max_objects] for cls, dets in grouped.items()
-    }
+    }  # fmt: skip
 
 
 def evaluate(objects: dict[str, list[Detection]], metadata: dict[str, Any]) -> tuple[bool, str]:
@@ -219,9 +219,22 @@ def summarize(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
 
 
 def read_prompts(path: str | Path) -> list[dict[str, Any]]:
-    """Read a GenEval metadata JSONL (one record per line, blank lines skipped)."""
+    """Read a GenEval metadata JSONL (one record per line, blank lines skipped).
+
+    A line that is not a JSON object is a ``ValueError`` naming the file and line."""
+    records = []
     with open(path, encoding="utf-8") as fp:
-        return [json.loads(line) for line in fp if line.strip()]
+        for n, line in enumerate(fp, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: not a JSON line ({e.msg})") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}:{n}: not a JSON object")
+            records.append(record)
+    return records
 
 
 def write_prompts(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
@@ -263,19 +276,177 @@ def iter_images(root: str | Path) -> Iterator[tuple[Path, dict[str, Any]]]:
             yield path, metadata
 
 
+def image_problem(path: Path) -> str | None:
+    """Why the image file cannot be read completely (missing, truncated, corrupt), or None."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for broken files
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
 def score_folder(
     root: str | Path,
     detect: Callable[[Path], list[Detection]],
     supported_classes: Iterable[str] | None = None,
+    images: Iterable[tuple[Path, dict[str, Any]]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Score every image of a GenEval folder with ``detect`` (image path -> detections)."""
+    """Score every image of a GenEval folder with ``detect`` (image path -> detections).
+
+    ``images``: the ``(path, metadata)`` pairs to score (default: :func:`iter_images`, every
+    image in the folder; :func:`check_folder` gives those a prompt file expects). An image that
+    cannot be read is not a crash: its row is a failure (``correct: false``) with ``unreadable:
+    true`` and the reason.
+    """
     supported = set(supported_classes) if supported_classes is not None else None
     rows = []
-    for path, metadata in iter_images(root):
+    for path, metadata in iter_images(root) if images is None else images:
         unsupported = supported is not None and not metadata_classes(metadata) <= supported
+        problem = None if unsupported else image_problem(path)
+        if problem is not None:
+            rows.append(
+                {
+                    "filename": str(path),
+                    "tag": metadata["tag"],
+                    "prompt": metadata["prompt"],
+                    "correct": False,
+                    "reason": f"unreadable image: {problem}",
+                    "unreadable": True,
+                    "metadata": json.dumps(metadata),
+                    "details": json.dumps({}),
+                }
+            )
+            continue
         detections = [] if unsupported else detect(path)
         rows.append(score_image(str(path), detections, metadata, supported))
     return rows
+
+
+@dataclass
+class FolderCheck:
+    """A GenEval-layout folder compared with what it should hold (:func:`check_folder`)."""
+
+    reference: str  # what it was checked against (a prompt file, or the folder's own metadata)
+    prompts: int  # prompt folders expected
+    samples: int  # images expected per prompt
+    images: list[tuple[Path, dict[str, Any]]]  # the expected images present, in order: score these
+    missing_prompts: list[str]  # "00012", or "00012 (metadata.jsonl: ...)" when unusable
+    missing_images: list[str]  # "00003/samples/2.png" in prompt folders that exist
+    extra: list[str]  # entries that would be scored but are not expected (left out of the score)
+    mismatched: list[str]  # prompt folders whose metadata differ from the prompt file
+
+    @property
+    def expected_images(self) -> int:
+        return self.prompts * self.samples
+
+    @property
+    def missing_image_count(self) -> int:
+        """Expected images not there: those of missing prompt folders and the missing samples."""
+        return self.expected_images - len(self.images)
+
+    @property
+    def complete(self) -> bool:
+        return not (self.missing_prompts or self.missing_images or self.extra or self.mismatched)
+
+
+def _read_metadata(folder: Path) -> dict[str, Any] | str:
+    try:
+        metadata = json.loads((folder / "metadata.jsonl").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return "metadata.jsonl missing"
+    except (OSError, ValueError) as e:
+        return f"metadata.jsonl unreadable: {e}"
+    if not isinstance(metadata, dict) or "tag" not in metadata or "prompt" not in metadata:
+        return "metadata.jsonl is not a GenEval record (no tag/prompt)"
+    return metadata
+
+
+def check_folder(
+    root: str | Path,
+    records: list[dict[str, Any]] | None = None,
+    samples: int | None = None,
+    reference: str = "the prompt file",
+    default: tuple[list[dict[str, Any]], str] | None = None,
+) -> FolderCheck:
+    """Compare a GenEval-layout folder with the prompts it was generated from.
+
+    With ``records`` (the prompt file's lines, named by ``reference``), prompt ``i`` must be the
+    folder ``<i:05d>`` with that record as ``metadata.jsonl``; without, ``default`` is used if
+    every prompt folder's metadata is that list's record of the same index, else the folder is
+    checked against itself (prompts ``0 .. highest index present``; missing prompts after the
+    last folder cannot be seen). Each prompt should have ``samples/0.png .. <samples-1>.png``;
+    ``samples=None`` expects the most common count in the folder. Upstream GenEval scores
+    whatever is there; this lists what is missing, what is extra (prompt folders the prompt
+    file does not have, samples beyond the count, folders not named ``<index:05d>``) and which
+    metadata disagree with the prompt file, so a partial folder is never scored as a whole one.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a folder")
+    extra: list[str] = []
+    folders: dict[int, Path] = {}
+    for path in sorted(root.iterdir()):
+        if path.is_dir() and path.name.isdigit():
+            if path.name == f"{int(path.name):05d}":
+                folders[int(path.name)] = path
+            else:
+                extra.append(f"{path.name}/ (not named <index:05d>)")
+    metadata = {i: _read_metadata(folder) for i, folder in sorted(folders.items())}
+    present: dict[int, dict[int, Path]] = {}
+    for i, folder in folders.items():
+        found: dict[int, Path] = {}
+        for path in sorted((folder / "samples").glob("*.png")) if (folder / "samples").is_dir() else []:
+            if re.fullmatch(r"\d+\.png", path.name):
+                if path.name == f"{int(path.stem)}.png":
+                    found[int(path.stem)] = path
+                else:
+                    extra.append(f"{folder.name}/samples/{path.name} (not named <n>.png)")
+        present[i] = found
+    usable = {i: m for i, m in metadata.items() if isinstance(m, dict)}
+    if records is None and default is not None:
+        candidate, name = default
+        inside = {i: m for i, m in usable.items() if i < len(candidate)}  # others are extra
+        if inside and all(candidate[i] == m for i, m in inside.items()):
+            records, reference = candidate, name
+    if records is None:
+        reference = (
+            "the folder's own metadata (no prompt file: prompts after the last folder are not checked)"
+        )
+        n_prompts = max(folders) + 1 if folders else 0
+    else:
+        n_prompts = len(records)
+    if samples is None:
+        counts = [max(found) + 1 for found in present.values() if found]
+        if not counts:
+            raise ValueError(f"{root} holds no <index:05d>/samples/<n>.png images")
+        samples = max(counts, key=lambda c: (counts.count(c), c))
+    check = FolderCheck(reference, n_prompts, samples, [], [], [], extra, [])
+    for i in sorted(set(range(n_prompts)) | set(folders)):
+        name = f"{i:05d}"
+        if i >= n_prompts:
+            check.extra.append(f"{name}/ (prompt {i} is not in {reference})")
+            continue
+        if i not in folders:
+            check.missing_prompts.append(name)
+            continue
+        meta = metadata[i]
+        if isinstance(meta, str):
+            check.missing_prompts.append(f"{name} ({meta})")
+            continue
+        if records is not None and records[i] != meta:
+            check.mismatched.append(f"{name}/metadata.jsonl differs from prompt {i} of {reference}")
+            continue
+        for n in sorted(set(range(samples)) | set(present[i])):
+            if n >= samples:
+                check.extra.append(f"{name}/samples/{n}.png (beyond {samples} samples per prompt)")
+            elif n in present[i]:
+                check.images.append((present[i][n], meta))
+            else:
+                check.missing_images.append(f"{name}/samples/{n}.png")
+    return check
 
 
 def write_results(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:

@@ -39,9 +39,18 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
+    from segros.train import checkpoint as ckpt
     from segros.train.loop import train
 
-    result = train(cfg, out, resume=args.resume)
+    started = time.time() - 1.0  # file times may be rounded to the second
+    try:
+        result = train(cfg, out, resume=args.resume)
+    except Exception as err:
+        # died while writing a checkpoint (a full disk): say so, and remove the partial folder
+        failure = ckpt.write_failure(out, err, since=started)
+        if failure is None:
+            raise
+        raise failure from err
     if int(os.environ.get("RANK", "0")) == 0:  # one line, not one per process
         print(f"trained to step {result.step} in {result.seconds:.1f}s; run folder {out}")
     return 0

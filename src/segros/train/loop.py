@@ -377,7 +377,8 @@ class Trainer:
                     * cfg.data.batch_size
                     * self.world
                     / max(elapsed, 1e-9),
-                    "data/bad_records": self.budget.bad,
+                    "data/bad_records": self.budget.bad_records,  # distinct records
+                    "data/skipped_reads": self.budget.bad,
                     "train/skipped_steps": self.skipped_steps,
                 }
                 scalars |= grounding_stats(plan)
@@ -391,7 +392,7 @@ class Trainer:
         progress.close()
         result.step = self.step
         result.skipped_steps = self.skipped_steps
-        result.bad_records = self.budget.bad
+        result.bad_records = self.budget.bad_records
         result.seconds = time.perf_counter() - start
         result.total_seconds = self.train_seconds()
         if self.budget.bad:
@@ -403,7 +404,8 @@ class Trainer:
             summary = {
                 "step": self.step,
                 "skipped_steps": self.skipped_steps,
-                "bad_records": self.budget.bad,
+                "bad_records": self.budget.bad_records,
+                "skipped_reads": self.budget.bad,
                 "seconds": round(result.seconds, 2),
                 "total_seconds": round(result.total_seconds, 2),
                 "final_loss": result.losses[-1] if result.losses else None,
