@@ -19,6 +19,7 @@ Stages (each timed):
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -74,8 +75,12 @@ class Stopwatch:
             self.seconds[name] = took
             self.first[name] = took
             print(f"[demo] {name}: {took:.1f}s", flush=True)
-            if self.record is not None:
-                self.record.write_text(json.dumps(self.first, indent=1))
+            if self.record is not None:  # merge: demo runs over other seeds may share the folder
+                merged = json.loads(self.record.read_text()) if self.record.is_file() else {}
+                merged[name] = took
+                tmp = self.record.with_suffix(f".tmp{os.getpid()}")
+                tmp.write_text(json.dumps(merged, indent=1))
+                tmp.replace(self.record)
         return result
 
 
