@@ -33,6 +33,7 @@ TEXT_STOPWORDS = ("none", "english")  # caption function words excluded from the
 NEGLIGIBLE_RANGE = 1e-5
 # Below this, exp(-2 / tau) underflows even in float64 and the softmaxes lose their meaning.
 MIN_TEMPERATURE = 0.005
+LOG2_E = math.log2(math.e)
 
 
 @dataclass(frozen=True)
@@ -85,15 +86,15 @@ def minmax(x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
     Entries outside ``valid`` are 0 in the output.
     """
     if valid is None:
-        lo, hi = x.amin(-1, keepdim=True), x.amax(-1, keepdim=True)
+        lo, hi = torch.aminmax(x, dim=-1, keepdim=True)
     else:
-        lo = x.masked_fill(~valid, math.inf).amin(-1, keepdim=True)
-        hi = x.masked_fill(~valid, -math.inf).amax(-1, keepdim=True)
+        invalid = ~valid
+        lo = x.masked_fill(invalid, math.inf).amin(-1, keepdim=True)
+        hi = x.masked_fill(invalid, -math.inf).amax(-1, keepdim=True)
     span = hi - lo
     negligible = span <= NEGLIGIBLE_RANGE * torch.maximum(hi.abs(), lo.abs())
-    out = (x - lo) / torch.where(negligible, torch.ones_like(span), span)
-    out = out.masked_fill(negligible, 0.0)
-    return out if valid is None else out.masked_fill(~valid, 0.0)
+    out = (x - lo).div_(span.masked_fill(negligible, 1.0)).masked_fill_(negligible, 0.0)
+    return out if valid is None else out.masked_fill_(invalid, 0.0)
 
 
 def content_tokens(
@@ -127,6 +128,7 @@ def keep_top_k(values: torch.Tensor, valid: torch.Tensor, ratio: float) -> torch
     return torch.zeros_like(valid).scatter(-1, order, in_top) & valid
 
 
+@torch.no_grad()
 def ground(
     text_emb: torch.Tensor,
     image_emb: torch.Tensor,
@@ -143,6 +145,13 @@ def ground(
             chat-template tokens). Every sample needs at least one.
         cfg: the knobs; paper defaults when None.
         generator: draws the noise xi of Eq. 12; seeds reproduce results exactly.
+
+    Cost: one ``(B*N x D)(D x L)`` product; the text Gram, three quarters of a ``(B*L x D)(D x L)``
+    product; one read of ``image_emb`` for its row norms (fused with the product on CPU); and a
+    few passes over ``(B, N, L)``, one of them an exponential. The stages are ``_text_side``,
+    ``_cosine_product``, ``_exponentials`` and ``_filter_and_map``, which
+    ``benchmarks/grounding_speed.py`` also times one by one. The map is a supervision signal
+    that is never differentiated, so it runs without autograd even on embeddings that require grad.
     """
     cfg = cfg or GroundingConfig()
     _check_inputs(text_emb, image_emb, text_valid)
@@ -150,52 +159,150 @@ def ground(
     tau = cfg.temperature
     valid = text_valid
 
-    # Step 1: l2-normalised rows. Image rows are normalised after the product (divide A's rows
-    # by |z_i|), which avoids writing a normalised copy of the large (B, N, D) tensor. The text
-    # side is small and runs in float64: min-max normalisation amplifies rounding when a sharp
-    # temperature makes the scores nearly equal.
-    zt = torch.nn.functional.normalize(text_emb.double(), dim=-1)
-    zi = image_emb.to(dtype)
-    zi_norm = torch.linalg.vector_norm(zi, dim=-1, keepdim=True).clamp_min(1e-12)
-    cosine = torch.bmm(zi, zt.to(dtype).transpose(1, 2)).div_(zi_norm)  # A (B, N, L), Sec. 3.2.2
-
-    # Steps 2-3: intra- and inter-modal affinity over the valid text tokens only.
-    text_cols = valid.unsqueeze(1)  # (B, 1, L)
-    self_affinity = torch.bmm(zt, zt.transpose(1, 2)) / tau  # S / tau (B, L, L)
-    p_self = self_affinity.masked_fill(~text_cols, -math.inf).softmax(-1)  # Eq. 3
-    s_intra = (p_self * valid.unsqueeze(-1)).sum(1)  # Eq. 4: column sums over valid rows
-
-    # Eqs. 5 and 10 are softmaxes of the same A/tau along its two axes. Both share one
-    # exponential: since |A| <= 1, exp((A - 1) / tau) never overflows, and the shift cancels in
-    # either normalisation. Neither (B, N, L) probability tensor is materialised.
-    exp_dtype = cosine.dtype if 2.0 / tau <= 80.0 else torch.float64  # float32 underflows below
-    expo = cosine.to(exp_dtype).sub_(1.0).div_(tau).exp_()  # (B, N, L)
-    tiny = torch.finfo(exp_dtype).tiny
-    row_sums = torch.bmm(expo, valid.to(exp_dtype).unsqueeze(-1)).clamp_min(tiny)  # (B, N, 1)
-    s_inter = torch.bmm(expo.transpose(1, 2), row_sums.reciprocal()).squeeze(-1).double()  # Eq. 6
-    s_inter = s_inter.masked_fill(~valid, 0.0)
+    zt, text_inv_norm, s_intra = _text_side(text_emb, valid, tau, dtype)  # Steps 1-2 (text), Eqs. 3-4
+    product, zi_norm = _cosine_product(image_emb, zt, dtype)  # Step 1 (image): |z_i| and Zi Ztᵀ
+    expo, s_inter, col_sums = _exponentials(product, zi_norm, text_inv_norm, valid, tau)  # Eqs. 5-6
     if not (
         torch.isfinite(zi_norm).all() and torch.isfinite(s_inter).all() and torch.isfinite(s_intra).all()
     ):
         raise_if_not_finite("text_emb", text_emb)
         raise_if_not_finite("image_emb", image_emb)
         raise ValueError("the affinities are not finite: is the temperature too small?")
+    return _filter_and_map(s_intra, s_inter, expo, col_sums, valid, cfg, generator)  # Eqs. 7-12
 
-    # Step 4: importance Omega (Eq. 7) and the kept text tokens w (Eqs. 8-9).
-    norm_intra, norm_inter = minmax(s_intra, valid), minmax(s_inter, valid)
-    importance = {
-        "both": norm_intra + norm_inter,
-        "intra": norm_intra,
-        "inter": norm_inter,
-        "none": torch.zeros_like(norm_intra),
-    }[cfg.text_filter]
+
+# On CPU, :func:`_cosine_product` reads image_emb in chunks of whole samples of about this many bytes
+# (in the compute dtype), so the rows whose norms were just taken are still in cache when the product
+# reads them. A sample larger than this is not chunked (the cache cannot help it), unless it must be
+# converted to the compute dtype: then one sample at a time, so no full converted copy is written.
+CPU_CHUNK_BYTES = 4 << 20
+# :func:`_text_side` splits the text Gram in blocks only when a half has at least this many tokens.
+GRAM_SPLIT_MIN = 32
+
+
+def _text_side(
+    text_emb: torch.Tensor, valid: torch.Tensor, tau: float, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Steps 1-2 for the text: the Gram S (Eq. 3) and s_intra (Eq. 4).
+
+    Returns the raw text rows in ``dtype`` (the product's right operand), their inverse norms
+    ``1 / |z_t|`` (B, L) in ``dtype``, which turn ``Zi Ztᵀ`` into A once the image rows are divided
+    by theirs too, and s_intra (B, L) in float64, 0 where not valid.
+
+    No normalised copy of the text is written: the Gram G of the raw rows is taken in ``dtype``
+    and its diagonal gives the norms, so ``S_jk = G_jk / (|z_j| |z_k|)`` with ``S_jj = 1``. G is
+    symmetric, so it costs three quarters of a full product: the left half of its columns, the
+    lower-right block, and the upper-right block as the transpose of the lower-left one. The
+    softmax and its column sums run in float64: at a sharp temperature every s_intra is 1 plus a
+    tiny spread that min-max normalisation (Eq. 7) amplifies, so the sums must not round. The
+    Gram's ``dtype`` rounding (of its entries and of the norms from its diagonal, about 1e-7
+    relative in float32) moves each logit by about that much over tau, the same order as the image
+    side's A, and the resulting error is relative to the small off-diagonal terms, so it is not
+    amplified like the sums' would be (Omega stays within 5e-5 of a float64 computation even for
+    caption tokens at cosine 0.9 with D = 2048).
+    """
+    zt = text_emb.to(dtype)
+    B, L, _ = zt.shape
+    h = L // 2 if L // 2 >= GRAM_SPLIT_MIN else L  # small blocks would run below the matmul's peak
+    left = torch.bmm(zt, zt[:, :h].transpose(1, 2))  # G[:, :, :h]
+    corner = torch.bmm(zt[:, h:], zt[:, h:].transpose(1, 2))  # G[:, h:, h:] (empty when h = L)
+    squares = torch.cat([left[:, :h].diagonal(dim1=1, dim2=2), corner.diagonal(dim1=1, dim2=2)], 1)
+    inv_norm = squares.double().sqrt_().clamp_min_(1e-12).reciprocal_()  # 1 / |z_t| (B, L)
+    # Eq. 3 as exp((S - 1) / tau) normalised by its row sums: S <= 1 = S_jj, so nothing overflows
+    # and no row maximum is needed; exp(x) = 2^(x log2(e)), the factor folded into the scales.
+    w = inv_norm * math.sqrt(LOG2_E / tau)  # G_jk w_j w_k = S_jk log2(e) / tau
+    logits = torch.empty(B, L, L, dtype=w.dtype, device=w.device)  # G in float64, block by block
+    logits[:, :, :h] = left
+    logits[:, h:, h:] = corner
+    logits[:, :h, h:] = left[:, h:].transpose(1, 2)
+    logits.mul_(w.unsqueeze(-1))  # (mixed-dtype products are far slower than these copies)
+    shift = torch.full_like(w, -LOG2_E / tau).masked_fill_(~valid, -math.inf).unsqueeze(1)  # (B, 1, L)
+    expo = torch.addcmul(shift, logits, w.unsqueeze(1), out=logits).exp2_()  # 0 at columns not valid
+    row_weights = valid / expo.sum(-1)  # 1 / (Eq. 3's denominator) on valid rows, 0 on the others
+    s_intra = torch.bmm(row_weights.unsqueeze(1), expo).squeeze(1)  # Eq. 4: column sums over valid rows
+    return zt, inv_norm.to(dtype), s_intra
+
+
+def _cosine_product(
+    image_emb: torch.Tensor, zt: torch.Tensor, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``Zi Ztᵀ`` (B, N, L) over raw rows, and the image-row norms ``|z_i|`` (B, N, 1).
+
+    The image rows are normalised after the product (their norms scale A's rows), so no
+    normalised copy of the large (B, N, D) tensor is written. On CPU the batch is walked in
+    cache-sized chunks (:data:`CPU_CHUNK_BYTES`): each chunk's norms are taken just before the
+    product reads the same rows, instead of in a separate pass over the image tensor, and a
+    half-precision input is converted to ``dtype`` one chunk at a time instead of as a whole copy.
+    """
+    B, N, D = image_emb.shape
+    product = torch.empty(B, N, zt.shape[1], dtype=dtype, device=image_emb.device)
+    norms = torch.empty(B, N, 1, dtype=dtype, device=image_emb.device)
+    zt_t = zt.transpose(1, 2)
+    step = B
+    if image_emb.device.type == "cpu":
+        per_sample = CPU_CHUNK_BYTES // max(1, N * D * torch.finfo(dtype).bits // 8)
+        step = per_sample if per_sample or image_emb.dtype != dtype else B
+    step = max(1, step)
+    for b in range(0, B, step):
+        zi = image_emb[b : b + step].to(dtype)
+        torch.linalg.vector_norm(zi, dim=-1, keepdim=True, out=norms[b : b + step])
+        torch.bmm(zi, zt_t[b : b + step], out=product[b : b + step])
+    return product, norms
+
+
+def _exponentials(
+    product: torch.Tensor, zi_norm: torch.Tensor, text_inv_norm: torch.Tensor, valid: torch.Tensor, tau: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Eqs. 5-6 and the column sums of Eq. 10 from one shared exponential.
+
+    Eqs. 5 and 10 are softmaxes of the same A/tau along its two axes. Both share
+    ``exp((A - 1) / tau)``: since |A| <= 1 it never overflows, and the shift cancels in either
+    normalisation. Columns of tokens that are not valid get exp(-inf) = 0, so plain sums are
+    sums over the valid tokens. Works in place on ``product`` when the exponential's dtype is
+    its own (float32 unless the temperature is so sharp that float32 would underflow).
+
+    Returns the exponentials (B, N, L), s_inter (B, L) in float64 (0 where not valid) and the
+    column sums (B, L) of Eq. 10.
+    """
+    exp_dtype = product.dtype if 2.0 / tau <= 80.0 else torch.float64  # float32 underflows below
+    expo = product.to(exp_dtype).mul_(text_inv_norm.to(exp_dtype).unsqueeze(1))  # Zi Ztᵀ / |z_t|
+    shift = torch.full(valid.shape, -1.0, dtype=exp_dtype, device=valid.device)
+    shift = shift.masked_fill_(~valid, -math.inf).unsqueeze(1)  # (B, 1, L)
+    row_scale = zi_norm.to(exp_dtype).clamp_min(1e-12).reciprocal_()  # 1 / |z_i|
+    torch.addcmul(shift, expo, row_scale, out=expo)  # A - 1, -inf where not valid
+    # Scaled by 1 / tau only after the shift, so rounding stays relative to the small A - 1; and
+    # exp(x) = 2^(x log2(e)), the cheaper kernel.
+    expo.mul_(LOG2_E / tau).exp2_()  # exp((A - 1) / tau), 0 where not valid
+    tiny = torch.finfo(exp_dtype).tiny
+    row_sums = expo.sum(-1, keepdim=True).clamp_min_(tiny)  # (B, N, 1): Eq. 5's denominators
+    # Eq. 6 as a row vector times expo: (B, 1, N) @ (B, N, L), the fast form of this matvec.
+    s_inter = torch.bmm(row_sums.reciprocal_().transpose(1, 2), expo).squeeze(1).double()
+    col_sums = expo.sum(1).clamp_min_(tiny)  # (B, L): Eq. 10's denominators
+    return expo, s_inter, col_sums
+
+
+def _filter_and_map(
+    s_intra: torch.Tensor,
+    s_inter: torch.Tensor,
+    expo: torch.Tensor,
+    col_sums: torch.Tensor,
+    valid: torch.Tensor,
+    cfg: GroundingConfig,
+    generator: torch.Generator | None,
+) -> Grounding:
+    """Steps 4-6: importance Omega (Eq. 7), kept tokens w (Eqs. 8-9), the map (Eqs. 10-11), noise (12)."""
+    if cfg.text_filter == "both":  # one min-max over both rows (B, 2, L)
+        importance = minmax(torch.stack([s_intra, s_inter], 1), valid.unsqueeze(1)).sum(1)
+    elif cfg.text_filter == "none":
+        importance = torch.zeros_like(s_intra)
+    else:
+        importance = minmax(s_intra if cfg.text_filter == "intra" else s_inter, valid)
     keep = valid.clone() if cfg.text_filter == "none" else keep_top_k(importance, valid, cfg.text_keep_ratio)
 
     # Step 5: text-to-image attention over image tokens (Eq. 10), summed over kept tokens (Eq. 11):
-    # m_i = sum_j w_j exp_ij / sum_i' exp_i'j.
-    col_sums = expo.sum(1).clamp_min(tiny)  # (B, L)
-    kept_weights = (keep.to(exp_dtype) / col_sums).unsqueeze(-1)  # w_j / column sum
-    raw = torch.bmm(expo, kept_weights).squeeze(-1).double()  # m (B, N)
+    # m_i = sum_j w_j exp_ij / sum_i' exp_i'j, as (B, 1, L) @ (B, L, N).
+    kept_weights = (keep.to(expo.dtype) / col_sums).unsqueeze(1)  # w_j / column sum
+    raw = torch.bmm(kept_weights, expo.transpose(1, 2)).squeeze(1).double()  # m (B, N)
     scores = minmax(raw)  # m-bar
 
     # Step 6: perturbation (Eq. 12).
@@ -204,8 +311,8 @@ def ground(
     f32 = torch.float32
     return Grounding(
         text_valid=valid,
-        text_intra=s_intra.masked_fill(~valid, 0.0).to(f32),
-        text_inter=s_inter.masked_fill(~valid, 0.0).to(f32),
+        text_intra=s_intra.to(f32),  # already 0 where not valid: those columns are masked out
+        text_inter=s_inter.to(f32),  # likewise (exp(-inf) = 0)
         text_importance=importance.to(f32),
         text_keep=keep,
         raw_scores=raw.to(f32),
