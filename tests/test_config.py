@@ -71,3 +71,12 @@ def test_resolved_config_round_trips(tmp_path):
     cfg = load_config(None, ["method.preset=reca", "model.size=small"])
     again = load_config(write(tmp_path, yaml.safe_load(dump_config(cfg))))
     assert again == cfg
+
+
+def test_data_path_with_shapes_source_is_an_error_naming_both_keys():
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["data.path=/data/my-images"])
+    message = str(info.value)
+    assert "data.path" in message and "data.source" in message
+    files = load_config(None, ["data.source=files", "data.path=/data/my-images"])
+    assert files.data.path == "/data/my-images"
