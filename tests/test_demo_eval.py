@@ -84,3 +84,34 @@ def test_stopwatch_keeps_the_first_wall_time_of_reused_stages(tmp_path):
     fresh = Stopwatch(record)
     fresh.run("stage", lambda: None, done=lambda: False)  # recomputed: its own new time
     assert fresh.reused == set() and fresh.seconds["stage"] != first
+
+
+def test_quick_then_full_demo_in_the_same_folder_do_not_collide(tmp_path, monkeypatch):
+    """The newcomer sequence `demo --quick` then `demo` (same --out) must work: the two runs have
+    different data sizes, which made the full run refuse to resume the quick run's checkpoints."""
+    import segros.demo as demo
+
+    cache = tmp_path / "cache"
+    small = {"train_scenes": 64, "finetune_steps": 2, "samples": 1, "prompts_per_tag": 1}
+    small |= {"pointing_scenes": 4, "pretrain_steps": 2}
+    monkeypatch.setattr(demo, "settings", lambda quick: small | {"train_scenes": 48 if quick else 80})
+    out = tmp_path / "demo"
+    demo.run_demo(out, quick=True, cache=cache)
+    report = demo.run_demo(out, quick=False, cache=cache)
+    assert report.is_file()
+    assert (out / "quick" / "runs" / "sft-seed0").is_dir() and (out / "full" / "runs" / "sft-seed0").is_dir()
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["quick"] is False and saved["seeds"] == [0]
+    # a rerun reuses every stage and reports the time each took when first computed
+    demo.run_demo(out, quick=False, cache=cache)
+    again = json.loads((out / "report.json").read_text())
+    assert set(again["reused"]) >= {"fine-tune sft seed 0", "evaluate sft seed 0"}
+    assert again["seconds"]["fine-tune sft seed 0"] == saved["seconds"]["fine-tune sft seed 0"]
+
+
+def test_report_says_when_every_score_is_at_the_floor():
+    from segros.report import near_floor
+
+    low = {"sft": [{"overall": 0.01}], "segros": [{"overall": 0.02}, {"overall": 0.0}]}
+    assert near_floor(low)
+    assert not near_floor(low | {"reca": [{"overall": 0.3}]})
