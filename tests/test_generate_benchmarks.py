@@ -1,6 +1,7 @@
 """``segros generate``: benchmark prompt files in, each scorer's layout out, reproducible, resumable."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +29,18 @@ def _geneval_file(tmp_path: Path) -> Path:
     return path
 
 
-def _generate(*args: str) -> int:
-    return main(["generate", "--checkpoint", str(SHIPPED), "--batch-size", "3", *args])
+def _generate(*args: str, checkpoint: Path = SHIPPED) -> int:
+    return main(["generate", "--checkpoint", str(checkpoint), "--batch-size", "3", *args])
+
+
+def diverse_copy(folder: Path) -> Path:
+    """The shipped model with sampling noise on (temperature 1, noise on the unmasking order): its
+    default decoding is close to the mode, so samples of one prompt can coincide."""
+    shutil.copytree(SHIPPED, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["options"] |= {"sample_temperature": 1.0, "choice_temperature": 1.0, "guidance_scale": 1.0}
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
 
 
 def test_geneval_layout_and_same_seed_same_pixels(tmp_path):
@@ -55,11 +66,14 @@ def test_dpg_writes_one_two_by_two_grid_per_item(tmp_path):
     prompts = tmp_path / "prompts.json"
     prompts.write_text(json.dumps({"partiprompts1.txt": "a red circle", "coco7.txt": "two blue squares"}))
     out = tmp_path / "dpg"
-    assert _generate("--benchmark", "dpg", "--prompts", str(prompts), "--out", str(out)) == 0
+    model = diverse_copy(tmp_path / "model")
+    args = ["--benchmark", "dpg", "--prompts", str(prompts), "--out", str(out)]
+    assert _generate(*args, checkpoint=model) == 0
     assert sorted(p.name for p in out.iterdir()) == ["coco7.png", "partiprompts1.png"]
     grid = np.asarray(Image.open(out / "coco7.png"))
-    assert grid.shape == (64, 64, 3)  # four 32 px samples, 2 x 2
-    quarters = [grid[:32, :32], grid[:32, 32:], grid[32:, :32], grid[32:, 32:]]
+    side = json.loads((SHIPPED / "config.json").read_text())["options"]["image_size"]
+    assert grid.shape == (2 * side, 2 * side, 3)  # four samples, 2 x 2
+    quarters = [grid[:side, :side], grid[:side, side:], grid[side:, :side], grid[side:, side:]]
     assert not all(np.array_equal(quarters[0], q) for q in quarters[1:])  # four different samples
 
 

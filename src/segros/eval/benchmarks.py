@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from segros.eval.generate import Job, generate_jobs
-from segros.eval.geneval import prompt_folder, write_prompt_metadata
+from segros.eval.geneval import json_lines, prompt_folder, write_prompt_metadata
 
 Benchmark = Literal["geneval", "dpg", "t2i-compbench"]
 BENCHMARKS: tuple[str, ...] = ("geneval", "dpg", "t2i-compbench")
@@ -48,17 +48,8 @@ def read_prompts(path: str | Path, benchmark: Benchmark) -> list[dict[str, Any]]
         raise PromptFileError(f"prompt file {path} does not exist")
     text = path.read_text(encoding="utf-8")
     if benchmark == "geneval":
-        records = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise PromptFileError(f"{path}:{n}: not a JSON line ({e.msg})") from None
-            if not isinstance(record, dict):
-                raise PromptFileError(f"{path}:{n}: not a JSON object")
-            records.append(_checked(record, f"{path}:{n}"))
+        lines = json_lines(text.splitlines(), path, PromptFileError)
+        records = [_checked(record, f"{path}:{n}") for n, record in lines]
     elif benchmark == "dpg":
         try:
             items = json.loads(text)

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from segros.eval.geneval import prompt_folder, write_prompt_metadata
+from segros.eval.geneval import image_problem, prompt_folder, write_prompt_metadata
 
 
 def sample_seed(seed: int, index: int, sample: int) -> int:
@@ -27,16 +27,6 @@ def sample_seed(seed: int, index: int, sample: int) -> int:
 
 
 Job = tuple[int, int]  # (prompt index, sample number)
-
-
-def image_problem(path: Path) -> str | None:
-    """Why the image file ``path`` does not decode completely (truncated, corrupt), or None."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-    except Exception as e:  # noqa: BLE001 - PIL raises many types for broken files
-        return f"{type(e).__name__}: {e}"
-    return None
 
 
 def remove_undecodable(root: str | Path, pattern: str = "*.png") -> list[tuple[Path, str]]:

@@ -218,23 +218,29 @@ def summarize(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
 # --- folder layout -------------------------------------------------------------------------------
 
 
+def json_lines(
+    lines: Iterable[str], source: str | Path, error: type[Exception] = ValueError
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, record)`` of every non-blank JSONL line; a line that is not a JSON object
+    raises ``error`` naming ``source`` and the line."""
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise error(f"{source}:{n}: not a JSON line ({e.msg})") from None
+        if not isinstance(record, dict):
+            raise error(f"{source}:{n}: not a JSON object")
+        yield n, record
+
+
 def read_prompts(path: str | Path) -> list[dict[str, Any]]:
     """Read a GenEval metadata JSONL (one record per line, blank lines skipped).
 
     A line that is not a JSON object is a ``ValueError`` naming the file and line."""
-    records = []
     with open(path, encoding="utf-8") as fp:
-        for n, line in enumerate(fp, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not a JSON line ({e.msg})") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{path}:{n}: not a JSON object")
-            records.append(record)
-    return records
+        return [record for _, record in json_lines(fp, path)]
 
 
 def write_prompts(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
