@@ -29,6 +29,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "eval": ("segros.eval.cli", "score generated images on a benchmark (shapes)"),
     "inspect": ("segros.inspect", "picture the grounding map, text scores and token roles for an image"),
+    "export": ("segros.export", "merge a LoRA run's adapter into a plain model folder (--merge)"),
+    "cache": ("segros.cache_cli", "pre-encode a dataset's images with the backbone's frozen encoder(s)"),
 }
 
 DEBUG_HELP = "on an error, show the full Python traceback instead of one line"

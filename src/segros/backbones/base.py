@@ -80,6 +80,9 @@ class Backbone(nn.Module, ABC):
     mask_per_batch: bool | None = None
     #: probability of replacing a caption by the empty prompt (for classifier-free guidance).
     caption_dropout: float = 0.0
+    #: peft ``target_modules`` LoRA adapts by default (``lora.targets``), inside ``self.model``,
+    #: the backbone's transformer; never the input embedding table the grounding reads.
+    lora_targets: tuple[str, ...] = ()
 
     @property
     def num_tokens(self) -> int:
@@ -93,6 +96,29 @@ class Backbone(nn.Module, ABC):
     @abstractmethod
     def prepare_i2t(self, records: Sequence[Any]) -> Batch:
         """Collate image-question-answer records into CPU tensors."""
+
+    # --- image encoding and the pre-encoded cache (segros cache, segros.data.cache) ------------
+    def encode_images(self, images: Sequence[Any]) -> Batch:
+        """The image fields of a t2i batch (CPU tensors) from PIL images, frozen encoders only."""
+        raise NotImplementedError(f"{type(self).__name__} does not support the image cache")
+
+    def cache_fields(self, images: Sequence[Any]) -> Batch:
+        """What ``segros cache`` stores per image: :meth:`encode_images` without the display
+        images (``"images"``); a backbone whose encoder runs in the forward stores its output."""
+        return {k: v for k, v in self.encode_images(images).items() if k != "images"}
+
+    def image_encoders(self) -> dict[str, Any]:
+        """The frozen image encoder(s) behind :meth:`cache_fields` (modules or tensors), by name:
+        their weights are the cache's identity."""
+        raise NotImplementedError(f"{type(self).__name__} does not support the image cache")
+
+    def t2i_image_fields(self, records: Sequence[Any]) -> Batch:
+        """:meth:`encode_images` of the records' images, or their pre-encoded fields (records
+        from a cache carry ``cached``)."""
+        cached = [getattr(r, "cached", None) for r in records]
+        if cached and all(c is not None for c in cached):
+            return {k: torch.stack([c[k] for c in cached]) for k in cached[0]}
+        return self.encode_images([r.image for r in records])
 
     # --- the SeGroS seam --------------------------------------------------------------------
     @abstractmethod

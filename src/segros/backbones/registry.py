@@ -61,6 +61,7 @@ def load_backbone(path: str | Path, **overrides: Any) -> Backbone:
 
     A weights file that is cut short or corrupt, or that does not fit the model, is a
     ``ValueError`` naming the file (safetensors alone says "incomplete metadata" and no path).
+    A LoRA run's checkpoint (an ``adapter/`` folder beside the base weights) loads merged.
     """
     from segros.train.checkpoint import safetensors_problem
 
@@ -72,12 +73,17 @@ def load_backbone(path: str | Path, **overrides: Any) -> Backbone:
         name = json.loads(config_file.read_text()).get("backbone")
     except ValueError as e:
         raise ValueError(f"{config_file} is not valid JSON ({e})") from None
-    for weights in sorted(Path(path).glob("*.safetensors")):
+    for weights in sorted([*Path(path).glob("*.safetensors"), *Path(path).glob("adapter/*.safetensors")]):
         if problem := safetensors_problem(weights):
             raise ValueError(f"cannot load checkpoint {path}: {weights}: {problem}")
     cls = backbone_class(name)
     try:
-        return cls.from_pretrained(path, **overrides)
+        backbone = cls.from_pretrained(path, **overrides)
+        if (Path(path) / "adapter" / "adapter_config.json").is_file():
+            from segros.train.lora import merge_adapter
+
+            backbone = merge_adapter(backbone, path)
+        return backbone
     except (FileNotFoundError, ValueError):
         raise
     except Exception as e:  # safetensors' SafetensorError, load_state_dict's RuntimeError, ...

@@ -119,7 +119,8 @@ def torch_file_problem(path: Path) -> str | None:
 def checkpoint_problem(folder: Path) -> str | None:
     """Why a checkpoint folder cannot be resumed from (a missing or cut-short file), or None.
 
-    Checks every ``*.safetensors`` and ``*.pt`` file in the folder and the trainer state; cheap
+    Checks every ``*.safetensors`` (and LoRA ``adapter/``) and ``*.pt`` file in the folder and the
+    trainer state; cheap
     (headers and zip directories only, no tensor data is read).
     """
     try:
@@ -128,7 +129,7 @@ def checkpoint_problem(folder: Path) -> str | None:
         return f"{COMPLETE_MARKER} is unreadable ({e})"
     if not (folder / "model.safetensors").is_file():
         return "model.safetensors is missing"
-    for path in sorted(folder.glob("*.safetensors")):
+    for path in sorted([*folder.glob("*.safetensors"), *folder.glob("adapter/*.safetensors")]):
         if problem := safetensors_problem(path):
             return problem
     for path in sorted(folder.glob("*.pt")):

@@ -1,7 +1,8 @@
 """The training config: YAML in, validated before anything runs, with key-path error messages.
 
 Sections: ``model`` (validated by the chosen backbone's own schema), ``method`` (a preset and
-any SeGroS knob), ``data``, ``optim``, ``run``, ``logging``. Command-line overrides
+any SeGroS knob), ``data``, ``optim``, ``lora`` (low-rank adapters through peft; off by
+default), ``run``, ``logging``. Command-line overrides
 ``key.path=value`` go through the same validation, so ``method.hint_ratio=2`` fails exactly like
 the same typo in the file would.
 """
@@ -97,6 +98,9 @@ class DataConfig(Section):
     i2t_batch_size: int | None = Field(None, ge=1)  # None: same as batch_size
     max_bad_share: float = Field(0.01, ge=0.0, le=1.0)
     shuffle: bool = True
+    # a folder `segros cache` wrote for this backbone and this data (segros.data.cache): the
+    # image-caption records come pre-encoded from it; None: encode the images every step
+    cache: str | None = None
 
     @model_validator(mode="after")
     def _paths(self) -> DataConfig:
@@ -131,6 +135,24 @@ class OptimConfig(Section):
     no_decay_1d: bool = False
 
 
+class LoraConfig(Section):
+    """LoRA adapters through peft (segros.train.lora); ``rank: 0`` or ``lora: null`` is off."""
+
+    rank: int = Field(0, ge=0)  # 0: off (full fine-tuning)
+    alpha: float | None = Field(None, gt=0.0)  # None: alpha = rank (scale 1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    # peft target_modules: module names or name suffixes (``qkv``, ``self_attn.q_proj``);
+    # None: the backbone's default (Backbone.lora_targets)
+    targets: list[str] | None = Field(None, min_length=1)
+    # fnmatch patterns over parameter names (as optim.freeze, without peft's prefixes) that
+    # stay fully trainable; never the input embedding table the grounding reads
+    trainable: list[str] = []
+
+    @property
+    def enabled(self) -> bool:
+        return self.rank > 0
+
+
 class RunConfig(Section):
     seed: int = 0
     max_steps: int = Field(200, ge=1)
@@ -153,6 +175,7 @@ class TrainConfig(Section):
     method: MethodConfig = MethodConfig()
     data: DataConfig = DataConfig()
     optim: OptimConfig = OptimConfig()
+    lora: LoraConfig | None = LoraConfig()
     run: RunConfig = RunConfig()
     logging: LoggingConfig = LoggingConfig()
 

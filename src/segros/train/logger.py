@@ -59,7 +59,7 @@ class RunLogger:
 
     def pictures(self, backbone: Any, batch: dict[str, Any], plan: Any, step: int) -> None:
         """Grounding panel of the current batch and a sample grid (main process only)."""
-        if plan.grounding is not None:
+        if plan.grounding is not None and "images" in batch:  # a cache keeps no display images
             panel = grounding_panel(
                 backbone.image_for_display(batch).cpu(),
                 plan.grounding.scores,

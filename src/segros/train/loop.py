@@ -30,14 +30,16 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from segros.backbones.base import Backbone
-from segros.backbones.registry import build_backbone
+from segros.backbones.registry import build_backbone, resolve_checkpoint
 from segros.data.budget import BadRecordBudget
+from segros.data.cache import open_cache
 from segros.data.sampling import RecordBatches, ShardedOrder
 from segros.data.sources import i2t_source, t2i_source
 from segros.losses import total_loss
 from segros.plan import SupervisionPlan, plan_batch
 from segros.schedules import sample_mask_ratio
 from segros.train import checkpoint as ckpt
+from segros.train import lora
 from segros.train.config import TrainConfig, dump_config
 from segros.train.logger import RunLogger
 
@@ -143,7 +145,17 @@ class Trainer:
         acc.wait_for_everyone()
 
         set_seed(cfg.run.seed)  # identical initial weights on every process
-        backbone = build_backbone(cfg.model_options())
+        options = cfg.model_options()
+        init_from = getattr(options, "init_from", None)
+        if init_from and lora.has_adapter(resolve_checkpoint(init_from)):
+            raise ValueError(
+                f"model.init_from {init_from} holds a LoRA adapter, which init_from would ignore: "
+                "point it at a merged folder (segros export --merge RUN --out DIR)"
+            )
+        backbone = build_backbone(options)
+        self.lora = cfg.lora is not None and cfg.lora.enabled
+        if self.lora:  # adapters on the transformer; all else frozen (segros.train.lora)
+            lora.apply_section(backbone, cfg.lora)
         freeze(backbone, cfg.optim.freeze)
         self.backbone: Backbone = backbone
         o = cfg.optim
@@ -169,7 +181,10 @@ class Trainer:
 
         d = cfg.data
         self.budget = BadRecordBudget(max_share=d.max_bad_share)
-        t2i = t2i_source(d, backbone.image_size, _grid_side(backbone))
+        if d.cache:  # pre-encoded by `segros cache`; refused unless made with these encoders and data
+            t2i = open_cache(d.cache, backbone, d, cfg.model["name"])
+        else:
+            t2i = t2i_source(d, backbone.image_size, _grid_side(backbone))
         self.t2i = RecordBatches(
             t2i,
             ShardedOrder(len(t2i), cfg.run.seed, d.shuffle, self.rank, self.world),
@@ -213,7 +228,9 @@ class Trainer:
         ckpt.save_rank_state(tmp, self.rank, self._rank_state())
         final = None
         if acc.is_main_process:
-            acc.unwrap_model(self.model).save_pretrained(tmp)
+            acc.unwrap_model(self.model).save_pretrained(tmp)  # the base weights, plain names
+            if self.lora:
+                lora.save_adapter(acc.unwrap_model(self.model), tmp)  # peft's format, tmp/adapter
             ckpt.save_shared(tmp, self.optimizer, self.scheduler)
         acc.wait_for_everyone()
         if acc.is_main_process:
@@ -240,9 +257,14 @@ class Trainer:
             )
         from safetensors.torch import load_file
 
-        self.accelerator.unwrap_model(self.model).load_state_dict(
-            load_file(str(folder / "model.safetensors"))
-        )
+        model = self.accelerator.unwrap_model(self.model)
+        if lora.has_adapter(folder) and not self.lora:
+            raise ValueError(
+                f"--resume: {folder} holds a LoRA adapter but this config has LoRA off; set lora.rank"
+            )
+        model.load_state_dict(load_file(str(folder / "model.safetensors")))
+        if self.lora:
+            lora.load_adapter(model, folder)
         ckpt.load_shared(folder, self.optimizer, self.scheduler)
         rank_state = ckpt.load_rank_state(folder, self.rank)
         self.generator.set_state(rank_state["generator"])
@@ -411,6 +433,8 @@ class Trainer:
                 "final_loss": result.losses[-1] if result.losses else None,
                 "processes": self.world,
                 "params_in_sync": in_sync,
+                "lora_rank": self.cfg.lora.rank if self.lora else 0,
+                **lora.parameter_counts(self.backbone),
             }
             (self.out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
         self.logger.close()

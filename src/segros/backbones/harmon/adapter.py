@@ -149,6 +149,7 @@ class HarmonBackbone(Backbone):
     """Harmon-0.5B / 1.5B (or a tiny random configuration); see the module docstring."""
 
     Options = HarmonOptions
+    lora_targets = ("q_proj", "k_proj", "v_proj", "o_proj")  # Qwen2 attention
     mask_schedule = "truncnorm"
     mask_per_batch = True
 
@@ -246,12 +247,21 @@ class HarmonBackbone(Backbone):
         self.vae.load_state_dict({k: vae_state[k] for k in own})
 
     # --- data -------------------------------------------------------------------------------------
+    def encode_images(self, images: Sequence[Any]) -> Batch:
+        pixels = square_batch(list(images), self.image_size)
+        return {"images": pixels, "pixels": to_signed_unit(pixels)}  # the VAE runs in the forward
+
+    def cache_fields(self, images: Sequence[Any]) -> Batch:
+        """VAE latents (what the MAR encoder, and so the hints, read), not pixels."""
+        return {"latents": self.encode_latents(self.encode_images(images)["pixels"]).cpu()}
+
+    def image_encoders(self) -> dict[str, Any]:
+        return {"vae": self.vae}
+
     def prepare_t2i(self, records: Sequence[Any]) -> Batch:
-        images = square_batch([r.image for r in records], self.image_size)
         captions = [r.caption for r in records]
         return {
-            "images": images,
-            "pixels": to_signed_unit(images),
+            **self.t2i_image_fields(records),
             **T.encode_t2i(self.text_tokenizer, captions, self.options.max_text_len),
             "captions": captions,
         }

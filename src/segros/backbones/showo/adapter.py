@@ -135,6 +135,7 @@ class ShowoBackbone(Backbone):
     """Show-o (VQ or w/ CLIP-ViT, 256 or 512 px); see the module docstring."""
 
     Options = ShowoOptions
+    lora_targets = ("q_proj", "k_proj", "v_proj", "dense")  # Phi attention
     mask_schedule = "cosine"  # Show-o: gamma = cos(pi/2 u), one ratio per sample
 
     def __init__(
@@ -266,11 +267,17 @@ class ShowoBackbone(Backbone):
             out["clip_pixels"] = self._clip_pixels(raw)
         return out
 
+    def encode_images(self, images: Sequence[Any]) -> Batch:
+        return self._image_fields(list(images))
+
+    def image_encoders(self) -> dict[str, Any]:
+        return {"vq": self.vq, **({"clip": self.clip} if self.clip is not None else {})}
+
     def prepare_t2i(self, records: Sequence[Any]) -> Batch:
         captions = [r.caption for r in records]
         text = t2i_prompt(self.text_tokenizer, self.vocab, captions, self.options.max_text_len)
         return {
-            **self._image_fields([r.image for r in records]),
+            **self.t2i_image_fields(records),
             "text_ids": text["ids"],
             "text_mask": text["mask"],
             "caption_mask": text["caption"],

@@ -123,6 +123,7 @@ class TinyBackbone(Backbone):
     """The built-in UMM; see the module docstring."""
 
     Options = TinyOptions
+    lora_targets = ("qkv", "proj", "mlp.0", "mlp.2")  # attention and MLP linears
     mask_schedule = "cosine"  # Show-o / MaskGIT, per sample
 
     def __init__(
@@ -184,12 +185,17 @@ class TinyBackbone(Backbone):
         return self.model.cfg
 
     # --- data -------------------------------------------------------------------------------
+    def encode_images(self, images: Sequence[Any]) -> Batch:
+        pixels = square_batch(list(images), self.options.image_size, NEAREST)
+        return {"images": pixels, "codes": self.image_tokenizer.encode(pixels)}
+
+    def image_encoders(self) -> dict[str, Any]:
+        return {"image_tokenizer": self.image_tokenizer.codebook}
+
     def prepare_t2i(self, records: Sequence[Any]) -> Batch:
-        images = square_batch([r.image for r in records], self.options.image_size, NEAREST)
         text = self.text_tokenizer.batch([r.caption for r in records], self.cfg.max_text_len)
         return {
-            "images": images,
-            "codes": self.image_tokenizer.encode(images),
+            **self.t2i_image_fields(records),
             "text_ids": text["ids"],
             "text_mask": text["mask"],
             "caption_mask": text["caption"],

@@ -1,0 +1,134 @@
+"""The pre-encoded image cache on the tiny configs of every backbone: training from it gives the
+losses of training from images; a cache made with another encoder or data is refused, naming
+what differs; a killed ``segros cache`` resumes and never leaves a shard training would read."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from harmon_helpers import tiny_options as harmon_options
+from harmon_helpers import tiny_tokenizer
+from safetensors.torch import load_file
+from showo_helpers import TINY_ARCH, save_word_tokenizer
+
+from segros.backbones.base import Backbone
+from segros.cli import main
+from segros.train.config import apply_overrides, validate
+from segros.train.loop import Trainer, train
+
+SCENES = 24
+
+
+@pytest.fixture(scope="module")
+def showo_tokenizer(tmp_path_factory):
+    return save_word_tokenizer(tmp_path_factory.mktemp("phi-words"))
+
+
+@pytest.fixture(scope="module")
+def harmon_tokenizer(tmp_path_factory):
+    return tiny_tokenizer(tmp_path_factory.mktemp("harmon-words"))
+
+
+def _raw(name, request, small_tokenizer, *overrides):
+    if name == "tiny":
+        model = {"name": "tiny", "image_tokenizer": str(small_tokenizer), "image_size": 32}
+    elif name == "showo":
+        tok = request.getfixturevalue("showo_tokenizer")
+        model = {
+            "name": "showo", "init_from": None, "tokenizer": str(tok), "arch": {**TINY_ARCH, "clip": None},
+            "image_size": 32, "max_text_len": 16, "generation_steps": 2,
+        }  # fmt: skip
+    else:
+        model = harmon_options(request.getfixturevalue("harmon_tokenizer")).model_dump()
+    raw = {
+        "model": model,
+        "method": {"preset": "segros"},
+        "data": {"source": "shapes", "batch_size": 4, "i2t": "shapes", "shapes_scenes": SCENES},
+        "optim": {"lr": 1e-3, "warmup_steps": 0},
+        "run": {"max_steps": 3, "save_every": 3, "picture_every": 0, "log_every": 1, "progress": False},
+        "logging": {"tensorboard": False},
+    }
+    return apply_overrides(raw, list(overrides))
+
+
+def _cache(raw, out, *extra):
+    config = out.parent / f"{out.name}.yaml"
+    config.write_text(json.dumps(raw))  # JSON is YAML
+    return main(["cache", "--config", str(config), "--out", str(out), "--shard-size", "10", *extra])
+
+
+@pytest.mark.parametrize("name", ["tiny", "showo", "harmon"])
+def test_training_from_the_cache_gives_the_losses_of_training_from_images(
+    name, request, small_tokenizer, tmp_path
+):
+    raw = _raw(name, request, small_tokenizer)
+    assert _cache(raw, tmp_path / "cache") == 0
+    index = json.loads((tmp_path / "cache/index.json").read_text())
+    assert index["count"] == SCENES and len(index["shards"]) == 3
+    plain = train(validate(raw), tmp_path / "images")
+    cached = train(validate(apply_overrides(raw, [f"data.cache={tmp_path / 'cache'}"])), tmp_path / "cached")
+    assert len(plain.losses) == 3 and all(math.isfinite(x) for x in plain.losses)
+    if name == "harmon":  # VAE latents of another batch composition: float rounding only
+        assert cached.losses == pytest.approx(plain.losses, rel=1e-4)
+    else:  # codes: exactly
+        assert cached.losses == plain.losses
+
+
+def test_a_cache_made_with_another_encoder_or_data_is_refused(request, small_tokenizer, tmp_path):
+    raw = _raw("showo", request, small_tokenizer)
+    assert _cache(raw, tmp_path / "cache") == 0
+    # another seed: other random MAGVIT weights
+    other = apply_overrides(raw, ["run.seed=1", f"data.cache={tmp_path / 'cache'}"])
+    with pytest.raises(
+        ValueError, match=r"another encoder or data: encoders\.vq: cache '[0-9a-f]+', this run"
+    ):
+        Trainer(validate(other), tmp_path / "a")
+    other = apply_overrides(raw, ["data.shapes_seed=3", f"data.cache={tmp_path / 'cache'}"])
+    with pytest.raises(ValueError, match=r"data\.shapes_seed: cache 0, this run 3"):
+        Trainer(validate(other), tmp_path / "b")
+    # another backbone entirely
+    tiny = apply_overrides(_raw("tiny", request, small_tokenizer), [f"data.cache={tmp_path / 'cache'}"])
+    with pytest.raises(ValueError, match=r"backbone: cache 'showo', this run 'tiny'"):
+        Trainer(validate(tiny), tmp_path / "c")
+
+
+def test_a_killed_cache_run_resumes_and_training_never_reads_it_half_done(
+    small_tokenizer, tmp_path, monkeypatch, capsys
+):
+    raw = _raw("tiny", None, small_tokenizer)
+    calls = []
+    original = Backbone.cache_fields
+
+    def dies_on_the_second_shard(self, images):
+        calls.append(len(images))
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # killed while encoding shard 1
+        return original(self, images)
+
+    monkeypatch.setattr(Backbone, "cache_fields", dies_on_the_second_shard)
+    with pytest.raises(KeyboardInterrupt):
+        _cache(raw, tmp_path / "cache")
+    capsys.readouterr()
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["shard-00000.safetensors"]
+    with pytest.raises(FileNotFoundError, match="did not finish"):
+        Trainer(validate(apply_overrides(raw, [f"data.cache={tmp_path / 'cache'}"])), tmp_path / "x")
+    # a shard cut short (a crash while the OS wrote it) is encoded again, not read
+    shard = tmp_path / "cache/shard-00000.safetensors"
+    monkeypatch.setattr(Backbone, "cache_fields", original)
+    assert _cache(raw, tmp_path / "cache") == 0
+    assert json.loads((tmp_path / "cache/index.json").read_text())["count"] == SCENES
+    assert "encoded 10/24" not in capsys.readouterr().err  # shard 0 was kept, not encoded again
+    before = {k: v.clone() for k, v in load_file(str(shard)).items()}  # not a view of the file
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2])
+    (tmp_path / "cache/index.json").unlink()
+    assert _cache(raw, tmp_path / "cache") == 0
+    assert "encoded 10/24" in capsys.readouterr().err  # only shard 0, again
+    after = load_file(str(shard))
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    plain = train(validate(raw), tmp_path / "images")
+    cached = train(validate(apply_overrides(raw, [f"data.cache={tmp_path / 'cache'}"])), tmp_path / "cached")
+    assert cached.losses == plain.losses

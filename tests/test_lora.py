@@ -1,0 +1,210 @@
+"""LoRA through peft on the tiny configs of every backbone: only the adapters (and named modules)
+train, the input embeddings the grounding reads stay bit-identical, ``--resume`` is exact, and
+the merged model (``load_backbone``, ``segros export --merge``) gives the unmerged logits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from harmon_helpers import tiny_options as harmon_options
+from harmon_helpers import tiny_tokenizer
+from safetensors.torch import load_file
+from showo_helpers import TINY_ARCH, save_word_tokenizer
+from train_helpers import tiny_config
+
+from segros.backbones.registry import build_backbone, load_backbone
+from segros.cli import main
+from segros.train import lora
+from segros.train.config import ConfigError, load_config, validate
+from segros.train.loop import Trainer, train
+
+RUN = {"save_every": 1, "picture_every": 0, "log_every": 1, "progress": False, "seed": 0}
+
+
+@pytest.fixture(scope="module")
+def showo_tokenizer(tmp_path_factory):
+    return save_word_tokenizer(tmp_path_factory.mktemp("phi-words"))
+
+
+@pytest.fixture(scope="module")
+def harmon_tokenizer(tmp_path_factory):
+    return tiny_tokenizer(tmp_path_factory.mktemp("harmon-words"))
+
+
+def _config(name, request, small_tokenizer, steps, *overrides):
+    """The tiny config of backbone ``name`` with LoRA rank 4 (plus ``overrides``)."""
+    lora_overrides = ["lora.rank=4", "lora.dropout=0.1", *overrides]
+    if name == "tiny":
+        return tiny_config(
+            small_tokenizer, f"run.max_steps={steps}", "run.save_every=1", "optim.schedule_steps=2",
+            *lora_overrides,
+        )  # fmt: skip
+    if name == "showo":
+        tok = request.getfixturevalue("showo_tokenizer")
+        model = {
+            "name": "showo", "init_from": None, "tokenizer": str(tok), "arch": {**TINY_ARCH, "clip": None},
+            "image_size": 32, "max_text_len": 16, "generation_steps": 2,
+        }  # fmt: skip
+    else:
+        tok = request.getfixturevalue("harmon_tokenizer")
+        model = harmon_options(tok).model_dump()
+    raw = {
+        "model": model,
+        "method": {"preset": "segros"},
+        "data": {"source": "shapes", "batch_size": 2, "i2t": "shapes"},
+        "optim": {"lr": 1e-2, "warmup_steps": 0, "schedule_steps": 2},
+        "run": {**RUN, "max_steps": steps},
+        "logging": {"tensorboard": False},
+    }
+    from segros.train.config import apply_overrides
+
+    return validate(apply_overrides(raw, lora_overrides))
+
+
+def _embedding_names(backbone):
+    return {f"model.{n}" for n in lora._embedding_params(backbone.model)}
+
+
+def test_lora_section_is_validated_with_key_paths():
+    assert load_config(None).lora.rank == 0 and not load_config(None).lora.enabled
+    assert load_config(None, ["lora=null"]).lora is None
+    with pytest.raises(ConfigError, match=r"lora\.rank"):
+        load_config(None, ["lora.rank=-1"])
+    with pytest.raises(ConfigError, match=r"lora\.dropout"):
+        load_config(None, ["lora.dropout=1.5"])
+    with pytest.raises(ConfigError, match=r"lora\.ranks"):
+        load_config(None, ["lora.ranks=4"])
+
+
+@pytest.mark.parametrize("name", ["tiny", "showo", "harmon"])
+def test_lora_trains_only_adapters_resumes_exactly_and_merges_to_the_same_logits(
+    name, request, small_tokenizer, tmp_path
+):
+    torch.manual_seed(0)  # the trainer's initial weights: set_seed(run.seed) before building
+    initial = build_backbone(_config(name, request, small_tokenizer, 2).model_options()).state_dict()
+
+    full = train(_config(name, request, small_tokenizer, 2), tmp_path / "full")
+    first = train(_config(name, request, small_tokenizer, 1), tmp_path / "split")
+    second = train(_config(name, request, small_tokenizer, 2), tmp_path / "split", resume=True)
+    assert first.losses + second.losses == full.losses  # exactly
+
+    ckpt = tmp_path / "full/checkpoints/step-2"
+    adapter_cfg = json.loads((ckpt / "adapter/adapter_config.json").read_text())
+    assert adapter_cfg["r"] == 4 and adapter_cfg["peft_type"] == "LORA"
+    # the base weights did not move (plain names, no peft prefixes); the adapters did
+    base = load_file(str(ckpt / "model.safetensors"))
+    assert base.keys() == initial.keys()
+    for key in base:
+        assert torch.equal(base[key], initial[key]), key
+    adapters = {**load_file(str(ckpt / "adapter/adapter_model.safetensors"))}
+    assert adapters and any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in adapters.items())
+    split = load_file(str(tmp_path / "split/checkpoints/step-2/adapter/adapter_model.safetensors"))
+    assert all(torch.equal(adapters[k], split[k]) for k in adapters)
+
+    summary = json.loads((tmp_path / "full/train_summary.json").read_text())
+    assert summary["lora_rank"] == 4 and 0 < summary["trainable_share"] < 0.1
+
+    # unmerged (the trainer's model, loaded from the checkpoint) vs merged (load_backbone, export)
+    trainer = Trainer(_config(name, request, small_tokenizer, 2), tmp_path / "full", resume=True)
+    unmerged = trainer.backbone.eval()
+    assert lora.is_applied(unmerged)
+    trainable = {n for n, p in unmerged.named_parameters() if p.requires_grad}
+    assert trainable and all(".lora_" in n for n in trainable)
+    optimized = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert optimized == {id(p) for p in unmerged.parameters() if p.requires_grad}
+    embed = _embedding_names(unmerged)
+    assert embed and embed <= base.keys()
+    batch, plan, i2t = trainer._micro_batch(iter(trainer.t2i), iter(trainer.i2t))
+
+    def outputs(backbone):
+        heads = []
+        hooks = [
+            m.register_forward_hook(lambda m, i, o: heads.append(o.detach()))
+            for n, m in backbone.named_modules()
+            # lm heads; TinyUMM's logits are F.linear(model.norm's output, model.head.weight)
+            if (n.endswith("head") and isinstance(m, torch.nn.Linear)) or lora.plain_name(n) == "model.norm"
+        ]
+        torch.manual_seed(1)  # diffusion noise and any sampling: the same draws
+        with torch.no_grad():
+            terms = backbone(batch, plan=plan, i2t=i2t)
+        for h in hooks:
+            h.remove()
+        return heads, terms
+
+    heads_a, terms_a = outputs(unmerged)
+    exported = tmp_path / "merged"
+    assert main(["export", "--merge", str(tmp_path / "full"), "--out", str(exported)]) == 0
+    assert not (exported / "adapter").exists()
+    for merged in (load_backbone(tmp_path / "full"), load_backbone(exported)):
+        merged.eval()
+        assert not lora.is_applied(merged)
+        heads_b, terms_b = outputs(merged)
+        assert heads_a and len(heads_a) == len(heads_b)
+        for a, b in zip(heads_a, heads_b, strict=True):
+            torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+        for k in terms_a:
+            torch.testing.assert_close(terms_b[k], terms_a[k], atol=1e-5, rtol=1e-5)
+        # the input embeddings the grounding reads are bit-identical to the initial ones
+        state = merged.state_dict()
+        assert all(torch.equal(state[k], initial[k]) for k in embed)
+
+
+def test_trainable_modules_train_fully_and_embeddings_are_refused(small_tokenizer, tmp_path):
+    cfg = _config("tiny", None, small_tokenizer, 2, "lora.trainable=[model.head.*, model.norm.*]")
+    result = train(cfg, tmp_path / "run")
+    assert len(result.losses) == 2
+    torch.manual_seed(0)
+    initial = build_backbone(cfg.model_options()).state_dict()
+    trained = load_file(str(tmp_path / "run/checkpoints/step-2/model.safetensors"))
+    assert not torch.equal(trained["model.head.weight"], initial["model.head.weight"])
+    assert torch.equal(trained["model.embed.weight"], initial["model.embed.weight"])
+    assert torch.equal(trained["model.blocks.0.qkv.weight"], initial["model.blocks.0.qkv.weight"])
+    # trained fully, so the merged model carries them too
+    merged = load_backbone(tmp_path / "run").state_dict()
+    assert torch.equal(merged["model.head.weight"], trained["model.head.weight"])
+
+    with pytest.raises(ValueError, match="input embeddings"):
+        Trainer(_config("tiny", None, small_tokenizer, 1, "lora.trainable=[model.embed.*]"), tmp_path / "x")
+    with pytest.raises(ValueError, match="matches no parameter"):
+        Trainer(_config("tiny", None, small_tokenizer, 1, "lora.trainable=[nothing.*]"), tmp_path / "y")
+    with pytest.raises(ValueError, match=r"lora\.targets"):
+        Trainer(_config("tiny", None, small_tokenizer, 1, "lora.targets=[no_such_linear]"), tmp_path / "z")
+
+
+def test_resume_with_lora_switched_off_is_refused(small_tokenizer, tmp_path):
+    train(_config("tiny", None, small_tokenizer, 1), tmp_path)
+    with pytest.raises(ValueError, match="LoRA adapter"):
+        Trainer(tiny_config(small_tokenizer, "run.max_steps=2"), tmp_path, resume=True)
+
+
+def test_init_from_a_lora_checkpoint_is_refused_and_from_its_merged_export_works(small_tokenizer, tmp_path):
+    train(_config("tiny", None, small_tokenizer, 1), tmp_path / "run")
+    with pytest.raises(ValueError, match="export --merge"):
+        Trainer(tiny_config(small_tokenizer, f"model.init_from={tmp_path / 'run'}"), tmp_path / "next")
+    assert main(["export", "--merge", str(tmp_path / "run"), "--out", str(tmp_path / "merged")]) == 0
+    cfg = tiny_config(small_tokenizer, f"model.init_from={tmp_path / 'merged'}", "run.max_steps=1")
+    assert train(cfg, tmp_path / "next").step == 1
+
+
+def test_export_without_an_adapter_is_a_clear_error(small_tokenizer, tmp_path, capsys):
+    train(tiny_config(small_tokenizer, "run.max_steps=1", "run.save_every=1"), tmp_path / "run")
+    assert main(["export", "--merge", str(tmp_path / "run"), "--out", str(tmp_path / "m")]) == 1
+    assert "no LoRA adapter" in capsys.readouterr().err
+
+
+def test_the_command_line_run_of_the_issue(tmp_path, capsys):
+    """``segros train --config configs/tiny/segros.yaml --max-steps 3 lora.rank=4``, then --resume."""
+    config = Path(__file__).resolve().parents[1] / "configs/tiny/segros.yaml"
+    quiet = ["run.progress=false", "logging.tensorboard=false", "run.picture_every=0"]
+    out = tmp_path / "run"
+    argv = ["train", "--config", str(config), "--out", str(out), "--max-steps", "3", "lora.rank=4", *quiet]
+    assert main(argv) == 0
+    assert (out / "checkpoints/step-3/adapter/adapter_model.safetensors").is_file()
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["trainable_share"] < 0.1 and summary["trainable_params"] < summary["total_params"]
+    argv[argv.index("3")] = "4"
+    assert main([*argv, "--resume"]) == 0
+    assert json.loads((out / "train_summary.json").read_text())["step"] == 4
