@@ -10,9 +10,8 @@ import math
 import pytest
 import torch
 from harmon_helpers import tiny_options as harmon_options
-from harmon_helpers import tiny_tokenizer
 from safetensors.torch import load_file
-from showo_helpers import TINY_ARCH, save_word_tokenizer
+from showo_helpers import TINY_ARCH
 
 from segros.backbones.base import Backbone
 from segros.cli import main
@@ -20,16 +19,6 @@ from segros.train.config import apply_overrides, validate
 from segros.train.loop import Trainer, train
 
 SCENES = 24
-
-
-@pytest.fixture(scope="module")
-def showo_tokenizer(tmp_path_factory):
-    return save_word_tokenizer(tmp_path_factory.mktemp("phi-words"))
-
-
-@pytest.fixture(scope="module")
-def harmon_tokenizer(tmp_path_factory):
-    return tiny_tokenizer(tmp_path_factory.mktemp("harmon-words"))
 
 
 def _raw(name, request, small_tokenizer, *overrides):

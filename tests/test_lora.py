@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 from harmon_helpers import tiny_options as harmon_options
-from harmon_helpers import tiny_tokenizer
 from safetensors.torch import load_file
-from showo_helpers import TINY_ARCH, save_word_tokenizer
+from showo_helpers import TINY_ARCH
 from train_helpers import tiny_config
 
 from segros.backbones.registry import build_backbone, load_backbone
@@ -22,16 +21,6 @@ from segros.train.config import ConfigError, load_config, validate
 from segros.train.loop import Trainer, train
 
 RUN = {"save_every": 1, "picture_every": 0, "log_every": 1, "progress": False, "seed": 0}
-
-
-@pytest.fixture(scope="module")
-def showo_tokenizer(tmp_path_factory):
-    return save_word_tokenizer(tmp_path_factory.mktemp("phi-words"))
-
-
-@pytest.fixture(scope="module")
-def harmon_tokenizer(tmp_path_factory):
-    return tiny_tokenizer(tmp_path_factory.mktemp("harmon-words"))
 
 
 def _config(name, request, small_tokenizer, steps, *overrides):
