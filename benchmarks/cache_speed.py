@@ -33,7 +33,7 @@ from segros.data.cache import write_cache  # noqa: E402
 from segros.data.sources import t2i_source  # noqa: E402
 from segros.losses import total_loss  # noqa: E402
 from segros.train.config import validate  # noqa: E402
-from segros.train.loop import Trainer, _grid_side  # noqa: E402
+from segros.train.loop import Trainer  # noqa: E402
 
 
 def raw_config(name: str, out: Path, batch: int, scenes: int) -> dict:
@@ -81,7 +81,7 @@ def main() -> None:
         cfg = validate(raw)
         torch.manual_seed(0)
         backbone = build_backbone(cfg.model_options())
-        source = t2i_source(cfg.data, backbone.image_size, _grid_side(backbone))
+        source = t2i_source(cfg.data, backbone)
         cache = out / f"{name}-cache"
         write_cache(backbone, source, cfg.data, name, cache)
         cached_cfg = validate({**raw, "data": {**raw["data"], "cache": str(cache)}})

@@ -9,9 +9,8 @@ import math
 
 import pytest
 import torch
-from harmon_helpers import tiny_options as harmon_options
 from safetensors.torch import load_file
-from showo_helpers import TINY_ARCH
+from train_helpers import tiny_model_section
 
 from segros.backbones.base import Backbone
 from segros.cli import main
@@ -22,18 +21,8 @@ SCENES = 24
 
 
 def _raw(name, request, small_tokenizer, *overrides):
-    if name == "tiny":
-        model = {"name": "tiny", "image_tokenizer": str(small_tokenizer), "image_size": 32}
-    elif name == "showo":
-        tok = request.getfixturevalue("showo_tokenizer")
-        model = {
-            "name": "showo", "init_from": None, "tokenizer": str(tok), "arch": {**TINY_ARCH, "clip": None},
-            "image_size": 32, "max_text_len": 16, "generation_steps": 2,
-        }  # fmt: skip
-    else:
-        model = harmon_options(request.getfixturevalue("harmon_tokenizer")).model_dump()
     raw = {
-        "model": model,
+        "model": tiny_model_section(name, request, small_tokenizer),
         "method": {"preset": "segros"},
         "data": {"source": "shapes", "batch_size": 4, "i2t": "shapes", "shapes_scenes": SCENES},
         "optim": {"lr": 1e-3, "warmup_steps": 0},

@@ -9,10 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from harmon_helpers import tiny_options as harmon_options
 from safetensors.torch import load_file
-from showo_helpers import TINY_ARCH
-from train_helpers import tiny_config
+from train_helpers import tiny_config, tiny_model_section
 
 from segros.backbones.registry import build_backbone, load_backbone
 from segros.cli import main
@@ -31,17 +29,8 @@ def _config(name, request, small_tokenizer, steps, *overrides):
             small_tokenizer, f"run.max_steps={steps}", "run.save_every=1", "optim.schedule_steps=2",
             *lora_overrides,
         )  # fmt: skip
-    if name == "showo":
-        tok = request.getfixturevalue("showo_tokenizer")
-        model = {
-            "name": "showo", "init_from": None, "tokenizer": str(tok), "arch": {**TINY_ARCH, "clip": None},
-            "image_size": 32, "max_text_len": 16, "generation_steps": 2,
-        }  # fmt: skip
-    else:
-        tok = request.getfixturevalue("harmon_tokenizer")
-        model = harmon_options(tok).model_dump()
     raw = {
-        "model": model,
+        "model": tiny_model_section(name, request, small_tokenizer),
         "method": {"preset": "segros"},
         "data": {"source": "shapes", "batch_size": 2, "i2t": "shapes"},
         "optim": {"lr": 1e-2, "warmup_steps": 0, "schedule_steps": 2},

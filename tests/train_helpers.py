@@ -34,3 +34,20 @@ def tiny_config(tokenizer: Path, *overrides: str):
         "optim.warmup_steps=2",
     ]
     return load_config(None, [*base, *overrides])
+
+
+def tiny_model_section(name: str, request, small_tokenizer: Path) -> dict:
+    """The ``model:`` section of a tiny random ``tiny`` / ``showo`` / ``harmon`` backbone (32 px, no
+    download); Show-o and Harmon take their tokenizer fixtures from ``request``."""
+    from harmon_helpers import tiny_options as harmon_options
+    from showo_helpers import TINY_ARCH
+
+    if name == "tiny":
+        return {"name": "tiny", "image_tokenizer": str(small_tokenizer), "image_size": 32}
+    if name == "showo":
+        tok = request.getfixturevalue("showo_tokenizer")
+        return {
+            "name": "showo", "init_from": None, "tokenizer": str(tok), "arch": {**TINY_ARCH, "clip": None},
+            "image_size": 32, "max_text_len": 16, "generation_steps": 2,
+        }  # fmt: skip
+    return harmon_options(request.getfixturevalue("harmon_tokenizer")).model_dump()

@@ -38,11 +38,10 @@ def run(args: argparse.Namespace) -> int:
     from segros.backbones.registry import build_backbone
     from segros.data.cache import write_cache
     from segros.data.sources import t2i_source
-    from segros.train.loop import _grid_side
 
     set_seed(cfg.run.seed)  # the trainer's initial weights, so the encoders are the run's
     backbone = build_backbone(cfg.model_options())
-    source = t2i_source(cfg.data, backbone.image_size, _grid_side(backbone))
+    source = t2i_source(cfg.data, backbone)
 
     def progress(done: int, total: int) -> None:
         print(f"encoded {done}/{total}", file=sys.stderr)

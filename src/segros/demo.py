@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from segros.eval.checkpoint import evaluate_checkpoint
+from segros.eval.checkpoint import evaluate_checkpoint, saved_evaluation
 
 METHODS = ("sft", "reca", "segros")
 # --ablations: paper ablations as one-knob changes of segros (Tables 3, 5 and 8), and the
@@ -40,7 +40,6 @@ ABLATIONS: dict[str, list[str]] = {
     "segros_stopwords": ["method.preset=segros", "method.text_stopwords=english"],
     "segros_hint_prob05": ["method.preset=segros", "method.hint_prob=0.5"],
 }
-TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 PACKAGE = Path(__file__).resolve().parent
 SHIPPED_PRETRAINED = PACKAGE / "assets" / "tiny-pretrained"
 RECIPES = PACKAGE / "recipes"  # demo-pretrain.yaml, demo-finetune.yaml (shipped with the package)
@@ -156,23 +155,18 @@ def pretrained_checkpoint(out: Path, steps: int | None) -> Path:
         print(f"[demo] using the shipped pretrained TinyUMM {SHIPPED_PRETRAINED}")
         return SHIPPED_PRETRAINED
     from segros.train.config import load_config
-    from segros.train.loop import train
+    from segros.train.loop import train_to_end
 
     run_dir = out / "pretrain"
     overrides = ["run.progress=auto"] + (
         [f"run.max_steps={steps}", f"run.save_every={steps}"] if steps else []
     )
-    cfg = load_config(RECIPES / "demo-pretrain.yaml", overrides)
-    from segros.train import checkpoint as ckpt
-
-    latest = ckpt.latest_checkpoint(run_dir)
-    if latest is not None and ckpt.load_trainer_state(latest)["step"] >= cfg.run.max_steps:
-        return latest
-    train(cfg, run_dir, resume=latest is not None)
-    return ckpt.latest_checkpoint(run_dir)
+    return train_to_end(load_config(RECIPES / "demo-pretrain.yaml", overrides), run_dir)
 
 
-def finetune_config(method: list[str], seed: int, pretrained: Path, data: Path, steps: int | None) -> Any:
+def finetune_config(
+    method: list[str], seed: int, pretrained: Path, data: Path, steps: int | None, layout: str
+) -> Any:
     from segros.train.config import load_config
 
     overrides = [
@@ -181,32 +175,14 @@ def finetune_config(method: list[str], seed: int, pretrained: Path, data: Path, 
         f"model.init_from={pretrained}",
         "data.source=files",
         f"data.path={data / 'data.jsonl'}",
-        # the image-to-text term reads ShapesWorld scenes drawn like the model's
-        f"data.shapes_layout={world_of(pretrained)['layout']}",
+        # the image-to-text term reads ShapesWorld scenes drawn like the model's (world_of)
+        f"data.shapes_layout={layout}",
         f"data.shapes_caption_style={FINETUNE_CAPTIONS}",
         "run.progress=auto",
     ]
     if steps:
         overrides += [f"run.max_steps={steps}", f"run.save_every={steps}", "run.picture_every=0"]
     return load_config(RECIPES / "demo-finetune.yaml", overrides)
-
-
-def finished(run_dir: Path, steps: int) -> bool:
-    """True if ``run_dir`` holds a checkpoint at ``steps`` or later."""
-    from segros.train import checkpoint as ckpt
-
-    latest = ckpt.latest_checkpoint(run_dir)
-    return latest is not None and ckpt.load_trainer_state(latest)["step"] >= steps
-
-
-def finetune(run_dir: Path, cfg: Any) -> Path:
-    """One fine-tuning run; a finished run folder is reused, an interrupted one resumed."""
-    from segros.train import checkpoint as ckpt
-    from segros.train.loop import train
-
-    if not finished(run_dir, cfg.run.max_steps):
-        train(cfg, run_dir, resume=ckpt.latest_checkpoint(run_dir) is not None)
-    return ckpt.latest_checkpoint(run_dir)
 
 
 def eval_prompts(per_tag: int | None) -> list[dict[str, Any]]:
@@ -221,15 +197,6 @@ def eval_prompts(per_tag: int | None) -> list[dict[str, Any]]:
             picked.append(r)
             counts[r["tag"]] = counts.get(r["tag"], 0) + 1
     return picked
-
-
-def evaluated(folder: Path, samples: int, seed: int) -> bool:
-    """True if ``folder`` already holds a finished evaluation with these settings."""
-    summary = folder / "summary.json"
-    if not summary.is_file():
-        return False
-    saved = json.loads(summary.read_text())
-    return (saved.get("samples"), saved.get("seed")) == (samples, seed)
 
 
 def run_demo(
@@ -248,6 +215,8 @@ def run_demo(
     so a ``--quick`` smoke run never collides with a full run in the same output folder.
     """
     from segros.backbones.tiny.adapter import cache_dir
+    from segros.train import checkpoint as ckpt
+    from segros.train.loop import train_to_end
 
     s = settings(quick)
     if samples is not None:
@@ -273,12 +242,12 @@ def run_demo(
     runs: dict[str, list[Path]] = {name: [] for name in variants}
     for name, method in variants.items():
         for seed in seed_list:
-            cfg = finetune_config(method, seed, pretrained, data, s["finetune_steps"])
+            cfg = finetune_config(method, seed, pretrained, data, s["finetune_steps"], world["layout"])
             run_dir = work / "runs" / f"{name}-seed{seed}"
             path = clock.run(
                 f"fine-tune {name} seed {seed}",
-                lambda r=run_dir, c=cfg: finetune(r, c),
-                done=lambda r=run_dir, c=cfg: finished(r, c.run.max_steps),
+                lambda r=run_dir, c=cfg: train_to_end(c, r),
+                done=lambda r=run_dir, c=cfg: ckpt.finished(r, c.run.max_steps),
             )
             runs[name].append(path)
     records = eval_prompts(s["prompts_per_tag"])
@@ -288,7 +257,7 @@ def run_demo(
         return clock.run(
             f"evaluate {name} seed {seed}",
             lambda: evaluate_checkpoint(checkpoint, folder, records, s["samples"], seed),
-            done=lambda: evaluated(folder, s["samples"], seed),
+            done=lambda: saved_evaluation(checkpoint, folder, len(records), s["samples"], seed) is not None,
         )
 
     # the pretrained model has no training seed: it is sampled with every sampling seed

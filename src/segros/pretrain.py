@@ -60,19 +60,17 @@ def run(args: argparse.Namespace) -> int:
     from segros.demo import RECIPES
     from segros.train import checkpoint as ckpt
     from segros.train.config import load_config
-    from segros.train.loop import train
+    from segros.train.loop import train_to_end
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     overrides = list(args.overrides) + ([f"run.max_steps={args.max_steps}"] if args.max_steps else [])
     cfg = load_config(RECIPES / "demo-pretrain.yaml", overrides)
     start = time.perf_counter()
-    final = ckpt.latest_checkpoint(args.out)
-    done = final is not None and ckpt.load_trainer_state(final)["step"] >= cfg.run.max_steps
-    if done:  # finished earlier (e.g. an export after the run): nothing to train
+    if args.resume and ckpt.latest_checkpoint(args.out) is None:
+        raise FileNotFoundError(f"--resume: no complete checkpoint under {ckpt.checkpoints_dir(args.out)}")
+    if ckpt.finished(args.out, cfg.run.max_steps):  # e.g. an export after the run: nothing to train
         print(f"{args.out} is already trained to step {cfg.run.max_steps}")
-    else:
-        train(cfg, args.out, resume=args.resume or final is not None)
-        final = ckpt.latest_checkpoint(args.out)
+    final = train_to_end(cfg, args.out)  # continues from a checkpoint when there is one
     state = ckpt.load_trainer_state(final)
     step, seconds = int(state["step"]), train_seconds(Path(args.out), state)
     took = time.perf_counter() - start

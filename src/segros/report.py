@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
+from segros.eval.geneval import TAGS
+
 SAMPLE_PROMPT_TAGS = ("single_object", "counting", "position", "color_attr")
 
 

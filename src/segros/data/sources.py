@@ -73,21 +73,30 @@ def world_for(backbone: Any, seed: int, **kwargs: Any) -> Any:
     return ShapesWorld(image_size=backbone.image_size, seed=seed, layout=layout, cells=cells, **kwargs)
 
 
-def _world(data: Any, cells: int) -> dict[str, Any]:
-    return {"layout": data.shapes_layout, "cells": cells, "caption_style": data.shapes_caption_style}
+def _shapes_args(data: Any, backbone: Any) -> tuple[tuple[int, int, int], dict[str, Any]]:
+    """ShapesWorld arguments of a ``data:`` section for ``backbone``: its image size, and its token
+    grid as the cells of the grid layout."""
+    world = {
+        "layout": data.shapes_layout,
+        "cells": int(backbone.token_grid[0]),
+        "caption_style": data.shapes_caption_style,
+    }
+    return (backbone.image_size, data.shapes_seed, data.shapes_scenes), world
 
 
-def t2i_source(data: Any, image_size: int, cells: int = 4) -> Any:
-    """The image-caption dataset a ``data:`` section names (``cells``: the model's token grid side)."""
+def t2i_source(data: Any, backbone: Any) -> Any:
+    """The image-caption dataset a ``data:`` section names, drawn (for ShapesWorld) for ``backbone``."""
     if data.source == "shapes":
-        return ShapesImageText(image_size, data.shapes_seed, data.shapes_scenes, **_world(data, cells))
+        args, world = _shapes_args(data, backbone)
+        return ShapesImageText(*args, **world)
     return open_image_text(data.path, image_key=data.image_column, caption_key=data.caption_column)
 
 
-def i2t_source(data: Any, image_size: int, cells: int = 4) -> Any | None:
+def i2t_source(data: Any, backbone: Any) -> Any | None:
     """The image-to-text dataset, or None when ``data.i2t`` is ``none``."""
     if data.i2t == "none":
         return None
     if data.i2t == "shapes":
-        return ShapesConversations(image_size, data.shapes_seed, data.shapes_scenes, **_world(data, cells))
+        args, world = _shapes_args(data, backbone)
+        return ShapesConversations(*args, **world)
     return LlavaConversations(data.i2t_path, data.i2t_image_root)

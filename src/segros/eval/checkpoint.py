@@ -38,6 +38,22 @@ def held_out_split(folder: Path) -> dict[str, float]:
     return out
 
 
+def saved_evaluation(
+    checkpoint: str | Path, folder: str | Path, prompts: int, samples: int, seed: int
+) -> dict[str, Any] | None:
+    """The summary ``folder`` holds if it is a finished evaluation of ``checkpoint`` with these
+    settings (``prompts`` records, ``samples`` per prompt, sampling ``seed``), else None."""
+    from segros.backbones.registry import resolve_checkpoint
+
+    summary_file = Path(folder) / "summary.json"
+    if not summary_file.is_file():
+        return None
+    saved = json.loads(summary_file.read_text())
+    same = (saved.get("checkpoint"), saved.get("samples"), saved.get("seed"), saved.get("prompts"))
+    wanted = (str(resolve_checkpoint(resolve(checkpoint))), samples, seed, prompts)
+    return saved if same == wanted else None
+
+
 def evaluate_checkpoint(
     checkpoint: str | Path,
     folder: str | Path,
@@ -57,12 +73,10 @@ def evaluate_checkpoint(
     checkpoint = resolve_checkpoint(resolve(checkpoint))
     folder = Path(folder)
     records = load_prompts() if records is None else records
+    saved = saved_evaluation(checkpoint, folder, len(records), samples, seed)
+    if saved is not None:
+        return saved | {"reused": True}
     summary_file = folder / "summary.json"
-    if summary_file.is_file():
-        saved = json.loads(summary_file.read_text())
-        same = (saved.get("checkpoint"), saved.get("samples"), saved.get("seed"), saved.get("prompts"))
-        if same == (str(checkpoint), samples, seed, len(records)):
-            return saved | {"reused": True}
     shutil.rmtree(folder, ignore_errors=True)
     start = time.perf_counter()
     backbone = load_backbone(checkpoint)

@@ -335,6 +335,12 @@ def load_trainer_state(folder: Path) -> dict[str, Any]:
     return json.loads((folder / COMPLETE_MARKER).read_text())
 
 
+def finished(out_dir: str | Path, steps: int) -> bool:
+    """True if the run in ``out_dir`` holds an intact checkpoint at ``steps`` or later."""
+    latest = latest_checkpoint(out_dir)
+    return latest is not None and load_trainer_state(latest)["step"] >= steps
+
+
 def load_rank_state(folder: Path, rank: int) -> dict[str, Any]:
     path = folder / f"rank-{rank}.pt"
     if not path.is_file():

@@ -46,12 +46,6 @@ from segros.train.logger import RunLogger
 log = logging.getLogger(__name__)
 
 
-def _grid_side(backbone: Backbone) -> int:
-    """Token-grid side of the backbone (ShapesWorld's grid layout snaps objects to it)."""
-    grid = getattr(backbone, "token_grid", None)
-    return int(grid[0]) if grid else 4
-
-
 class TrainingDivergedError(RuntimeError):
     """Too many consecutive steps with a non-finite loss."""
 
@@ -181,10 +175,8 @@ class Trainer:
 
         d = cfg.data
         self.budget = BadRecordBudget(max_share=d.max_bad_share)
-        if d.cache:  # pre-encoded by `segros cache`; refused unless made with these encoders and data
-            t2i = open_cache(d.cache, backbone, d, cfg.model["name"])
-        else:
-            t2i = t2i_source(d, backbone.image_size, _grid_side(backbone))
+        # pre-encoded by `segros cache` (refused unless made with these encoders and data), or read
+        t2i = open_cache(d.cache, backbone, d, cfg.model["name"]) if d.cache else t2i_source(d, backbone)
         self.t2i = RecordBatches(
             t2i,
             ShardedOrder(len(t2i), cfg.run.seed, d.shuffle, self.rank, self.world),
@@ -193,7 +185,7 @@ class Trainer:
         )
         self.i2t: RecordBatches | None = None
         if cfg.method.i2t_weight > 0:
-            i2t = i2t_source(d, backbone.image_size, _grid_side(backbone))
+            i2t = i2t_source(d, backbone)
             if i2t is not None:
                 order = ShardedOrder(len(i2t), cfg.run.seed + 1, d.shuffle, self.rank, self.world)
                 self.i2t = RecordBatches(
@@ -467,3 +459,11 @@ def grounding_stats(plan: SupervisionPlan) -> dict[str, float]:
 def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> TrainResult:
     """Train as ``cfg`` says, writing checkpoints, logs and pictures under ``out_dir``."""
     return Trainer(cfg, out_dir, resume=resume).run()
+
+
+def train_to_end(cfg: TrainConfig, out_dir: str | Path) -> Path:
+    """The run's final checkpoint: reused if one reached ``run.max_steps``, else trained now,
+    continuing from the newest intact checkpoint when there is one."""
+    if not ckpt.finished(out_dir, cfg.run.max_steps):
+        train(cfg, out_dir, resume=ckpt.latest_checkpoint(out_dir) is not None)
+    return ckpt.latest_checkpoint(out_dir)
