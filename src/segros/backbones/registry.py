@@ -79,9 +79,9 @@ def load_backbone(path: str | Path, **overrides: Any) -> Backbone:
     cls = backbone_class(name)
     try:
         backbone = cls.from_pretrained(path, **overrides)
-        if (Path(path) / "adapter" / "adapter_config.json").is_file():
-            from segros.train.lora import merge_adapter
+        from segros.train.lora import has_adapter, merge_adapter
 
+        if has_adapter(path):
             backbone = merge_adapter(backbone, path)
         return backbone
     except (FileNotFoundError, ValueError):
