@@ -49,6 +49,7 @@ from safetensors.torch import load_file, save_file
 from segros._checks import check_choice
 from segros.backbones.base import Backbone, Batch, GroundingInputs
 from segros.backbones.images import square_batch, to_signed_unit
+from segros.backbones.sampling import gumbel_noise, sample_categorical
 from segros.backbones.showo import checkpoints as ckpt
 from segros.backbones.showo.magvit2 import MagvitConfig, MAGVITv2
 from segros.backbones.showo.model import CLIP_MEAN, CLIP_STD, ClipConfig, ClipTower, Showo, ShowoConfig
@@ -468,7 +469,6 @@ class ShowoBackbone(Backbone):
         no_hints = self.model.embed_tokens.weight.new_zeros(rows, 0, self.model.cfg.hidden_size)
         no_slots = torch.zeros(rows, 0, dtype=torch.long, device=device)
         image_ids = torch.full((B, N), v.mask, dtype=torch.long, device=device)
-        gen_device = generator.device if generator is not None else torch.device("cpu")
         temperature = self.options.generation_temperature
         sampled = torch.zeros(B, N, dtype=torch.long, device=device)
         for step in range(steps):
@@ -477,10 +477,7 @@ class ShowoBackbone(Backbone):
             if w > 0:
                 logits = (1 + w) * logits[:B] - w * logits[B:]  # MUSE-style guidance
             probs = logits.softmax(-1)
-            # every position draws a code (inverse CDF: torch.multinomial's distribution, seeded)
-            u = torch.rand(B, N, 1, generator=generator, device=gen_device).to(device)
-            cdf = probs.cumsum(-1)
-            draw = torch.searchsorted(cdf, u * cdf[..., -1:]).clamp_max(K - 1).squeeze(-1)
+            draw = sample_categorical(probs, generator)  # every position draws a code
             unknown = image_ids == v.mask
             sampled = torch.where(unknown, draw, image_ids - v.code_offset)
             ratio = (step + 1) / steps
@@ -489,8 +486,7 @@ class ShowoBackbone(Backbone):
             chosen = probs.gather(-1, sampled.unsqueeze(-1)).squeeze(-1)
             chosen = torch.where(unknown, chosen, torch.finfo(chosen.dtype).max)
             temperature = temperature * (1.0 - ratio)  # annealed as a cumulative product, as upstream
-            g = torch.rand(B, N, generator=generator, device=gen_device).to(device).clamp(1e-20, 1 - 1e-7)
-            confidence = chosen.clamp_min(1e-20).log() + temperature * -torch.log(-torch.log(g))
+            confidence = chosen.clamp_min(1e-20).log() + temperature * gumbel_noise((B, N), generator, chosen)
             cut_off = confidence.sort(-1).values.gather(1, mask_len)
             image_ids = torch.where(confidence < cut_off, v.mask, sampled + v.code_offset)
         return sampled

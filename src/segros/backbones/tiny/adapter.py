@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from segros.backbones.base import Backbone, Batch, GroundingInputs
 from segros.backbones.images import NEAREST, square_batch
+from segros.backbones.sampling import gumbel_noise, sample_categorical
 from segros.backbones.tiny.image_tokenizer import PatchTokenizer
 from segros.backbones.tiny.model import SIZES, TinyConfig, TinyUMM
 from segros.backbones.tiny.text_tokenizer import WordTokenizer
@@ -307,7 +308,7 @@ class TinyBackbone(Backbone):
         scale = self.options.guidance_scale if guidance_scale is None else guidance_scale
         steps = steps or self.options.generation_steps
         device = self.model.embed.weight.device
-        B, N, K = len(prompts), self.num_tokens, self.cfg.num_codes
+        B, N = len(prompts), self.num_tokens
         text = self.text_tokenizer.batch(list(prompts), self.cfg.max_text_len)
         ids, mask = text["ids"].to(device), text["mask"].to(device)
         empty_ids, empty_mask = self._empty_prompt(B, ids.shape[1], device)
@@ -318,26 +319,20 @@ class TinyBackbone(Backbone):
         no_hints = torch.zeros(2 * B, 0, self.cfg.dim, device=device)
         codes = torch.zeros(B, N, dtype=torch.long, device=device)
         known = torch.zeros(B, N, dtype=torch.bool, device=device)
-        gen_device = generator.device if generator is not None else torch.device("cpu")
         for step in range(steps):
             image_ids = torch.where(known, codes + self.cfg.code_offset, self.cfg.mask_id)
             logits = self._image_logits(no_hints, ids, mask, image_ids.repeat(2, 1)).float()
             cond, uncond = logits[:B], logits[B:]
             guided = uncond + (1.0 + scale) * (cond - uncond) if scale > 0 else cond
-            # sample only where the code is still unknown, by inverse CDF (the same distribution
-            # as torch.multinomial, several times faster on (B*N, K) rows)
-            rows = guided[~known] / self.options.sample_temperature  # (M, K)
-            probs = rows.softmax(-1)
-            cdf = probs.cumsum(-1)
-            u = torch.rand(rows.shape[0], 1, generator=generator, device=gen_device).to(device)
-            picked = torch.searchsorted(cdf, u * cdf[:, -1:]).clamp_max(K - 1)  # (M, 1)
+            # sample only where the code is still unknown
+            probs = (guided[~known] / self.options.sample_temperature).softmax(-1)  # (M, K)
+            picked = sample_categorical(probs, generator)  # (M,)
             sampled = codes.clone()
-            sampled[~known] = picked.squeeze(-1)
+            sampled[~known] = picked
             confidence = torch.zeros(B, N, device=device)
-            confidence[~known] = probs.gather(-1, picked).squeeze(-1).clamp_min(1e-30).log()
-            u = torch.rand(B, N, generator=generator, device=gen_device).to(device).clamp(1e-20, 1 - 1e-7)
+            confidence[~known] = probs.gather(-1, picked.unsqueeze(-1)).squeeze(-1).clamp_min(1e-30).log()
             anneal = self.options.choice_temperature * (1.0 - (step + 1) / steps)
-            confidence = confidence + anneal * -torch.log(-torch.log(u))  # annealed Gumbel
+            confidence = confidence + anneal * gumbel_noise((B, N), generator, confidence)  # annealed
             confidence = confidence.masked_fill(known, math.inf)
             still_masked = math.floor(N * math.cos(0.5 * math.pi * (step + 1) / steps))
             order = confidence.argsort(dim=-1, descending=True, stable=True)
