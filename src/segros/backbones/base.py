@@ -33,18 +33,78 @@ What an adapter must provide:
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from safetensors.torch import save_file
 from torch import nn
 
 from segros.plan import SupervisionPlan
 
 Batch = dict[str, Any]
+
+
+class BackboneOptions(BaseModel):
+    """The ``model:`` section of a config: the options every backbone has. An adapter's
+    ``Options`` subclasses it with its own (and narrows ``name`` to its registry name)."""
+
+    model_config = ConfigDict(extra="forbid")
+    #: earlier names of options, still read from configs and saved checkpoints: {old: current}
+    renamed: ClassVar[dict[str, str]] = {}
+
+    name: str
+    # a folder save_pretrained wrote (reloaded, see Backbone.reload_options), or what the adapter's
+    # build() reads: an upstream release (hub id or folder); None: random initialisation
+    init_from: str | None = None
+    # probability that a training caption is replaced by the empty prompt, so the model learns the
+    # unconditional branch of classifier-free guidance (Show-o's cond_dropout_prob)
+    caption_dropout: float = Field(0.1, ge=0.0, le=1.0)
+
+    @classmethod
+    def current_names(cls, values: dict[str, Any]) -> dict[str, Any]:
+        """``values`` with every renamed option under its current name (the current one wins)."""
+        out = dict(values)
+        for old, new in cls.renamed.items():
+            if old in out:
+                value = out.pop(old)
+                out.setdefault(new, value)
+        return out
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_options(cls, data: Any) -> Any:
+        return cls.current_names(data) if isinstance(data, dict) and cls.renamed else data
+
+
+def saved_config(folder: str | Path) -> dict[str, Any] | None:
+    """``config.json`` of a folder :meth:`Backbone.save_pretrained` wrote (it names its backbone),
+    or None for anything else (a hub id, an upstream release folder, a missing path)."""
+    file = Path(folder).expanduser() / "config.json"
+    if not file.is_file():
+        return None
+    try:
+        config = json.loads(file.read_text())
+    except ValueError as e:
+        raise ValueError(f"{file} is not valid JSON ({e})") from None
+    return config if isinstance(config, dict) and "backbone" in config else None
+
+
+def plain_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict as safetensors stores it: contiguous CPU tensors, where a tensor sharing
+    storage with an earlier one (a tied output head) becomes a copy of its own."""
+    out, seen = {}, set()
+    for k, v in state.items():
+        v = v.detach().cpu()
+        key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape))
+        out[k] = v.clone().contiguous() if key in seen else v.contiguous()
+        seen.add(key)
+    return out
 
 
 @dataclass
@@ -68,6 +128,18 @@ class GroundingInputs:
 class Backbone(nn.Module, ABC):
     """Base class of every UMM adapter (tiny, Show-o, Harmon, OpenUni, ...)."""
 
+    #: the registry name (``model.name``), written as ``backbone`` into a saved ``config.json``
+    name: ClassVar[str]
+    #: the pydantic schema of the config's ``model:`` section
+    Options: ClassVar[type[BackboneOptions]]
+    #: options that only change how a loaded model runs: a config's values replace a saved
+    #: checkpoint's when ``init_from`` reloads it (every other option is the checkpoint's)
+    reload_options: ClassVar[frozenset[str]] = frozenset({"caption_dropout"})
+    #: what a folder :meth:`save_pretrained` wrote holds besides ``config.json``
+    saved_files: ClassVar[tuple[str, ...]] = ("model.safetensors",)
+
+    options: BackboneOptions
+
     #: side in pixels of the images the backbone trains on (synthetic sources render at it).
     image_size: int
     #: (h, w) of the generation tokens the plan indexes.
@@ -78,8 +150,6 @@ class Backbone(nn.Module, ABC):
     mask_schedule: str = "cosine"
     #: one masking ratio per batch (MAR encoders drop masked tokens), None = schedule default.
     mask_per_batch: bool | None = None
-    #: probability of replacing a caption by the empty prompt (for classifier-free guidance).
-    caption_dropout: float = 0.0
     #: peft ``target_modules`` LoRA adapts by default (``lora.targets``), inside ``self.model``,
     #: the backbone's transformer; never the input embedding table the grounding reads.
     lora_targets: tuple[str, ...] = ()
@@ -87,6 +157,26 @@ class Backbone(nn.Module, ABC):
     @property
     def num_tokens(self) -> int:
         return self.token_grid[0] * self.token_grid[1]
+
+    @property
+    def caption_dropout(self) -> float:
+        """Probability of replacing a caption by the empty prompt (classifier-free guidance)."""
+        return self.options.caption_dropout
+
+    # --- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_options(cls, options: BackboneOptions) -> Backbone:
+        """The backbone a config's ``model:`` section asks for: a segros folder ``init_from`` names,
+        reloaded with the config's :attr:`reload_options`, else :meth:`build`."""
+        if options.init_from and saved_config(options.init_from) is not None:
+            runtime = options.model_dump(include=set(cls.reload_options))
+            return cls.from_pretrained(options.init_from, **runtime)
+        return cls.build(options)
+
+    @classmethod
+    @abstractmethod
+    def build(cls, options: BackboneOptions) -> Backbone:
+        """Random weights (``init_from`` None) or the upstream release ``init_from`` names."""
 
     # --- data ---------------------------------------------------------------------------------
     @abstractmethod
@@ -163,14 +253,51 @@ class Backbone(nn.Module, ABC):
         """(B, H, W, 3) uint8 images for the prompts."""
         return self.decode_tokens(self.generate_tokens(prompts, generator, guidance_scale, steps))
 
-    @abstractmethod
+    # --- storage: config.json names the backbone, its architecture and options ------------------
     def save_pretrained(self, path: str | Path) -> None:
-        """Write ``model.safetensors`` and whatever config the backbone needs to ``path``."""
+        """Write ``model.safetensors`` (the module's state dict), :meth:`save_components` and, last,
+        ``config.json`` (``backbone``, :meth:`architecture`, ``options``) to ``path``."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        save_file(plain_state(self.state_dict()), str(path / "model.safetensors"))
+        self.save_components(path)
+        config = {"backbone": self.name, **self.architecture(), "options": self.options.model_dump()}
+        (path / "config.json").write_text(json.dumps(config, indent=2))
+
+    def save_components(self, path: Path) -> None:
+        """Files a reload needs besides the weights and config (tokenizers, a VAE kept outside the
+        module tree); none by default."""
+
+    @abstractmethod
+    def architecture(self) -> dict[str, Any]:
+        """The ``config.json`` entries (besides backbone and options) :meth:`from_saved` rebuilds
+        the modules from."""
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, **overrides: Any) -> Backbone:
+        """Load a folder :meth:`save_pretrained` wrote, ``overrides`` replacing saved options; a
+        path that is no such folder goes to :meth:`from_options` as ``init_from`` (an upstream
+        release, for the backbones that read one)."""
+        folder = Path(path).expanduser()
+        config = saved_config(folder)
+        if config is None:
+            return cls.from_options(cls.Options(**{**overrides, "init_from": str(path)}))
+        if config["backbone"] != cls.name:
+            raise ValueError(f"{folder} holds a {config['backbone']!r} checkpoint, not {cls.name}")
+        missing = [f for f in cls.saved_files if not (folder / f).exists()]
+        if missing:
+            raise FileNotFoundError(
+                f"{folder} is not a complete {cls.name} checkpoint: missing {', '.join(missing)}"
+            )
+        saved = cls.Options.current_names(config["options"])
+        options = cls.Options(**{**saved, **cls.Options.current_names(overrides), "init_from": None})
+        return cls.from_saved(folder, config, options)
 
     @classmethod
     @abstractmethod
-    def from_pretrained(cls, path: str | Path, **overrides: Any) -> Backbone:
-        """Load a folder written by :meth:`save_pretrained` (or the upstream release)."""
+    def from_saved(cls, folder: Path, config: dict[str, Any], options: BackboneOptions) -> Backbone:
+        """The backbone rebuilt from a saved ``config.json`` (with ``options`` already merged), its
+        weights loaded from ``folder``."""
 
     def image_for_display(self, batch: Batch) -> torch.Tensor:
         """(B, H, W, 3) uint8 images of a batch, for grounding pictures: ``prepare_t2i`` keeps

@@ -1,20 +1,20 @@
 """Backbones by name. Adding one is a line here; the trainer never names a backbone.
 
-Each entry is ``"module:Class"`` of a :class:`~segros.backbones.base.Backbone` subclass with an
-``Options`` pydantic model (the config's ``model:`` section), ``from_options`` and
-``from_pretrained``. Modules are imported only when their backbone is used.
+Each entry is ``"module:Class"`` of a :class:`~segros.backbones.base.Backbone` subclass (the
+contract: ``name`` equal to the key, ``Options``, ``build``, storage hooks; see ``base.py`` and
+``tests/test_backbone_contract.py``, which runs every entry). Modules are imported only when
+their backbone is used.
 """
 
 from __future__ import annotations
 
 import importlib
-import json
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
-from segros.backbones.base import Backbone
+from segros.backbones.base import Backbone, saved_config
 
 BACKBONES: dict[str, str] = {
     "tiny": "segros.backbones.tiny.adapter:TinyBackbone",
@@ -66,13 +66,12 @@ def load_backbone(path: str | Path, **overrides: Any) -> Backbone:
     from segros.train.checkpoint import safetensors_problem
 
     path = resolve_checkpoint(path)
-    config_file = Path(path) / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{path} has no config.json: not a segros checkpoint folder")
-    try:
-        name = json.loads(config_file.read_text()).get("backbone")
-    except ValueError as e:
-        raise ValueError(f"{config_file} is not valid JSON ({e})") from None
+    config = saved_config(path)
+    if config is None:
+        raise FileNotFoundError(
+            f"{path} has no config.json naming a backbone: not a segros checkpoint folder"
+        )
+    name = config["backbone"]
     for weights in sorted([*Path(path).glob("*.safetensors"), *Path(path).glob("adapter/*.safetensors")]):
         if problem := safetensors_problem(weights):
             raise ValueError(f"cannot load checkpoint {path}: {weights}: {problem}")

@@ -44,7 +44,6 @@ backbone's state dict is exactly the Harmon model's (``model.llm.*``, ``model.ma
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 from collections.abc import Iterator, Sequence
@@ -52,10 +51,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from safetensors.torch import load_file, save_file
 
-from segros.backbones.base import Backbone, Batch, GroundingInputs
+from segros.backbones.base import Backbone, BackboneOptions, Batch, GroundingInputs, plain_state
 from segros.backbones.harmon import text as T
 from segros.backbones.harmon.diffloss import DiffLoss
 from segros.backbones.harmon.mar import check_equal_visible, mask_by_order, random_orders
@@ -74,22 +73,17 @@ TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json"]
 VAE_FILE = "kl16.ckpt"
 
 
-class HarmonOptions(BaseModel):
-    """The ``model:`` section of a config for Harmon."""
-
-    model_config = ConfigDict(extra="forbid")
+class HarmonOptions(BackboneOptions):
+    """The ``model:`` section of a config for Harmon (``init_from``: a segros folder, or a folder /
+    hub id with the upstream release, wusize/harmon; None: random weights, tiny smoke runs)."""
 
     name: Literal["harmon"] = "harmon"
     size: Literal["0.5b", "1.5b", "tiny"] = "0.5b"
-    # a segros folder (config.json), or a folder / hub id with the upstream release (wusize/harmon);
-    # None: random initialisation (tiny smoke runs)
-    init_from: str | None = None
     checkpoint_file: str | None = None  # in init_from; default harmon_{size}.pth (e.g. harmon_1.5b-o.pth)
     vae: str | None = None  # folder / hub id with kl16.ckpt; default: init_from
     tokenizer: str | None = None  # folder / hub id; default Qwen/Qwen2.5-{size}-Instruct
     image_size: int = Field(512, ge=32, le=2048)  # Harmon trains and samples at 512 px
     max_text_len: int = Field(128, ge=8, le=4096)
-    caption_dropout: float = Field(0.1, ge=0.0, le=1.0)
     diffusion_batch_mul: int = Field(4, ge=1, le=64)
     i2t_grad_scale: float = Field(0.1, ge=0.0)  # gradient into visual features from the I2T loss
     image_attention: Literal["causal", "full"] = "causal"
@@ -148,7 +142,24 @@ def diffusion_loss(
 class HarmonBackbone(Backbone):
     """Harmon-0.5B / 1.5B (or a tiny random configuration); see the module docstring."""
 
+    name = "harmon"
     Options = HarmonOptions
+    reload_options = frozenset(
+        {
+            "max_text_len",
+            "caption_dropout",
+            "diffusion_batch_mul",
+            "i2t_grad_scale",
+            "image_attention",
+            "grad_checkpointing",
+            "generation_steps",
+            "guidance_scale",
+            "cfg_schedule",
+            "temperature",
+            "diffusion_steps",
+        }
+    )
+    saved_files = ("model.safetensors", "vae.safetensors", "tokenizer")
     lora_targets = ("q_proj", "k_proj", "v_proj", "o_proj")  # Qwen2 attention
     mask_schedule = "truncnorm"
     mask_per_batch = True
@@ -172,7 +183,6 @@ class HarmonBackbone(Backbone):
         if options.image_size % stride:
             raise ValueError(f"model.image_size must be a multiple of {stride}, got {options.image_size}")
         self.token_grid = (options.image_size // stride, options.image_size // stride)
-        self.caption_dropout = options.caption_dropout
         self._null_ids = T.encode_null(tokenizer)
         vocab = cfg.llm["vocab_size"]
         if len(tokenizer) > vocab:
@@ -197,12 +207,9 @@ class HarmonBackbone(Backbone):
 
     # --- construction -----------------------------------------------------------------------------
     @classmethod
-    def from_options(cls, options: HarmonOptions) -> HarmonBackbone:
-        """Random weights (``init_from`` None), a segros folder, or the upstream release."""
+    def build(cls, options: HarmonOptions) -> HarmonBackbone:
+        """Random weights (``init_from`` None) or the upstream release."""
         source = options.init_from
-        if source and (Path(source).expanduser() / "config.json").is_file():
-            keep = set(HarmonOptions.model_fields) - {"name", "init_from", "size", "image_size", "tokenizer"}
-            return cls.from_pretrained(source, **options.model_dump(include=keep))
         tokenizer = load_tokenizer(options.tokenizer or QWEN_TOKENIZERS.get(options.size), options.size)
         cfg = HarmonConfig.for_size(options.size)
         if not source:
@@ -482,46 +489,20 @@ class HarmonBackbone(Backbone):
                 masked = masked_next if step < steps - 1 else torch.zeros_like(masked)
         return tokens
 
-    # --- storage ----------------------------------------------------------------------------------
-    def save_pretrained(self, path: str | Path) -> None:
-        """``config.json`` (backbone, architecture, options), ``model.safetensors`` (this module's
-        state dict; a tied lm_head is stored as a copy), ``vae.safetensors``, ``tokenizer/``."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        state, seen = {}, set()
-        for k, v in self.state_dict().items():
-            v = v.detach().cpu()
-            key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape))
-            state[k] = v.clone().contiguous() if key in seen else v.contiguous()
-            seen.add(key)
-        save_file(state, str(path / "model.safetensors"))
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.vae.state_dict().items()},
-                  str(path / "vae.safetensors"))  # fmt: skip
+    # --- storage --------------------------------------------------------------------------------
+    # model.safetensors is this module's state dict (a tied lm_head stored as a copy); the VAE,
+    # outside the module tree, goes to vae.safetensors, the tokenizer to tokenizer/.
+    def architecture(self) -> dict[str, Any]:
+        return {"model": self.cfg.to_dict()}
+
+    def save_components(self, path: Path) -> None:
+        save_file(plain_state(self.vae.state_dict()), str(path / "vae.safetensors"))
         self.text_tokenizer.save_pretrained(str(path / "tokenizer"))
-        config = {"backbone": "harmon", "model": self.cfg.to_dict(), "options": self.options.model_dump()}
-        (path / "config.json").write_text(json.dumps(config, indent=2))
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, **overrides: Any) -> HarmonBackbone:
-        """A folder written by :meth:`save_pretrained`; anything else (a folder or hub id with the
-        upstream release) goes through :meth:`from_options` with ``init_from=path``."""
-        folder = Path(path).expanduser()
-        if not (folder / "config.json").is_file():
-            return cls.from_options(HarmonOptions(**{**overrides, "init_from": str(path)}))
-        missing = [
-            f for f in ("model.safetensors", "vae.safetensors", "tokenizer") if not (folder / f).exists()
-        ]
-        if missing:
-            raise FileNotFoundError(
-                f"{folder} is not a segros Harmon checkpoint: missing {', '.join(missing)}"
-            )
-        config = json.loads((folder / "config.json").read_text())
-        if config.get("backbone") != "harmon":
-            raise ValueError(f"{folder} holds a {config.get('backbone')!r} checkpoint, not harmon")
-        options = HarmonOptions(**{**config["options"], **overrides, "init_from": None})
-        backbone = cls(
-            HarmonConfig.from_dict(config["model"]), load_tokenizer(str(folder / "tokenizer")), options
-        )
+    def from_saved(cls, folder: Path, config: dict[str, Any], options: HarmonOptions) -> HarmonBackbone:
+        tokenizer = load_tokenizer(str(folder / "tokenizer"))
+        backbone = cls(HarmonConfig.from_dict(config["model"]), tokenizer, options)
         backbone.load_state_dict(load_file(str(folder / "model.safetensors")))
         backbone.vae.load_state_dict(load_file(str(folder / "vae.safetensors")))
         return backbone

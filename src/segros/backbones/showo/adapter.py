@@ -44,10 +44,10 @@ from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from segros._checks import check_choice
-from segros.backbones.base import Backbone, Batch, GroundingInputs
+from segros.backbones.base import Backbone, BackboneOptions, Batch, GroundingInputs
 from segros.backbones.images import square_batch, to_signed_unit
 from segros.backbones.sampling import gumbel_noise, sample_categorical
 from segros.backbones.showo import checkpoints as ckpt
@@ -88,10 +88,8 @@ class ShowoArch(BaseModel):
         return self
 
 
-class ShowoOptions(BaseModel):
+class ShowoOptions(BackboneOptions):
     """The ``model:`` section of a config for Show-o. Loading weights happens only when a run starts."""
-
-    model_config = ConfigDict(extra="forbid")
 
     name: Literal["showo"] = "showo"
     # hub id or folder: a published Show-o (showlab/show-o, -512x512, -w-clip-vit, ...) or a segros
@@ -105,7 +103,6 @@ class ShowoOptions(BaseModel):
     max_text_len: int = Field(128, ge=4, le=1024)  # upstream max_seq_length
     hint_source: Literal["codes", "clip"] | None = None  # None: clip for CLIP variants, else codes
     loss_vocab: Literal["full", "codes"] = "full"
-    caption_dropout: float = Field(0.1, ge=0.0, le=1.0)  # upstream cond_dropout_prob
     generation_steps: int = Field(50, ge=1, le=1024)
     guidance_scale: float = Field(5.0, ge=0.0)
     generation_temperature: float = Field(1.0, ge=0.0)
@@ -113,29 +110,25 @@ class ShowoOptions(BaseModel):
     gradient_checkpointing: bool = False
 
 
-# Options that only change how a loaded model runs (kept from the config over a checkpoint's own).
-RUNTIME = (
-    "hint_source",
-    "loss_vocab",
-    "caption_dropout",
-    "generation_steps",
-    "guidance_scale",
-    "generation_temperature",
-    "attn_implementation",
-    "gradient_checkpointing",
-    "max_text_len",
-)
-
-
-def _is_segros_folder(source: str | Path) -> bool:
-    config = Path(source) / "config.json"
-    return config.is_file() and json.loads(config.read_text()).get("backbone") == "showo"
-
-
 class ShowoBackbone(Backbone):
     """Show-o (VQ or w/ CLIP-ViT, 256 or 512 px); see the module docstring."""
 
+    name = "showo"
     Options = ShowoOptions
+    reload_options = frozenset(
+        {
+            "hint_source",
+            "loss_vocab",
+            "caption_dropout",
+            "generation_steps",
+            "guidance_scale",
+            "generation_temperature",
+            "attn_implementation",
+            "gradient_checkpointing",
+            "max_text_len",
+        }
+    )
+    saved_files = ("model.safetensors", "tokenizer/tokenizer_config.json")
     lora_targets = ("q_proj", "k_proj", "v_proj", "dense")  # Phi attention
     mask_schedule = "cosine"  # Show-o: gamma = cos(pi/2 u), one ratio per sample
 
@@ -170,16 +163,13 @@ class ShowoBackbone(Backbone):
         if self.hint_source == "clip" and self.clip is None:
             raise ValueError("model.hint_source='clip' needs a w/ CLIP-ViT Show-o")
         self.hint_grid = clip_cfg.grid if self.hint_source == "clip" else None
-        self.caption_dropout = options.caption_dropout
         if options.gradient_checkpointing:
             self.model.showo.gradient_checkpointing_enable()
 
     # --- construction -------------------------------------------------------------------------
     @classmethod
-    def from_options(cls, options: ShowoOptions) -> ShowoBackbone:
-        """Published weights (``init_from`` a hub id or folder), a segros checkpoint, or random ``arch``."""
-        if options.init_from and _is_segros_folder(options.init_from):
-            return cls.from_pretrained(options.init_from, **options.model_dump(include=set(RUNTIME)))
+    def build(cls, options: ShowoOptions) -> ShowoBackbone:
+        """Published weights (``init_from`` a hub id or folder) or random ``arch``."""
         if options.init_from:
             return cls._from_upstream(options)
         tokenizer = extend_tokenizer(ckpt.load_tokenizer(options.tokenizer))
@@ -503,49 +493,32 @@ class ShowoBackbone(Backbone):
         return levels.to(torch.uint8).permute(0, 2, 3, 1).cpu()
 
     # --- storage ------------------------------------------------------------------------------
-    def save_pretrained(self, path: str | Path) -> None:
-        """``config.json`` (``backbone: showo``), ``model.safetensors`` (Show-o, MAGVIT-v2 and CLIP
-        weights: the whole state, which the trainer's resume reloads) and ``tokenizer/``."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(path / "model.safetensors"))
-        self.text_tokenizer.save_pretrained(str(path / "tokenizer"))
-        config = {
-            "backbone": "showo",
+    # model.safetensors holds Show-o, MAGVIT-v2 and CLIP weights: the whole state, which the
+    # trainer's resume reloads; tokenizer/ the extended Phi tokenizer.
+    def architecture(self) -> dict[str, Any]:
+        return {
             "showo": self.model.cfg.to_dict(),
             "magvit": self.vq.cfg.to_dict(),
             "clip": self.clip.cfg.to_dict() if self.clip is not None else None,
-            "options": self.options.model_dump(),
         }
-        (path / "config.json").write_text(json.dumps(config, indent=2))
+
+    def save_components(self, path: Path) -> None:
+        self.text_tokenizer.save_pretrained(str(path / "tokenizer"))
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, **overrides: Any) -> ShowoBackbone:
-        """A segros Show-o folder, or a published Show-o (hub id or folder; ``overrides`` are options)."""
-        if not _is_segros_folder(path):
-            return cls.from_options(ShowoOptions(**{**overrides, "init_from": str(path)}))
-        path = Path(path)
-        missing = [
-            f for f in ("model.safetensors", "tokenizer/tokenizer_config.json") if not (path / f).is_file()
-        ]
-        if missing:
-            raise FileNotFoundError(
-                f"{path} is not a complete Show-o checkpoint: missing {', '.join(missing)}"
-            )
+    def from_saved(cls, folder: Path, config: dict[str, Any], options: ShowoOptions) -> ShowoBackbone:
         from transformers import AutoTokenizer
 
-        config = json.loads((path / "config.json").read_text())
-        options = ShowoOptions(**{**config["options"], **overrides, "init_from": None})
         showo_cfg = ShowoConfig(**{**config["showo"], "attn_implementation": options.attn_implementation})
         clip_cfg = ClipConfig(**config["clip"]) if config["clip"] is not None else None
         tokenizer = extend_tokenizer(
-            AutoTokenizer.from_pretrained(str(path / "tokenizer"), padding_side="left")
+            AutoTokenizer.from_pretrained(str(folder / "tokenizer"), padding_side="left")
         )
         backbone = _build_empty(
             cls, showo_cfg, MagvitConfig(**config["magvit"]), clip_cfg, tokenizer, options
         )
-        ckpt.load_exact(backbone, load_file(str(path / "model.safetensors")), f"{path}/model.safetensors")
+        weights = folder / "model.safetensors"
+        ckpt.load_exact(backbone, load_file(str(weights)), str(weights))
         return backbone._finish_loading()
 
 

@@ -13,7 +13,6 @@ learns the empty prompt through caption dropout.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -21,10 +20,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
-from safetensors.torch import load_file, save_file
+from pydantic import Field
+from safetensors.torch import load_file
 
-from segros.backbones.base import Backbone, Batch, GroundingInputs
+from segros.backbones.base import Backbone, BackboneOptions, Batch, GroundingInputs
 from segros.backbones.images import NEAREST, square_batch
 from segros.backbones.sampling import gumbel_noise, sample_categorical
 from segros.backbones.tiny.image_tokenizer import PatchTokenizer
@@ -90,14 +89,11 @@ def cached_shapes_tokenizer(
     return tokenizer
 
 
-class TinyOptions(BaseModel):
+class TinyOptions(BackboneOptions):
     """The ``model:`` section of a config for the tiny backbone."""
-
-    model_config = ConfigDict(extra="forbid")
 
     name: Literal["tiny"] = "tiny"
     size: Literal["tiny", "small", "base"] = "tiny"
-    init_from: str | None = None  # a checkpoint folder (model.safetensors + config.json)
     # 32 px with 4 px patches: an 8 x 8 token grid whose 4096-code tokenizer round-trips the
     # evaluation renderings at 0.97 with the judge (8 px patches at 64 px reach only 0.60)
     image_size: int = Field(32, ge=16, le=256)
@@ -108,7 +104,6 @@ class TinyOptions(BaseModel):
     shapes_layout: Literal["free", "grid"] = "free"
     num_codes: int = Field(4096, ge=2, le=65536)
     max_text_len: int = Field(48, ge=4, le=512)
-    caption_dropout: float = Field(0.1, ge=0.0, le=1.0)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     # MaskGIT decoding; defaults as measured for the shipped model (docs/miniature.md): 16 steps,
     # guidance 3, temperature 0.7, no noise on the unmasking order
@@ -123,7 +118,19 @@ class TinyOptions(BaseModel):
 class TinyBackbone(Backbone):
     """The built-in UMM; see the module docstring."""
 
+    name = "tiny"
     Options = TinyOptions
+    reload_options = frozenset(
+        {
+            "caption_dropout",
+            "dropout",
+            "generation_steps",
+            "guidance_scale",
+            "sample_temperature",
+            "choice_temperature",
+        }
+    )
+    saved_files = ("model.safetensors", "image_tokenizer.safetensors")
     lora_targets = ("qkv", "proj", "mlp.0", "mlp.2")  # attention and MLP linears
     mask_schedule = "cosine"  # Show-o / MaskGIT, per sample
 
@@ -141,22 +148,15 @@ class TinyBackbone(Backbone):
         self.options = options
         self.token_grid = tuple(image_tokenizer.grid)
         self.image_size = options.image_size
-        self.caption_dropout = options.caption_dropout
 
     # --- construction -------------------------------------------------------------------------
     @classmethod
-    def from_options(cls, options: TinyOptions) -> TinyBackbone:
-        """A fresh model (or ``init_from`` a checkpoint) as a config's ``model:`` section asks."""
+    def build(cls, options: TinyOptions) -> TinyBackbone:
+        """A fresh model; TinyUMM has no upstream release, so ``init_from`` must be a segros folder."""
         if options.init_from:
-            keep = {
-                "caption_dropout",
-                "dropout",
-                "generation_steps",
-                "guidance_scale",
-                "sample_temperature",
-                "choice_temperature",
-            }
-            return cls.from_pretrained(options.init_from, **options.model_dump(include=keep))
+            folder = Path(options.init_from)
+            missing = [f for f in ("config.json", *cls.saved_files) if not (folder / f).is_file()]
+            raise FileNotFoundError(f"{folder} is not a TinyUMM checkpoint: missing {', '.join(missing)}")
         from segros.data.shapes import vocabulary
 
         if options.image_tokenizer:
@@ -345,38 +345,20 @@ class TinyBackbone(Backbone):
         return self.image_tokenizer.decode(tokens.cpu())
 
     # --- storage ------------------------------------------------------------------------------
-    def save_pretrained(self, path: str | Path) -> None:
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(path / "model.safetensors"))
+    def architecture(self) -> dict[str, Any]:
+        return {"model": self.cfg.to_dict(), "words": self.text_tokenizer.words}
+
+    def save_components(self, path: Path) -> None:
         self.image_tokenizer.save(path / "image_tokenizer.safetensors")
-        config = {
-            "backbone": "tiny",
-            "model": self.cfg.to_dict(),
-            "words": self.text_tokenizer.words,
-            "options": self.options.model_dump(),
-        }
-        (path / "config.json").write_text(json.dumps(config, indent=2))
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, **overrides: Any) -> TinyBackbone:
-        path = Path(path)
-        missing = [
-            f
-            for f in ("config.json", "model.safetensors", "image_tokenizer.safetensors")
-            if not (path / f).is_file()
-        ]
-        if missing:
-            raise FileNotFoundError(f"{path} is not a TinyUMM checkpoint: missing {', '.join(missing)}")
-        config = json.loads((path / "config.json").read_text())
-        options = TinyOptions(**{**config["options"], **overrides, "init_from": None})
+    def from_saved(cls, folder: Path, config: dict[str, Any], options: TinyOptions) -> TinyBackbone:
         model_cfg = TinyConfig(**{**config["model"], "dropout": options.dropout})
         backbone = cls(
             model_cfg,
             WordTokenizer(config["words"]),
-            PatchTokenizer.load(path / "image_tokenizer.safetensors"),
+            PatchTokenizer.load(folder / "image_tokenizer.safetensors"),
             options,
         )
-        backbone.load_state_dict(load_file(str(path / "model.safetensors")))
+        backbone.load_state_dict(load_file(str(folder / "model.safetensors")))
         return backbone
