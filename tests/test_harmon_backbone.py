@@ -214,7 +214,7 @@ def test_save_and_load_round_trip_identically(backbone, tmp_path):
 
 
 def test_grounding_builds_no_graph_even_with_checkpointing(tokenizer_dir):
-    model = tiny_backbone(tokenizer_dir, grad_checkpointing=True)
+    model = tiny_backbone(tokenizer_dir, gradient_checkpointing=True)
     with torch.no_grad():
         g = model(model.prepare_t2i(records(2)), mode="ground")
     assert not g.text_emb.requires_grad and not g.image_emb.requires_grad

@@ -69,10 +69,10 @@ def test_the_trainer_runs_harmon_unchanged(tokenizer_dir, tmp_path):
     overrides = [
         "model.size=tiny", "model.init_from=null", f"model.tokenizer={tokenizer_dir}",
         f"model.image_size={IMAGE_SIZE}", "model.max_text_len=80", "model.generation_steps=2",
-        "model.diffusion_steps=2", "model.grad_checkpointing=false", "data.source=shapes", "data.path=null",
-        "data.i2t=shapes", "data.batch_size=2", "optim.mixed_precision='no'", "optim.warmup_steps=0",
-        "run.max_steps=2", "run.save_every=2", "run.picture_every=0", "logging.tensorboard=false",
-        "run.progress=false",
+        "model.diffusion_steps=2", "model.gradient_checkpointing=false", "data.source=shapes",
+        "data.path=null", "data.i2t=shapes", "data.batch_size=2", "optim.mixed_precision='no'",
+        "optim.warmup_steps=0", "run.max_steps=2", "run.save_every=2", "run.picture_every=0",
+        "logging.tensorboard=false", "run.progress=false",
     ]  # fmt: skip
     cfg = load_config(CONFIGS / "segros_droploss-0.5b.yaml", overrides)
     trainer = Trainer(cfg, tmp_path / "run")

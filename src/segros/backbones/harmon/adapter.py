@@ -87,12 +87,13 @@ class HarmonOptions(BackboneOptions):
     diffusion_batch_mul: int = Field(4, ge=1, le=64)
     i2t_grad_scale: float = Field(0.1, ge=0.0)  # gradient into visual features from the I2T loss
     image_attention: Literal["causal", "full"] = "causal"
-    grad_checkpointing: bool = False
+    gradient_checkpointing: bool = False  # activation checkpointing of the LLM, MAR and DiffLoss
     generation_steps: int = Field(64, ge=1, le=1024)
     guidance_scale: float = Field(3.0, ge=0.0)
     cfg_schedule: Literal["constant", "linear"] = "constant"
-    temperature: float = Field(1.0, gt=0.0)
+    temperature: float = Field(1.0, gt=0.0)  # DiffLoss sampling temperature (upstream's name)
     diffusion_steps: int = Field(100, ge=1, le=1000)
+    renamed = {"grad_checkpointing": "gradient_checkpointing"}
 
 
 # --- images ---------------------------------------------------------------------------------------
@@ -151,7 +152,7 @@ class HarmonBackbone(Backbone):
             "diffusion_batch_mul",
             "i2t_grad_scale",
             "image_attention",
-            "grad_checkpointing",
+            "gradient_checkpointing",
             "generation_steps",
             "guidance_scale",
             "cfg_schedule",
@@ -171,9 +172,9 @@ class HarmonBackbone(Backbone):
         # MAR's class table is never used by Harmon (buffers take fake_latent): frozen, so that DDP
         # does not wait for its gradient; it stays in the state dict for the released key set
         self.model.mar.class_emb.requires_grad_(False)
-        self.model.mar.grad_checkpointing = options.grad_checkpointing
-        self.model.mar.diffloss.net.grad_checkpointing = options.grad_checkpointing
-        if options.grad_checkpointing:  # transformers 5 renamed it; the old name warns
+        self.model.mar.grad_checkpointing = options.gradient_checkpointing
+        self.model.mar.diffloss.net.grad_checkpointing = options.gradient_checkpointing
+        if options.gradient_checkpointing:  # transformers 5 renamed it; the old name warns
             llm = self.model.llm
             getattr(llm, "activation_checkpointing_enable", llm.gradient_checkpointing_enable)()
         self._vae = [AutoencoderKL(cfg.vae).requires_grad_(False).eval()]  # a list: not a submodule

@@ -105,6 +105,8 @@ class ShowoOptions(BackboneOptions):
     loss_vocab: Literal["full", "codes"] = "full"
     generation_steps: int = Field(50, ge=1, le=1024)
     guidance_scale: float = Field(5.0, ge=0.0)
+    # scale of the Gumbel noise on the re-masking order, annealed as upstream (its config key);
+    # Show-o samples the codes themselves at temperature 1
     generation_temperature: float = Field(1.0, ge=0.0)
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
     gradient_checkpointing: bool = False

@@ -109,10 +109,11 @@ class TinyOptions(BackboneOptions):
     # guidance 3, temperature 0.7, no noise on the unmasking order
     generation_steps: int = Field(16, ge=1, le=256)
     guidance_scale: float = Field(3.0, ge=0.0)
-    sample_temperature: float = Field(0.7, gt=0.0)
-    # scale of the annealed Gumbel noise on the unmasking order (MaskGIT's choice temperature);
-    # 0: unmask strictly the most confident codes
-    choice_temperature: float = Field(0.0, ge=0.0)
+    temperature: float = Field(0.7, gt=0.0)  # sampling temperature of the codes (Harmon's name)
+    # scale of the annealed Gumbel noise on the unmasking order (Show-o's name; MaskGIT's choice
+    # temperature); 0: unmask strictly the most confident codes
+    generation_temperature: float = Field(0.0, ge=0.0)
+    renamed = {"sample_temperature": "temperature", "choice_temperature": "generation_temperature"}
 
 
 class TinyBackbone(Backbone):
@@ -126,8 +127,8 @@ class TinyBackbone(Backbone):
             "dropout",
             "generation_steps",
             "guidance_scale",
-            "sample_temperature",
-            "choice_temperature",
+            "temperature",
+            "generation_temperature",
         }
     )
     saved_files = ("model.safetensors", "image_tokenizer.safetensors")
@@ -325,13 +326,13 @@ class TinyBackbone(Backbone):
             cond, uncond = logits[:B], logits[B:]
             guided = uncond + (1.0 + scale) * (cond - uncond) if scale > 0 else cond
             # sample only where the code is still unknown
-            probs = (guided[~known] / self.options.sample_temperature).softmax(-1)  # (M, K)
+            probs = (guided[~known] / self.options.temperature).softmax(-1)  # (M, K)
             picked = sample_categorical(probs, generator)  # (M,)
             sampled = codes.clone()
             sampled[~known] = picked
             confidence = torch.zeros(B, N, device=device)
             confidence[~known] = probs.gather(-1, picked.unsqueeze(-1)).squeeze(-1).clamp_min(1e-30).log()
-            anneal = self.options.choice_temperature * (1.0 - (step + 1) / steps)
+            anneal = self.options.generation_temperature * (1.0 - (step + 1) / steps)
             confidence = confidence + anneal * gumbel_noise((B, N), generator, confidence)  # annealed
             confidence = confidence.masked_fill(known, math.inf)
             still_masked = math.floor(N * math.cos(0.5 * math.pi * (step + 1) / steps))
