@@ -37,7 +37,7 @@ def evaluate(path: str, scenes: list, mask_ratio: float, batch_size: int = 64) -
         chunk = scenes[start : start + batch_size]
         records = [ImageTextRecord(Image.fromarray(s.image), s.caption, str(i)) for i, s in enumerate(chunk)]
         batch = backbone.prepare_t2i(records)
-        B, N = batch["codes"].shape
+        B, N = len(batch), backbone.num_tokens
         plan = make_plan(preset("sft"), torch.full((B,), mask_ratio, dtype=torch.float64), N, None, generator)
         on_objects = patch_coverage(
             torch.stack([torch.from_numpy(sum(o.mask for o in s.objects).astype(bool)) for s in chunk]),
@@ -50,7 +50,7 @@ def evaluate(path: str, scenes: list, mask_ratio: float, batch_size: int = 64) -
         i2t = backbone.prepare_i2t(
             [I2TRecord(r.image, [("describe this picture", r.caption)], r.key) for r in records]
         )
-        answers = float(i2t["answer_mask"][:, 1:].sum())
+        answers = float(i2t.answer_mask[:, 1:].sum())
         totals["i2t_nll"] += float(backbone.i2t_loss(i2t)) * answers
         weights["i2t_nll"] += answers
     return {k: totals[k] / max(weights[k], 1e-9) for k in totals}

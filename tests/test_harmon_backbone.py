@@ -50,7 +50,7 @@ def test_grounding_reads_caption_tokens_and_projected_clean_features(backbone):
     assert g.image_emb.shape == (3, backbone.num_tokens, hidden)
     assert g.text_emb.shape[-1] == hidden
     tok = backbone.text_tokenizer
-    for row, valid, caption in zip(batch["text_ids"], g.text_valid, batch["captions"], strict=True):
+    for row, valid, caption in zip(batch.text_ids, g.text_valid, batch.captions, strict=True):
         words = tok.convert_ids_to_tokens(row[valid].tolist())
         assert words and " ".join(words) == caption.replace(",", " ,").replace(".", " .").strip()
         template = set(tok.convert_ids_to_tokens(row[~valid].tolist()))
@@ -62,7 +62,7 @@ def test_one_training_step_per_method(tokenizer_dir, name):
     model = tiny_backbone(tokenizer_dir, seed=1)
     generator = torch.Generator().manual_seed(0)
     batch = model.prepare_t2i(records(4))
-    batch["drop_caption"] = torch.tensor([False, True, False, False])
+    batch.drop_caption = torch.tensor([False, True, False, False])
     plan = _plan(model, batch, name, generator)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -205,10 +205,10 @@ def test_save_and_load_round_trip_identically(backbone, tmp_path):
     plan = _plan(backbone, batch, "segros", torch.Generator().manual_seed(2))
     torch.manual_seed(9)
     with torch.no_grad():
-        first = backbone.eval()(dict(batch), plan=plan)["recon"]
+        first = backbone.eval()(batch.replace(), plan=plan)["recon"]
     torch.manual_seed(9)
     with torch.no_grad():
-        second = loaded.eval()(dict(batch), plan=plan)["recon"]
+        second = loaded.eval()(batch.replace(), plan=plan)["recon"]
     backbone.train()
     assert torch.equal(first, second)
 

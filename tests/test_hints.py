@@ -33,7 +33,7 @@ def batch_with_repeated_code(backbone, n=2):
 
 def two_plans_same_hint_contents(backbone, batch, position):
     """Two plans whose hints have identical contents in the same order but other slots."""
-    codes = batch["codes"]
+    codes = batch.extras["codes"]
     B, N = codes.shape
     background = torch.mode(codes, dim=1).values  # the most frequent code per image
     slots = [(codes[b] == background[b]).nonzero().flatten() for b in range(B)]
@@ -73,7 +73,7 @@ def test_slot_hints_tell_their_slot(backbone):
 def test_dropped_hints_equal_no_hints(backbone, position):
     """hint_keep=False makes a sample's loss exactly that of the same plan without hints."""
     batch = batch_with_repeated_code(backbone)
-    B, N = batch["codes"].shape
+    B, N = batch.extras["codes"].shape
     gen = torch.Generator().manual_seed(3)
     plan = make_plan(preset("sft", hint_position=position), torch.full((B,), 0.6), N, None, gen)
     hinted = dataclasses.replace(plan, hint_idx=torch.tensor([[0, 5, 9]] * B))

@@ -103,10 +103,10 @@ def _showo_batch(bb, n=3):
 def _showo_logits(bb, batch, plan, hints=None, hint_idx=None) -> torch.Tensor:
     """reconstruction_loss's logits, with the hint contents and their slots given separately."""
     v = bb.vocab
-    ids, mask = bb._condition(batch, plan.text_condition)
+    ids, mask = bb.condition(batch, plan.text_condition)
     hint_idx = plan.hint_idx if hint_idx is None else hint_idx
     hints = bb.hint_embeddings(batch, plan.hint_idx) if hints is None else hints
-    image_ids = torch.where(plan.seen, batch["codes"] + v.code_offset, v.mask)
+    image_ids = torch.where(plan.seen, batch.extras["codes"] + v.code_offset, v.mask)
     with torch.no_grad():
         return bb.image_logits(
             hints, bb.hint_slots(hint_idx), ids, mask, image_ids, plan.hint_position, plan.hint_valid()
@@ -133,7 +133,7 @@ def test_showo_loss_with_identical_hint_contents_at_other_slots(showo):
     same embeddings, so only their position ids can tell the slots apart."""
     batch = _showo_batch(showo)
     plan = _plan(showo, batch)
-    batch = {**batch, "codes": torch.full_like(batch["codes"], 3)}
+    batch = batch.replace(extras={**batch.extras, "codes": torch.full_like(batch.extras["codes"], 3)})
     other = dataclasses.replace(plan, hint_idx=_other_slots(plan.hint_idx, showo.num_tokens))
     out = []
     handle = showo.model.showo.lm_head.register_forward_hook(lambda m, a, o: out.append(o))
@@ -154,7 +154,7 @@ def test_showo_prefix_positions_are_negative_and_equal_a_shifted_numbering(showo
     and (only differences matter) they equal numbering hints 0..K-1 and shifting the rest by K."""
     batch = _showo_batch(showo)
     plan = _plan(showo, batch)
-    K, P, N, B = plan.num_hints, batch["text_ids"].shape[1], showo.num_tokens, 3
+    K, P, N, B = plan.num_hints, batch.text_ids.shape[1], showo.num_tokens, 3
     seen = {}
     handle = showo.model.showo.model.register_forward_pre_hook(
         lambda m, a, kw: seen.update(kw), with_kwargs=True
@@ -216,9 +216,9 @@ def test_showo_caption_stopwords_line_up_with_the_left_padded_caption(showo):
     tok = showo.text_tokenizer
     batch = showo.prepare_t2i(_records_with([CAPTION, "a red cube"], showo.image_size))
     g = showo(batch, mode="ground")
-    stop, valid, ids = g.text_stopword, g.text_valid, batch["text_ids"]
+    stop, valid, ids = g.text_stopword, g.text_valid, batch.text_ids
     assert stop.shape == valid.shape and stop.dtype == torch.bool
-    assert torch.equal(stop, batch["caption_stopword"]) and not (stop & ~valid).any()
+    assert torch.equal(stop, batch.caption_stopword) and not (stop & ~valid).any()
     assert tok.convert_ids_to_tokens(ids[0][stop[0]].tolist()) == STOP
     content = tok.convert_ids_to_tokens(ids[0][valid[0] & ~stop[0]].tolist())
     assert content[:2] == ["photo", "red"] and len(content) == len(CONTENT)
@@ -275,7 +275,7 @@ def harmon(harmon_tokenizer_dir):
 def _harmon_z(bb, batch, plan, hints=None, hint_idx=None) -> torch.Tensor:
     """The MAR decoder output ``_denoiser_condition`` gives reconstruction_loss's DiffLoss."""
     x = bb._latents(batch)
-    ids, text_mask = bb._condition(batch, plan.text_condition)
+    ids, text_mask = bb.condition(batch, plan.text_condition)
     K = plan.num_hints
     if K and hints is None:
         hints = bb.hint_embeddings(batch, plan.hint_idx)
@@ -368,7 +368,7 @@ def test_harmon_caption_stopwords_line_up_with_the_caption(harmon):
     tok = harmon.text_tokenizer
     batch = harmon.prepare_t2i(_records_with([CAPTION, "a red cube"], harmon.image_size))
     g = harmon(batch, mode="ground")
-    stop, valid, ids = g.text_stopword, g.text_valid, batch["text_ids"]
+    stop, valid, ids = g.text_stopword, g.text_valid, batch.text_ids
     assert stop.shape == valid.shape == ids.shape and stop.dtype == torch.bool
     assert not (stop & ~valid).any()
     assert tok.convert_ids_to_tokens(ids[0][stop[0]].tolist()) == STOP

@@ -151,17 +151,13 @@ def test_bad_checkpoint_and_ratios(capsys, image_file, tmp_path):
 
 
 def test_any_backbone_with_the_grounding_seam_can_be_inspected():
-    """No text tokenizer, no text_ids, other grid: labels fall back to token numbers."""
+    """No text tokenizer, other grid: labels fall back to token numbers."""
     from test_pointing import SIZE, StubBackbone
 
     from segros.inspect import inspect_grounding, inspection_figure
 
-    class Stub(StubBackbone):
-        def image_for_display(self, batch):
-            return batch["images"]
-
     scene = ShapesWorld(image_size=SIZE, seed=0).scene(2)
-    stub = Stub("objects", grid=(4, 4))
+    stub = StubBackbone("objects", grid=(4, 4))
     ins = inspect_grounding(stub, scene.image, scene.caption, mask_ratio=0.75, hint_ratio=0.25)
     n_words = len(scene.caption.split())
     assert ins.words == [f"t{j}" for j in range(n_words)]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from segros.backbones.base import GroundingInputs
+from segros.backbones.base import GroundingInputs, T2IBatch
 from segros.data.shapes import BACKGROUND, Scene, ShapesWorld
 from segros.eval.pointing import patch_coverage, pointing_precision
 
@@ -40,19 +40,24 @@ class StubBackbone:
         return self.words[word]
 
     def prepare_t2i(self, records):
+        """Word ids (one vector per word, drawn on first sight) and the images as they are."""
         images = torch.stack([torch.from_numpy(np.asarray(r.image)) for r in records])
-        return {"images": images, "captions": [r.caption for r in records]}
-
-    def grounding_inputs(self, batch):
-        words = [re.findall(r"[a-z]+", c.lower()) for c in batch["captions"]]
-        B, L, N = len(words), max(len(w) for w in words), self.num_tokens
-        text = torch.zeros(B, L, DIM)
-        valid = torch.zeros(B, L, dtype=torch.bool)
+        words = [re.findall(r"[a-z]+", r.caption.lower()) for r in records]
+        ids = torch.zeros(len(words), max(len(w) for w in words), dtype=torch.long)
+        valid = torch.zeros(ids.shape, dtype=torch.bool)
         for b, ws in enumerate(words):
             for j, w in enumerate(ws):
-                text[b, j], valid[b, j] = self._word(w), True
+                self._word(w)
+                ids[b, j], valid[b, j] = list(self.words).index(w), True
+        return T2IBatch([r.caption for r in records], ids, valid, valid, images=images)
+
+    def grounding_inputs(self, batch):
+        B, N = len(batch), self.num_tokens
+        vectors = torch.stack(list(self.words.values()))
+        valid = batch.caption_mask
+        text = vectors[batch.text_ids] * valid.unsqueeze(-1)
         objects = patch_coverage(torch.from_numpy(np.stack([
-            (im.numpy() != BACKGROUND).any(-1) for im in batch["images"]
+            (im.numpy() != BACKGROUND).any(-1) for im in batch.images
         ])), self.token_grid)  # fmt: skip
         other = torch.zeros(B, N, DIM)
         other[..., DIM // 2 :] = torch.randn(B, N, DIM // 2, generator=self.generator)

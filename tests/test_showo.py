@@ -90,7 +90,7 @@ def test_vocabulary_follows_upstream_layout(backbone):
 
 def test_t2i_prompt_layout_and_grounding_reads_caption_tokens_only(backbone):
     batch = t2i_batch(backbone)
-    v, ids = backbone.vocab, batch["text_ids"]
+    v, ids = backbone.vocab, batch.text_ids
     assert ids.shape[1] == backbone.options.max_text_len + 1
     short = ids[2]  # "a large yellow square at the top right": left-padded, [t2i, bos, text, eos]
     real = short[short != v.pad]
@@ -102,7 +102,7 @@ def test_t2i_prompt_layout_and_grounding_reads_caption_tokens_only(backbone):
     assert int(g.text_valid[2].sum()) == len(real) - 3
     torch.testing.assert_close(g.text_emb, backbone.model.embed_tokens.weight[ids])
     torch.testing.assert_close(
-        g.image_emb, backbone.model.embed_tokens.weight[batch["codes"] + v.code_offset]
+        g.image_emb, backbone.model.embed_tokens.weight[batch.extras["codes"] + v.code_offset]
     )
 
 
@@ -161,9 +161,9 @@ def test_without_hints_the_mask_and_positions_are_upstreams(backbone):
     finally:
         cap.close()
     v, N = backbone.vocab, backbone.num_tokens
-    image = torch.where(plan.seen, batch["codes"] + v.code_offset, v.mask)
+    image = torch.where(plan.seen, batch.extras["codes"] + v.code_offset, v.mask)
     B = image.shape[0]
-    seq = torch.cat([batch["text_ids"], torch.full((B, 1), v.soi), image, torch.full((B, 1), v.eoi)], 1)
+    seq = torch.cat([batch.text_ids, torch.full((B, 1), v.soi), image, torch.full((B, 1), v.eoi)], 1)
     real = seq != v.pad  # upstream's pad rows are never read; ours attend to themselves only
     assert torch.equal(cap.mask[:, 0][real], upstream_t2i_mask(seq, v.pad, v.soi, v.eoi)[real])
     assert torch.equal(cap.positions, torch.arange(seq.shape[1]).expand(B, -1))  # upstream: arange(L)
@@ -173,7 +173,7 @@ def test_without_hints_the_mask_and_positions_are_upstreams(backbone):
 def test_hints_are_prepended_with_the_fig6_pattern_and_their_slot_positions(backbone):
     batch = t2i_batch(backbone)
     plan = make_plan(backbone, batch, "segros", hint_position="slot")
-    K, P, N = plan.num_hints, batch["text_ids"].shape[1], backbone.num_tokens
+    K, P, N = plan.num_hints, batch.text_ids.shape[1], backbone.num_tokens
     assert int(0.3 * N) == K
     cap = Capture(backbone)
     try:
@@ -185,7 +185,7 @@ def test_hints_are_prepended_with_the_fig6_pattern_and_their_slot_positions(back
     S = K + P + N + 2
     assert allowed.shape[1:] == (S, S)
     hints, text, image = slice(0, K), slice(K, K + P), slice(K + P, S)
-    real_text = batch["text_mask"]
+    real_text = batch.text_mask
     # hints: bidirectional among themselves only
     assert allowed[:, hints, hints].all() and not allowed[:, hints, K:].any()
     # text (real rows): every hint, causal over real text, no image
@@ -202,7 +202,7 @@ def test_hints_are_prepended_with_the_fig6_pattern_and_their_slot_positions(back
     assert torch.equal(pos[:, K:], torch.arange(P + N + 2).expand(pos.shape[0], -1))
     # the hint tokens are the clean code embeddings of their slots
     want = backbone.model.embed_tokens.weight[
-        batch["codes"].gather(1, plan.hint_idx) + backbone.vocab.code_offset
+        batch.extras["codes"].gather(1, plan.hint_idx) + backbone.vocab.code_offset
     ]
     torch.testing.assert_close(backbone.hint_embeddings(batch, plan.hint_idx), want)
 
@@ -211,7 +211,7 @@ def test_hints_are_prepended_with_the_fig6_pattern_and_their_slot_positions(back
 def test_loss_reaches_exactly_the_plan_targets_at_shifted_indices(backbone, name):
     batch = t2i_batch(backbone)
     plan = make_plan(backbone, batch, name, seed=3)
-    K, P, N = plan.num_hints, batch["text_ids"].shape[1], backbone.num_tokens
+    K, P, N = plan.num_hints, batch.text_ids.shape[1], backbone.num_tokens
     cap = Capture(backbone)
     try:
         loss = backbone.reconstruction_loss(batch, plan)
@@ -243,14 +243,15 @@ def test_loss_is_full_vocab_ce_on_targets_or_code_ce(tokenizer_dir, backbone):
     logits = cap.logits  # Show-o applies the head to the image slots only
     assert logits.shape == (3, N, v.size)
     t = plan.loss_weight > 0
-    want = torch.nn.functional.cross_entropy(logits[t], (batch["codes"] + v.code_offset)[t])
+    want = torch.nn.functional.cross_entropy(logits[t], (batch.extras["codes"] + v.code_offset)[t])
     torch.testing.assert_close(loss, want)
     codes_only = tiny_backbone(tokenizer_dir, loss_vocab="codes")
     codes_only.load_state_dict(backbone.state_dict())
     with torch.no_grad():
         loss_codes = codes_only.reconstruction_loss(batch, plan)
     sliced = logits[..., v.code_offset : v.code_offset + v.codebook_size]
-    torch.testing.assert_close(loss_codes, torch.nn.functional.cross_entropy(sliced[t], batch["codes"][t]))
+    want_codes = torch.nn.functional.cross_entropy(sliced[t], batch.extras["codes"][t])
+    torch.testing.assert_close(loss_codes, want_codes)
     assert loss_codes < loss  # the code softmax drops the non-code mass
 
 
@@ -260,7 +261,7 @@ def test_caption_dropout_and_no_text_condition_use_the_empty_prompt(backbone):
     with torch.no_grad():
         captioned = backbone.reconstruction_loss(batch, plan)
         dropped = backbone.reconstruction_loss(
-            {**batch, "drop_caption": torch.ones(3, dtype=torch.bool)}, plan
+            batch.replace(drop_caption=torch.ones(3, dtype=torch.bool)), plan
         )
         plan.text_condition = False
         no_text = backbone.reconstruction_loss(batch, plan)
@@ -270,12 +271,12 @@ def test_caption_dropout_and_no_text_condition_use_the_empty_prompt(backbone):
 
 def test_i2t_loss_reads_answer_tokens_only(backbone):
     batch = i2t_batch(backbone)
-    v, ids, answer = backbone.vocab, batch["text_ids"], batch["answer_mask"]
+    v, ids, answer = backbone.vocab, batch.text_ids, batch.answer_mask
     assert (ids[:, 0] == v.bos).all()
-    last = batch["text_mask"].sum(1) - 1
+    last = batch.text_mask.sum(1) - 1
     assert (ids[torch.arange(3), last] == v.eos).all() and answer[torch.arange(3), last].all()
     tok = backbone.text_tokenizer
-    questions = [tok.decode(ids[i][batch["text_mask"][i] & ~answer[i]][1:]) for i in range(3)]
+    questions = [tok.decode(ids[i][batch.text_mask[i] & ~answer[i]][1:]) for i in range(3)]
     assert all(q.startswith("user :") and q.endswith("assistant :") for q in questions)
     cap = Capture(backbone)
     try:
@@ -299,7 +300,7 @@ def test_clip_variant_hints_come_from_the_projected_clip_grid(clip_backbone):
     batch = t2i_batch(bb)
     plan = make_plan(bb, batch, "segros")
     assert plan.hint_grid == (4, 4) and plan.num_hints == int(0.3 * 16)
-    feats = bb.model.mm_projector(bb.clip(batch["clip_pixels"]))
+    feats = bb.model.mm_projector(bb.clip(batch.extras["clip_pixels"]))
     assert feats.shape == (3, 16, bb.model.cfg.hidden_size)
     torch.testing.assert_close(
         bb.hint_embeddings(batch, plan.hint_idx), feats[torch.arange(3)[:, None], plan.hint_idx]
@@ -348,7 +349,8 @@ def test_save_and_load_give_identical_outputs(tokenizer_dir, tmp_path, clip):
     gen = [m.generate(["a red star"], torch.Generator().manual_seed(2), steps=2) for m in (bb, loaded)]
     assert torch.equal(gen[0], gen[1])
     assert torch.equal(
-        loaded.prepare_t2i([ShapesImageText(32, 0, 9)[4]])["codes"], t2i_batch(bb, 1, 4)["codes"]
+        loaded.prepare_t2i([ShapesImageText(32, 0, 9)[4]]).extras["codes"],
+        t2i_batch(bb, 1, 4).extras["codes"],
     )
 
 
@@ -356,7 +358,7 @@ def test_bf16_weights_as_deepspeed_casts_them(tokenizer_dir):
     """DeepSpeed's bf16 mode casts every weight; data prep, the loss and generation must follow."""
     bb = tiny_backbone(tokenizer_dir, clip=True, seed=7).to(torch.bfloat16)
     batch = t2i_batch(bb)
-    assert batch["codes"].dtype == torch.long
+    assert batch.extras["codes"].dtype == torch.long
     plan = make_plan(bb, batch, "segros")
     with torch.no_grad():
         loss = bb.reconstruction_loss(batch, plan) + bb.i2t_loss(i2t_batch(bb))

@@ -26,16 +26,16 @@ def test_grounding_inputs_read_the_shared_table_and_caption_tokens_only(backbone
     batch = t2i_batch(backbone)
     g = backbone.grounding_inputs(batch)
     table = backbone.model.embed.weight
-    assert torch.equal(g.text_emb, table[batch["text_ids"]])
-    assert torch.equal(g.image_emb, table[batch["codes"] + backbone.cfg.code_offset])
-    ids = batch["text_ids"][g.text_valid]
+    assert torch.equal(g.text_emb, table[batch.text_ids])
+    assert torch.equal(g.image_emb, table[batch.extras["codes"] + backbone.cfg.code_offset])
+    ids = batch.text_ids[g.text_valid]
     tok = backbone.text_tokenizer
     assert not ((ids == tok.bos_id) | (ids == tok.eos_id) | (ids == tok.pad_id)).any()
 
 
 def test_loss_reads_only_the_plan_targets(backbone):
     batch = t2i_batch(backbone)
-    B, N = batch["codes"].shape
+    B, N = batch.extras["codes"].shape
     g = torch.Generator().manual_seed(0)
     plan = make_plan(preset("sft"), torch.full((B,), 0.5), N, None, g)
     loss = backbone.reconstruction_loss(batch, plan)
@@ -45,8 +45,8 @@ def test_loss_reads_only_the_plan_targets(backbone):
     untargeted = plan.masked[0] & (plan.loss_weight[0] == 0)
     idx = untargeted.nonzero()[0, 0]
     loss_a = backbone.reconstruction_loss(batch, plan)
-    changed = {**batch, "codes": batch["codes"].clone()}
-    changed["codes"][0, idx] = (changed["codes"][0, idx] + 1) % backbone.cfg.num_codes
+    changed = batch.replace(extras={"codes": batch.extras["codes"].clone()})
+    changed.extras["codes"][0, idx] = (changed.extras["codes"][0, idx] + 1) % backbone.cfg.num_codes
     loss_b = backbone.reconstruction_loss(changed, plan)
     assert torch.equal(loss_a, loss_b)
     assert not torch.equal(loss, loss_a)  # the weights do matter
@@ -54,7 +54,7 @@ def test_loss_reads_only_the_plan_targets(backbone):
 
 def test_hints_change_the_prediction_and_text_condition_off_ignores_the_caption(backbone):
     batch = t2i_batch(backbone)
-    B, N = batch["codes"].shape
+    B, N = batch.extras["codes"].shape
     ratio = torch.full((B,), 0.8)
     gen = torch.Generator().manual_seed(1)
     base = make_plan(preset("sft"), ratio, N, None, gen)
@@ -66,11 +66,9 @@ def test_hints_change_the_prediction_and_text_condition_off_ignores_the_caption(
         backbone.reconstruction_loss(batch, base), backbone.reconstruction_loss(batch, with_hints)
     )
     reca = make_plan(preset("reca"), ratio, N, None, torch.Generator().manual_seed(1))
-    other_caption = {
-        **batch,
-        "text_ids": torch.flip(batch["text_ids"], [0]),
-        "text_mask": torch.flip(batch["text_mask"], [0]),
-    }
+    other_caption = batch.replace(
+        text_ids=torch.flip(batch.text_ids, [0]), text_mask=torch.flip(batch.text_mask, [0])
+    )
     assert torch.equal(
         backbone.reconstruction_loss(batch, reca), backbone.reconstruction_loss(other_caption, reca)
     )
@@ -81,7 +79,7 @@ def test_i2t_loss_on_answers(backbone):
     batch = backbone.prepare_i2t([source[i] for i in range(2)])
     loss = backbone.i2t_loss(batch)
     assert torch.isfinite(loss) and loss > 0
-    assert batch["answer_mask"].any(1).all()
+    assert batch.answer_mask.any(1).all()
 
 
 def test_generation_is_seeded(backbone):
@@ -97,7 +95,7 @@ def test_save_and_load_give_identical_outputs(backbone, tmp_path):
     backbone.save_pretrained(tmp_path)
     loaded = load_backbone(tmp_path).eval()
     batch = t2i_batch(backbone)
-    B, N = batch["codes"].shape
+    B, N = batch.extras["codes"].shape
     plan = make_plan(preset("reca"), torch.full((B,), 0.7), N, None, torch.Generator().manual_seed(0))
     assert torch.equal(backbone.reconstruction_loss(batch, plan), loaded.reconstruction_loss(batch, plan))
     codes_a = backbone.generate_tokens(["a photo of a red circle"], torch.Generator().manual_seed(0), steps=3)

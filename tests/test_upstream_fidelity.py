@@ -192,8 +192,8 @@ def test_the_showo_magvit_path_gets_torchvision_pixels(showo):
     """prepare_t2i's images (those MAGVIT-v2 encodes) for a 640x427 photo at the tiny model's 32 px."""
     image = _photo(640, 427, seed=3)
     batch = showo.prepare_t2i([SimpleNamespace(image=image, caption="a red circle")])
-    assert np.array_equal(batch["images"][0].numpy(), reference_torchvision(image, 32))
-    assert not np.array_equal(batch["images"][0].numpy(), old_center_square(image, 32))
+    assert np.array_equal(batch.images[0].numpy(), reference_torchvision(image, 32))
+    assert not np.array_equal(batch.images[0].numpy(), old_center_square(image, 32))
 
 
 def test_transformers_rule_matches_the_installed_transformers_functions():

@@ -144,7 +144,7 @@ def inspect_grounding(
     with torch.no_grad():
         g_in = backbone.grounding_inputs(batch)
     valid = g_in.text_valid[0]
-    ids = batch["text_ids"][0][valid].tolist() if "text_ids" in batch else []
+    ids = batch.text_ids[0][valid].tolist()
     all_unknown = bool(ids) and unk is not None and all(i == unk for i in ids)
     if not bool(valid.any()) or all_unknown:
         named = f": {', '.join(repr(w) for w in unknown)}" if unknown else ""
@@ -162,13 +162,13 @@ def inspect_grounding(
         token_grid=backbone.token_grid,
         hint_grid=backbone.hint_grid,
     )
-    words = _labels(tok, ids) if ids else [f"t{j}" for j in range(int(valid.sum()))]
+    words = _labels(tok, ids) if tok is not None else [f"t{j}" for j in range(len(ids))]
     if unknown and unk is not None:  # name <unk> tokens by the caption words they stand for
         pending = iter(unknown)
         words = [f"{next(pending, '<unk>')}?" if i == unk else w for w, i in zip(words, ids, strict=True)]
     hint_grid = tuple(plan.hint_grid or backbone.token_grid)
     return Inspection(
-        image=backbone.image_for_display(batch)[0].cpu().numpy(),
+        image=batch.images[0].cpu().numpy(),
         caption=caption,
         words=words,
         intra=g.text_intra[0][valid].cpu().numpy(),

@@ -93,7 +93,7 @@ def grounding_picture(checkpoint: Path, path: Path, n: int = 4) -> Path:
             text_stopword=g.text_stopword,
         )
     panel = grounding_panel(
-        batch["images"],
+        batch.images,
         plan.grounding.scores,
         backbone.token_grid,
         plan.hint_idx,

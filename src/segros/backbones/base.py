@@ -33,21 +33,81 @@ What an adapter must provide:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from safetensors.torch import save_file
 from torch import nn
 
 from segros.plan import SupervisionPlan
 
-Batch = dict[str, Any]
+# Image fields of a batch by name, as encode_images returns them ("images", the display pixels,
+# and the backbone's own encodings); the cache stores them.
+ImageFields = dict[str, torch.Tensor]
+
+
+class _BatchMethods:
+    """``len``, ``to(device)`` and ``replace`` for the batch dataclasses."""
+
+    def __len__(self) -> int:
+        return int(self.text_ids.shape[0])
+
+    def to(self, device: torch.device | str) -> Any:
+        """A copy with every tensor (extras and memo included) on ``device``."""
+
+        def move(value: Any) -> Any:
+            return value.to(device) if isinstance(value, torch.Tensor) else value
+
+        changes = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            is_dict = isinstance(value, dict)
+            changes[f.name] = {k: move(v) for k, v in value.items()} if is_dict else move(value)
+        return dataclasses.replace(self, **changes)
+
+    def replace(self, **changes: Any) -> Any:
+        """A copy with ``changes``: ``extras`` is copied (so the copy may change it) and ``memo``
+        starts empty (what the backbone derived from the old fields may not hold for the new)."""
+        return dataclasses.replace(self, **{"extras": dict(self.extras), "memo": {}, **changes})
+
+
+@dataclass
+class T2IBatch(_BatchMethods):
+    """Image-caption records collated by :meth:`Backbone.prepare_t2i` (CPU tensors, B samples).
+
+    The named fields are what the trainer, the logger and the tools read or write; everything
+    only the adapter reads lives in ``extras`` (its encoded images: codes, latents, CLIP pixels)
+    and ``memo`` (what it computes once per batch and reuses within the step).
+    """
+
+    captions: list[str]
+    text_ids: torch.Tensor  # (B, L) long: each caption inside the backbone's prompt template
+    text_mask: torch.Tensor  # (B, L) bool: real tokens, not padding
+    caption_mask: torch.Tensor  # (B, L) bool: the caption's own tokens (what the grounding reads)
+    images: torch.Tensor | None = None  # (B, H, W, 3) uint8 as the model sees them; None from a cache
+    caption_stopword: torch.Tensor | None = None  # (B, L) bool: caption tokens of function words
+    drop_caption: torch.Tensor | None = None  # (B,) bool: condition on the empty prompt instead
+    extras: dict[str, Any] = field(default_factory=dict)  # backbone-private inputs
+    memo: dict[str, Any] = field(default_factory=dict)  # backbone-private, derived once per batch
+
+
+@dataclass
+class I2TBatch(_BatchMethods):
+    """Image-question-answer records collated by :meth:`Backbone.prepare_i2t` (CPU tensors)."""
+
+    text_ids: torch.Tensor  # (B, T) long: question and answer in the backbone's chat template
+    text_mask: torch.Tensor  # (B, T) bool: real tokens
+    answer_mask: torch.Tensor  # (B, T) bool: answer tokens (they carry the loss, Eq. 2)
+    extras: dict[str, Any] = field(default_factory=dict)  # backbone-private inputs (the image)
+    memo: dict[str, Any] = field(default_factory=dict)  # backbone-private, derived once per batch
 
 
 class BackboneOptions(BaseModel):
@@ -153,6 +213,8 @@ class Backbone(nn.Module, ABC):
     #: peft ``target_modules`` LoRA adapts by default (``lora.targets``), inside ``self.model``,
     #: the backbone's transformer; never the input embedding table the grounding reads.
     lora_targets: tuple[str, ...] = ()
+    #: the side prompts are padded on (Show-o left-pads its fixed-width prompt)
+    prompt_padding: ClassVar[str] = "right"
 
     @property
     def num_tokens(self) -> int:
@@ -180,19 +242,40 @@ class Backbone(nn.Module, ABC):
 
     # --- data ---------------------------------------------------------------------------------
     @abstractmethod
-    def prepare_t2i(self, records: Sequence[Any]) -> Batch:
+    def prepare_t2i(self, records: Sequence[Any]) -> T2IBatch:
         """Collate image-caption records into CPU tensors (tokenised text, encoded images)."""
 
     @abstractmethod
-    def prepare_i2t(self, records: Sequence[Any]) -> Batch:
+    def prepare_i2t(self, records: Sequence[Any]) -> I2TBatch:
         """Collate image-question-answer records into CPU tensors."""
 
+    def collate_t2i(
+        self,
+        records: Sequence[Any],
+        text_ids: torch.Tensor,
+        text_mask: torch.Tensor,
+        caption_mask: torch.Tensor,
+        caption_stopword: torch.Tensor | None = None,
+    ) -> T2IBatch:
+        """A :class:`T2IBatch` of tokenised captions and the records' :meth:`t2i_image_fields`
+        (the display images to ``images``, the encodings to ``extras``)."""
+        fields = dict(self.t2i_image_fields(records))
+        return T2IBatch(
+            captions=[r.caption for r in records],
+            text_ids=text_ids,
+            text_mask=text_mask,
+            caption_mask=caption_mask,
+            images=fields.pop("images", None),
+            caption_stopword=caption_stopword,
+            extras=fields,
+        )
+
     # --- image encoding and the pre-encoded cache (segros cache, segros.data.cache) ------------
-    def encode_images(self, images: Sequence[Any]) -> Batch:
+    def encode_images(self, images: Sequence[Any]) -> ImageFields:
         """The image fields of a t2i batch (CPU tensors) from PIL images, frozen encoders only."""
         raise NotImplementedError(f"{type(self).__name__} does not support the image cache")
 
-    def cache_fields(self, images: Sequence[Any]) -> Batch:
+    def cache_fields(self, images: Sequence[Any]) -> ImageFields:
         """What ``segros cache`` stores per image: :meth:`encode_images` without the display
         images (``"images"``); a backbone whose encoder runs in the forward stores its output."""
         return {k: v for k, v in self.encode_images(images).items() if k != "images"}
@@ -202,7 +285,7 @@ class Backbone(nn.Module, ABC):
         their weights are the cache's identity."""
         raise NotImplementedError(f"{type(self).__name__} does not support the image cache")
 
-    def t2i_image_fields(self, records: Sequence[Any]) -> Batch:
+    def t2i_image_fields(self, records: Sequence[Any]) -> ImageFields:
         """:meth:`encode_images` of the records' images, or their pre-encoded fields (records
         from a cache carry ``cached``)."""
         cached = [getattr(r, "cached", None) for r in records]
@@ -210,21 +293,75 @@ class Backbone(nn.Module, ABC):
             return {k: torch.stack([c[k] for c in cached]) for k in cached[0]}
         return self.encode_images([r.image for r in records])
 
+    # --- the prompt a reconstruction is conditioned on ---------------------------------------
+    @property
+    @abstractmethod
+    def pad_id(self) -> int:
+        """The token id prompts are padded with."""
+
+    @abstractmethod
+    def empty_prompt(self, batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids, mask) of the prompt without a caption, at its own width: what a dropped caption
+        becomes, RecA's condition, and the unconditional branch of classifier-free guidance."""
+
+    def fit_prompt(
+        self, ids: torch.Tensor, mask: torch.Tensor, width: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt ids and mask padded to ``width`` on :attr:`prompt_padding`'s side."""
+        extra = width - ids.shape[1]
+        if extra <= 0:
+            return ids, mask
+        pad = (extra, 0) if self.prompt_padding == "left" else (0, extra)
+        return F.pad(ids, pad, value=self.pad_id), F.pad(mask, pad, value=False)
+
+    def with_empty_prompt(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[prompts; empty prompts]`` (2B rows) at one width, for classifier-free guidance."""
+        empty_ids, empty_mask = self.empty_prompt(ids.shape[0], ids.device)
+        width = max(ids.shape[1], empty_ids.shape[1])
+        ids, mask = self.fit_prompt(ids, mask, width)
+        empty_ids, empty_mask = self.fit_prompt(empty_ids, empty_mask, width)
+        return torch.cat([ids, empty_ids]), torch.cat([mask, empty_mask])
+
+    def condition(self, batch: T2IBatch, text_condition: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prompt (ids, mask) a reconstruction is conditioned on: the captions, the empty
+        prompt where ``batch.drop_caption`` is set, or the empty prompt for every sample when
+        ``text_condition`` is False (RecA, Table 9)."""
+        ids, mask = batch.text_ids, batch.text_mask
+        empty_ids, empty_mask = self.empty_prompt(ids.shape[0], ids.device)
+        if not text_condition:
+            return empty_ids, empty_mask
+        drop = batch.drop_caption
+        if drop is None or not bool(drop.any()):
+            return ids, mask
+        width = max(ids.shape[1], empty_ids.shape[1])
+        ids, mask = self.fit_prompt(ids, mask, width)
+        empty_ids, empty_mask = self.fit_prompt(empty_ids, empty_mask, width)
+        drop = drop.to(ids.device).unsqueeze(1)
+        return torch.where(drop, empty_ids, ids), torch.where(drop, empty_mask, mask)
+
+    def drop_captions(self, batch: T2IBatch, generator: torch.Generator | None) -> T2IBatch:
+        """Draw ``batch.drop_caption``: each caption replaced by the empty prompt with probability
+        :attr:`caption_dropout`, so the model learns the unconditional branch of guidance."""
+        drop = torch.rand(len(batch), generator=generator) < self.caption_dropout
+        batch.drop_caption = drop.to(batch.text_ids.device)
+        return batch
+
     # --- the SeGroS seam --------------------------------------------------------------------
     @abstractmethod
-    def grounding_inputs(self, batch: Batch) -> GroundingInputs:
+    def grounding_inputs(self, batch: T2IBatch) -> GroundingInputs:
         """Text and image-token embeddings from before the transformer (no gradient needed)."""
 
     @abstractmethod
-    def hint_embeddings(self, batch: Batch, hint_idx: torch.Tensor) -> torch.Tensor:
+    def hint_embeddings(self, batch: T2IBatch, hint_idx: torch.Tensor) -> torch.Tensor:
         """(B, K, D) embeddings of the hints at ``hint_idx`` (on ``hint_grid`` if set)."""
 
     @abstractmethod
-    def reconstruction_loss(self, batch: Batch, plan: SupervisionPlan) -> torch.Tensor:
-        """The native reconstruction loss on the plan's targets (Eq. 13's first term)."""
+    def reconstruction_loss(self, batch: T2IBatch, plan: SupervisionPlan) -> torch.Tensor:
+        """The native reconstruction loss on the plan's targets (Eq. 13's first term), conditioned
+        on :meth:`condition`."""
 
     @abstractmethod
-    def i2t_loss(self, batch: Batch) -> torch.Tensor:
+    def i2t_loss(self, batch: I2TBatch) -> torch.Tensor:
         """Next-token NLL of the answer tokens (Eq. 2)."""
 
     # --- inference and storage ---------------------------------------------------------------
@@ -299,17 +436,12 @@ class Backbone(nn.Module, ABC):
         """The backbone rebuilt from a saved ``config.json`` (with ``options`` already merged), its
         weights loaded from ``folder``."""
 
-    def image_for_display(self, batch: Batch) -> torch.Tensor:
-        """(B, H, W, 3) uint8 images of a batch, for grounding pictures: ``prepare_t2i`` keeps
-        them under ``"images"``; override if an adapter stores them otherwise."""
-        return batch["images"]
-
     # --- the single entry point wrappers see ---------------------------------------------------
     def forward(
         self,
-        batch: Batch,
+        batch: T2IBatch,
         plan: SupervisionPlan | None = None,
-        i2t: Batch | None = None,
+        i2t: I2TBatch | None = None,
         mode: str = "loss",
     ) -> GroundingInputs | dict[str, torch.Tensor]:
         """``mode="ground"`` returns :class:`GroundingInputs`; ``"loss"`` returns loss terms."""

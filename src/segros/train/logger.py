@@ -59,14 +59,14 @@ class RunLogger:
 
     def pictures(self, backbone: Any, batch: dict[str, Any], plan: Any, step: int) -> None:
         """Grounding panel of the current batch and a sample grid (main process only)."""
-        if plan.grounding is not None and "images" in batch:  # a cache keeps no display images
+        if plan.grounding is not None and batch.images is not None:  # a cache keeps no pixels
             panel = grounding_panel(
-                backbone.image_for_display(batch).cpu(),
+                batch.images.cpu(),
                 plan.grounding.scores,
                 backbone.token_grid,
                 plan.hint_idx if plan.hint_grid is None else None,
                 plan.seen,
-                batch.get("captions"),
+                batch.captions,
             )
             self.image("grounding", panel, step)
         was_training = backbone.training

@@ -29,7 +29,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from segros.backbones.base import Backbone
+from segros.backbones.base import Backbone, I2TBatch, T2IBatch
 from segros.backbones.registry import build_backbone, resolve_checkpoint
 from segros.data.budget import BadRecordBudget
 from segros.data.cache import open_cache
@@ -99,10 +99,6 @@ def param_groups(
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
     return groups
-
-
-def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def _show_progress(setting: bool | str) -> bool:
@@ -270,7 +266,7 @@ class Trainer:
         log.info("resumed from %s at step %d", folder, self.step)
 
     # --- one step ---------------------------------------------------------------------------------
-    def plan_for(self, batch: dict[str, Any]) -> SupervisionPlan:
+    def plan_for(self, batch: T2IBatch) -> SupervisionPlan:
         """Grounding embeddings -> masking ratios -> supervision plan (Secs. 3.2-3.4)."""
         backbone = self.backbone
         with torch.no_grad():
@@ -296,16 +292,12 @@ class Trainer:
         )
         return plan.to(self.accelerator.device)
 
-    def _micro_batch(
-        self, t2i_iter, i2t_iter
-    ) -> tuple[dict[str, Any], SupervisionPlan, dict[str, Any] | None]:
+    def _micro_batch(self, t2i_iter, i2t_iter) -> tuple[T2IBatch, SupervisionPlan, I2TBatch | None]:
         device = self.accelerator.device
-        records = next(t2i_iter)
-        batch = _to_device(self.backbone.prepare_t2i(records), device)
-        drop = torch.rand(len(records), generator=self.generator) < self.backbone.caption_dropout
-        batch["drop_caption"] = drop.to(device)  # classifier-free guidance training
+        batch = self.backbone.prepare_t2i(next(t2i_iter)).to(device)
+        batch = self.backbone.drop_captions(batch, self.generator)  # classifier-free guidance training
         plan = self.plan_for(batch)
-        i2t = _to_device(self.backbone.prepare_i2t(next(i2t_iter)), device) if i2t_iter else None
+        i2t = self.backbone.prepare_i2t(next(i2t_iter)).to(device) if i2t_iter else None
         return batch, plan, i2t
 
     def _all_finite(self, loss: torch.Tensor) -> bool:

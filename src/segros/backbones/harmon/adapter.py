@@ -54,7 +54,15 @@ import torch
 from pydantic import Field
 from safetensors.torch import load_file, save_file
 
-from segros.backbones.base import Backbone, BackboneOptions, Batch, GroundingInputs, plain_state
+from segros.backbones.base import (
+    Backbone,
+    BackboneOptions,
+    GroundingInputs,
+    I2TBatch,
+    ImageFields,
+    T2IBatch,
+    plain_state,
+)
 from segros.backbones.harmon import text as T
 from segros.backbones.harmon.diffloss import DiffLoss
 from segros.backbones.harmon.mar import check_equal_visible, mask_by_order, random_orders
@@ -255,33 +263,30 @@ class HarmonBackbone(Backbone):
         self.vae.load_state_dict({k: vae_state[k] for k in own})
 
     # --- data -------------------------------------------------------------------------------------
-    def encode_images(self, images: Sequence[Any]) -> Batch:
+    def encode_images(self, images: Sequence[Any]) -> ImageFields:
         pixels = square_batch(list(images), self.image_size)
         return {"images": pixels, "pixels": to_signed_unit(pixels)}  # the VAE runs in the forward
 
-    def cache_fields(self, images: Sequence[Any]) -> Batch:
+    def cache_fields(self, images: Sequence[Any]) -> ImageFields:
         """VAE latents (what the MAR encoder, and so the hints, read), not pixels."""
         return {"latents": self.encode_latents(self.encode_images(images)["pixels"]).cpu()}
 
     def image_encoders(self) -> dict[str, Any]:
         return {"vae": self.vae}
 
-    def prepare_t2i(self, records: Sequence[Any]) -> Batch:
-        captions = [r.caption for r in records]
-        return {
-            **self.t2i_image_fields(records),
-            **T.encode_t2i(self.text_tokenizer, captions, self.options.max_text_len),
-            "captions": captions,
-        }
+    def prepare_t2i(self, records: Sequence[Any]) -> T2IBatch:
+        text = T.encode_t2i(self.text_tokenizer, [r.caption for r in records], self.options.max_text_len)
+        return self.collate_t2i(records, **text)
 
-    def prepare_i2t(self, records: Sequence[Any]) -> Batch:
+    def prepare_i2t(self, records: Sequence[Any]) -> I2TBatch:
+        """The question, header and answer after the image are ``text_ids``; the constant user
+        header before it is ``extras["prefix_ids"]``, the image ``extras["pixels"]``."""
         images = stack_uint8([pad_square(r.image, self.image_size) for r in records])
         # Harmon is trained here on the first question-answer turn of each conversation
         turns = [r.turns[0] for r in records]
-        return {
-            "pixels": to_signed_unit(images),
-            **T.encode_i2t(self.text_tokenizer, turns, self.options.max_text_len),
-        }
+        text = T.encode_i2t(self.text_tokenizer, turns, self.options.max_text_len)
+        extras = {"pixels": to_signed_unit(images), "prefix_ids": text["prefix_ids"]}
+        return I2TBatch(text["tail_ids"], text["tail_mask"], text["answer_mask"], extras=extras)
 
     # --- encoders ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -299,59 +304,49 @@ class HarmonBackbone(Backbone):
         x = self.vae.decode(z.to(next(self.vae.parameters()).dtype)).float()
         return (127.5 * x + 128).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu()
 
-    def _latents(self, batch: Batch) -> torch.Tensor:
-        if "latents" not in batch:
-            batch["latents"] = self.encode_latents(batch["pixels"])
-        return batch["latents"]
+    def _latents(self, batch: T2IBatch | I2TBatch) -> torch.Tensor:
+        """VAE latents: pre-encoded by the cache, else encoded once per batch (memo)."""
+        if "latents" in batch.extras:
+            return batch.extras["latents"]
+        if "latents" not in batch.memo:
+            batch.memo["latents"] = self.encode_latents(batch.extras["pixels"])
+        return batch.memo["latents"]
 
-    def _clean_features(self, batch: Batch) -> torch.Tensor:
+    def _clean_features(self, batch: T2IBatch) -> torch.Tensor:
         """(B, N, H): ``proj_in`` of the MAR encoder on the clean image, buffers excluded; no
         gradient, dropout off, computed once per batch (grounding and hints share it)."""
-        if "clean_features" not in batch:
+        if "clean_features" not in batch.memo:
             x = self._latents(batch)
             with torch.no_grad(), _eval_mode(self.model):
                 visible = torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device)
                 _, z_enc = self.model.visual_features(x, visible, self.token_grid)
-            batch["clean_features"] = z_enc[:, : x.shape[1]]
-        return batch["clean_features"]
+            batch.memo["clean_features"] = z_enc[:, : x.shape[1]]
+        return batch.memo["clean_features"]
 
     # --- the SeGroS seam --------------------------------------------------------------------------
-    def grounding_inputs(self, batch: Batch) -> GroundingInputs:
+    def grounding_inputs(self, batch: T2IBatch) -> GroundingInputs:
         with torch.no_grad():  # detached: checkpointing's input hook marks embeddings requires_grad
-            text_emb = self.model.embed_text(batch["text_ids"].to(self.device)).detach()
-        stopword = batch.get("caption_stopword")  # whole-word function words (segros.stopwords)
+            text_emb = self.model.embed_text(batch.text_ids.to(self.device)).detach()
+        stopword = batch.caption_stopword  # whole-word function words (segros.stopwords)
         return GroundingInputs(
             text_emb=text_emb,
-            text_valid=batch["caption_mask"],
+            text_valid=batch.caption_mask,
             image_emb=self._clean_features(batch),
-            text_stopword=None if stopword is None else stopword & batch["caption_mask"],
+            text_stopword=None if stopword is None else stopword & batch.caption_mask,
         )
 
-    def hint_embeddings(self, batch: Batch, hint_idx: torch.Tensor) -> torch.Tensor:
+    def hint_embeddings(self, batch: T2IBatch, hint_idx: torch.Tensor) -> torch.Tensor:
         feats = self._clean_features(batch)
         return feats.gather(1, hint_idx.unsqueeze(-1).expand(-1, -1, feats.shape[-1]))
 
-    def _null_prompt(self, batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    @property
+    def pad_id(self) -> int:
+        return T.pad_id(self.text_tokenizer)
+
+    def empty_prompt(self, batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Harmon's classifier-free-guidance prompt, ``Generate an image.`` in the chat template."""
         ids = torch.tensor(self._null_ids, device=device).expand(batch_size, -1)
         return ids, torch.ones_like(ids, dtype=torch.bool)
-
-    def _condition(self, batch: Batch, text_condition: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prompt ids and mask; the CFG prompt where the caption is dropped or not used (RecA)."""
-        ids, mask = batch["text_ids"], batch["text_mask"]
-        null_ids, null_mask = self._null_prompt(ids.shape[0], ids.device)
-        if not text_condition:
-            return null_ids, null_mask
-        drop = batch.get("drop_caption")
-        if drop is None or not bool(drop.any()):
-            return ids, mask
-        width = max(ids.shape[1], null_ids.shape[1])
-        pad = T.pad_id(self.text_tokenizer)
-        ids, null_ids = (
-            torch.nn.functional.pad(t, (0, width - t.shape[1]), value=pad) for t in (ids, null_ids)
-        )
-        mask, null_mask = (torch.nn.functional.pad(t, (0, width - t.shape[1])) for t in (mask, null_mask))
-        drop = drop.to(ids.device).unsqueeze(1)
-        return torch.where(drop, null_ids, ids), torch.where(drop, null_mask, mask)
 
     def _allowed(self, layout: Any) -> torch.Tensor:
         """The Fig. 6 mask, with Harmon's causal attention among image tokens unless ``full``."""
@@ -398,11 +393,11 @@ class HarmonBackbone(Backbone):
         x_dec = self.model.decoder_input(x_enc, hidden[:, layout.image])
         return self.model.mar.forward_mae_decoder(x_dec, masked, self.token_grid)
 
-    def reconstruction_loss(self, batch: Batch, plan: SupervisionPlan) -> torch.Tensor:
+    def reconstruction_loss(self, batch: T2IBatch, plan: SupervisionPlan) -> torch.Tensor:
         x = self._latents(batch)
         masked = ~plan.seen
         check_equal_visible(masked)
-        ids, text_mask = self._condition(batch, plan.text_condition)
+        ids, text_mask = self.condition(batch, plan.text_condition)
         hints = self.hint_embeddings(batch, plan.hint_idx) if plan.num_hints else None
         z = self._denoiser_condition(
             x,
@@ -418,14 +413,14 @@ class HarmonBackbone(Backbone):
             self.model.mar.diffloss, z, x, plan.loss_weight, self.options.diffusion_batch_mul
         )
 
-    def i2t_loss(self, batch: Batch) -> torch.Tensor:
+    def i2t_loss(self, batch: I2TBatch) -> torch.Tensor:
         x = self._latents(batch)
         B, device = x.shape[0], x.device
         visible = torch.zeros(x.shape[:2], dtype=torch.bool, device=device)
         _, z_enc = self.model.visual_features(x, visible, self.token_grid)
         z_enc = scale_gradient(z_enc, self.options.i2t_grad_scale)
-        prefix = batch["prefix_ids"].to(device)
-        tail, tail_mask = batch["tail_ids"].to(device), batch["tail_mask"].to(device)
+        prefix = batch.extras["prefix_ids"].to(device)
+        tail, tail_mask = batch.text_ids.to(device), batch.text_mask.to(device)
         embeds = torch.cat(
             [
                 self.model.embed_text(prefix).expand(B, -1, -1),
@@ -439,7 +434,7 @@ class HarmonBackbone(Backbone):
         layout = pack_layout(0, full_mask, 0)  # causal with right padding: Harmon's understanding path
         hidden = self.model.llm_hidden(embeds, layout.allowed, layout.position_ids)
         logits = self.model.llm.lm_head(hidden[:, start:])
-        return i2t_loss(logits, tail, batch["answer_mask"].to(device))  # Eq. 2
+        return i2t_loss(logits, tail, batch.answer_mask.to(device))  # Eq. 2
 
     # --- generation -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -461,12 +456,7 @@ class HarmonBackbone(Backbone):
         ids, tmask = text["text_ids"].to(device), text["text_mask"].to(device)
         guided = cfg != 1.0
         if guided:
-            null_ids, null_mask = self._null_prompt(B, device)
-            width = max(ids.shape[1], null_ids.shape[1])
-            pad = T.pad_id(self.text_tokenizer)
-            F = torch.nn.functional
-            ids = torch.cat([F.pad(t, (0, width - t.shape[1]), value=pad) for t in (ids, null_ids)])
-            tmask = torch.cat([F.pad(t, (0, width - t.shape[1])) for t in (tmask, null_mask)])
+            ids, tmask = self.with_empty_prompt(ids, tmask)
         copies = 2 if guided else 1
         orders = random_orders(B, N, generator).to(device)
         tokens = torch.zeros(B, N, self.cfg.mar.vae_embed_dim, device=device)

@@ -47,7 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from safetensors.torch import load_file
 
 from segros._checks import check_choice
-from segros.backbones.base import Backbone, BackboneOptions, Batch, GroundingInputs
+from segros.backbones.base import Backbone, BackboneOptions, GroundingInputs, I2TBatch, ImageFields, T2IBatch
 from segros.backbones.images import square_batch, to_signed_unit
 from segros.backbones.sampling import gumbel_noise, sample_categorical
 from segros.backbones.showo import checkpoints as ckpt
@@ -132,6 +132,7 @@ class ShowoBackbone(Backbone):
     )
     saved_files = ("model.safetensors", "tokenizer/tokenizer_config.json")
     lora_targets = ("q_proj", "k_proj", "v_proj", "dense")  # Phi attention
+    prompt_padding = "left"  # upstream left-pads the prompt to max_text_len + 1
     mask_schedule = "cosine"  # Show-o: gamma = cos(pi/2 u), one ratio per sample
 
     def __init__(
@@ -253,68 +254,59 @@ class ShowoBackbone(Backbone):
         pixels = square_batch(images, size, crop="transformers").permute(0, 3, 1, 2).float() / 255.0
         return (pixels - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
 
-    def _image_fields(self, raw: Sequence[Any]) -> Batch:
+    def _image_fields(self, raw: Sequence[Any]) -> ImageFields:
         images = square_batch(raw, self.image_size)
-        out: Batch = {"images": images, "codes": self._encode(images)}
+        out = {"images": images, "codes": self._encode(images)}
         if self.clip is not None:
             out["clip_pixels"] = self._clip_pixels(raw)
         return out
 
-    def encode_images(self, images: Sequence[Any]) -> Batch:
+    def encode_images(self, images: Sequence[Any]) -> ImageFields:
         return self._image_fields(list(images))
 
     def image_encoders(self) -> dict[str, Any]:
         return {"vq": self.vq, **({"clip": self.clip} if self.clip is not None else {})}
 
-    def prepare_t2i(self, records: Sequence[Any]) -> Batch:
+    def prepare_t2i(self, records: Sequence[Any]) -> T2IBatch:
         captions = [r.caption for r in records]
         text = t2i_prompt(self.text_tokenizer, self.vocab, captions, self.options.max_text_len)
-        return {
-            **self.t2i_image_fields(records),
-            "text_ids": text["ids"],
-            "text_mask": text["mask"],
-            "caption_mask": text["caption"],
-            "caption_stopword": text["stopword"],  # caption tokens of function words (whole words)
-            "captions": captions,
-        }
+        # caption_stopword: caption tokens of function words (whole words)
+        return self.collate_t2i(records, text["ids"], text["mask"], text["caption"], text["stopword"])
 
-    def prepare_i2t(self, records: Sequence[Any]) -> Batch:
+    def prepare_i2t(self, records: Sequence[Any]) -> I2TBatch:
         # the first question-answer turn of each LLaVA conversation
         text = mmu_text(
             self.text_tokenizer, self.vocab, [r.turns[0] for r in records], self.options.max_text_len
         )
-        return {
-            **self._image_fields([r.image for r in records]),
-            "text_ids": text["ids"],
-            "text_mask": text["mask"],
-            "answer_mask": text["answer"],
-        }
+        fields = self._image_fields([r.image for r in records])
+        del fields["images"]  # codes (and CLIP pixels) only
+        return I2TBatch(text["ids"], text["mask"], text["answer"], extras=fields)
 
     # --- the SeGroS seam --------------------------------------------------------------------
     def _code_embeddings(self, codes: torch.Tensor) -> torch.Tensor:
         return self.model.embed(codes + self.vocab.code_offset)
 
-    def grounding_inputs(self, batch: Batch) -> GroundingInputs:
+    def grounding_inputs(self, batch: T2IBatch) -> GroundingInputs:
         """Caption tokens and image codes through the one shared embedding table (DESIGN.md)."""
-        stopword = batch.get("caption_stopword")
+        stopword = batch.caption_stopword
         return GroundingInputs(
-            text_emb=self.model.embed(batch["text_ids"]),
-            text_valid=batch["caption_mask"],
-            image_emb=self._code_embeddings(batch["codes"]),
-            text_stopword=None if stopword is None else stopword & batch["caption_mask"],
+            text_emb=self.model.embed(batch.text_ids),
+            text_valid=batch.caption_mask,
+            image_emb=self._code_embeddings(batch.extras["codes"]),
+            text_stopword=None if stopword is None else stopword & batch.caption_mask,
         )
 
-    def clip_embeddings(self, batch: Batch) -> torch.Tensor:
+    def clip_embeddings(self, batch: T2IBatch | I2TBatch) -> torch.Tensor:
         """(B, 576, D): frozen CLIP patch features through the (trainable) ``mm_projector``."""
-        return self.model.mm_projector(self.clip(batch["clip_pixels"]))
+        return self.model.mm_projector(self.clip(batch.extras["clip_pixels"]))
 
-    def hint_embeddings(self, batch: Batch, hint_idx: torch.Tensor) -> torch.Tensor:
+    def hint_embeddings(self, batch: T2IBatch, hint_idx: torch.Tensor) -> torch.Tensor:
         if hint_idx.shape[1] == 0:  # SFT: no hints, no CLIP pass
             return self.model.embed_tokens.weight.new_zeros(hint_idx.shape[0], 0, self.model.cfg.hidden_size)
         if self.hint_source == "clip":
             feats = self.clip_embeddings(batch)
             return feats.gather(1, hint_idx.unsqueeze(-1).expand(-1, -1, feats.shape[-1]))
-        return self._code_embeddings(batch["codes"].gather(1, hint_idx))
+        return self._code_embeddings(batch.extras["codes"].gather(1, hint_idx))
 
     def hint_slots(self, hint_idx: torch.Tensor) -> torch.Tensor:
         """Image slot of every hint: itself on the code grid, the nearest code cell for CLIP hints."""
@@ -325,14 +317,14 @@ class ShowoBackbone(Backbone):
         col = ((hint_idx % gw).double() + 0.5) * tw / gw
         return row.floor().long() * tw + col.floor().long()
 
-    def _condition(self, batch: Batch, text_condition: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prompt ids and mask, with the empty prompt where the caption is dropped or unused (RecA)."""
-        ids = batch["text_ids"]
-        empty = empty_prompt(self.vocab, ids.shape[0], ids.shape[1], ids.device)
-        if not text_condition:
-            ids = empty
-        elif batch.get("drop_caption") is not None:
-            ids = torch.where(batch["drop_caption"].to(ids.device).unsqueeze(1), empty, ids)
+    @property
+    def pad_id(self) -> int:
+        return self.vocab.pad
+
+    def empty_prompt(self, batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[PAD ..., t2i, bos, eos]`` at the prompt's fixed width (``max_text_len + 1``), so the
+        image keeps upstream's position ids."""
+        ids = empty_prompt(self.vocab, batch_size, self.options.max_text_len + 1, device)
         return ids, ids != self.vocab.pad
 
     def image_logits(
@@ -375,9 +367,9 @@ class ShowoBackbone(Backbone):
         start = K + P + 1  # hints shift every index the loss reads by K
         return self.model.logits(hidden[:, start : start + N])
 
-    def reconstruction_loss(self, batch: Batch, plan: SupervisionPlan) -> torch.Tensor:
-        codes, v = batch["codes"], self.vocab
-        ids, mask = self._condition(batch, plan.text_condition)
+    def reconstruction_loss(self, batch: T2IBatch, plan: SupervisionPlan) -> torch.Tensor:
+        codes, v = batch.extras["codes"], self.vocab
+        ids, mask = self.condition(batch, plan.text_condition)
         hints = self.hint_embeddings(batch, plan.hint_idx)
         image_ids = torch.where(plan.seen, codes + v.code_offset, v.mask)  # Sec. 3.4
         logits = self.image_logits(
@@ -404,14 +396,14 @@ class ShowoBackbone(Backbone):
             return 0.0
         return 0.0 * sum(p.sum() for p in projector.parameters() if p.requires_grad)
 
-    def i2t_loss(self, batch: Batch) -> torch.Tensor:
+    def i2t_loss(self, batch: I2TBatch) -> torch.Tensor:
         """Eq. 2 on Show-o's MMU layout; the image is a prefix every row sees, the text is causal."""
-        ids, v = batch["text_ids"], self.vocab
+        ids, v = batch.text_ids, self.vocab
         B, T = ids.shape
         if self.clip is not None:
             image = self.clip_embeddings(batch)
         else:
-            image = self._code_embeddings(batch["codes"])
+            image = self._code_embeddings(batch.extras["codes"])
         n = image.shape[1]
         head = self.model.embed(torch.tensor([v.mmu, v.soi], device=ids.device)).expand(B, -1, -1)
         eoi = self.model.embed(torch.tensor([v.eoi], device=ids.device)).expand(B, -1, -1)
@@ -425,7 +417,7 @@ class ShowoBackbone(Backbone):
         col = idx.view(1, S)
         allowed = (idx.view(S, 1) >= col) | ((col >= first) & (col < last))
         hidden = self.model.hidden(tokens, allowed.expand(B, S, S), idx.expand(B, -1))
-        return i2t_loss(self.model.logits(hidden[:, prefix:]), ids, batch["answer_mask"])  # Eq. 2
+        return i2t_loss(self.model.logits(hidden[:, prefix:]), ids, batch.answer_mask)  # Eq. 2
 
     # --- generation ---------------------------------------------------------------------------
     @staticmethod
@@ -455,8 +447,9 @@ class ShowoBackbone(Backbone):
         v, device = self.vocab, self._device
         B, N, K = len(prompts), self.num_tokens, v.codebook_size
         ids = t2i_prompt(self.text_tokenizer, v, list(prompts), self.options.max_text_len)["ids"].to(device)
+        mask = ids != v.pad
         if w > 0:
-            ids = torch.cat([ids, empty_prompt(v, B, ids.shape[1], device)])
+            ids, mask = self.with_empty_prompt(ids, mask)
         rows = ids.shape[0]
         no_hints = self.model.embed_tokens.weight.new_zeros(rows, 0, self.model.cfg.hidden_size)
         no_slots = torch.zeros(rows, 0, dtype=torch.long, device=device)
@@ -464,7 +457,7 @@ class ShowoBackbone(Backbone):
         temperature = self.options.generation_temperature
         sampled = torch.zeros(B, N, dtype=torch.long, device=device)
         for step in range(steps):
-            logits = self.image_logits(no_hints, no_slots, ids, ids != v.pad, image_ids.repeat(rows // B, 1))
+            logits = self.image_logits(no_hints, no_slots, ids, mask, image_ids.repeat(rows // B, 1))
             logits = logits[..., v.code_offset : v.code_offset + K].float()
             if w > 0:
                 logits = (1 + w) * logits[:B] - w * logits[B:]  # MUSE-style guidance

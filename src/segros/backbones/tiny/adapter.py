@@ -23,7 +23,7 @@ import torch
 from pydantic import Field
 from safetensors.torch import load_file
 
-from segros.backbones.base import Backbone, BackboneOptions, Batch, GroundingInputs
+from segros.backbones.base import Backbone, BackboneOptions, GroundingInputs, I2TBatch, ImageFields, T2IBatch
 from segros.backbones.images import NEAREST, square_batch
 from segros.backbones.sampling import gumbel_noise, sample_categorical
 from segros.backbones.tiny.image_tokenizer import PatchTokenizer
@@ -187,67 +187,49 @@ class TinyBackbone(Backbone):
         return self.model.cfg
 
     # --- data -------------------------------------------------------------------------------
-    def encode_images(self, images: Sequence[Any]) -> Batch:
+    def encode_images(self, images: Sequence[Any]) -> ImageFields:
         pixels = square_batch(list(images), self.options.image_size, NEAREST)
         return {"images": pixels, "codes": self.image_tokenizer.encode(pixels)}
 
     def image_encoders(self) -> dict[str, Any]:
         return {"image_tokenizer": self.image_tokenizer.codebook}
 
-    def prepare_t2i(self, records: Sequence[Any]) -> Batch:
+    def prepare_t2i(self, records: Sequence[Any]) -> T2IBatch:
         text = self.text_tokenizer.batch([r.caption for r in records], self.cfg.max_text_len)
-        return {
-            **self.t2i_image_fields(records),
-            "text_ids": text["ids"],
-            "text_mask": text["mask"],
-            "caption_mask": text["caption"],
-            "captions": [r.caption for r in records],
-        }
+        return self.collate_t2i(records, text["ids"], text["mask"], text["caption"])
 
-    def prepare_i2t(self, records: Sequence[Any]) -> Batch:
+    def prepare_i2t(self, records: Sequence[Any]) -> I2TBatch:
         images = square_batch([r.image for r in records], self.options.image_size, NEAREST)
         # TinyUMM trains on the first question-answer turn of each conversation.
         qa = self.text_tokenizer.question_answer([r.turns[0] for r in records], self.cfg.max_text_len)
-        return {
-            "codes": self.image_tokenizer.encode(images),
-            "text_ids": qa["ids"],
-            "text_mask": qa["mask"],
-            "answer_mask": qa["answer"],
-        }
+        codes = self.image_tokenizer.encode(images)
+        return I2TBatch(qa["ids"], qa["mask"], qa["answer"], extras={"codes": codes})
 
     # --- the SeGroS seam --------------------------------------------------------------------
     def _code_embeddings(self, codes: torch.Tensor) -> torch.Tensor:
         return self.model.embed(codes + self.cfg.code_offset)
 
-    def grounding_inputs(self, batch: Batch) -> GroundingInputs:
-        ids = batch["text_ids"]
+    def grounding_inputs(self, batch: T2IBatch) -> GroundingInputs:
+        ids = batch.text_ids
         return GroundingInputs(
             text_emb=self.model.embed(ids),
-            text_valid=batch["caption_mask"],
-            image_emb=self._code_embeddings(batch["codes"]),
+            text_valid=batch.caption_mask,
+            image_emb=self._code_embeddings(batch.extras["codes"]),
             text_stopword=self.text_tokenizer.stopword_ids(ids),  # one word per token
         )
 
-    def hint_embeddings(self, batch: Batch, hint_idx: torch.Tensor) -> torch.Tensor:
-        return self._code_embeddings(batch["codes"].gather(1, hint_idx))
+    def hint_embeddings(self, batch: T2IBatch, hint_idx: torch.Tensor) -> torch.Tensor:
+        return self._code_embeddings(batch.extras["codes"].gather(1, hint_idx))
 
-    def _empty_prompt(self, batch_size: int, length: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    @property
+    def pad_id(self) -> int:
+        return self.text_tokenizer.pad_id
+
+    def empty_prompt(self, batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[bos, eos]``: the caption-less prompt the model learns through caption dropout."""
         tok = self.text_tokenizer
-        ids = torch.full((batch_size, max(length, 2)), tok.pad_id, dtype=torch.long, device=device)
-        ids[:, 0], ids[:, 1] = tok.bos_id, tok.eos_id
-        return ids, ids != tok.pad_id
-
-    def _condition(self, batch: Batch, text_condition: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Text ids and mask, with the empty prompt where the caption is dropped or unused."""
-        ids, mask = batch["text_ids"], batch["text_mask"]
-        empty_ids, empty_mask = self._empty_prompt(ids.shape[0], ids.shape[1], ids.device)
-        if not text_condition:
-            return empty_ids[:, :2], empty_mask[:, :2]
-        drop = batch.get("drop_caption")
-        if drop is None or not bool(drop.any()):
-            return ids, mask
-        drop = drop.to(ids.device).unsqueeze(1)
-        return torch.where(drop, empty_ids, ids), torch.where(drop, empty_mask, mask)
+        ids = torch.tensor([tok.bos_id, tok.eos_id], device=device).expand(batch_size, -1)
+        return ids, torch.ones_like(ids, dtype=torch.bool)
 
     def _image_logits(
         self,
@@ -276,16 +258,16 @@ class TinyBackbone(Backbone):
         lo = self.cfg.code_offset
         return self.model.logits(hidden[:, layout.image], lo, lo + self.cfg.num_codes)
 
-    def reconstruction_loss(self, batch: Batch, plan: SupervisionPlan) -> torch.Tensor:
-        codes = batch["codes"]
-        ids, mask = self._condition(batch, plan.text_condition)
+    def reconstruction_loss(self, batch: T2IBatch, plan: SupervisionPlan) -> torch.Tensor:
+        codes = batch.extras["codes"]
+        ids, mask = self.condition(batch, plan.text_condition)
         hints = self.hint_embeddings(batch, plan.hint_idx)
         image_ids = torch.where(plan.seen, codes + self.cfg.code_offset, self.cfg.mask_id)  # Sec. 3.4
         logits = self._image_logits(hints, ids, mask, image_ids, plan)
         return masked_cross_entropy(logits, codes, plan.loss_weight)  # Eq. 15
 
-    def i2t_loss(self, batch: Batch) -> torch.Tensor:
-        codes, ids, mask = batch["codes"], batch["text_ids"], batch["text_mask"]
+    def i2t_loss(self, batch: I2TBatch) -> torch.Tensor:
+        codes, ids, mask = batch.extras["codes"], batch.text_ids, batch.text_mask
         N = codes.shape[1]
         layout = pack_layout(N, mask, 0)  # clean image as a bidirectional prefix, causal text
         segment = layout.segment.clone()
@@ -293,7 +275,7 @@ class TinyBackbone(Backbone):
         tokens = torch.cat([self._code_embeddings(codes), self.model.embed(ids)], dim=1)
         hidden = self.model.hidden(tokens, segment, layout.position_ids, layout.allowed)
         logits = self.model.logits(hidden[:, layout.text], 0, self.cfg.text_vocab)
-        return i2t_loss(logits, ids, batch["answer_mask"])  # Eq. 2
+        return i2t_loss(logits, ids, batch.answer_mask)  # Eq. 2
 
     # --- generation ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -311,12 +293,7 @@ class TinyBackbone(Backbone):
         device = self.model.embed.weight.device
         B, N = len(prompts), self.num_tokens
         text = self.text_tokenizer.batch(list(prompts), self.cfg.max_text_len)
-        ids, mask = text["ids"].to(device), text["mask"].to(device)
-        empty_ids, empty_mask = self._empty_prompt(B, ids.shape[1], device)
-        ids, mask = (
-            torch.cat([ids, empty_ids[:, : ids.shape[1]]]),
-            torch.cat([mask, empty_mask[:, : ids.shape[1]]]),
-        )
+        ids, mask = self.with_empty_prompt(text["ids"].to(device), text["mask"].to(device))
         no_hints = torch.zeros(2 * B, 0, self.cfg.dim, device=device)
         codes = torch.zeros(B, N, dtype=torch.long, device=device)
         known = torch.zeros(B, N, dtype=torch.bool, device=device)
