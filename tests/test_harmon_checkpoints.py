@@ -11,7 +11,7 @@ written out here, independently of the model code. The files themselves were not
 
 import pytest
 import torch
-from harmon_helpers import tiny_backbone, tiny_options, tiny_tokenizer
+from harmon_helpers import tiny_backbone, tiny_options
 
 from segros.backbones.harmon.adapter import HarmonBackbone, HarmonOptions
 from segros.backbones.harmon.model import Harmon, HarmonConfig
@@ -103,11 +103,6 @@ def test_full_size_names_and_shapes_match_the_release(size):
     assert round(llm / 1e7) == {"0.5b": 49, "1.5b": 154}[size]
 
 
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory):
-    return tiny_tokenizer(tmp_path_factory.mktemp("harmon-tok"))
-
-
 def _write_release(model: HarmonBackbone, folder):
     """Files laid out as upstream publishes them: a flat Harmon state dict (lm_head omitted as tied,
     a stray vae key) and kl16.ckpt with the VAE under "model" (plus a training-only key)."""
@@ -119,11 +114,11 @@ def _write_release(model: HarmonBackbone, folder):
     torch.save({"model": vae}, folder / "kl16.ckpt")
 
 
-def test_loads_upstream_files_from_a_folder(tokenizer_dir, tmp_path):
-    source = tiny_backbone(tokenizer_dir, seed=3)
+def test_loads_upstream_files_from_a_folder(harmon_tokenizer, tmp_path):
+    source = tiny_backbone(harmon_tokenizer, seed=3)
     _write_release(source, tmp_path / "release")
     torch.manual_seed(99)  # a different random init, overwritten by the files
-    loaded = HarmonBackbone.from_options(tiny_options(tokenizer_dir, init_from=str(tmp_path / "release"),
+    loaded = HarmonBackbone.from_options(tiny_options(harmon_tokenizer, init_from=str(tmp_path / "release"),
                                                       checkpoint_file="harmon_tiny.pth"))  # fmt: skip
     for (k, v), v2 in zip(source.state_dict().items(), loaded.state_dict().values(), strict=True):
         assert torch.equal(v, v2), k
@@ -132,39 +127,39 @@ def test_loads_upstream_files_from_a_folder(tokenizer_dir, tmp_path):
     assert loaded.model.llm.lm_head.weight is loaded.model.llm.model.embed_tokens.weight
 
 
-def test_a_release_missing_weights_is_refused(tokenizer_dir, tmp_path):
-    source = tiny_backbone(tokenizer_dir)
+def test_a_release_missing_weights_is_refused(harmon_tokenizer, tmp_path):
+    source = tiny_backbone(harmon_tokenizer)
     _write_release(source, tmp_path)
     state = torch.load(tmp_path / "harmon_tiny.pth", weights_only=True)
     del state["mar.mask_token"]
     torch.save(state, tmp_path / "harmon_tiny.pth")
     with pytest.raises(ValueError, match="lacks 1 Harmon weights.*mar.mask_token"):
-        HarmonBackbone.from_options(tiny_options(tokenizer_dir, init_from=str(tmp_path),
+        HarmonBackbone.from_options(tiny_options(harmon_tokenizer, init_from=str(tmp_path),
                                                  checkpoint_file="harmon_tiny.pth"))  # fmt: skip
 
 
-def test_pickled_objects_are_not_unpickled(tokenizer_dir, tmp_path):
-    source = tiny_backbone(tokenizer_dir)
+def test_pickled_objects_are_not_unpickled(harmon_tokenizer, tmp_path):
+    source = tiny_backbone(harmon_tokenizer)
     _write_release(source, tmp_path)
     torch.save({"model": {"x": HarmonOptions()}}, tmp_path / "kl16.ckpt")  # not plain tensors
     with pytest.raises(Exception, match="(?i)weights_only|unpickl"):
-        HarmonBackbone.from_options(tiny_options(tokenizer_dir, init_from=str(tmp_path),
+        HarmonBackbone.from_options(tiny_options(harmon_tokenizer, init_from=str(tmp_path),
                                                  checkpoint_file="harmon_tiny.pth"))  # fmt: skip
 
 
-def test_missing_files_in_a_folder_are_all_named(tokenizer_dir, tmp_path):
-    opts = HarmonOptions(size="0.5b", init_from=str(tmp_path), tokenizer=str(tokenizer_dir))
+def test_missing_files_in_a_folder_are_all_named(harmon_tokenizer, tmp_path):
+    opts = HarmonOptions(size="0.5b", init_from=str(tmp_path), tokenizer=str(harmon_tokenizer))
     with pytest.raises(MissingCheckpointError, match=r"(?s)harmon_0\.5b\.pth.*kl16\.ckpt"):
         HarmonBackbone.from_options(opts)
 
 
-def test_offline_hub_ids_stop_at_once_naming_the_files(tokenizer_dir, tmp_path, monkeypatch):
+def test_offline_hub_ids_stop_at_once_naming_the_files(harmon_tokenizer, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     import huggingface_hub.constants as c
 
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
-    opts = HarmonOptions(size="1.5b", init_from="wusize/harmon", tokenizer=str(tokenizer_dir))
+    opts = HarmonOptions(size="1.5b", init_from="wusize/harmon", tokenizer=str(harmon_tokenizer))
     with pytest.raises(MissingCheckpointError, match=r"(?s)harmon_1\.5b\.pth.*wusize/harmon.*kl16\.ckpt"):
         HarmonBackbone.from_options(opts)
     with pytest.raises(MissingCheckpointError, match=r"tokenizer\.json.*Qwen/Qwen2\.5-0\.5B-Instruct"):

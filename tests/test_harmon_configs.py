@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from harmon_helpers import IMAGE_SIZE, records, tiny_backbone, tiny_tokenizer
+from harmon_helpers import IMAGE_SIZE, records, tiny_backbone
 from PIL import Image
 
 from segros.cli import main
@@ -60,14 +60,9 @@ def test_per_batch_uniform_schedule_keeps_equal_counts():
     assert bool((ratio == ratio[0]).all())
 
 
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory):
-    return tiny_tokenizer(tmp_path_factory.mktemp("harmon-tok"))
-
-
-def test_the_trainer_runs_harmon_unchanged(tokenizer_dir, tmp_path):
+def test_the_trainer_runs_harmon_unchanged(harmon_tokenizer, tmp_path):
     overrides = [
-        "model.size=tiny", "model.init_from=null", f"model.tokenizer={tokenizer_dir}",
+        "model.size=tiny", "model.init_from=null", f"model.tokenizer={harmon_tokenizer}",
         f"model.image_size={IMAGE_SIZE}", "model.max_text_len=80", "model.generation_steps=2",
         "model.diffusion_steps=2", "model.gradient_checkpointing=false", "data.source=shapes",
         "data.path=null", "data.i2t=shapes", "data.batch_size=2", "optim.mixed_precision='no'",
@@ -86,8 +81,8 @@ def test_the_trainer_runs_harmon_unchanged(tokenizer_dir, tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "step-2" / "vae.safetensors").is_file()
 
 
-def test_inspect_works_on_a_harmon_checkpoint(tokenizer_dir, tmp_path, capsys):
-    tiny_backbone(tokenizer_dir).save_pretrained(tmp_path / "ckpt")
+def test_inspect_works_on_a_harmon_checkpoint(harmon_tokenizer, tmp_path, capsys):
+    tiny_backbone(harmon_tokenizer).save_pretrained(tmp_path / "ckpt")
     image = tmp_path / "scene.png"
     record = records(1)[0]
     Image.fromarray(np.asarray(record.image)).save(image)

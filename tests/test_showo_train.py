@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from showo_helpers import TINY_ARCH, save_word_tokenizer
+from showo_helpers import TINY_ARCH
 
 from segros.backbones.registry import load_backbone
 from segros.backbones.showo.adapter import ShowoBackbone, ShowoOptions
@@ -46,11 +46,6 @@ def test_table7_configs_validate(method, res, monkeypatch):
     assert plan.hint_pick == {"sft": "none", "reca": "all", "segros": "top"}[method]
 
 
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory):
-    return save_word_tokenizer(tmp_path_factory.mktemp("phi-words"))
-
-
 def tiny_run_config(tokenizer: Path, method: str):
     raw = {
         "model": {
@@ -72,8 +67,8 @@ def tiny_run_config(tokenizer: Path, method: str):
 
 
 @pytest.mark.parametrize("method", ["sft", "reca", "segros"])
-def test_one_training_step_per_method_then_inspect_the_checkpoint(tokenizer_dir, tmp_path, method):
-    cfg = tiny_run_config(tokenizer_dir, method)
+def test_one_training_step_per_method_then_inspect_the_checkpoint(showo_tokenizer, tmp_path, method):
+    cfg = tiny_run_config(showo_tokenizer, method)
     result = train(cfg, tmp_path / "run")
     assert result.step == 1 and result.skipped_steps == 0
     assert len(result.losses) == 1 and torch.isfinite(torch.tensor(result.losses[0]))

@@ -20,9 +20,7 @@ import numpy as np
 import pytest
 import torch
 from harmon_helpers import tiny_backbone as tiny_harmon
-from harmon_helpers import tiny_tokenizer
 from PIL import Image
-from showo_helpers import save_word_tokenizer
 from showo_helpers import tiny_backbone as tiny_showo
 
 from segros.backbones.harmon.diffloss import GaussianDiffusion, cosine_betas, spaced_timesteps
@@ -64,8 +62,8 @@ def test_showo_masked_counts_for_every_step_count_up_to_64():
 
 
 @pytest.fixture(scope="module")
-def showo(tmp_path_factory):
-    return tiny_showo(save_word_tokenizer(tmp_path_factory.mktemp("phi-words")))
+def showo(showo_tokenizer):
+    return tiny_showo(showo_tokenizer)
 
 
 def test_showo_generation_keeps_upstream_masked_counts(showo, monkeypatch):
@@ -114,8 +112,8 @@ def test_showo_decode_truncates_like_upstream(showo, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def harmon(tmp_path_factory):
-    return tiny_harmon(tiny_tokenizer(tmp_path_factory.mktemp("harmon-tok")))
+def harmon(harmon_tokenizer):
+    return tiny_harmon(harmon_tokenizer)
 
 
 def test_harmon_decode_truncates_like_upstream(harmon, monkeypatch):

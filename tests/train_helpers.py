@@ -50,4 +50,6 @@ def tiny_model_section(name: str, request, small_tokenizer: Path) -> dict:
             "name": "showo", "init_from": None, "tokenizer": str(tok), "arch": {**TINY_ARCH, "clip": None},
             "image_size": 32, "max_text_len": 16, "generation_steps": 2,
         }  # fmt: skip
-    return harmon_options(request.getfixturevalue("harmon_tokenizer")).model_dump()
+    if name == "harmon":
+        return harmon_options(request.getfixturevalue("harmon_tokenizer")).model_dump()
+    raise KeyError(f"no tiny model: section for backbone {name!r}: add one here (tests run every backbone)")
