@@ -15,7 +15,7 @@ def write(tmp_path, data):
 @pytest.mark.parametrize(
     "data, key, words",
     [
-        ({"method": {"hint_ratio": 1.5}}, "method.hint_ratio", "less than or equal to 1"),
+        ({"method": {"hint_ratio": 1.5}}, "method.hint_ratio", "[0, 1]"),
         ({"method": {"preset": "magic"}}, "method.preset", "sft"),
         ({"optim": {"lr": "fast"}}, "optim.lr", "valid number"),
         ({"run": {"max_steps": 0}}, "run.max_steps", "greater than or equal to 1"),
@@ -25,7 +25,12 @@ def write(tmp_path, data):
         ({"model": {"name": "tiny", "layers": 3}}, "model.layers", "Extra inputs"),
         ({"model": {"name": "gpt5"}}, "model.name", "tiny"),
         ({"data": {"source": "files"}}, "data.path", "required"),
-        ({"method": {"temperature": 0.0}}, "method.temperature", "greater than or equal"),
+        ({"method": {"temperature": 0.0}}, "method.temperature", ">= 0.005"),
+        ({"method": {"text_filter": "words"}}, "method.text_filter", "'intra'"),
+        ({"method": {"loss_target_ratio": -1}}, "method.loss_target_ratio", "[0, 1]"),
+        ({"method": {"mask_schedule": "linear"}}, "method.mask_schedule", "'truncnorm'"),
+        ({"method": {"hint_pick": 3}}, "method.hint_pick", "valid string"),
+        ({"method": {"colour": "red"}}, "method.colour", "Extra inputs"),
     ],
 )
 def test_file_errors_name_the_key_path(tmp_path, data, key, words):
@@ -33,6 +38,28 @@ def test_file_errors_name_the_key_path(tmp_path, data, key, words):
         load_config(write(tmp_path, data))
     message = str(info.value)
     assert key in message and words in message, message
+
+
+def test_method_keys_are_the_core_knobs_validated_once_by_the_core(monkeypatch):
+    """method: is generated from PlanConfig and GroundingConfig (no second copy of their knobs,
+    choices or ranges), and a bad value is refused by the core's own check, once."""
+    import dataclasses
+
+    from segros import plan as plan_module
+    from segros.grounding import GroundingConfig
+    from segros.plan import PlanConfig
+    from segros.train.config import MethodConfig
+
+    knobs = {f.name for f in dataclasses.fields(PlanConfig) if f.name != "grounding"}
+    knobs |= {f.name for f in dataclasses.fields(GroundingConfig)}
+    extra = {"preset", "loss_targets", "i2t_weight", "mask_schedule", "mask_per_batch"}
+    assert set(MethodConfig.model_fields) == knobs | extra
+    assert all(not f.metadata for k, f in MethodConfig.model_fields.items() if k in knobs)  # no ranges
+    checked = []
+    original = plan_module.check_ratio
+    monkeypatch.setattr(plan_module, "check_ratio", lambda n, v: (checked.append(n), original(n, v)))
+    assert load_config(None, ["method.hint_ratio=0.5"]).method.plan_config().hint_ratio == 0.5
+    assert checked.count("hint_ratio") == 1
 
 
 def test_overrides_are_validated_the_same_way(tmp_path):

@@ -7,17 +7,52 @@ import math
 import torch
 
 
+class SettingError(ValueError):
+    """A setting outside its range or choices. ``setting`` is its name, which is also its key
+    under a config's ``method:`` section, so a config error can name the key path."""
+
+    def __init__(self, setting: str, message: str) -> None:
+        super().__init__(message)
+        self.setting = setting
+
+
+class SettingTypeError(TypeError):
+    """A setting of the wrong type; ``setting`` as in :class:`SettingError`."""
+
+    def __init__(self, setting: str, message: str) -> None:
+        super().__init__(message)
+        self.setting = setting
+
+
+def check_number(name: str, value: float) -> None:
+    """A number (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SettingTypeError(name, f"{name} must be a number, got {type(value).__name__}")
+
+
+def check_at_least(name: str, value: float, low: float) -> None:
+    """A finite number >= ``low``."""
+    check_number(name, value)
+    if not (math.isfinite(value) and value >= low):
+        raise SettingError(name, f"{name} must be finite and >= {low}, got {value}")
+
+
 def check_ratio(name: str, value: float) -> None:
     """A ratio must be a finite number in [0, 1]."""
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number in [0, 1], got {type(value).__name__}")
+        raise SettingTypeError(name, f"{name} must be a number in [0, 1], got {type(value).__name__}")
     if not math.isfinite(value) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1], got {value}")
+        raise SettingError(name, f"{name} must be in [0, 1], got {value}")
 
 
 def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+        raise SettingError(name, f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+
+
+def check_bool(name: str, value: bool) -> None:
+    if not isinstance(value, bool):
+        raise SettingTypeError(name, f"{name} must be a bool, got {type(value).__name__}")
 
 
 def check_float_tensor(name: str, x: object, rank: int) -> torch.Tensor:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from segros._checks import (
+    check_at_least,
     check_bool_tensor,
     check_choice,
     check_float_tensor,
@@ -50,17 +51,12 @@ class GroundingConfig:
     text_stopwords: str = "none"
 
     def __post_init__(self) -> None:
+        """The one validation of these knobs (a config's ``method:`` keys too, which name them)."""
         check_ratio("text_keep_ratio", self.text_keep_ratio)
         check_choice("text_filter", self.text_filter, TEXT_FILTERS)
         check_choice("text_stopwords", self.text_stopwords, TEXT_STOPWORDS)
-        for name in ("temperature", "noise_scale"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-        if not (math.isfinite(self.temperature) and self.temperature >= MIN_TEMPERATURE):
-            raise ValueError(f"temperature must be finite and >= {MIN_TEMPERATURE}, got {self.temperature}")
-        if not (math.isfinite(self.noise_scale) and self.noise_scale >= 0):
-            raise ValueError(f"noise_scale must be a finite number >= 0, got {self.noise_scale}")
+        check_at_least("temperature", self.temperature, MIN_TEMPERATURE)
+        check_at_least("noise_scale", self.noise_scale, 0.0)
 
 
 @dataclass

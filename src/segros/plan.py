@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from segros._checks import check_choice, check_ratio
+from segros._checks import check_bool, check_choice, check_ratio
 from segros.grounding import (
     Grounding,
     GroundingConfig,
@@ -49,6 +49,7 @@ class PlanConfig:
     grounding: GroundingConfig = field(default_factory=GroundingConfig)
 
     def __post_init__(self) -> None:
+        """The one validation of these knobs (a config's ``method:`` keys too, which name them)."""
         check_ratio("hint_ratio", self.hint_ratio)
         check_ratio("hint_prob", self.hint_prob)
         check_choice("hint_position", self.hint_position, HINT_POSITIONS)
@@ -56,8 +57,7 @@ class PlanConfig:
         check_choice("seen_pick", self.seen_pick, SEEN_PICKS)
         if self.loss_target_ratio is not None:
             check_ratio("loss_target_ratio", self.loss_target_ratio)
-        if not isinstance(self.text_condition, bool):
-            raise TypeError(f"text_condition must be a bool, got {type(self.text_condition).__name__}")
+        check_bool("text_condition", self.text_condition)
         if not isinstance(self.grounding, GroundingConfig):
             raise TypeError("grounding must be a GroundingConfig")
 
@@ -74,12 +74,15 @@ class PlanConfig:
         return dataclasses.replace(self, **changes)
 
 
+# Drop-loss (Table 6): the share r of the masked tokens, most grounded first, that carry loss.
+DROP_LOSS_RATIO = 0.3
+
 PRESETS: dict[str, PlanConfig] = {
     "sft": PlanConfig(hint_ratio=0.0, hint_pick="none", seen_pick="random"),
     "reca": PlanConfig(hint_ratio=1.0, hint_pick="all", seen_pick="random", text_condition=False),
     "reca_filtered": PlanConfig(hint_pick="top", seen_pick="random", text_condition=False),
     "segros": PlanConfig(),
-    "segros_droploss": PlanConfig(loss_target_ratio=0.3),
+    "segros_droploss": PlanConfig(loss_target_ratio=DROP_LOSS_RATIO),
 }
 
 

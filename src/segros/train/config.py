@@ -1,8 +1,9 @@
 """The training config: YAML in, validated before anything runs, with key-path error messages.
 
 Sections: ``model`` (validated by the chosen backbone's own schema), ``method`` (a preset and
-any SeGroS knob), ``data``, ``optim``, ``lora`` (low-rank adapters through peft; off by
-default), ``run``, ``logging``. Command-line overrides
+any SeGroS knob; its keys are generated from :class:`~segros.plan.PlanConfig` and
+:class:`~segros.grounding.GroundingConfig`, which validate them), ``data``, ``optim``, ``lora``
+(low-rank adapters through peft; off by default), ``run``, ``logging``. Command-line overrides
 ``key.path=value`` go through the same validation, so ``method.hint_ratio=2`` fails exactly like
 the same typo in the file would.
 """
@@ -10,14 +11,19 @@ the same typo in the file would.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, create_model, model_validator
+from pydantic_core import PydanticCustomError
 
-from segros.grounding import MIN_TEMPERATURE, GroundingConfig
-from segros.plan import PRESETS, PlanConfig, preset
+from segros._checks import SettingError, SettingTypeError, check_choice, check_ratio
+from segros.grounding import GroundingConfig
+from segros.plan import DROP_LOSS_RATIO, PRESETS, PlanConfig, preset
+from segros.schedules import SCHEDULES
 
 
 class ConfigError(ValueError):
@@ -28,53 +34,83 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class MethodConfig(Section):
-    """Which supervision to train with: a preset, with any knob overridden (DESIGN.md table)."""
+# --- method: built from the core's own dataclasses ----------------------------------------------
+# Every SeGroS knob is a field of PlanConfig (plan.py) or GroundingConfig (grounding.py), which
+# also validate them (ranges, choices); the config's method: section is generated from those
+# fields, so the two cannot drift apart, and each value is validated once, by the core. A knob's
+# key default is the value every preset shares, or None ("the preset's value") where presets
+# differ.
+_PLAN_ONLY = ("grounding", "loss_target_ratio")  # nested, and drop-loss's two keys below
 
-    preset: Literal["sft", "reca", "reca_filtered", "segros", "segros_droploss"] = "segros"
-    # None = the preset's value
-    hint_ratio: float | None = Field(None, ge=0.0, le=1.0)
-    hint_pick: Literal["top", "bottom", "random", "all", "none"] | None = None
-    seen_pick: Literal["bottom", "top", "random"] | None = None
-    loss_targets: Literal["all", "top"] | None = None  # "top": drop-loss (Table 6)
-    loss_target_ratio: float = Field(0.3, ge=0.0, le=1.0)
-    text_condition: bool | None = None
-    # visual hints: position ids (prefix: order only, the default; slot: the image slot's, an
-    # ablation) and the probability a sample gets its hints (1.0: the paper)
-    hint_position: Literal["prefix", "slot"] = "prefix"
-    hint_prob: float = Field(1.0, ge=0.0, le=1.0)
-    # grounding knobs, paper defaults
-    text_keep_ratio: float = Field(0.4, ge=0.0, le=1.0)
-    temperature: float = Field(1.0, ge=MIN_TEMPERATURE)
-    text_filter: Literal["both", "intra", "inter", "none"] = "both"
-    noise_scale: float = Field(0.5, ge=0.0)
-    text_stopwords: Literal["none", "english"] = "none"  # english: function words not grounded
-    # objective
-    i2t_weight: float = Field(1.0, ge=0.0)  # lambda in Eq. 13
-    mask_schedule: Literal["cosine", "truncnorm", "uniform"] | None = None  # None: the backbone's
-    mask_per_batch: bool | None = None
+
+def _knob_fields() -> dict[str, tuple[Any, Any]]:
+    fields: dict[str, tuple[Any, Any]] = {}
+    for cls, of_preset in ((PlanConfig, lambda p: p), (GroundingConfig, lambda p: p.grounding)):
+        types = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name in _PLAN_ONLY:
+                continue
+            values = {getattr(of_preset(p), f.name) for p in PRESETS.values()}
+            shared = values.pop() if len(values) == 1 else None
+            fields[f.name] = (types[f.name] | None if shared is None else types[f.name], shared)
+    return fields
+
+
+class _MethodSection(Section):
+    """Checks a ``method:`` section by building its :class:`PlanConfig` once (kept for the run)."""
+
+    _plan: PlanConfig | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _build_plan(self) -> _MethodSection:
+        try:
+            self._plan = self._make_plan()
+            if self.mask_schedule is not None:
+                check_choice("mask_schedule", self.mask_schedule, SCHEDULES)
+        except (SettingError, SettingTypeError) as e:  # the core names the knob: the key path
+            raise PydanticCustomError(
+                "setting", "{message}", {"setting": e.setting, "message": str(e)}
+            ) from None
+        return self
+
+    def _make_plan(self) -> PlanConfig:
+        base = preset(self.preset)
+        targets = self.loss_targets or ("all" if base.loss_target_ratio is None else "top")
+        check_choice("loss_targets", targets, LOSS_TARGETS)
+        if targets == "all":  # unused, but a bad value is still an error (PlanConfig checks it else)
+            check_ratio("loss_target_ratio", self.loss_target_ratio)
+        given = {k: getattr(self, k) for k in _KNOBS if getattr(self, k) is not None}
+        plan = {k: v for k, v in given.items() if k in _PLAN_KNOBS}
+        grounding = dataclasses.replace(
+            base.grounding, **{k: v for k, v in given.items() if k not in _PLAN_KNOBS}
+        )
+        loss_target_ratio = self.loss_target_ratio if targets == "top" else None
+        return base.replace(**plan, loss_target_ratio=loss_target_ratio, grounding=grounding)
 
     def plan_config(self) -> PlanConfig:
         """The :class:`PlanConfig` this section describes."""
-        base = PRESETS[self.preset]
-        targets = self.loss_targets or ("all" if base.loss_target_ratio is None else "top")
-        return preset(
-            self.preset,
-            hint_ratio=base.hint_ratio if self.hint_ratio is None else self.hint_ratio,
-            hint_pick=self.hint_pick or base.hint_pick,
-            seen_pick=self.seen_pick or base.seen_pick,
-            loss_target_ratio=self.loss_target_ratio if targets == "top" else None,
-            text_condition=base.text_condition if self.text_condition is None else self.text_condition,
-            hint_position=self.hint_position,
-            hint_prob=self.hint_prob,
-            grounding=GroundingConfig(
-                text_keep_ratio=self.text_keep_ratio,
-                temperature=self.temperature,
-                text_filter=self.text_filter,
-                noise_scale=self.noise_scale,
-                text_stopwords=self.text_stopwords,
-            ),
-        )
+        return self._plan
+
+
+_KNOB_FIELDS = _knob_fields()
+_KNOBS = tuple(_KNOB_FIELDS)
+_PLAN_KNOBS = {f.name for f in dataclasses.fields(PlanConfig)}
+LOSS_TARGETS = ("all", "top")  # "top": drop-loss, the loss_target_ratio most grounded targets
+
+MethodConfig = create_model(
+    "MethodConfig",
+    __base__=_MethodSection,
+    __doc__="Which supervision to train with: a preset (plan.PRESETS), any knob overridden.",
+    preset=(str, "segros"),
+    **_KNOB_FIELDS,
+    # drop-loss (Table 6): loss_targets None = the preset's (top for segros_droploss, else all)
+    loss_targets=(str | None, None),
+    loss_target_ratio=(float, DROP_LOSS_RATIO),
+    # objective: lambda of Eq. 13, and the masking schedule (None: the backbone's own)
+    i2t_weight=(float, Field(1.0, ge=0.0)),
+    mask_schedule=(str | None, None),
+    mask_per_batch=(bool | None, None),
+)
 
 
 class DataConfig(Section):
@@ -189,7 +225,9 @@ class TrainConfig(Section):
 def _format(error: ValidationError, prefix: str = "") -> str:
     lines = []
     for e in error.errors():
-        path = ".".join([prefix] * bool(prefix) + [str(p) for p in e["loc"]])
+        setting = (e.get("ctx") or {}).get("setting")  # a method knob the core refused
+        loc = [str(p) for p in e["loc"]] + ([setting] if setting else [])
+        path = ".".join([prefix] * bool(prefix) + loc)
         got = f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict) else ""
         lines.append(f"  {path or '<root>'}: {e['msg']}{got}")
     return "invalid config:\n" + "\n".join(lines)
