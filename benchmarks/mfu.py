@@ -23,7 +23,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from segros.demo import RECIPES
+from segros.shipped import RECIPES
 from segros.train.config import load_config
 from segros.train.loop import Trainer
 

@@ -7,9 +7,10 @@ import sys
 import pytest
 import torch
 
+from segros.apps.demo import Stopwatch
 from segros.backbones.tiny.adapter import TinyBackbone, TinyOptions
-from segros.demo import Stopwatch
-from segros.eval.checkpoint import SHIPPED_PRETRAINED, evaluate_checkpoint, resolve
+from segros.eval.checkpoint import evaluate_checkpoint, resolve
+from segros.shipped import PRETRAINED_TINY
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +54,8 @@ def test_eval_checkpoint_cli_rejects_a_missing_checkpoint(tmp_path):
 
 
 def test_pretrained_names_the_shipped_model():
-    assert resolve("pretrained") == SHIPPED_PRETRAINED
-    assert (SHIPPED_PRETRAINED / "model.safetensors").is_file()
+    assert resolve("pretrained") == PRETRAINED_TINY
+    assert (PRETRAINED_TINY / "model.safetensors").is_file()
 
 
 def test_evaluation_is_redone_when_the_settings_differ(checkpoint, tmp_path):
@@ -89,7 +90,7 @@ def test_stopwatch_keeps_the_first_wall_time_of_reused_stages(tmp_path):
 def test_quick_then_full_demo_in_the_same_folder_do_not_collide(tmp_path, monkeypatch):
     """The newcomer sequence `demo --quick` then `demo` (same --out) must work: the two runs have
     different data sizes, which made the full run refuse to resume the quick run's checkpoints."""
-    import segros.demo as demo
+    import segros.apps.demo as demo
 
     cache = tmp_path / "cache"
     small = {"train_scenes": 64, "finetune_steps": 2, "samples": 1, "prompts_per_tag": 1}
@@ -110,7 +111,7 @@ def test_quick_then_full_demo_in_the_same_folder_do_not_collide(tmp_path, monkey
 
 
 def test_report_says_when_every_score_is_at_the_floor():
-    from segros.report import near_floor
+    from segros.apps.report import near_floor
 
     low = {"sft": [{"overall": 0.01}], "segros": [{"overall": 0.02}, {"overall": 0.0}]}
     assert near_floor(low)

@@ -9,9 +9,10 @@ import pytest
 from PIL import Image
 
 from segros.cli import main
-from segros.eval.benchmarks import PromptFileError, image_grid, read_prompts
+from segros.eval.benchmarks import PromptFileError, image_grid, read_benchmark_prompts
+from segros.shipped import PRETRAINED_TINY
 
-SHIPPED = Path(__file__).resolve().parents[1] / "src/segros/assets/tiny-pretrained"
+SHIPPED = PRETRAINED_TINY
 SHARED = Path(__file__).resolve().parents[2] / "shared/benchmarks"
 
 
@@ -112,7 +113,7 @@ def test_bad_prompt_files_stop_with_file_and_line(tmp_path, benchmark, content, 
     path = tmp_path / "prompts"
     path.write_text(content)
     with pytest.raises(PromptFileError, match=message):
-        read_prompts(path, benchmark)
+        read_benchmark_prompts(path, benchmark)
     code = main(["generate", "--checkpoint", str(SHIPPED), "--benchmark", benchmark, "--prompts", str(path),
                  "--out", str(tmp_path / "out")])  # fmt: skip
     assert code == 2 and not (tmp_path / "out").exists()  # nothing loaded, nothing written
@@ -128,10 +129,11 @@ def test_image_grid_tiles_row_by_row():
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason="the shared benchmark copies are not on this machine")
 def test_the_real_prompt_files_read_completely():
-    assert len(read_prompts(SHARED / "geneval/evaluation_metadata.jsonl", "geneval")) == 553
-    dpg = read_prompts(SHARED / "dpg-bench/prompts.json", "dpg")
+    assert len(read_benchmark_prompts(SHARED / "geneval/evaluation_metadata.jsonl", "geneval")) == 553
+    dpg = read_benchmark_prompts(SHARED / "dpg-bench/prompts.json", "dpg")
     assert len(dpg) == 1065 and len({r["key"] for r in dpg}) == 1065
     assert all(not r["key"].endswith(".txt") for r in dpg)
     color = SHARED / "t2i-compbench/color_val.txt"
     lines = [line for line in color.read_text().splitlines() if line.strip()]
-    assert [r["prompt"] for r in read_prompts(color, "t2i-compbench")] == [line.strip() for line in lines]
+    prompts = [r["prompt"] for r in read_benchmark_prompts(color, "t2i-compbench")]
+    assert prompts == [line.strip() for line in lines]

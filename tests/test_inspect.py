@@ -154,7 +154,7 @@ def test_any_backbone_with_the_grounding_seam_can_be_inspected():
     """No text tokenizer, other grid: labels fall back to token numbers."""
     from test_pointing import SIZE, StubBackbone
 
-    from segros.inspect import inspect_grounding, inspection_figure
+    from segros.apps.inspection import inspect_grounding, inspection_figure
 
     scene = ShapesWorld(image_size=SIZE, seed=0).scene(2)
     stub = StubBackbone("objects", grid=(4, 4))

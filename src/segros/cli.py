@@ -1,5 +1,8 @@
 """The `segros` command line: one subcommand per module, imported only when it runs.
 
+It names command modules as strings, the application layer (:mod:`segros.apps`) among them,
+so it sits above every layer and no library module imports it.
+
 Each subcommand module provides ``add_arguments(parser)`` and ``run(args) -> int``. Adding a
 command is one line in ``COMMANDS``. Only the module of the command being run is imported (and
 none for ``segros --help``), and command modules keep heavy imports (torch, models) inside
@@ -19,8 +22,8 @@ import sys
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("segros.demo", "SFT vs RecA vs SeGroS on ShapesWorld end to end, with a report"),
-    "pretrain": ("segros.pretrain", "train the TinyUMM the demo starts from (SFT from scratch)"),
+    "demo": ("segros.apps.demo", "SFT vs RecA vs SeGroS on ShapesWorld end to end, with a report"),
+    "pretrain": ("segros.apps.pretrain", "train the TinyUMM the demo starts from (SFT from scratch)"),
     "train": ("segros.train.cli", "fine-tune a backbone with SeGroS, SFT or RecA from a YAML config"),
     "shapes": ("segros.data.shapes_cli", "ShapesWorld: render evaluation images, write training sets"),
     "generate": (
@@ -28,7 +31,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "GenEval / DPG-Bench / T2I-CompBench prompts to images",
     ),
     "eval": ("segros.eval.cli", "score generated images on a benchmark (shapes)"),
-    "inspect": ("segros.inspect", "picture the grounding map, text scores and token roles for an image"),
+    "inspect": (
+        "segros.apps.inspection",
+        "picture the grounding map, text scores and token roles for an image",
+    ),
     "export": ("segros.export", "merge a LoRA run's adapter into a plain model folder (--merge)"),
     "cache": ("segros.cache_cli", "pre-encode a dataset's images with the backbone's frozen encoder(s)"),
 }

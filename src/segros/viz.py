@@ -7,6 +7,7 @@ file or an HTML report. matplotlib runs on its headless Agg backend.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,7 +17,8 @@ SEEN_RGB = np.array([60, 110, 255])  # blue
 MASKED_RGB = np.array([235, 60, 50])  # red
 
 
-def _figure_to_array(fig) -> np.ndarray:
+def figure_to_array(fig: Any) -> np.ndarray:
+    """The figure's pixels as (H, W, 3) uint8; closes it."""
     fig.canvas.draw()
     array = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
     import matplotlib.pyplot as plt
@@ -88,22 +90,7 @@ def grounding_panel(
             handles=[Patch(color=c / 255, label=n) for c, n in roles],
             loc="lower right", ncol=3, fontsize=7, frameon=False, bbox_to_anchor=(0.99, 0.0),
         )  # fmt: skip
-    return _figure_to_array(fig)
-
-
-def image_grid(images: torch.Tensor | np.ndarray, ncols: int = 8, pad: int = 2) -> np.ndarray:
-    """Tile (B, H, W, 3) uint8 images into one picture with white gutters."""
-    images = np.asarray(images)
-    B, H, W, _ = images.shape
-    ncols = min(ncols, B)
-    nrows = -(-B // ncols)
-    out = np.full((nrows * (H + pad) + pad, ncols * (W + pad) + pad, 3), 255, dtype=np.uint8)
-    for i in range(B):
-        r, c = divmod(i, ncols)
-        out[pad + r * (H + pad) : pad + r * (H + pad) + H, pad + c * (W + pad) : pad + c * (W + pad) + W] = (
-            images[i]
-        )
-    return out
+    return figure_to_array(fig)
 
 
 def captioned_grid(images: torch.Tensor | np.ndarray, captions: Sequence[str], ncols: int = 4) -> np.ndarray:
@@ -124,4 +111,4 @@ def captioned_grid(images: torch.Tensor | np.ndarray, captions: Sequence[str], n
         ax.imshow(image)
         ax.set_title(caption[:34] + ("…" if len(caption) > 34 else ""), fontsize=7)
     fig.tight_layout()
-    return _figure_to_array(fig)
+    return figure_to_array(fig)

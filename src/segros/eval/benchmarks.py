@@ -41,7 +41,7 @@ class PromptFileError(ValueError):
     """A prompt file that cannot be read as the benchmark says."""
 
 
-def read_prompts(path: str | Path, benchmark: Benchmark) -> list[dict[str, Any]]:
+def read_benchmark_prompts(path: str | Path, benchmark: Benchmark) -> list[dict[str, Any]]:
     """Records with a ``prompt`` (and, for DPG-Bench, the item ``key``) from a benchmark file."""
     path = Path(path)
     if not path.is_file():

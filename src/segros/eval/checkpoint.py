@@ -16,14 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from segros.data.shapes_prompts import load_prompts
-
-SHIPPED_PRETRAINED = Path(__file__).resolve().parents[1] / "assets" / "tiny-pretrained"
+from segros.shipped import PRETRAINED_TINY
 
 
 def resolve(checkpoint: str | Path) -> Path:
     """``pretrained`` -> the TinyUMM shipped in the package; anything else as given."""
     if str(checkpoint) == "pretrained":
-        return SHIPPED_PRETRAINED
+        return PRETRAINED_TINY
     return Path(checkpoint)
 
 

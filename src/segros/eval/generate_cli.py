@@ -38,14 +38,14 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from segros.backbones.registry import load_backbone
-    from segros.eval.benchmarks import PromptFileError, generate_benchmark, read_prompts
+    from segros.eval.benchmarks import PromptFileError, generate_benchmark, read_benchmark_prompts
     from segros.eval.generate import remove_undecodable
 
     if args.samples < 1 or args.batch_size < 1:
         print("--samples and --batch-size must be at least 1", file=sys.stderr)
         return 2
     try:
-        records = read_prompts(args.prompts, args.benchmark)
+        records = read_benchmark_prompts(args.prompts, args.benchmark)
     except PromptFileError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from segros.grounding import GroundingConfig, ground
-from segros.plan import make_plan, preset
+from segros.grounding import GroundingConfig
+from segros.plan import preset
+from segros.supervision import plan_records
 
 
 def patch_coverage(masks: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -99,19 +100,8 @@ def pointing_precision(
         records = [
             ImageTextRecord(image=s.image, caption=s.caption, key=str(start + i)) for i, s in enumerate(chunk)
         ]
-        batch = backbone.prepare_t2i(records)
-        with torch.no_grad():
-            g_in = backbone.grounding_inputs(batch)
-            valid = g_in.content_valid(grounding.text_stopwords)
-            g = ground(g_in.text_emb.float(), g_in.image_emb.float(), valid, grounding, generator)
-        plan = make_plan(
-            cfg,
-            torch.zeros(len(chunk), dtype=torch.float64),
-            backbone.num_tokens,
-            g,
-            generator,
-            token_grid=token_grid,
-            hint_grid=hint_grid,
+        _, plan = plan_records(
+            backbone, records, cfg, torch.zeros(len(chunk), dtype=torch.float64), generator
         )
         # Union of the object masks per scene -> which hint-grid patches touch an object.
         union = np.stack(

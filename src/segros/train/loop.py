@@ -36,8 +36,8 @@ from segros.data.cache import open_cache
 from segros.data.sampling import RecordBatches, ShardedOrder
 from segros.data.sources import i2t_source, t2i_source
 from segros.losses import total_loss
-from segros.plan import SupervisionPlan, plan_batch
-from segros.schedules import sample_mask_ratio
+from segros.plan import SupervisionPlan
+from segros.supervision import ground_and_plan, sample_ratio
 from segros.train import checkpoint as ckpt
 from segros.train import lora
 from segros.train.config import TrainConfig, dump_config
@@ -267,29 +267,12 @@ class Trainer:
 
     # --- one step ---------------------------------------------------------------------------------
     def plan_for(self, batch: T2IBatch) -> SupervisionPlan:
-        """Grounding embeddings -> masking ratios -> supervision plan (Secs. 3.2-3.4)."""
-        backbone = self.backbone
-        with torch.no_grad():
-            g = self.model(batch, mode="ground")
-        B = g.image_emb.shape[0]
-        schedule = self.cfg.method.mask_schedule or backbone.mask_schedule
-        per_batch = (
-            backbone.mask_per_batch
-            if self.cfg.method.mask_per_batch is None
-            else self.cfg.method.mask_per_batch
+        """Masking ratios -> grounding embeddings -> supervision plan (Secs. 3.2-3.4)."""
+        method = self.cfg.method
+        ratio = sample_ratio(
+            self.backbone, len(batch), self.generator, method.mask_schedule, method.mask_per_batch
         )
-        ratio = sample_mask_ratio(schedule, B, self.generator, per_batch)
-        plan = plan_batch(
-            g.text_emb.float(),
-            g.image_emb.float(),
-            g.text_valid,
-            self.plan_cfg,
-            ratio,
-            self.generator,
-            token_grid=backbone.token_grid,
-            hint_grid=backbone.hint_grid,
-            text_stopword=g.text_stopword,
-        )
+        plan = ground_and_plan(self.backbone, batch, self.plan_cfg, ratio, self.generator, model=self.model)
         return plan.to(self.accelerator.device)
 
     def _micro_batch(self, t2i_iter, i2t_iter) -> tuple[T2IBatch, SupervisionPlan, I2TBatch | None]:

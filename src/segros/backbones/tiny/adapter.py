@@ -32,13 +32,13 @@ from segros.backbones.tiny.text_tokenizer import WordTokenizer
 from segros.losses import i2t_loss, masked_cross_entropy
 from segros.plan import SupervisionPlan
 from segros.sequence import IMAGE, pack_layout
+from segros.shipped import PRETRAINED_TINY
 
 # Words of the image-to-text questions, on top of the ShapesWorld vocabulary.
 QUESTION_WORDS = "what is shown describe this picture image how many are there where which color".split()
 
 
-SHIPPED = Path(__file__).resolve().parents[2] / "assets" / "tiny-pretrained"
-SHIPPED_TOKENIZER = SHIPPED / "image_tokenizer.safetensors"
+SHIPPED_TOKENIZER = PRETRAINED_TINY / "image_tokenizer.safetensors"
 SHIPPED_LAYOUT = "grid"  # the ShapesWorld layout the shipped tokenizer was fitted on
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from segros.eval.checkpoint import evaluate_checkpoint, saved_evaluation
+from segros.shipped import PRETRAINED_TINY, RECIPES
 
 METHODS = ("sft", "reca", "segros")
 # --ablations: paper ablations as one-knob changes of segros (Tables 3, 5 and 8), and the
@@ -40,9 +41,6 @@ ABLATIONS: dict[str, list[str]] = {
     "segros_stopwords": ["method.preset=segros", "method.text_stopwords=english"],
     "segros_hint_prob05": ["method.preset=segros", "method.hint_prob=0.5"],
 }
-PACKAGE = Path(__file__).resolve().parent
-SHIPPED_PRETRAINED = PACKAGE / "assets" / "tiny-pretrained"
-RECIPES = PACKAGE / "recipes"  # demo-pretrain.yaml, demo-finetune.yaml (shipped with the package)
 
 
 class Stopwatch:
@@ -151,9 +149,9 @@ def training_set(cache: Path, scenes: int, world: dict[str, Any], seed: int = 20
 
 def pretrained_checkpoint(out: Path, steps: int | None) -> Path:
     """The shipped checkpoint, or one trained now with configs/demo/pretrain.yaml."""
-    if (SHIPPED_PRETRAINED / "model.safetensors").is_file():
-        print(f"[demo] using the shipped pretrained TinyUMM {SHIPPED_PRETRAINED}")
-        return SHIPPED_PRETRAINED
+    if (PRETRAINED_TINY / "model.safetensors").is_file():
+        print(f"[demo] using the shipped pretrained TinyUMM {PRETRAINED_TINY}")
+        return PRETRAINED_TINY
     from segros.train.config import load_config
     from segros.train.loop import train_to_end
 
@@ -229,7 +227,7 @@ def run_demo(
     pretrained = clock.run(
         "pretrained model",
         lambda: pretrained_checkpoint(work, s["pretrain_steps"]),
-        done=lambda: (SHIPPED_PRETRAINED / "model.safetensors").is_file(),
+        done=lambda: (PRETRAINED_TINY / "model.safetensors").is_file(),
     )
     world = world_of(pretrained)
     data = clock.run(
@@ -268,7 +266,7 @@ def run_demo(
         results[name] = [
             evaluation(name, path, seed) for seed, path in zip(seed_list, runs[name], strict=True)
         ]
-    from segros.report import grounding_quality, write_reports
+    from segros.apps.report import grounding_quality, write_reports
 
     pointing = clock.run(
         "pointing precision", lambda: grounding_quality(pretrained, runs["segros"][0], s["pointing_scenes"])

@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from segros.demo import RECIPES
+    from segros.shipped import RECIPES
     from segros.train import checkpoint as ckpt
     from segros.train.config import load_config
     from segros.train.loop import train_to_end

@@ -1,5 +1,7 @@
 """`segros inspect`: what SeGroS does with one image and caption, as one picture (paper Fig. 3).
 
+(The module is ``inspection``, not ``inspect``, so it never shadows the standard library's.)
+
 The picture shows (a) the image at the model's resolution, (b) per caption token the text scores
 s_intra (Eq. 4), s_inter (Eq. 6) and Omega (Eq. 7) with the kept tokens w (Eq. 9) marked, (c) the
 grounding map m-bar (Eq. 11) over the image and (d) the roles the SeGroS preset gives the image
@@ -130,8 +132,9 @@ def inspect_grounding(
     import torch
 
     from segros.data.readers import ImageTextRecord
-    from segros.grounding import GroundingConfig, ground
-    from segros.plan import make_plan, preset
+    from segros.grounding import GroundingConfig
+    from segros.plan import preset
+    from segros.supervision import ground_and_plan
 
     if not caption.strip():
         raise InspectError("the caption is empty")
@@ -141,9 +144,7 @@ def inspect_grounding(
     unknown = _unknown_words(tok, unk, caption)
 
     batch = backbone.prepare_t2i([ImageTextRecord(image=image, caption=caption, key="inspect")])
-    with torch.no_grad():
-        g_in = backbone.grounding_inputs(batch)
-    valid = g_in.text_valid[0]
+    valid = batch.caption_mask[0]  # what the grounding reads (the contract's text_valid)
     ids = batch.text_ids[0][valid].tolist()
     all_unknown = bool(ids) and unk is not None and all(i == unk for i in ids)
     if not bool(valid.any()) or all_unknown:
@@ -151,17 +152,9 @@ def inspect_grounding(
         raise InspectError(f"no word of the caption {caption!r} is known to the model{named}")
 
     generator = torch.Generator().manual_seed(seed)
-    content = g_in.content_valid(grounding.text_stopwords)
-    g = ground(g_in.text_emb.float(), g_in.image_emb.float(), content, grounding, generator)
-    plan = make_plan(
-        cfg,
-        torch.tensor([mask_ratio], dtype=torch.float64),
-        backbone.num_tokens,
-        g,
-        generator,
-        token_grid=backbone.token_grid,
-        hint_grid=backbone.hint_grid,
-    )
+    ratio = torch.tensor([mask_ratio], dtype=torch.float64)
+    plan = ground_and_plan(backbone, batch, cfg, ratio, generator)
+    g = plan.grounding  # its text_valid: the caption tokens left after stopwords
     words = _labels(tok, ids) if tok is not None else [f"t{j}" for j in range(len(ids))]
     if unknown and unk is not None:  # name <unk> tokens by the caption words they stand for
         pending = iter(unknown)
@@ -181,7 +174,7 @@ def inspect_grounding(
         hint_grid=hint_grid,
         seen=plan.seen[0].cpu().numpy(),
         unknown_words=unknown,
-        excluded=(valid & ~content[0])[valid].cpu().numpy(),
+        excluded=(valid & ~g.text_valid[0])[valid].cpu().numpy(),
         settings={
             "tau": grounding.temperature,
             "rho": grounding.text_keep_ratio,
@@ -206,7 +199,7 @@ def inspection_figure(ins: Inspection, title: str) -> np.ndarray:
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch, Rectangle
 
-    from segros.viz import MASKED_RGB, SEEN_RGB, _figure_to_array
+    from segros.viz import MASKED_RGB, SEEN_RGB, figure_to_array
 
     lv = len(ins.words)
     width = max(11.0, 0.42 * lv + 2.0)
@@ -304,7 +297,7 @@ def inspection_figure(ins: Inspection, title: str) -> np.ndarray:
         fontsize=10,
     )
     fig.subplots_adjust(left=0.07, right=0.97, top=0.86, bottom=0.1)
-    return _figure_to_array(fig)
+    return figure_to_array(fig)
 
 
 # --- command line -------------------------------------------------------------------------------

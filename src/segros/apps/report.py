@@ -70,28 +70,16 @@ def grounding_picture(checkpoint: Path, path: Path, n: int = 4) -> Path:
     from segros.backbones.registry import load_backbone
     from segros.data.readers import ImageTextRecord
     from segros.data.sources import world_for
-    from segros.plan import plan_batch, preset
+    from segros.plan import preset
+    from segros.supervision import plan_records
     from segros.viz import grounding_panel
 
     backbone = load_backbone(checkpoint).eval()
     world = world_for(backbone, seed=777)
     scenes = [world.scene(i) for i in range(n)]
-    batch = backbone.prepare_t2i(
-        [ImageTextRecord(Image.fromarray(s.image), s.caption, str(i)) for i, s in enumerate(scenes)]
-    )
-    with torch.no_grad():
-        g = backbone.grounding_inputs(batch)
-        plan = plan_batch(
-            g.text_emb,
-            g.image_emb,
-            g.text_valid,
-            preset("segros"),
-            torch.full((n,), 0.8),
-            torch.Generator().manual_seed(0),
-            backbone.token_grid,
-            backbone.hint_grid,
-            text_stopword=g.text_stopword,
-        )
+    records = [ImageTextRecord(Image.fromarray(s.image), s.caption, str(i)) for i, s in enumerate(scenes)]
+    gamma = torch.full((n,), 0.8)
+    batch, plan = plan_records(backbone, records, preset("segros"), gamma, torch.Generator().manual_seed(0))
     panel = grounding_panel(
         batch.images,
         plan.grounding.scores,
