@@ -240,6 +240,13 @@ class Backbone(nn.Module, ABC):
     def build(cls, options: BackboneOptions) -> Backbone:
         """Random weights (``init_from`` None) or the upstream release ``init_from`` names."""
 
+    @classmethod
+    def refused_method_knobs(cls, method: BaseModel) -> dict[str, str]:
+        """Keys of a config's ``method:`` section (the validated section) that this backbone cannot
+        honour, each with the reason: a config setting one stops when it is read instead of
+        training with a knob that silently does nothing. None by default."""
+        return {}
+
     # --- data ---------------------------------------------------------------------------------
     @abstractmethod
     def prepare_t2i(self, records: Sequence[Any]) -> T2IBatch:

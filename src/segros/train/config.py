@@ -247,6 +247,12 @@ def validate(raw: dict[str, Any]) -> TrainConfig:
         raise ConfigError(_format(e, "model")) from None
     except ValueError as e:  # unknown backbone name
         raise ConfigError(f"invalid config:\n  model.name: {e}") from None
+    from segros.backbones.registry import backbone_class
+
+    # method knobs this backbone would silently ignore (e.g. masking knobs on a non-masking model)
+    refused = backbone_class(cfg.model["name"]).refused_method_knobs(cfg.method)
+    if refused:
+        raise ConfigError("invalid config:\n" + "\n".join(f"  method.{k}: {v}" for k, v in refused.items()))
     return cfg
 
 
