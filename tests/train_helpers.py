@@ -37,8 +37,8 @@ def tiny_config(tokenizer: Path, *overrides: str):
 
 
 def tiny_model_section(name: str, request, small_tokenizer: Path) -> dict:
-    """The ``model:`` section of a tiny random ``tiny`` / ``showo`` / ``harmon`` backbone (32 px, no
-    download); Show-o and Harmon take their tokenizer fixtures from ``request``."""
+    """The ``model:`` section of a tiny random ``tiny`` / ``showo`` / ``harmon`` / ``openuni`` backbone
+    (32 px, no download); Show-o and Harmon take their tokenizer fixtures from ``request``."""
     from harmon_helpers import tiny_options as harmon_options
     from showo_helpers import TINY_ARCH
 
@@ -52,4 +52,6 @@ def tiny_model_section(name: str, request, small_tokenizer: Path) -> dict:
         }  # fmt: skip
     if name == "harmon":
         return harmon_options(request.getfixturevalue("harmon_tokenizer")).model_dump()
+    if name == "openuni":  # tiny InternVL3 + SANA + DC-AE, built-in word-level tokenizer
+        return {"name": "openuni", "size": "tiny", "image_size": 32, "generation_steps": 2}
     raise KeyError(f"no tiny model: section for backbone {name!r}: add one here (tests run every backbone)")

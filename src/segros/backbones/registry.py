@@ -20,6 +20,7 @@ BACKBONES: dict[str, str] = {
     "tiny": "segros.backbones.tiny.adapter:TinyBackbone",
     "showo": "segros.backbones.showo.adapter:ShowoBackbone",
     "harmon": "segros.backbones.harmon.adapter:HarmonBackbone",
+    "openuni": "segros.backbones.openuni.adapter:OpenUniBackbone",
 }
 
 

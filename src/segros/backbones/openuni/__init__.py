@@ -1,0 +1,1 @@
+"""OpenUni (InternVL3 + learnable queries + connector + SANA on DC-AE latents) as a segros backbone."""
