@@ -3,6 +3,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -154,8 +155,11 @@ def test_bad_records_are_counted_and_too_many_stop_the_run(small_tokenizer, tmp_
 def test_tensorboard_curves_and_pictures_are_written(small_tokenizer, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    from segros.data.shapes_prompts import SAMPLE_PROMPTS
+    from segros.train.logger import sample_pictures
+
     cfg = tiny_config(small_tokenizer, "logging.tensorboard=true", "run.picture_every=2", "run.max_steps=2")
-    train(cfg, tmp_path)
+    train(cfg, tmp_path, pictures=sample_pictures(SAMPLE_PROMPTS))
     events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"images": 0}).Reload()
     tags = events.Tags()
     for tag in (
@@ -171,6 +175,54 @@ def test_tensorboard_curves_and_pictures_are_written(small_tokenizer, tmp_path):
     assert {"grounding", "samples"} <= set(tags["images"])
     pictures = sorted(p.name for p in (tmp_path / "pictures").iterdir())
     assert pictures == ["grounding-step000002.png", "samples-step000002.png"]
+
+
+def test_pictures_are_the_applications_the_grounding_panel_the_trainers(small_tokenizer, tmp_path):
+    """Without a callback only the grounding panel is drawn; a callback's pictures are logged
+    under its tags, given the backbone and the step."""
+    cfg = tiny_config(small_tokenizer, "run.picture_every=2", "run.max_steps=4", "run.save_every=4")
+    train(cfg, tmp_path / "plain")
+    assert sorted(p.name for p in (tmp_path / "plain/pictures").iterdir()) == [
+        "grounding-step000002.png",
+        "grounding-step000004.png",
+    ]
+    calls = []
+
+    def draw(backbone, step):
+        calls.append((type(backbone).__name__, step))
+        return {"custom/dots": np.full((8, 8, 3), 255, dtype=np.uint8)}
+
+    train(cfg, tmp_path / "custom", pictures=draw)
+    assert calls == [("TinyBackbone", 2), ("TinyBackbone", 4)]
+    assert (tmp_path / "custom/pictures/custom-dots-step000004.png").is_file()
+
+
+def test_the_train_command_draws_shapes_prompts_only_for_shapes_data(tmp_path):
+    from segros.train.cli import sample_pictures_for
+
+    assert sample_pictures_for("auto", "shapes") is not None
+    assert sample_pictures_for("auto", "files") is None and sample_pictures_for("none", "shapes") is None
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a photo of a cat\n\n")
+    assert callable(sample_pictures_for(str(prompts), "files"))
+    empty = tmp_path / "empty.txt"
+    empty.write_text(" \n")
+    with pytest.raises(OSError, match="no prompt"):
+        sample_pictures_for(str(empty), "files")
+
+
+def test_train_step_returns_what_happened(small_tokenizer, tmp_path):
+    trainer = Trainer(tiny_config(small_tokenizer, "optim.grad_accum=2"), tmp_path)
+    out = trainer.train_step()
+    assert trainer.step == 1 and not out.skipped and math.isfinite(out.loss)
+    assert set(out.losses) == {"recon", "i2t", "total"}
+    assert out.losses["total"] == pytest.approx(out.losses["recon"] + out.losses["i2t"])
+    assert out.grad_norm > 0 and len(out.batch) == 4 and out.plan.num_hints == int(0.3 * 64)
+    assert {"grounding/hint_mean", "grounding/seen_mean", "grounding/masked_mean"} <= set(out.grounding)
+    original = trainer.backbone.reconstruction_loss
+    trainer.backbone.reconstruction_loss = lambda b, p: original(b, p) * float("nan")
+    bad = trainer.train_step()
+    assert bad.skipped and math.isnan(bad.loss) and trainer.skipped_steps == 1 and trainer.step == 2
 
 
 def test_freezing_by_name_pattern_keeps_those_weights(small_tokenizer, tmp_path):

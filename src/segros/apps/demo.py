@@ -81,6 +81,14 @@ class Stopwatch:
         return result
 
 
+def shapes_pictures() -> Any:
+    """Sample pictures of the fixed ShapesWorld prompts, for the trainer's picture callback."""
+    from segros.data.shapes_prompts import SAMPLE_PROMPTS
+    from segros.train.logger import sample_pictures
+
+    return sample_pictures(SAMPLE_PROMPTS)
+
+
 def settings(quick: bool) -> dict[str, Any]:
     """What ``--quick`` shrinks: a smoke test, its numbers are not meant to be meaningful."""
     if quick:
@@ -159,7 +167,7 @@ def pretrained_checkpoint(out: Path, steps: int | None) -> Path:
     overrides = ["run.progress=auto"] + (
         [f"run.max_steps={steps}", f"run.save_every={steps}"] if steps else []
     )
-    return train_to_end(load_config(RECIPES / "demo-pretrain.yaml", overrides), run_dir)
+    return train_to_end(load_config(RECIPES / "demo-pretrain.yaml", overrides), run_dir, shapes_pictures())
 
 
 def finetune_config(
@@ -244,7 +252,7 @@ def run_demo(
             run_dir = work / "runs" / f"{name}-seed{seed}"
             path = clock.run(
                 f"fine-tune {name} seed {seed}",
-                lambda r=run_dir, c=cfg: train_to_end(c, r),
+                lambda r=run_dir, c=cfg: train_to_end(c, r, shapes_pictures()),
                 done=lambda r=run_dir, c=cfg: ckpt.finished(r, c.run.max_steps),
             )
             runs[name].append(path)

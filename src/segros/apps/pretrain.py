@@ -57,9 +57,11 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
+    from segros.data.shapes_prompts import SAMPLE_PROMPTS
     from segros.shipped import RECIPES
     from segros.train import checkpoint as ckpt
     from segros.train.config import load_config
+    from segros.train.logger import sample_pictures
     from segros.train.loop import train_to_end
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -70,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"--resume: no complete checkpoint under {ckpt.checkpoints_dir(args.out)}")
     if ckpt.finished(args.out, cfg.run.max_steps):  # e.g. an export after the run: nothing to train
         print(f"{args.out} is already trained to step {cfg.run.max_steps}")
-    final = train_to_end(cfg, args.out)  # continues from a checkpoint when there is one
+    pictures = sample_pictures(SAMPLE_PROMPTS)  # ShapesWorld samples every run.picture_every steps
+    final = train_to_end(cfg, args.out, pictures)  # continues from a checkpoint when there is one
     state = ckpt.load_trainer_state(final)
     step, seconds = int(state["step"]), train_seconds(Path(args.out), state)
     took = time.perf_counter() - start

@@ -46,6 +46,14 @@ from segros.data.shapes import (
 from segros.eval.geneval import RELATIONS, read_prompts, write_prompts
 
 PROMPTS_FILE = "shapes_eval_prompts.jsonl"
+# The fixed prompts ShapesWorld runs draw as sample pictures while training (segros train on
+# ShapesWorld, the demo, segros pretrain): one per kind of scene, comparable from step to step.
+SAMPLE_PROMPTS = (
+    "a photo of a red circle",
+    "a photo of a blue square left of a yellow star",
+    "a photo of three green triangles",
+    "a photo of a purple cross and an orange diamond",
+)
 COLOR_ATTR_PROMPTS = 100
 COLOR_ATTR_SEED = 2024
 

@@ -8,6 +8,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,7 +17,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, help="same as run.max_steps=N")
     parser.add_argument("--save-every", type=int, help="same as run.save_every=N")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/latest")
+    parser.add_argument(
+        "--sample-prompts",
+        default="auto",
+        metavar="FILE|shapes|none",
+        help="prompts drawn as sample pictures every run.picture_every steps: a file with one per "
+        "line, the ShapesWorld ones, or none (default auto: ShapesWorld's for data.source=shapes)",
+    )
     parser.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides")
+
+
+def sample_pictures_for(choice: str, data_source: str) -> Any:
+    """The picture callback ``--sample-prompts`` asks for (None: no sample pictures)."""
+    if choice == "auto":
+        choice = "shapes" if data_source == "shapes" else "none"
+    if choice == "none":
+        return None
+    from segros.train.logger import sample_pictures
+
+    if choice == "shapes":
+        from segros.data.shapes_prompts import SAMPLE_PROMPTS
+
+        return sample_pictures(SAMPLE_PROMPTS)
+    prompts = [line.strip() for line in Path(choice).read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise OSError(f"{choice} holds no prompt")
+    return sample_pictures(prompts)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,6 +61,11 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and not args.out:
         print("segros train: --resume needs --out (the run folder to continue)", file=sys.stderr)
         return 2
+    try:
+        pictures = sample_pictures_for(args.sample_prompts, cfg.data.source)
+    except OSError as e:
+        print(f"segros train: --sample-prompts: {e}", file=sys.stderr)
+        return 2
     name = Path(args.config).stem if args.config else "default"
     out = Path(args.out) if args.out else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -44,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
 
     started = time.time() - 1.0  # file times may be rounded to the second
     try:
-        result = train(cfg, out, resume=args.resume)
+        result = train(cfg, out, resume=args.resume, pictures=pictures)
     except Exception as err:
         # died while writing a checkpoint (a full disk): say so, and remove the partial folder
         failure = ckpt.write_failure(out, err, since=started)

@@ -1,13 +1,15 @@
 """Logged curves and pictures of a run: TensorBoard by default, Weights & Biases when configured.
 
-Scalars go through accelerate's trackers (main process only). Pictures (the grounding map with
-hint / seen / masked tokens over the batch's images, and a grid of samples generated from fixed
-prompts with a fixed seed, so successive grids are comparable) go to the trackers and to PNG
-files under ``OUT/pictures/``.
+Scalars go through accelerate's trackers (main process only). Pictures go to the trackers and to
+PNG files under ``OUT/pictures/``: the trainer's own (the grounding map with hint / seen / masked
+tokens over the batch's images) and whatever the application's :data:`PictureCallback` draws,
+typically :func:`sample_pictures`, a grid of samples from fixed prompts with a fixed seed, so
+successive grids are comparable.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +19,25 @@ from PIL import Image
 
 from segros.viz import captioned_grid, grounding_panel
 
-SAMPLE_PROMPTS = (
-    "a photo of a red circle",
-    "a photo of a blue square left of a yellow star",
-    "a photo of three green triangles",
-    "a photo of a purple cross and an orange diamond",
-)
+#: pictures an application wants every ``run.picture_every`` steps: (backbone, step) -> {tag: (H, W, 3) uint8}
+PictureCallback = Callable[[Any, int], dict[str, np.ndarray]]
+
+
+def sample_pictures(prompts: Sequence[str], seed: int = 0) -> PictureCallback:
+    """A :data:`PictureCallback` drawing ``prompts`` (seeded, in eval mode) as one captioned grid
+    tagged ``samples``."""
+    prompts = list(prompts)
+
+    def draw(backbone: Any, step: int) -> dict[str, np.ndarray]:
+        was_training = backbone.training
+        backbone.eval()
+        try:
+            samples = backbone.generate(prompts, generator=torch.Generator().manual_seed(seed))
+        finally:
+            backbone.train(was_training)
+        return {"samples": captioned_grid(samples.cpu().numpy(), prompts)}
+
+    return draw
 
 
 class RunLogger:
@@ -57,9 +72,10 @@ class RunLogger:
                 tracker.run.log({tag: wandb.Image(array)}, step=step)
         return path
 
-    def pictures(self, backbone: Any, batch: dict[str, Any], plan: Any, step: int) -> None:
-        """Grounding panel of the current batch and a sample grid (main process only)."""
-        if plan.grounding is not None and batch.images is not None:  # a cache keeps no pixels
+    def grounding_picture(self, backbone: Any, batch: Any, plan: Any, step: int) -> None:
+        """The grounding panel of a batch and its plan (main process only; none for plans without
+        a grounding, or for batches from a cache, which keeps no pixels)."""
+        if plan.grounding is not None and batch.images is not None:
             panel = grounding_panel(
                 batch.images.cpu(),
                 plan.grounding.scores,
@@ -69,11 +85,6 @@ class RunLogger:
                 batch.captions,
             )
             self.image("grounding", panel, step)
-        was_training = backbone.training
-        backbone.eval()
-        samples = backbone.generate(list(SAMPLE_PROMPTS), generator=torch.Generator().manual_seed(0))
-        backbone.train(was_training)
-        self.image("samples", captioned_grid(samples.cpu().numpy(), SAMPLE_PROMPTS), step)
 
     def close(self) -> None:
         if self.enabled:

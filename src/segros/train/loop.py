@@ -9,6 +9,13 @@ Both are checkpointed with the data position, so ``--resume`` reproduces the uni
 A step whose loss is NaN or inf on any process is skipped on all of them (no update) and
 counted; ``run.max_bad_steps`` of them in a row stop the run with the last good checkpoint
 left as it was.
+
+The :class:`Trainer` works in stages, in the spirit of torchtune's recipes: set-up (model,
+optimizer, data: ``_setup_*``), :meth:`Trainer.train_step` (one optimizer step, returning a
+:class:`StepOutput`), and :meth:`Trainer.log`, :meth:`Trainer.pictures` and :meth:`Trainer.save`
+as their own methods; :meth:`Trainer.run` only sequences them. Sample pictures are the
+application's business: it passes a :data:`~segros.train.logger.PictureCallback` (the demo
+draws ShapesWorld prompts; a run on other data passes its own prompts, or none).
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ from segros.supervision import ground_and_plan, sample_ratio
 from segros.train import checkpoint as ckpt
 from segros.train import lora
 from segros.train.config import TrainConfig, dump_config
-from segros.train.logger import RunLogger
+from segros.train.logger import PictureCallback, RunLogger
 
 log = logging.getLogger(__name__)
 
@@ -107,13 +114,62 @@ def _show_progress(setting: bool | str) -> bool:
     return sys.stderr.isatty() and not os.environ.get("CI")
 
 
-class Trainer:
-    """Holds everything one run needs; :meth:`run` trains to ``run.max_steps``."""
+@dataclass
+class StepOutput:
+    """What one optimizer step did (:meth:`Trainer.train_step`)."""
 
-    def __init__(self, cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> None:
+    losses: dict[str, float]  # "recon", "i2t", "total": means over the micro-batches run
+    skipped: bool  # a loss was NaN / inf on some process: no update
+    grad_norm: float = float("nan")  # before clipping; NaN when not clipped or skipped
+    batch: T2IBatch | None = None  # the last micro-batch run, and its plan (for pictures)
+    plan: SupervisionPlan | None = None
+
+    @property
+    def loss(self) -> float:
+        """The total loss of the step (NaN when it was skipped)."""
+        return float("nan") if self.skipped else self.losses["total"]
+
+    @property
+    def grounding(self) -> dict[str, float]:
+        """Grounding statistics of the last plan (:func:`grounding_stats`), computed when read."""
+        return grounding_stats(self.plan) if self.plan is not None else {}
+
+
+class Trainer:
+    """Holds everything one run needs; :meth:`run` trains to ``run.max_steps``.
+
+    ``pictures``: what to draw every ``run.picture_every`` steps besides the grounding panel of
+    the current batch, e.g. :func:`~segros.train.logger.sample_pictures` of some prompts.
+    """
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        out_dir: str | Path,
+        resume: bool = False,
+        pictures: PictureCallback | None = None,
+    ) -> None:
         self.cfg = cfg
         self.out_dir = Path(out_dir)
+        self.picture_callback = pictures
         self.seconds_before, self.run_start = 0.0, None  # see train_seconds()
+        self._setup_accelerator()
+        self.backbone = self._setup_model()
+        self._setup_optimizer()
+        self.plan_cfg = cfg.method.plan_config()
+        self.generator = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + self.rank)
+        self._setup_data()
+        self.step = 0
+        self.skipped_steps = 0
+        self._iterators: tuple[Any, Any] | None = None  # the data streams train_step reads
+        if resume:
+            self._resume()
+        self.logger = RunLogger(self.accelerator, cfg, self.out_dir)
+
+    # --- set-up ---------------------------------------------------------------------------------
+    def _setup_accelerator(self) -> None:
+        """The accelerate set-up (processes, precision, accumulation, trackers); the run folder."""
+        cfg = self.cfg
         trackers = (["tensorboard"] if cfg.logging.tensorboard else []) + (
             ["wandb"] if cfg.logging.wandb_project else []
         )
@@ -134,6 +190,10 @@ class Trainer:
             (self.out_dir / "config.yaml").write_text(dump_config(cfg))
         acc.wait_for_everyone()
 
+    def _setup_model(self) -> Backbone:
+        """The backbone as ``model:`` says (same initial weights on every process), with LoRA
+        adapters when configured and ``optim.freeze`` applied."""
+        cfg = self.cfg
         set_seed(cfg.run.seed)  # identical initial weights on every process
         options = cfg.model_options()
         init_from = getattr(options, "init_from", None)
@@ -147,17 +207,20 @@ class Trainer:
         if self.lora:  # adapters on the transformer; all else frozen (segros.train.lora)
             lora.apply_section(backbone, cfg.lora)
         freeze(backbone, cfg.optim.freeze)
-        self.backbone: Backbone = backbone
-        o = cfg.optim
-        groups = param_groups(backbone, o.weight_decay, o.no_decay, o.no_decay_1d)
+        return backbone
+
+    def _setup_optimizer(self) -> None:
+        """AdamW over the trainable parameters, the lr schedule, and accelerate's wrapping."""
+        o, acc = self.cfg.optim, self.accelerator
+        groups = param_groups(self.backbone, o.weight_decay, o.no_decay, o.no_decay_1d)
         optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
-        total = o.schedule_steps or cfg.run.max_steps
+        total = o.schedule_steps or self.cfg.run.max_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: lr_factor(s, o.warmup_steps, total, o.schedule, o.min_lr_ratio)
         )
         # The scheduler is stepped by hand once per optimizer step: accelerate's wrapper would
         # step it once per process.
-        self.model, self.optimizer = acc.prepare(backbone, optimizer)
+        self.model, self.optimizer = acc.prepare(self.backbone, optimizer)
         # `accelerate launch --gradient_accumulation_steps` and a DeepSpeed config override the
         # value passed above; a silent mismatch would change the effective batch
         if acc.gradient_accumulation_steps != o.grad_accum:
@@ -166,10 +229,11 @@ class Trainer:
                 f"--gradient_accumulation_steps or the DeepSpeed config) sets "
                 f"{acc.gradient_accumulation_steps}; make them agree"
             )
-        self.plan_cfg = cfg.method.plan_config()
-        self.generator = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + self.rank)
 
-        d = cfg.data
+    def _setup_data(self) -> None:
+        """The image-caption stream (from images or a ``segros cache``) and, when the I2T term is
+        on, the image-to-text stream; each sharded over processes without duplication."""
+        cfg, d, backbone = self.cfg, self.cfg.data, self.backbone
         self.budget = BadRecordBudget(max_share=d.max_bad_share)
         # pre-encoded by `segros cache` (refused unless made with these encoders and data), or read
         t2i = open_cache(d.cache, backbone, d, cfg.model["name"]) if d.cache else t2i_source(d, backbone)
@@ -187,12 +251,6 @@ class Trainer:
                 self.i2t = RecordBatches(
                     i2t, order, d.i2t_batch_size or d.batch_size, BadRecordBudget(max_share=d.max_bad_share)
                 )
-
-        self.step = 0
-        self.skipped_steps = 0
-        if resume:
-            self._resume()
-        self.logger = RunLogger(acc, cfg, self.out_dir)
 
     # --- checkpoints ----------------------------------------------------------------------------
     def train_seconds(self) -> float:
@@ -295,101 +353,126 @@ class Trainer:
         sums = self.accelerator.gather(_checksum(self.backbone).unsqueeze(0))
         return bool((sums == sums[0]).all())
 
-    def run(self) -> TrainResult:
+    def train_step(self) -> StepOutput:
+        """One optimizer step: ``optim.grad_accum`` micro-batches (plan, loss, backward), then
+        the update, or none when a loss was not finite on some process (counted as skipped)."""
         cfg, acc = self.cfg, self.accelerator
         lam, accum = cfg.method.i2t_weight, cfg.optim.grad_accum
+        if self._iterators is None:
+            self._iterators = (iter(self.t2i), iter(self.i2t) if self.i2t is not None else None)
+        out = StepOutput(losses={}, skipped=False)
+        for _ in range(accum):
+            # every micro-batch enters accumulate(), even after a bad one, so accelerate's count
+            # of micro-batches (and DeepSpeed's boundary) stays in phase with the groups
+            with acc.accumulate(self.model), acc.autocast():
+                if out.skipped:
+                    continue
+                out.batch, out.plan, i2t = self._micro_batch(*self._iterators)
+                terms = self.model(out.batch, plan=out.plan, i2t=i2t)
+                loss = total_loss(terms["recon"], terms.get("i2t", 0.0), lam)  # Eq. 13
+                for k, v in {**terms, "total": loss}.items():
+                    out.losses[k] = out.losses.get(k, 0.0) + float(v.detach()) / accum
+                if not self._all_finite(loss):
+                    out.skipped = True
+                    continue
+                acc.backward(loss)  # divided by grad_accum inside (or by DeepSpeed)
+        if out.skipped:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.skipped_steps += 1
+        else:
+            if cfg.optim.grad_clip is not None:
+                out.grad_norm = float(acc.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip))
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.step += 1
+        return out
+
+    def _due(self, every: int) -> bool:
+        return bool(every) and (self.step % every == 0)
+
+    def log(self, out: StepOutput, steps: int, seconds: float) -> None:
+        """Scalars of the last step (loss terms, lr, grad norm, bad data, grounding statistics)
+        and the throughput over the ``steps`` steps of the last ``seconds``."""
+        samples = steps * self.cfg.optim.grad_accum * self.cfg.data.batch_size * self.world
+        scalars = {f"loss/{k}": v for k, v in out.losses.items()}
+        scalars |= {
+            "lr": self.scheduler.get_last_lr()[0],
+            "grad_norm": out.grad_norm,
+            "steps_per_second": steps / max(seconds, 1e-9),
+            "samples_per_second": samples / max(seconds, 1e-9),
+            "data/bad_records": self.budget.bad_records,  # distinct records
+            "data/skipped_reads": self.budget.bad,
+            "train/skipped_steps": self.skipped_steps,
+        }
+        self.logger.scalars(scalars | out.grounding, self.step)
+
+    def pictures(self, out: StepOutput) -> None:
+        """The grounding panel of the step's batch and the application's pictures (main process)."""
+        if not self.accelerator.is_main_process:
+            return
+        if out.batch is not None and out.plan is not None:
+            self.logger.grounding_picture(self.backbone, out.batch, out.plan, self.step)
+        if self.picture_callback is not None:
+            for tag, picture in self.picture_callback(self.backbone, self.step).items():
+                self.logger.image(tag, picture, self.step)
+
+    def run(self) -> TrainResult:
+        """Train to ``run.max_steps``: step, log, draw and checkpoint on their schedules."""
+        r = self.cfg.run
         result = TrainResult(self.out_dir, self.step)
-        t2i_iter = iter(self.t2i)
-        i2t_iter = iter(self.i2t) if self.i2t is not None else None
-        bad_in_row = 0
         start = self.run_start = time.perf_counter()
         progress = tqdm(
-            total=cfg.run.max_steps,
+            total=r.max_steps,
             initial=self.step,
-            disable=not (_show_progress(cfg.run.progress) and acc.is_main_process),
-            desc=f"train {cfg.method.preset}",
+            disable=not (_show_progress(r.progress) and self.accelerator.is_main_process),
+            desc=f"train {self.cfg.method.preset}",
             dynamic_ncols=True,
         )
-        window_start, window_steps = time.perf_counter(), 0
-        while self.step < cfg.run.max_steps:
-            terms_sum: dict[str, float] = {}
-            any_bad = False
-            for _ in range(accum):
-                # every micro-batch enters accumulate(), even after a bad one, so accelerate's
-                # count of micro-batches (and DeepSpeed's boundary) stays in phase with the groups
-                with acc.accumulate(self.model), acc.autocast():
-                    if any_bad:
-                        continue
-                    batch, plan, i2t = self._micro_batch(t2i_iter, i2t_iter)
-                    terms = self.model(batch, plan=plan, i2t=i2t)
-                    loss = total_loss(terms["recon"], terms.get("i2t", 0.0), lam)  # Eq. 13
-                    for k, v in {**terms, "total": loss}.items():
-                        terms_sum[k] = terms_sum.get(k, 0.0) + float(v.detach()) / accum
-                    if not self._all_finite(loss):
-                        any_bad = True
-                        continue
-                    acc.backward(loss)  # divided by grad_accum inside (or by DeepSpeed)
-            grad_norm = float("nan")
-            if any_bad:
-                self.optimizer.zero_grad(set_to_none=True)
-                self.skipped_steps += 1
-                bad_in_row += 1
-                log.warning("step %d: non-finite loss, update skipped (%d in a row)", self.step, bad_in_row)
-                if bad_in_row >= cfg.run.max_bad_steps:
-                    last = ckpt.latest_checkpoint(self.out_dir)
-                    raise TrainingDivergedError(
-                        f"{bad_in_row} steps in a row had a NaN/inf loss (step {self.step}); stopping. "
-                        f"Last good checkpoint: {last or 'none saved yet'}"
-                    )
-            else:
-                bad_in_row = 0
-                if cfg.optim.grad_clip is not None:
-                    grad_norm = float(acc.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip))
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-            self.scheduler.step()
-            self.step += 1
+        window_start, window_steps, bad_in_row = time.perf_counter(), 0, 0
+        while self.step < r.max_steps:
+            out = self.train_step()
+            bad_in_row = bad_in_row + 1 if out.skipped else 0
+            if out.skipped:
+                self._bad_step(bad_in_row)
             window_steps += 1
-            result.losses.append(terms_sum["total"] if not any_bad else float("nan"))
+            result.losses.append(out.loss)
             progress.update(1)
-            progress.set_postfix(loss=f"{terms_sum['total']:.3f}", refresh=False)
-
-            if self.step % cfg.run.log_every == 0 or self.step == cfg.run.max_steps:
-                elapsed = time.perf_counter() - window_start
-                scalars = {f"loss/{k}": v for k, v in terms_sum.items()}
-                scalars |= {
-                    "lr": self.scheduler.get_last_lr()[0],
-                    "grad_norm": grad_norm,
-                    "steps_per_second": window_steps / max(elapsed, 1e-9),
-                    "samples_per_second": window_steps
-                    * accum
-                    * cfg.data.batch_size
-                    * self.world
-                    / max(elapsed, 1e-9),
-                    "data/bad_records": self.budget.bad_records,  # distinct records
-                    "data/skipped_reads": self.budget.bad,
-                    "train/skipped_steps": self.skipped_steps,
-                }
-                scalars |= grounding_stats(plan)
-                self.logger.scalars(scalars, self.step)
+            progress.set_postfix(loss=f"{out.losses['total']:.3f}", refresh=False)
+            if self._due(r.log_every) or self.step == r.max_steps:
+                self.log(out, window_steps, time.perf_counter() - window_start)
                 window_start, window_steps = time.perf_counter(), 0
-            if cfg.run.picture_every and self.step % cfg.run.picture_every == 0 and acc.is_main_process:
-                self.logger.pictures(self.backbone, batch, plan, self.step)
+            if self._due(r.picture_every):
+                self.pictures(out)
             # never checkpoint right after a skipped step: the last good checkpoint stays latest
-            if not any_bad and (self.step % cfg.run.save_every == 0 or self.step == cfg.run.max_steps):
+            if not out.skipped and (self._due(r.save_every) or self.step == r.max_steps):
                 self.save()
         progress.close()
+        return self.finish(result, time.perf_counter() - start)
+
+    def _bad_step(self, in_row: int) -> None:
+        """Warn of a skipped step; stop the run after ``run.max_bad_steps`` in a row."""
+        log.warning("step %d: non-finite loss, update skipped (%d in a row)", self.step - 1, in_row)
+        if in_row >= self.cfg.run.max_bad_steps:
+            last = ckpt.latest_checkpoint(self.out_dir)
+            raise TrainingDivergedError(
+                f"{in_row} steps in a row had a NaN/inf loss (step {self.step - 1}); stopping. "
+                f"Last good checkpoint: {last or 'none saved yet'}"
+            )
+
+    def finish(self, result: TrainResult, seconds: float) -> TrainResult:
+        """Fill in the result, check the processes agree, write ``train_summary.json``."""
         result.step = self.step
         result.skipped_steps = self.skipped_steps
         result.bad_records = self.budget.bad_records
-        result.seconds = time.perf_counter() - start
+        result.seconds = seconds
         result.total_seconds = self.train_seconds()
         if self.budget.bad:
             log.warning("skipped bad records: %s", self.budget.summary())
         in_sync = self.params_in_sync()
         if not in_sync:
             log.error("parameters differ between processes: the distributed set-up is broken")
-        if acc.is_main_process:
+        if self.accelerator.is_main_process:
             summary = {
                 "step": self.step,
                 "skipped_steps": self.skipped_steps,
@@ -431,14 +514,16 @@ def grounding_stats(plan: SupervisionPlan) -> dict[str, float]:
     return stats
 
 
-def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> TrainResult:
+def train(
+    cfg: TrainConfig, out_dir: str | Path, resume: bool = False, pictures: PictureCallback | None = None
+) -> TrainResult:
     """Train as ``cfg`` says, writing checkpoints, logs and pictures under ``out_dir``."""
-    return Trainer(cfg, out_dir, resume=resume).run()
+    return Trainer(cfg, out_dir, resume=resume, pictures=pictures).run()
 
 
-def train_to_end(cfg: TrainConfig, out_dir: str | Path) -> Path:
+def train_to_end(cfg: TrainConfig, out_dir: str | Path, pictures: PictureCallback | None = None) -> Path:
     """The run's final checkpoint: reused if one reached ``run.max_steps``, else trained now,
     continuing from the newest intact checkpoint when there is one."""
     if not ckpt.finished(out_dir, cfg.run.max_steps):
-        train(cfg, out_dir, resume=ckpt.latest_checkpoint(out_dir) is not None)
+        train(cfg, out_dir, resume=ckpt.latest_checkpoint(out_dir) is not None, pictures=pictures)
     return ckpt.latest_checkpoint(out_dir)
