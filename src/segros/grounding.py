@@ -7,6 +7,10 @@ pointed at by them (the grounding map). Everything is tensor algebra over the ba
 ragged caption lengths are handled with the ``text_valid`` mask, so appending padding never
 changes a result. Nothing of size ``(B, N, L, D)`` is ever built: the only large products are
 ``Zi Ztᵀ (B, N, L)`` and ``Zt Ztᵀ (B, L, L)``.
+
+tests/reference.py restates Eqs. 3-12 for one sample at a time, in float64 and straight from the
+paper's text; tests/test_grounding.py holds this batched code to it. docs/design.md lists where
+each equation is computed.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ TEXT_FILTERS = ("both", "intra", "inter", "none")
 TEXT_STOPWORDS = ("none", "english")  # caption function words excluded from the filter (Fig. 3)
 
 # A min-max range at or below this fraction of the vector's magnitude is float rounding of a
-# constant vector, whose min-max normalisation is defined as all zeros (DESIGN.md).
+# constant vector, whose min-max normalisation is defined as all zeros (docs/design.md).
 NEGLIGIBLE_RANGE = 1e-5
 # Below this, exp(-2 / tau) underflows even in float64 and the softmaxes lose their meaning.
 MIN_TEMPERATURE = 0.005

@@ -44,7 +44,7 @@ class PlanConfig:
     seen_pick: str = "bottom"  # bottom | top | random
     loss_target_ratio: float | None = None  # drop-loss r (Table 6); None = every masked token
     text_condition: bool = True  # False: RecA-style image-only conditioning (Table 9)
-    hint_position: str = "prefix"  # prefix | slot (docs/design-notes.md)
+    hint_position: str = "prefix"  # prefix | slot (docs/visual-hints.md)
     hint_prob: float = 1.0  # probability that a sample gets its hints (beyond the paper)
     grounding: GroundingConfig = field(default_factory=GroundingConfig)
 
@@ -227,7 +227,7 @@ def make_plan(
     else:
         if cfg.hint_pick == "random":
             hint_scores = _random_keys((B, num_hint_tokens), generator, mask_ratio).to(device)
-        elif other_grid:  # area-resample m-bar, then perturb on the hint grid (DESIGN.md)
+        elif other_grid:  # area-resample m-bar, then perturb on the hint grid (docs/design.md)
             noise = uniform_noise((B, num_hint_tokens), generator, grounding.scores)
             hint_scores = resample_grid(grounding.scores, token_grid, hint_grid)
             hint_scores = hint_scores + cfg.grounding.noise_scale * noise

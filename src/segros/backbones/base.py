@@ -1,26 +1,27 @@
-"""The backbone protocol: what a UMM adapter provides so the trainer can run any method on it.
+"""The backbone contract: what a UMM adapter provides so the trainer can run any method on it.
 
 SeGroS decides *which* image tokens play which role (a :class:`~segros.plan.SupervisionPlan`);
 the backbone decides *how* they are encoded and reconstructed. The trainer only ever talks to
 this class, so adding a backbone means writing one subclass and registering it
-(:mod:`segros.backbones.registry`); the trainer does not change.
+(:mod:`segros.backbones.registry`); the trainer does not change. docs/design.md describes the
+contract and the data flow of a step; tests/test_backbone_contract.py runs every registered
+backbone through it.
 
-One training step, as the trainer runs it::
+One training step, as the trainer runs it (:mod:`segros.supervision`)::
 
-    batch = backbone.prepare_t2i(records)                  # CPU: tokenise text, encode images
-    with torch.no_grad():
-        g = model(batch, mode="ground")                     # GroundingInputs, before the transformer
-    plan = plan_batch(g.text_emb, g.image_emb, g.text_valid, cfg, gamma, generator,
-                      backbone.token_grid, backbone.hint_grid)
+    batch = backbone.prepare_t2i(records).to(device)       # T2IBatch: tokenised text, encoded images
+    batch = backbone.drop_captions(batch, generator)       # caption dropout, for guidance
+    gamma = sample_ratio(backbone, len(batch), generator)  # the backbone's masking schedule
+    plan = ground_and_plan(backbone, batch, cfg, gamma, generator, model=model)
     terms = model(batch, plan=plan, i2t=i2t_batch)         # {"recon": ..., "i2t": ...}
 
 Every call goes through ``forward`` so that DDP / FSDP / DeepSpeed wrappers see it.
 
-What an adapter must provide:
+What an adapter must provide (besides the class attributes and the storage hooks below):
 
 - ``grounding_inputs``: caption-token embeddings from the input embedding table, a mask that
   is True only on caption tokens (never padding, BOS/EOS or template tokens), and image-token
-  embeddings in the same space, all from *before* the transformer (DESIGN.md).
+  embeddings in the same space, all from *before* the transformer (docs/design.md).
 - ``hint_embeddings``: embeddings of the hint tokens at the plan's positions; they may come
   from another encoder and grid (``hint_grid``), as Show-o's CLIP path does.
 - ``reconstruction_loss``: the backbone's native loss on the plan's targets, with the hints
@@ -28,7 +29,10 @@ What an adapter must provide:
 - ``i2t_loss``: next-token NLL of answers given image and question (Eq. 2).
 - ``generate_tokens`` / ``decode_tokens``: image tokens from prompts, seeded, and their pixels
   (``generate`` chains them, for evaluation).
-- ``save_pretrained`` / ``from_pretrained``: a folder with ``model.safetensors`` and config.
+- ``empty_prompt`` / ``pad_id``: the caption-less prompt; caption dropout, RecA's condition and
+  the guidance pair are built from it here (``condition``, ``with_empty_prompt``).
+- ``build`` / ``architecture`` / ``save_components`` / ``from_saved``: the adapter's parts of
+  ``from_options``, ``save_pretrained`` and ``from_pretrained``, whose skeleton is here.
 """
 
 from __future__ import annotations

@@ -287,7 +287,7 @@ class ShowoBackbone(Backbone):
         return self.model.embed(codes + self.vocab.code_offset)
 
     def grounding_inputs(self, batch: T2IBatch) -> GroundingInputs:
-        """Caption tokens and image codes through the one shared embedding table (DESIGN.md)."""
+        """Caption tokens and image codes through the one shared embedding table (docs/design.md)."""
         stopword = batch.caption_stopword
         return GroundingInputs(
             text_emb=self.model.embed(batch.text_ids),
