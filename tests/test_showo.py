@@ -67,9 +67,23 @@ class Capture:
             out.retain_grad()
         self.logits = out
 
-    def close(self):
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
         for h in self.handles:
             h.remove()
+
+
+def captured(bb, compute, backward: bool = False) -> Capture:
+    """What Phi saw and returned while ``compute()`` ran (``cap.loss`` its result): without
+    gradient, or with a backward pass whose gradients are cleared afterwards."""
+    with Capture(bb) as cap, torch.set_grad_enabled(backward):
+        cap.loss = compute()
+        if backward:
+            cap.loss.backward()
+            bb.zero_grad(set_to_none=True)
+    return cap
 
 
 def test_vocabulary_follows_upstream_layout(backbone):
@@ -147,12 +161,7 @@ def upstream_t2i_mask(seq: torch.Tensor, pad: int, soi: int, eoi: int) -> torch.
 def test_without_hints_the_mask_and_positions_are_upstreams(backbone):
     batch = t2i_batch(backbone)
     plan = make_plan(backbone, batch, "sft")
-    cap = Capture(backbone)
-    try:
-        with torch.no_grad():
-            backbone.reconstruction_loss(batch, plan)
-    finally:
-        cap.close()
+    cap = captured(backbone, lambda: backbone.reconstruction_loss(batch, plan))
     v, N = backbone.vocab, backbone.num_tokens
     image = torch.where(plan.seen, batch.extras["codes"] + v.code_offset, v.mask)
     B = image.shape[0]
@@ -168,12 +177,7 @@ def test_hints_are_prepended_with_the_fig6_pattern_and_their_slot_positions(back
     plan = make_plan(backbone, batch, "segros", hint_position="slot")
     K, P, N = plan.num_hints, batch.text_ids.shape[1], backbone.num_tokens
     assert int(0.3 * N) == K
-    cap = Capture(backbone)
-    try:
-        with torch.no_grad():
-            backbone.reconstruction_loss(batch, plan)
-    finally:
-        cap.close()
+    cap = captured(backbone, lambda: backbone.reconstruction_loss(batch, plan))
     allowed, pos = cap.mask[:, 0], cap.positions
     S = K + P + N + 2
     assert allowed.shape[1:] == (S, S)
@@ -205,13 +209,7 @@ def test_loss_reaches_exactly_the_plan_targets_at_shifted_indices(backbone, name
     batch = t2i_batch(backbone)
     plan = make_plan(backbone, batch, name, seed=3)
     K, P, N = plan.num_hints, batch.text_ids.shape[1], backbone.num_tokens
-    cap = Capture(backbone)
-    try:
-        loss = backbone.reconstruction_loss(batch, plan)
-        loss.backward()
-    finally:
-        cap.close()
-        backbone.zero_grad(set_to_none=True)
+    cap = captured(backbone, lambda: backbone.reconstruction_loss(batch, plan), backward=True)
     got = cap.hidden.grad.abs().sum(-1) > 0  # (B, S): sequence positions that carry loss
     want = torch.zeros_like(got)
     want[:, K + P + 1 : K + P + 1 + N] = plan.loss_weight > 0
@@ -226,13 +224,8 @@ def test_loss_is_full_vocab_ce_on_targets_or_code_ce(showo_tokenizer, backbone):
     batch = t2i_batch(backbone)
     plan = make_plan(backbone, batch, "segros", seed=1)
     v = backbone.vocab
-    cap = Capture(backbone)
-    try:
-        with torch.no_grad():
-            loss = backbone.reconstruction_loss(batch, plan)
-    finally:
-        cap.close()
-    N = backbone.num_tokens
+    cap = captured(backbone, lambda: backbone.reconstruction_loss(batch, plan))
+    loss, N = cap.loss, backbone.num_tokens
     logits = cap.logits  # Show-o applies the head to the image slots only
     assert logits.shape == (3, N, v.size)
     t = plan.loss_weight > 0
@@ -257,13 +250,7 @@ def test_i2t_loss_reads_answer_tokens_only(backbone):
     tok = backbone.text_tokenizer
     questions = [tok.decode(ids[i][batch.text_mask[i] & ~answer[i]][1:]) for i in range(3)]
     assert all(q.startswith("user :") and q.endswith("assistant :") for q in questions)
-    cap = Capture(backbone)
-    try:
-        loss = backbone.i2t_loss(batch)
-        loss.backward()
-    finally:
-        cap.close()
-        backbone.zero_grad(set_to_none=True)
+    cap = captured(backbone, lambda: backbone.i2t_loss(batch), backward=True)
     prefix = 3 + backbone.num_tokens  # [mmu, soi, codes, eoi]
     got = cap.hidden.grad.abs().sum(-1) > 0
     want = torch.zeros_like(got)
