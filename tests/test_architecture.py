@@ -4,7 +4,8 @@
   inside functions and under ``TYPE_CHECKING``;
 - the application layer ``segros.apps`` is imported only from inside it (``segros.cli`` names
   its command modules as strings, so it imports nothing of it either);
-- no module is named like a standard-library module (``segros/inspect.py`` shadowed ``inspect``).
+- no module is named like a standard-library module (``segros/inspect.py`` shadowed ``inspect``);
+- every document a source file cites (``docs/design.md``, ``PROVENANCE.md``, ...) exists.
 
 Run as a script (``python tests/test_architecture.py``) it prints the graph's size and any cycle.
 """
@@ -12,6 +13,7 @@ Run as a script (``python tests/test_architecture.py``) it prints the graph's si
 from __future__ import annotations
 
 import ast
+import re
 import sys
 from pathlib import Path
 
@@ -128,6 +130,21 @@ def test_nothing_below_the_application_layer_imports_it():
 def test_no_module_is_named_like_a_standard_library_module():
     clash = [name for name in modules() if name.rpartition(".")[2] in sys.stdlib_module_names]
     assert clash == []
+
+
+def test_every_document_the_source_cites_is_in_the_repository():
+    """A ``something.md`` named in a source file exists: a path (``docs/design.md``) from the
+    repository root, a bare name (``PROVENANCE.md``) somewhere in the repository."""
+    repo = SRC.parent
+    present = {p.name for p in repo.rglob("*.md") if ".venv" not in p.parts}
+    cited = {}
+    for path in [*SRC.rglob("*.py"), *(repo / "benchmarks").rglob("*.py")]:
+        for name in re.findall(r"[\w./-]*\w\.md\b", path.read_text()):
+            found = (repo / name).is_file() if "/" in name else name in present
+            if not found:
+                cited.setdefault(name, []).append(str(path.relative_to(repo)))
+    assert len(present) > 3  # the repository's documents were found
+    assert cited == {}
 
 
 if __name__ == "__main__":
