@@ -251,12 +251,21 @@ class TinyBackbone(Backbone):
             hint_valid=plan.hint_valid() if plan is not None and K else None,
         )
         positions = layout.position_ids
+        if self.cfg.image_positions == "fixed":  # slot i keeps id max_text_len + i (model.py)
+            positions = positions.clone()
+            positions[:, layout.image] = self._image_slot_ids(image_ids.shape[1], positions.device)
+            if position == "slot" and K:
+                positions[:, :K] = self._image_slot_ids(image_ids.shape[1], positions.device)[plan.hint_idx]
         if position == "prefix" and K:  # -K..-1 -> the hints' own range of the position table
             positions = torch.where(positions < 0, positions + K + self.cfg.hint_position_base, positions)
         tokens = torch.cat([hints, self.model.embed(ids), self.model.embed(image_ids)], dim=1)
         hidden = self.model.hidden(tokens, layout.segment, positions, layout.allowed)
         lo = self.cfg.code_offset
         return self.model.logits(hidden[:, layout.image], lo, lo + self.cfg.num_codes)
+
+    def _image_slot_ids(self, num_image: int, device: torch.device) -> torch.Tensor:
+        """Position ids of image slots 0..N-1: fixed, after the longest caption (model.py)."""
+        return self.cfg.max_text_len + torch.arange(num_image, device=device)
 
     def reconstruction_loss(self, batch: T2IBatch, plan: SupervisionPlan) -> torch.Tensor:
         codes = batch.extras["codes"]
@@ -272,8 +281,12 @@ class TinyBackbone(Backbone):
         layout = pack_layout(N, mask, 0)  # clean image as a bidirectional prefix, causal text
         segment = layout.segment.clone()
         segment[:N] = IMAGE
+        positions = layout.position_ids
+        if self.cfg.image_positions == "fixed":  # the image keeps its T2I ids, text starts at 0
+            text = (positions[:, N:] - N).clamp_min(0)
+            positions = torch.cat([self._image_slot_ids(N, positions.device).expand(len(ids), -1), text], 1)
         tokens = torch.cat([self._code_embeddings(codes), self.model.embed(ids)], dim=1)
-        hidden = self.model.hidden(tokens, segment, layout.position_ids, layout.allowed)
+        hidden = self.model.hidden(tokens, segment, positions, layout.allowed)
         logits = self.model.logits(hidden[:, layout.text], 0, self.cfg.text_vocab)
         return i2t_loss(logits, ids, batch.answer_mask)  # Eq. 2
 
@@ -331,7 +344,8 @@ class TinyBackbone(Backbone):
 
     @classmethod
     def from_saved(cls, folder: Path, config: dict[str, Any], options: TinyOptions) -> TinyBackbone:
-        model_cfg = TinyConfig(**{**config["model"], "dropout": options.dropout})
+        # a config saved before image_positions existed was trained with the legacy numbering
+        model_cfg = TinyConfig(**{"image_positions": "after_text", **config["model"], "dropout": options.dropout})
         backbone = cls(
             model_cfg,
             WordTokenizer(config["words"]),

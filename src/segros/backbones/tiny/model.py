@@ -4,9 +4,16 @@ One embedding table holds text words, image codes and the image [MASK] token (as
 extended Phi vocabulary does), so the grounding map reads text and image-token embeddings
 from the same table. One pre-norm transformer (nanoGPT style) runs over any
 ``[prefix | text | image]`` sequence with an explicit attention mask (paper Fig. 6); a segment
-embedding tells hints, text and image slots apart. Learned absolute positions: text ``0..``, image
-after the text, prefix hints a range of their own numbered by their order (or, with
-``hint_position=slot``, their image slot's id).
+embedding tells hints, text and image slots apart. Learned absolute positions: text token j has id
+j, image slot i always id ``max_text_len + i`` (whatever the caption's length, and in both the
+text-to-image and the image-to-text layout), prefix hints a range of their own numbered by their
+order (or, with ``hint_position=slot``, their image slot's id).
+
+Why image ids do not follow the text: with a learned table, an id that moves with the caption's
+length gives a cell no stable identity, and the model cannot learn where "left of" is (measured in
+docs/miniature.md). Rotary backbones (Show-o, Harmon) see only differences, so they keep
+upstream's numbering. ``image_positions="after_text"`` keeps the old numbering for checkpoints
+saved before this existed.
 """
 
 from __future__ import annotations
@@ -24,6 +31,9 @@ SIZES: dict[str, dict[str, int]] = {
 }
 
 
+IMAGE_POSITIONS = ("fixed", "after_text")
+
+
 @dataclass
 class TinyConfig:
     text_vocab: int
@@ -35,6 +45,11 @@ class TinyConfig:
     heads: int = 4
     mlp_ratio: int = 4
     dropout: float = 0.0
+    image_positions: str = "fixed"  # "fixed": slot i -> max_text_len + i; "after_text": legacy
+
+    def __post_init__(self) -> None:
+        if self.image_positions not in IMAGE_POSITIONS:
+            raise ValueError(f"image_positions must be one of {IMAGE_POSITIONS}, not {self.image_positions!r}")
 
     @property
     def code_offset(self) -> int:
@@ -61,7 +76,7 @@ class TinyConfig:
         # hints numbered by their order (method.hint_position=prefix; slot hints reuse image ids)
         return self.max_text_len + 2 * self.num_image_tokens
 
-    def to_dict(self) -> dict[str, int | float]:
+    def to_dict(self) -> dict[str, int | float | str]:
         return asdict(self)
 
 
