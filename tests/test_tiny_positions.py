@@ -50,8 +50,13 @@ def image_slot_ids(backbone, ids, num_image):
 def plain_plan(batch, position="prefix", hints=None):
     """Half the image masked, no grounding; optional hints at the given slots."""
     B, N = batch.extras["codes"].shape
-    plan = make_plan(preset("sft", hint_position=position), torch.full((B,), 0.5), N, None,
-                     torch.Generator().manual_seed(0))
+    plan = make_plan(
+        preset("sft", hint_position=position),
+        torch.full((B,), 0.5),
+        N,
+        None,
+        torch.Generator().manual_seed(0),
+    )
     return plan if hints is None else dataclasses.replace(plan, hint_idx=hints)
 
 

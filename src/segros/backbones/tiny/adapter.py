@@ -345,7 +345,8 @@ class TinyBackbone(Backbone):
     @classmethod
     def from_saved(cls, folder: Path, config: dict[str, Any], options: TinyOptions) -> TinyBackbone:
         # a config saved before image_positions existed was trained with the legacy numbering
-        model_cfg = TinyConfig(**{"image_positions": "after_text", **config["model"], "dropout": options.dropout})
+        legacy = {"image_positions": "after_text"}
+        model_cfg = TinyConfig(**{**legacy, **config["model"], "dropout": options.dropout})
         backbone = cls(
             model_cfg,
             WordTokenizer(config["words"]),

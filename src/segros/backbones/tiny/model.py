@@ -49,7 +49,8 @@ class TinyConfig:
 
     def __post_init__(self) -> None:
         if self.image_positions not in IMAGE_POSITIONS:
-            raise ValueError(f"image_positions must be one of {IMAGE_POSITIONS}, not {self.image_positions!r}")
+            choices = ", ".join(IMAGE_POSITIONS)
+            raise ValueError(f"image_positions must be one of {choices}, not {self.image_positions!r}")
 
     @property
     def code_offset(self) -> int:
