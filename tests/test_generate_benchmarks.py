@@ -1,6 +1,7 @@
 """``segros generate``: benchmark prompt files in, each scorer's layout out, reproducible, resumable."""
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -13,12 +14,13 @@ from segros.eval.benchmarks import PromptFileError, image_grid, read_benchmark_p
 from segros.shipped import PRETRAINED_TINY
 
 SHIPPED = PRETRAINED_TINY
-SHARED = Path(__file__).resolve().parents[2] / "shared/benchmarks"
+# a folder with the public benchmark prompt files (geneval/, dpg-bench/, t2i-compbench/), if you have one
+BENCHMARKS = Path(os.environ.get("SEGROS_BENCHMARK_DIR", "/nonexistent"))
 
 
 def _geneval_file(tmp_path: Path) -> Path:
-    """The real GenEval metadata when the shared copy is present, else lines in its format."""
-    real = SHARED / "geneval/evaluation_metadata.jsonl"
+    """The real GenEval metadata when SEGROS_BENCHMARK_DIR has it, else lines in its format."""
+    real = BENCHMARKS / "geneval/evaluation_metadata.jsonl"
     if real.is_file():
         return real
     path = tmp_path / "evaluation_metadata.jsonl"
@@ -127,13 +129,13 @@ def test_image_grid_tiles_row_by_row():
     assert grid[2, 3, 0] == 4 and grid[2, 6, 0] == 0  # the empty cell stays black
 
 
-@pytest.mark.skipif(not SHARED.is_dir(), reason="the shared benchmark copies are not on this machine")
+@pytest.mark.skipif(not BENCHMARKS.is_dir(), reason="set SEGROS_BENCHMARK_DIR to the benchmark prompt files")
 def test_the_real_prompt_files_read_completely():
-    assert len(read_benchmark_prompts(SHARED / "geneval/evaluation_metadata.jsonl", "geneval")) == 553
-    dpg = read_benchmark_prompts(SHARED / "dpg-bench/prompts.json", "dpg")
+    assert len(read_benchmark_prompts(BENCHMARKS / "geneval/evaluation_metadata.jsonl", "geneval")) == 553
+    dpg = read_benchmark_prompts(BENCHMARKS / "dpg-bench/prompts.json", "dpg")
     assert len(dpg) == 1065 and len({r["key"] for r in dpg}) == 1065
     assert all(not r["key"].endswith(".txt") for r in dpg)
-    color = SHARED / "t2i-compbench/color_val.txt"
+    color = BENCHMARKS / "t2i-compbench/color_val.txt"
     lines = [line for line in color.read_text().splitlines() if line.strip()]
     prompts = [r["prompt"] for r in read_benchmark_prompts(color, "t2i-compbench")]
     assert prompts == [line.strip() for line in lines]

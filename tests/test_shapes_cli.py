@@ -17,7 +17,9 @@ from segros.data.shapes_prompts import load_prompts
 from segros.eval.geneval import TAGS
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-GENEVAL_METADATA = Path("/work/shared/benchmarks/geneval/evaluation_metadata.jsonl")
+# GenEval's own metadata file, if you have it: $SEGROS_BENCHMARK_DIR/geneval/evaluation_metadata.jsonl
+BENCHMARKS = Path(os.environ.get("SEGROS_BENCHMARK_DIR", "/nonexistent"))
+GENEVAL_METADATA = BENCHMARKS / "geneval/evaluation_metadata.jsonl"
 
 
 def _segros(*args: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,9 @@ from segros.eval.geneval import (
 )
 from segros.eval.shapes_judge import detect
 
-GENEVAL_METADATA = Path("/work/shared/benchmarks/geneval/evaluation_metadata.jsonl")
+# GenEval's own metadata file, if you have it: $SEGROS_BENCHMARK_DIR/geneval/evaluation_metadata.jsonl
+BENCHMARKS = Path(os.environ.get("SEGROS_BENCHMARK_DIR", "/nonexistent"))
+GENEVAL_METADATA = BENCHMARKS / "geneval/evaluation_metadata.jsonl"
 DERANGEMENT = dict(zip(COLORS, COLORS[1:] + COLORS[:1], strict=True))
 
 
