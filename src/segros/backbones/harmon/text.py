@@ -9,7 +9,8 @@ token plus the buffers. Batches are right-padded with ``<|im_end|>`` as upstream
 Grounding reads only *caption* tokens: a token is a caption token when its character span
 overlaps the caption (offset mapping of a fast tokenizer), so the template, "Generate an image:",
 special tokens and padding are never valid, and the caption is tokenised in context exactly as
-the model sees it. Over-long captions lose their last tokens; the template is never cut.
+the model sees it. Over-long captions lose their last tokens; the template is never cut (the
+shared :mod:`segros.backbones.prompts`).
 ``caption_stopword`` marks the caption tokens of English function words (``method.text_stopwords``):
 a sub-word token is one when the whole caption word it belongs to is (the same offsets).
 """
@@ -22,7 +23,7 @@ from typing import Any
 
 import torch
 
-from segros.stopwords import token_stopwords
+from segros.backbones.prompts import encode_captions, right_pad
 
 USER, ASSISTANT, END = "<|im_start|>user\n", "<|im_start|>assistant\n", "<|im_end|>"
 T2I_PREFIX = USER + "Generate an image: "
@@ -34,51 +35,10 @@ def pad_id(tokenizer: Any) -> int:
     return int(tokenizer.convert_tokens_to_ids(END))
 
 
-def _right_pad(rows: Sequence[list[int]], value: int | bool) -> torch.Tensor:
-    width = max(1, max(len(r) for r in rows))
-    dtype = torch.bool if isinstance(value, bool) else torch.long
-    out = torch.full((len(rows), width), value, dtype=dtype)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = torch.tensor(r, dtype=dtype)
-    return out
-
-
 def encode_t2i(tokenizer: Any, captions: Sequence[str], max_len: int) -> dict[str, torch.Tensor]:
     """``text_ids`` / ``text_mask`` / ``caption_mask`` / ``caption_stopword`` (B, T) for the T2I
     prompt of each caption (``caption_stopword``: True at caption tokens of function words)."""
-    ids_rows, caption_rows, stop_rows = [], [], []
-    start = len(T2I_PREFIX)
-    for caption in captions:
-        text = T2I_PREFIX + caption + T2I_SUFFIX
-        enc = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
-        end = start + len(caption)
-        # overlap, not containment: byte-level BPE (Qwen) glues the space before the first caption
-        # word to it, so that token starts one character before the caption
-        inside = [b > a and a < end and b > start for a, b in enc["offset_mapping"]]
-        # offsets clipped to the caption, so only caption words count (template words never do)
-        spans = [(max(a, start) - start, min(b, end) - start) if c else (0, 0)
-                 for (a, b), c in zip(enc["offset_mapping"], inside, strict=True)]  # fmt: skip
-        stop = [s and c for s, c in zip(token_stopwords(caption, spans), inside, strict=True)]
-        ids = list(enc["input_ids"])
-        excess = len(ids) - max_len
-        if excess > 0:  # cut the caption's last tokens, keep the template
-            where = [i for i, c in enumerate(inside) if c][-excess:]
-            if len(where) < excess:
-                raise ValueError(f"the T2I template alone is longer than max_text_len={max_len}")
-            drop = set(where)
-            ids = [t for i, t in enumerate(ids) if i not in drop]
-            inside = [c for i, c in enumerate(inside) if i not in drop]
-            stop = [c for i, c in enumerate(stop) if i not in drop]
-        ids_rows.append(ids)
-        caption_rows.append(inside)
-        stop_rows.append(stop)
-    text_ids = _right_pad(ids_rows, pad_id(tokenizer))
-    return {
-        "text_ids": text_ids,
-        "text_mask": _right_pad([[True] * len(r) for r in ids_rows], False),
-        "caption_mask": _right_pad(caption_rows, False),
-        "caption_stopword": _right_pad(stop_rows, False),
-    }
+    return encode_captions(tokenizer, captions, T2I_PREFIX, T2I_SUFFIX, max_len, pad_id(tokenizer))
 
 
 def encode_null(tokenizer: Any) -> list[int]:
@@ -100,9 +60,9 @@ def encode_i2t(tokenizer: Any, turns: Sequence[tuple[str, str]], max_len: int) -
         answers.append([False] * len(head) + [True] * (len(ids) - len(head)))
     return {
         "prefix_ids": torch.tensor(prefix, dtype=torch.long),
-        "tail_ids": _right_pad(rows, pad_id(tokenizer)),
-        "tail_mask": _right_pad([[True] * len(r) for r in rows], False),
-        "answer_mask": _right_pad(answers, False),
+        "tail_ids": right_pad(rows, pad_id(tokenizer)),
+        "tail_mask": right_pad([[True] * len(r) for r in rows], False),
+        "answer_mask": right_pad(answers, False),
     }
 
 

@@ -9,8 +9,9 @@ InternVL's chat format does.
 
 Grounding reads caption tokens only: a token is a caption token when its character span
 overlaps the caption (offsets of a fast tokenizer), so the template, ``<img>`` and padding are
-never valid. Over-long prompts lose caption tokens from the end and keep the template (upstream
-truncates the whole prompt to its first 128 tokens, losing the template's tail).
+never valid. Over-long prompts lose caption tokens from the end and keep the template, as
+Harmon's (:mod:`segros.backbones.prompts`); upstream truncates the whole prompt to its first 128
+tokens, losing the template's tail.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 import torch
 
-from segros.stopwords import token_stopwords
+from segros.backbones.prompts import encode_captions, right_pad
 
 USER, ASSISTANT, END = "<|im_start|>user\n", "<|im_start|>assistant\n", "<|im_end|>"
 IMG_START, IMG_END, IMG_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"
@@ -31,49 +32,13 @@ NULL_PROMPT = USER + "Generate an image." + END + "\n" + ASSISTANT + IMG_START
 PAD_ID = 0  # upstream's collate pads with 0 (masked, so never read)
 
 
-def right_pad(rows: Sequence[list[Any]], value: int | bool) -> torch.Tensor:
-    """(B, max length) long or bool tensor of the rows, right-padded with ``value``."""
-    width = max(1, max(len(r) for r in rows))
-    dtype = torch.bool if isinstance(value, bool) else torch.long
-    out = torch.full((len(rows), width), value, dtype=dtype)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = torch.tensor(r, dtype=dtype)
-    return out
-
-
 def encode_t2i(tokenizer: Any, captions: Sequence[str], max_len: int) -> dict[str, torch.Tensor]:
     """``text_ids`` / ``text_mask`` / ``caption_mask`` / ``caption_stopword`` (B, T) of the
     text-to-image prompt of each caption (stripped, as upstream's ``_process_text``)."""
-    ids_rows, caption_rows, stop_rows = [], [], []
-    start = len(T2I_PREFIX)
-    for raw in captions:
-        caption = raw.strip()
-        enc = tokenizer(
-            T2I_PREFIX + caption + T2I_SUFFIX, add_special_tokens=True, return_offsets_mapping=True
-        )
-        end = start + len(caption)
-        # overlap, not containment: byte-level BPE glues the space before a word to it
-        inside = [b > a and a < end and b > start for a, b in enc["offset_mapping"]]
-        spans = [(max(a, start) - start, min(b, end) - start) if c else (0, 0)
-                 for (a, b), c in zip(enc["offset_mapping"], inside, strict=True)]  # fmt: skip
-        stop = [s and c for s, c in zip(token_stopwords(caption, spans), inside, strict=True)]
-        ids = list(enc["input_ids"])
-        excess = len(ids) - max_len
-        if excess > 0:  # the caption's last tokens go, the template stays
-            where = [i for i, c in enumerate(inside) if c][-excess:]
-            if len(where) < excess:
-                raise ValueError(f"the OpenUni prompt template alone is longer than max_text_len={max_len}")
-            keep = [i for i in range(len(ids)) if i not in set(where)]
-            ids, inside, stop = ([row[i] for i in keep] for row in (ids, inside, stop))
-        ids_rows.append(ids)
-        caption_rows.append(inside)
-        stop_rows.append(stop)
-    return {
-        "text_ids": right_pad(ids_rows, PAD_ID),
-        "text_mask": right_pad([[True] * len(r) for r in ids_rows], False),
-        "caption_mask": right_pad(caption_rows, False),
-        "caption_stopword": right_pad(stop_rows, False),
-    }
+    stripped = [c.strip() for c in captions]
+    return encode_captions(
+        tokenizer, stripped, T2I_PREFIX, T2I_SUFFIX, max_len, PAD_ID, "the OpenUni prompt template"
+    )
 
 
 def encode_null(tokenizer: Any) -> list[int]:
