@@ -15,6 +15,7 @@ another layout (Show-o's fixed-width, left-padded prompt) keeps its own.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -85,3 +86,36 @@ def encode_captions(
         "caption_mask": right_pad(caption_rows, False),
         "caption_stopword": right_pad(stop_rows, False),
     }
+
+
+#: the words of the chat templates and the I2T questions of the test data, always in a test vocabulary
+TEMPLATE_WORDS = "user assistant Generate an image : . , what is shown in this describe picture".split()
+
+
+def word_level_tokenizer(
+    specials: Sequence[str], words: Sequence[str], folder: str | Path | None = None
+) -> Any:
+    """A small fast word-level tokenizer: ``specials`` (the first is eos and padding, the last the
+    unknown token, the others added specials), then :data:`TEMPLATE_WORDS`, then ``words``.
+
+    For tests and CPU smoke runs of tiny configurations: the ``AutoTokenizer`` code path of a real
+    chat tokenizer (offsets, added specials) with no download. Saved to ``folder`` when given.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab: dict[str, int] = {}
+    for w in [*specials, *TEMPLATE_WORDS, *words]:
+        vocab.setdefault(w, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token=specials[-1]))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token=specials[-1],
+        eos_token=specials[0],
+        pad_token=specials[0],
+        additional_special_tokens=list(specials[1:-1]),
+    )
+    if folder is not None:
+        fast.save_pretrained(str(folder))
+    return fast

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from segros.backbones import prompts
 from segros.backbones.prompts import encode_captions, right_pad
 
 USER, ASSISTANT, END = "<|im_start|>user\n", "<|im_start|>assistant\n", "<|im_end|>"
@@ -72,22 +73,4 @@ def word_level_tokenizer(words: Sequence[str], folder: str | Path) -> Any:
     For tests and CPU smoke runs of the tiny configuration: the same ``AutoTokenizer`` code path
     as the real Qwen tokenizer, with no download. Template words are always in the vocabulary.
     """
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = [END, "<|im_start|>", "<|endoftext|>", "[UNK]"]
-    template = "user assistant Generate an image : . , what is shown in this describe picture".split()
-    vocab: dict[str, int] = {}
-    for w in [*specials, *template, *words]:
-        vocab.setdefault(w, len(vocab))
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        unk_token="[UNK]",
-        eos_token=END,
-        pad_token=END,
-        additional_special_tokens=specials[1:3],
-    )
-    fast.save_pretrained(str(folder))
-    return fast
+    return prompts.word_level_tokenizer([END, "<|im_start|>", "<|endoftext|>", "[UNK]"], words, folder)

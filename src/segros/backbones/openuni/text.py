@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from segros.backbones import prompts
 from segros.backbones.prompts import encode_captions, right_pad
 
 USER, ASSISTANT, END = "<|im_start|>user\n", "<|im_start|>assistant\n", "<|im_end|>"
@@ -68,7 +69,6 @@ def encode_i2t(tokenizer: Any, turns: Sequence[tuple[str, str]], max_len: int) -
 
 
 SPECIALS = [END, "<|im_start|>", "<|endoftext|>", IMG_START, IMG_END, IMG_CONTEXT, "[UNK]"]
-TEMPLATE_WORDS = "user assistant Generate an image : . , what is shown in this describe picture".split()
 
 
 def word_level_tokenizer(words: Sequence[str], folder: str | Path | None = None) -> Any:
@@ -77,21 +77,4 @@ def word_level_tokenizer(words: Sequence[str], folder: str | Path | None = None)
     For tests and CPU smoke runs of the tiny configuration: the ``AutoTokenizer`` code path of the
     real tokenizer (offsets, added specials) with no download. Saved to ``folder`` when given.
     """
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab: dict[str, int] = {}
-    for w in [*SPECIALS, *TEMPLATE_WORDS, *words]:
-        vocab.setdefault(w, len(vocab))
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        unk_token="[UNK]",
-        eos_token=END,
-        pad_token=END,
-        additional_special_tokens=SPECIALS[1:6],
-    )
-    if folder is not None:
-        fast.save_pretrained(str(folder))
-    return fast
+    return prompts.word_level_tokenizer(SPECIALS, words, folder)
