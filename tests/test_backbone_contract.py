@@ -150,6 +150,20 @@ def test_grounding_inputs_come_from_before_the_transformer(backbone, batch):
     assert torch.equal(g.image_emb, again.image_emb) and torch.equal(g.text_emb, again.text_emb)
 
 
+def test_grounding_stopwords_and_hints_agree_with_the_batch(backbone, batch):
+    """The grounding's stopwords are the batch's caption stopwords (on caption tokens only), and hints
+    on the generation grid are the grounding's image-token embeddings at the hint positions."""
+    with torch.no_grad():
+        g = backbone(batch, mode="ground")
+        idx = torch.tensor([[0, 3, 1], [2, 2, 0], [1, 0, 3], [3, 1, 2]])[:B]
+        hints = backbone.hint_embeddings(batch, idx)
+    if batch.caption_stopword is not None:
+        assert torch.equal(g.text_stopword, batch.caption_stopword & batch.caption_mask)
+    if backbone.hint_grid is None:
+        want = torch.stack([g.image_emb[b, idx[b]] for b in range(B)])
+        assert hints.shape == want.shape and torch.equal(hints, want)
+
+
 def test_cached_records_give_the_batch_without_images(backbone):
     source = ShapesImageText(backbone.image_size, 0, 10)
     records = [source[i] for i in range(2)]
