@@ -171,6 +171,12 @@ def plain_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def gather_tokens(feats: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """(B, K, D) rows of ``feats`` (B, N, D) at the token indices ``idx`` (B, K): hint embeddings
+    read off an image's token features."""
+    return feats.gather(1, idx.to(feats.device).unsqueeze(-1).expand(-1, -1, feats.shape[-1]))
+
+
 @dataclass
 class GroundingInputs:
     """Inputs of :func:`segros.grounding.ground` for one batch."""
@@ -181,6 +187,18 @@ class GroundingInputs:
     # (B, L) bool: caption tokens of English function words (segros.stopwords), for
     # method.text_stopwords=english; None if the backbone cannot tell
     text_stopword: torch.Tensor | None = None
+
+    @classmethod
+    def of_batch(cls, batch: T2IBatch, text_emb: torch.Tensor, image_emb: torch.Tensor) -> GroundingInputs:
+        """The grounding inputs of a batch whose prompts mark their own caption tokens and caption
+        stopwords (``caption_mask``, ``caption_stopword``): stopwords count on caption tokens only."""
+        stopword = batch.caption_stopword
+        return cls(
+            text_emb=text_emb,
+            text_valid=batch.caption_mask,
+            image_emb=image_emb,
+            text_stopword=None if stopword is None else stopword & batch.caption_mask,
+        )
 
     def content_valid(self, text_stopwords: str) -> torch.Tensor:
         """``text_valid`` without stopwords when ``text_stopwords == "english"`` (see grounding)."""

@@ -61,6 +61,7 @@ from segros.backbones.base import (
     I2TBatch,
     ImageFields,
     T2IBatch,
+    gather_tokens,
     plain_state,
 )
 from segros.backbones.harmon import text as T
@@ -327,17 +328,11 @@ class HarmonBackbone(Backbone):
     def grounding_inputs(self, batch: T2IBatch) -> GroundingInputs:
         with torch.no_grad():  # detached: checkpointing's input hook marks embeddings requires_grad
             text_emb = self.model.embed_text(batch.text_ids.to(self.device)).detach()
-        stopword = batch.caption_stopword  # whole-word function words (segros.stopwords)
-        return GroundingInputs(
-            text_emb=text_emb,
-            text_valid=batch.caption_mask,
-            image_emb=self._clean_features(batch),
-            text_stopword=None if stopword is None else stopword & batch.caption_mask,
-        )
+        return GroundingInputs.of_batch(batch, text_emb, self._clean_features(batch))
 
     def hint_embeddings(self, batch: T2IBatch, hint_idx: torch.Tensor) -> torch.Tensor:
         feats = self._clean_features(batch)
-        return feats.gather(1, hint_idx.unsqueeze(-1).expand(-1, -1, feats.shape[-1]))
+        return gather_tokens(feats, hint_idx)
 
     @property
     def pad_id(self) -> int:

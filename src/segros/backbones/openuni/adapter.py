@@ -48,6 +48,7 @@ from segros.backbones.base import (
     I2TBatch,
     ImageFields,
     T2IBatch,
+    gather_tokens,
 )
 from segros.backbones.images import pad_square, square_batch, stack_uint8, to_signed_unit
 from segros.backbones.openuni import arch as A
@@ -322,17 +323,11 @@ class OpenUniBackbone(Backbone):
     def grounding_inputs(self, batch: T2IBatch) -> GroundingInputs:
         with torch.no_grad():
             text_emb = self.embed_text(batch.text_ids).detach()
-        stopword = batch.caption_stopword
-        return GroundingInputs(
-            text_emb=text_emb,
-            text_valid=batch.caption_mask,
-            image_emb=self._vit(batch),
-            text_stopword=None if stopword is None else stopword & batch.caption_mask,
-        )
+        return GroundingInputs.of_batch(batch, text_emb, self._vit(batch))
 
     def hint_embeddings(self, batch: T2IBatch, hint_idx: torch.Tensor) -> torch.Tensor:
         feats = self._vit(batch)
-        return feats.gather(1, hint_idx.to(feats.device).unsqueeze(-1).expand(-1, -1, feats.shape[-1]))
+        return gather_tokens(feats, hint_idx)
 
     @property
     def pad_id(self) -> int:

@@ -47,7 +47,15 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from safetensors.torch import load_file
 
 from segros._checks import check_choice
-from segros.backbones.base import Backbone, BackboneOptions, GroundingInputs, I2TBatch, ImageFields, T2IBatch
+from segros.backbones.base import (
+    Backbone,
+    BackboneOptions,
+    GroundingInputs,
+    I2TBatch,
+    ImageFields,
+    T2IBatch,
+    gather_tokens,
+)
 from segros.backbones.images import square_batch, to_signed_unit
 from segros.backbones.sampling import gumbel_noise, sample_categorical
 from segros.backbones.showo import checkpoints as ckpt
@@ -288,13 +296,8 @@ class ShowoBackbone(Backbone):
 
     def grounding_inputs(self, batch: T2IBatch) -> GroundingInputs:
         """Caption tokens and image codes through the one shared embedding table (docs/design.md)."""
-        stopword = batch.caption_stopword
-        return GroundingInputs(
-            text_emb=self.model.embed(batch.text_ids),
-            text_valid=batch.caption_mask,
-            image_emb=self._code_embeddings(batch.extras["codes"]),
-            text_stopword=None if stopword is None else stopword & batch.caption_mask,
-        )
+        text_emb = self.model.embed(batch.text_ids)
+        return GroundingInputs.of_batch(batch, text_emb, self._code_embeddings(batch.extras["codes"]))
 
     def clip_embeddings(self, batch: T2IBatch | I2TBatch) -> torch.Tensor:
         """(B, 576, D): frozen CLIP patch features through the (trainable) ``mm_projector``."""
@@ -305,7 +308,7 @@ class ShowoBackbone(Backbone):
             return self.model.embed_tokens.weight.new_zeros(hint_idx.shape[0], 0, self.model.cfg.hidden_size)
         if self.hint_source == "clip":
             feats = self.clip_embeddings(batch)
-            return feats.gather(1, hint_idx.unsqueeze(-1).expand(-1, -1, feats.shape[-1]))
+            return gather_tokens(feats, hint_idx)
         return self._code_embeddings(batch.extras["codes"].gather(1, hint_idx))
 
     def hint_slots(self, hint_idx: torch.Tensor) -> torch.Tensor:
