@@ -9,7 +9,7 @@ split of ``ground``'s time by stage. Each stage is timed on its own with the sam
 same interleaved-median method as the whole, so the stages need not add up to the whole exactly.
 The stages are the ones ``ground`` calls in order:
 
-    text side        Gram of the text rows, its norms and the float64 softmax (Eqs. 3-4)
+    text side        the column shift, Gram of the text rows, its norms and the float64 softmax (Eqs. 3-4)
     norms + product  image-row norms and the (B, N, L) product Zi Ztᵀ
     exponentials     exp((A - 1) / tau) and its row / column sums (Eqs. 5-6, Eq. 10's sums)
     filter + map     Omega, top-K, the map, min-max and the noise (Eqs. 7-12)
@@ -101,22 +101,23 @@ def stage_callables(text, image, valid, cfg: GroundingConfig, generator: torch.G
     """
     tau = cfg.temperature
     dtype = compute_dtype(text, image)
-    zt, text_inv_norm, s_intra = grounding._text_side(text, valid, tau, dtype)
+    shift = grounding.column_shift(valid, tau)
+    zt, text_inv_norm, s_intra = grounding._text_side(text, valid, shift, tau, dtype)
     product, zi_norm = grounding._cosine_product(image, zt, dtype)
     buffer = product.clone()
-    expo, s_inter, col_sums = grounding._exponentials(buffer, zi_norm, text_inv_norm, valid, tau)
+    expo, s_inter, col_sums = grounding._exponentials(buffer, zi_norm, text_inv_norm, shift, tau)
 
     def checks():
         grounding._check_inputs(text, image, valid)
-        return bool(
-            torch.isfinite(zi_norm).all() and torch.isfinite(s_inter).all() and torch.isfinite(s_intra).all()
-        )
+        return bool(torch.isfinite(zi_norm.sum() + s_inter.sum() + s_intra.sum()))
 
     return {
-        "text side": lambda: grounding._text_side(text, valid, tau, dtype),
+        "text side": lambda: grounding._text_side(
+            text, valid, grounding.column_shift(valid, tau), tau, dtype
+        ),
         "norms + product": lambda: grounding._cosine_product(image, zt, dtype),
         "exponentials": lambda: grounding._exponentials(
-            buffer.copy_(product), zi_norm, text_inv_norm, valid, tau
+            buffer.copy_(product), zi_norm, text_inv_norm, shift, tau
         ),
         "(copy for exponentials)": lambda: buffer.copy_(product),
         "filter + map": lambda: grounding._filter_and_map(

@@ -85,8 +85,8 @@ def minmax(x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
 
     Entries outside ``valid`` are 0 in the output.
     """
-    if valid is None:
-        lo, hi = torch.aminmax(x, dim=-1, keepdim=True)
+    if valid is None:  # (two reductions: aminmax along a dim is several times slower on CPU)
+        lo, hi = x.amin(-1, keepdim=True), x.amax(-1, keepdim=True)
     else:
         invalid = ~valid
         lo = x.masked_fill(invalid, math.inf).amin(-1, keepdim=True)
@@ -121,7 +121,7 @@ def keep_top_k(values: torch.Tensor, valid: torch.Tensor, ratio: float) -> torch
     Ties go to the earlier position (stable sort), so the choice is deterministic. A row with
     no valid entry keeps nothing.
     """
-    num_valid = valid.sum(-1).to(torch.float64)
+    num_valid = valid.sum(-1, dtype=torch.float64)
     k = torch.floor(ratio * num_valid).clamp(min=1)  # float64, as Python's math.floor would
     order = torch.argsort(values.masked_fill(~valid, -math.inf), dim=-1, descending=True, stable=True)
     in_top = torch.arange(values.shape[-1], device=values.device) < k.unsqueeze(-1)
@@ -147,8 +147,9 @@ def ground(
         generator: draws the noise xi of Eq. 12; seeds reproduce results exactly.
 
     Cost: one ``(B*N x D)(D x L)`` product; the text Gram, three quarters of a ``(B*L x D)(D x L)``
-    product; one read of ``image_emb`` for its row norms (fused with the product on CPU); and a
-    few passes over ``(B, N, L)``, one of them an exponential. The stages are ``_text_side``,
+    product; one read of ``image_emb`` for its row norms (fused with the product on CPU); and six
+    passes over ``(B, N, L)``: two scalings (one with the shift), the exponential, a row sum, a
+    column sum and two row-vector products (s_inter and the map). The stages are ``_text_side``,
     ``_cosine_product``, ``_exponentials`` and ``_filter_and_map``, which
     ``benchmarks/grounding_speed.py`` also times one by one. The map is a supervision signal
     that is never differentiated, so it runs without autograd even on embeddings that require grad.
@@ -158,13 +159,14 @@ def ground(
     dtype = compute_dtype(text_emb, image_emb)
     tau = cfg.temperature
     valid = text_valid
+    shift = column_shift(valid, tau)  # -log2(e) / tau on caption tokens, -inf elsewhere
 
-    zt, text_inv_norm, s_intra = _text_side(text_emb, valid, tau, dtype)  # Steps 1-2 (text), Eqs. 3-4
+    zt, text_inv_norm, s_intra = _text_side(text_emb, valid, shift, tau, dtype)  # Steps 1-2 (text), Eqs. 3-4
     product, zi_norm = _cosine_product(image_emb, zt, dtype)  # Step 1 (image): |z_i| and Zi Ztᵀ
-    expo, s_inter, col_sums = _exponentials(product, zi_norm, text_inv_norm, valid, tau)  # Eqs. 5-6
-    if not (
-        torch.isfinite(zi_norm).all() and torch.isfinite(s_inter).all() and torch.isfinite(s_intra).all()
-    ):
+    expo, s_inter, col_sums = _exponentials(product, zi_norm, text_inv_norm, shift, tau)  # Eqs. 5-6
+    # One test for all three: s_intra <= L and s_inter <= N, and a finite norm is below sqrt(max float),
+    # so the sum is finite exactly when every term is.
+    if not torch.isfinite(zi_norm.sum() + s_inter.sum() + s_intra.sum()):
         raise_if_not_finite("text_emb", text_emb)
         raise_if_not_finite("image_emb", image_emb)
         raise ValueError("the affinities are not finite: is the temperature too small?")
@@ -180,14 +182,28 @@ CPU_CHUNK_BYTES = 4 << 20
 GRAM_SPLIT_MIN = 32
 
 
+def column_shift(valid: torch.Tensor, tau: float) -> torch.Tensor:
+    """``(B, 1, L)`` float64: ``-log2(e) / tau`` at caption tokens, ``-inf`` at the others.
+
+    Added to a logit ``S log2(e) / tau`` (S a cosine, so S <= 1) it gives ``(S - 1) log2(e) / tau
+    <= 0``, whose ``exp2`` is ``exp((S - 1) / tau)``: never above 1, and exactly 0 in the columns of
+    tokens that are not valid, so plain sums over a row are the softmax denominators of Eqs. 3 and 5.
+    """
+    return (
+        torch.full(valid.shape, -LOG2_E / tau, dtype=torch.float64, device=valid.device)
+        .masked_fill_(~valid, -math.inf)
+        .unsqueeze(1)
+    )
+
+
 def _text_side(
-    text_emb: torch.Tensor, valid: torch.Tensor, tau: float, dtype: torch.dtype
+    text_emb: torch.Tensor, valid: torch.Tensor, shift: torch.Tensor, tau: float, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Steps 1-2 for the text: the Gram S (Eq. 3) and s_intra (Eq. 4).
 
-    Returns the raw text rows in ``dtype`` (the product's right operand), their inverse norms
-    ``1 / |z_t|`` (B, L) in ``dtype``, which turn ``Zi Ztᵀ`` into A once the image rows are divided
-    by theirs too, and s_intra (B, L) in float64, 0 where not valid.
+    ``shift`` is :func:`column_shift`. Returns the raw text rows in ``dtype`` (the product's right
+    operand), their inverse norms ``1 / |z_t|`` (B, L) in ``dtype``, which turn ``Zi Ztᵀ`` into A once
+    the image rows are divided by theirs too, and s_intra (B, L) in float64, 0 where not valid.
 
     No normalised copy of the text is written: the Gram G of the raw rows is taken in ``dtype``
     and its diagonal gives the norms, so ``S_jk = G_jk / (|z_j| |z_k|)`` with ``S_jj = 1``. G is
@@ -204,20 +220,17 @@ def _text_side(
     zt = text_emb.to(dtype)
     B, L, _ = zt.shape
     h = L // 2 if L // 2 >= GRAM_SPLIT_MIN else L  # small blocks would run below the matmul's peak
+    gram = torch.empty(B, L, L, dtype=torch.float64, device=zt.device)  # G in float64, block by block
     left = torch.bmm(zt, zt[:, :h].transpose(1, 2))  # G[:, :, :h]
-    corner = torch.bmm(zt[:, h:], zt[:, h:].transpose(1, 2))  # G[:, h:, h:] (empty when h = L)
-    squares = torch.cat([left[:, :h].diagonal(dim1=1, dim2=2), corner.diagonal(dim1=1, dim2=2)], 1)
-    inv_norm = squares.double().sqrt_().clamp_min_(1e-12).reciprocal_()  # 1 / |z_t| (B, L)
-    # Eq. 3 as exp((S - 1) / tau) normalised by its row sums: S <= 1 = S_jj, so nothing overflows
-    # and no row maximum is needed; exp(x) = 2^(x log2(e)), the factor folded into the scales.
+    gram[:, :, :h] = left  # (mixed-dtype products are far slower than these copies)
+    if h < L:
+        gram[:, h:, h:] = torch.bmm(zt[:, h:], zt[:, h:].transpose(1, 2))
+        gram[:, :h, h:] = left[:, h:].transpose(1, 2)
+    inv_norm = gram.diagonal(dim1=1, dim2=2).rsqrt().clamp_max_(1e12)  # 1 / |z_t| (B, L)
+    # Eq. 3 as exp((S - 1) / tau) normalised by its row sums: S <= 1 = S_jj, so with the shift nothing
+    # overflows and no row maximum is needed; exp(x) = 2^(x log2(e)), the factor folded into the scales.
     w = inv_norm * math.sqrt(LOG2_E / tau)  # G_jk w_j w_k = S_jk log2(e) / tau
-    logits = torch.empty(B, L, L, dtype=w.dtype, device=w.device)  # G in float64, block by block
-    logits[:, :, :h] = left
-    logits[:, h:, h:] = corner
-    logits[:, :h, h:] = left[:, h:].transpose(1, 2)
-    logits.mul_(w.unsqueeze(-1))  # (mixed-dtype products are far slower than these copies)
-    shift = torch.full_like(w, -LOG2_E / tau).masked_fill_(~valid, -math.inf).unsqueeze(1)  # (B, 1, L)
-    expo = torch.addcmul(shift, logits, w.unsqueeze(1), out=logits).exp2_()  # 0 at columns not valid
+    expo = torch.addcmul(shift, gram.mul_(w.unsqueeze(-1)), w.unsqueeze(1), out=gram).exp2_()
     row_weights = valid / expo.sum(-1)  # 1 / (Eq. 3's denominator) on valid rows, 0 on the others
     s_intra = torch.bmm(row_weights.unsqueeze(1), expo).squeeze(1)  # Eq. 4: column sums over valid rows
     return zt, inv_norm.to(dtype), s_intra
@@ -251,28 +264,27 @@ def _cosine_product(
 
 
 def _exponentials(
-    product: torch.Tensor, zi_norm: torch.Tensor, text_inv_norm: torch.Tensor, valid: torch.Tensor, tau: float
+    product: torch.Tensor, zi_norm: torch.Tensor, text_inv_norm: torch.Tensor, shift: torch.Tensor, tau: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Eqs. 5-6 and the column sums of Eq. 10 from one shared exponential.
 
     Eqs. 5 and 10 are softmaxes of the same A/tau along its two axes. Both share
     ``exp((A - 1) / tau)``: since |A| <= 1 it never overflows, and the shift cancels in either
-    normalisation. Columns of tokens that are not valid get exp(-inf) = 0, so plain sums are
-    sums over the valid tokens. Works in place on ``product`` when the exponential's dtype is
-    its own (float32 unless the temperature is so sharp that float32 would underflow).
+    normalisation. Columns of tokens that are not valid get exp(-inf) = 0 (``shift`` is
+    :func:`column_shift`), so plain sums are sums over the valid tokens. Works in place on
+    ``product`` when the exponential's dtype is its own (float32 unless the temperature is so sharp
+    that float32 would underflow). Three passes over (B, N, L) make the exponentials: the text
+    norms, then the image norms, log2(e) / tau and the shift in one ``addcmul``, then ``exp2``.
 
     Returns the exponentials (B, N, L), s_inter (B, L) in float64 (0 where not valid) and the
     column sums (B, L) of Eq. 10.
     """
     exp_dtype = product.dtype if 2.0 / tau <= 80.0 else torch.float64  # float32 underflows below
-    expo = product.to(exp_dtype).mul_(text_inv_norm.to(exp_dtype).unsqueeze(1))  # Zi Ztᵀ / |z_t|
-    shift = torch.full(valid.shape, -1.0, dtype=exp_dtype, device=valid.device)
-    shift = shift.masked_fill_(~valid, -math.inf).unsqueeze(1)  # (B, 1, L)
-    row_scale = zi_norm.to(exp_dtype).clamp_min(1e-12).reciprocal_()  # 1 / |z_i|
-    torch.addcmul(shift, expo, row_scale, out=expo)  # A - 1, -inf where not valid
-    # Scaled by 1 / tau only after the shift, so rounding stays relative to the small A - 1; and
-    # exp(x) = 2^(x log2(e)), the cheaper kernel.
-    expo.mul_(LOG2_E / tau).exp2_()  # exp((A - 1) / tau), 0 where not valid
+    expo = product.to(exp_dtype).mul_(text_inv_norm.to(exp_dtype).unsqueeze(1))  # Zi Ztᵀ / |z_t| = |z_i| A
+    row_scale = (LOG2_E / tau) / zi_norm.to(exp_dtype).clamp_min(1e-12)  # log2(e) / (tau |z_i|)
+    # exp((A - 1) / tau) = 2^(A log2(e) / tau - log2(e) / tau), 0 where not valid. The rounding of
+    # A log2(e) / tau is relative to it, about as large as the one A itself carries from the matmul.
+    torch.addcmul(shift.to(exp_dtype), expo, row_scale, out=expo).exp2_()
     tiny = torch.finfo(exp_dtype).tiny
     row_sums = expo.sum(-1, keepdim=True).clamp_min_(tiny)  # (B, N, 1): Eq. 5's denominators
     # Eq. 6 as a row vector times expo: (B, 1, N) @ (B, N, L), the fast form of this matvec.
@@ -300,10 +312,9 @@ def _filter_and_map(
     keep = valid.clone() if cfg.text_filter == "none" else keep_top_k(importance, valid, cfg.text_keep_ratio)
 
     # Step 5: text-to-image attention over image tokens (Eq. 10), summed over kept tokens (Eq. 11):
-    # m_i = sum_j w_j exp_ij / sum_i' exp_i'j, as (B, 1, L) @ (B, L, N).
-    kept_weights = (keep.to(expo.dtype) / col_sums).unsqueeze(1)  # w_j / column sum
-    raw = torch.bmm(kept_weights, expo.transpose(1, 2)).squeeze(1).double()  # m (B, N)
-    scores = minmax(raw)  # m-bar
+    # m_i = sum_j w_j exp_ij / sum_i' exp_i'j, as (B, 1, L) @ (B, L, N) (the fast form of this matvec).
+    raw = torch.bmm((keep / col_sums).unsqueeze(1), expo.transpose(1, 2)).squeeze(1)  # m (B, N)
+    scores = minmax(raw)  # m-bar, in expo's dtype: its rounding is relative to the range
 
     # Step 6: perturbation (Eq. 12).
     perturbed = scores + cfg.noise_scale * uniform_noise(scores.shape, generator, scores)
@@ -343,7 +354,6 @@ def _check_inputs(text_emb: torch.Tensor, image_emb: torch.Tensor, text_valid: t
     check_bool_tensor("text_valid", text_valid, (B, L))
     if text_valid.device != text_emb.device or image_emb.device != text_emb.device:
         raise ValueError("text_emb, image_emb and text_valid must be on the same device")
-    empty = ~text_valid.any(-1)
-    if empty.any():
-        samples = empty.nonzero().flatten()[:8].tolist()
+    if not text_valid.any(-1).all():
+        samples = (~text_valid.any(-1)).nonzero().flatten()[:8].tolist()
         raise ValueError(f"text_valid has no valid caption token at sample index {samples}")
