@@ -6,12 +6,14 @@ src/models/mar/diffloss.py, timm's Block) and section 1 (mar_base 768 x 12 / mar
 DiffLoss 6 x 1024 / 12 x 1536 from configs/models/qwen2_5_{0_5b_kl16_mar_b,1_5b_kl16_mar_h}.py);
 Qwen2.5 dimensions from the Qwen2.5-{0.5B,1.5B}-Instruct config.json; the LLM key names are
 transformers' Qwen2ForCausalLM ones that upstream's ``llm`` attribute carries. The table below is
-written out here, independently of the model code. The files themselves were not inspected.
+written out in the tests (the Qwen2 layers in qwen_helpers.py), independently of the model code. The
+files themselves were not inspected.
 """
 
 import pytest
 import torch
 from harmon_helpers import tiny_backbone, tiny_options
+from qwen_helpers import qwen2_layer_shapes
 
 from segros.backbones.harmon.adapter import HarmonBackbone, HarmonOptions
 from segros.backbones.harmon.model import Harmon, HarmonConfig
@@ -71,18 +73,7 @@ def expected(size: str) -> dict[str, tuple[int, ...]]:
             p + "mlp.2.bias": (dw,),
             p + "adaLN_modulation.1.weight": (3 * dw, dw), p + "adaLN_modulation.1.bias": (3 * dw,),
         }  # fmt: skip
-    kv_dim = kv * H // heads
-    for i in range(layers):
-        p = f"llm.model.layers.{i}."
-        out |= {
-            p + "self_attn.q_proj.weight": (H, H), p + "self_attn.q_proj.bias": (H,),
-            p + "self_attn.k_proj.weight": (kv_dim, H), p + "self_attn.k_proj.bias": (kv_dim,),
-            p + "self_attn.v_proj.weight": (kv_dim, H), p + "self_attn.v_proj.bias": (kv_dim,),
-            p + "self_attn.o_proj.weight": (H, H),
-            p + "mlp.gate_proj.weight": (inter, H), p + "mlp.up_proj.weight": (inter, H),
-            p + "mlp.down_proj.weight": (H, inter),
-            p + "input_layernorm.weight": (H,), p + "post_attention_layernorm.weight": (H,),
-        }  # fmt: skip
+    out |= qwen2_layer_shapes("llm.model.layers.", layers, H, kv * H // heads, inter)
     return out
 
 

@@ -9,6 +9,7 @@ import re
 
 import pytest
 import torch
+from qwen_helpers import qwen2_layer_shapes
 from safetensors.torch import save_file
 
 from segros.backbones.hub import MissingCheckpointError
@@ -63,17 +64,7 @@ def original_internvl_shapes(H: int, inter: int, L: int, heads: int, kv: int) ->
             p + "mlp.fc1.weight": (DI, D), p + "mlp.fc1.bias": (DI,),
             p + "mlp.fc2.weight": (D, DI), p + "mlp.fc2.bias": (D,),
         }  # fmt: skip
-    for i in range(L):
-        p = f"language_model.model.layers.{i}."
-        out |= {
-            p + "self_attn.q_proj.weight": (H, H), p + "self_attn.q_proj.bias": (H,),
-            p + "self_attn.k_proj.weight": (kv * hd, H), p + "self_attn.k_proj.bias": (kv * hd,),
-            p + "self_attn.v_proj.weight": (kv * hd, H), p + "self_attn.v_proj.bias": (kv * hd,),
-            p + "self_attn.o_proj.weight": (H, H),
-            p + "mlp.gate_proj.weight": (inter, H), p + "mlp.up_proj.weight": (inter, H),
-            p + "mlp.down_proj.weight": (H, inter),
-            p + "input_layernorm.weight": (H,), p + "post_attention_layernorm.weight": (H,),
-        }  # fmt: skip
+    out |= qwen2_layer_shapes("language_model.model.layers.", L, H, kv * hd, inter)
     return out
 
 
