@@ -71,6 +71,16 @@ def test_inspect_with_a_checkpoint(capsys, checkpoint, image_file, tmp_path):
     assert f"model: checkpoint {checkpoint}" in out
 
 
+def test_out_may_be_a_folder(capsys, checkpoint, image_file, tmp_path):
+    folder = tmp_path / "pictures"
+    code, out, err = _run(
+        capsys, "--image", image_file, "--caption", CAPTION, "--checkpoint", checkpoint, "--out", folder
+    )
+    assert code == 0, err
+    _check_picture(folder / "segros-inspect.png")
+    assert f"wrote {folder / 'segros-inspect.png'}" in out
+
+
 def test_inspect_knobs_change_the_counts(capsys, checkpoint, image_file, tmp_path):
     code, out, err = _run(
         capsys, "--image", image_file, "--caption", CAPTION, "--checkpoint", checkpoint,

@@ -309,7 +309,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--checkpoint", default=None, help="checkpoint folder; default: a freshly initialised tiny model"
     )
-    parser.add_argument("--out", default="segros-inspect.png", help="output PNG (default: %(default)s)")
+    parser.add_argument(
+        "--out",
+        default="segros-inspect.png",
+        help="output PNG, or a folder to write segros-inspect.png into (default: %(default)s)",
+    )
     parser.add_argument(
         "--mask-ratio", type=float, default=0.8, help="masking ratio γ (default: %(default)s)"
     )
@@ -382,6 +386,8 @@ def run(args: argparse.Namespace) -> int:
     except InspectError as err:
         return _error(str(err))
     out = Path(args.out)
+    if out.is_dir() or not out.suffix:  # a folder: the picture goes inside it
+        out = out / "segros-inspect.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(inspection_figure(ins, f"SeGroS grounding — {model}")).save(out)
     print(f"wrote {out}")
