@@ -256,10 +256,11 @@ def _cosine_product(
         per_sample = CPU_CHUNK_BYTES // max(1, N * D * torch.finfo(dtype).bits // 8)
         step = per_sample if per_sample or image_emb.dtype != dtype else B
     step = max(1, step)
-    for b in range(0, B, step):
-        zi = image_emb[b : b + step].to(dtype)
-        torch.linalg.vector_norm(zi, dim=-1, keepdim=True, out=norms[b : b + step])
-        torch.bmm(zi, zt_t[b : b + step], out=product[b : b + step])
+    chunks = zip(image_emb.split(step), zt_t.split(step), product.split(step), norms.split(step), strict=True)
+    for zi, zt_t_chunk, product_chunk, norms_chunk in chunks:
+        zi = zi.to(dtype)
+        torch.linalg.vector_norm(zi, dim=-1, keepdim=True, out=norms_chunk)
+        torch.bmm(zi, zt_t_chunk, out=product_chunk)
     return product, norms
 
 
