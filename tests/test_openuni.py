@@ -222,8 +222,8 @@ def test_table7_configs_validate_without_weights(method, tag):
     assert cfg.model["name"] == "openuni" and cfg.model["size"] == size
     assert cfg.model["init_from"] == "wusize/openuni" and cfg.model["stage"] == "text2image23m"
     assert (cfg.optim.lr, cfg.data.batch_size, cfg.optim.grad_accum) == (1e-5, batch, 16)
-    # upstream's BLIP3o-60k fine-tuning: 10000 iterations, warm-up 1 %, wd 0.05, betas (0.9, 0.95)
-    assert (cfg.run.max_steps, cfg.optim.warmup_steps, cfg.optim.weight_decay) == (10000, 100, 0.05)
+    # paper Table 7 (OpenUni columns): 5K steps, 50 warm-up steps, wd 0.01, betas (0.9, 0.95)
+    assert (cfg.run.max_steps, cfg.optim.warmup_steps, cfg.optim.weight_decay) == (5000, 50, 0.01)
     assert tuple(cfg.optim.betas) == (0.9, 0.95) and cfg.optim.no_decay_1d and cfg.optim.min_lr_ratio == 0
     assert cfg.method.i2t_weight == 0.0 and cfg.data.i2t == "none" and cfg.model["train_transformer"]
     plan = cfg.method.plan_config()
