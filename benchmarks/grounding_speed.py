@@ -10,9 +10,10 @@ same interleaved-median method as the whole, so the stages need not add up to th
 The stages are the ones ``ground`` calls in order:
 
     text side        the column shift, Gram of the text rows, its norms and the float64 softmax (Eqs. 3-4)
+    slots + noise    Eq. 8's K per sample and Eq. 12's noise: they need only the mask and the generator
     norms + product  image-row norms and the (B, N, L) product Zi Ztᵀ
     exponentials     exp((A - 1) / tau) and its row / column sums (Eqs. 5-6, Eq. 10's sums)
-    filter + map     Omega, top-K, the map, min-max and the noise (Eqs. 7-12)
+    filter + map     Omega, top-K, the map, min-max and adding the noise (Eqs. 7-12)
     checks           the argument checks and the finiteness test
 
 Target: ground <= 1.5x the single matmul at every shape, in float32, on an idle machine (it was
@@ -103,6 +104,7 @@ def stage_callables(text, image, valid, cfg: GroundingConfig, generator: torch.G
     dtype = compute_dtype(text, image)
     shift = grounding.column_shift(valid, tau)
     zt, text_inv_norm, s_intra = grounding._text_side(text, valid, shift, tau, dtype)
+    slots, noise = grounding._draws(valid, image.shape[1], cfg, generator, zt)
     product, zi_norm = grounding._cosine_product(image, zt, dtype)
     buffer = product.clone()
     expo, s_inter, col_sums = grounding._exponentials(buffer, zi_norm, text_inv_norm, shift, tau)
@@ -115,13 +117,14 @@ def stage_callables(text, image, valid, cfg: GroundingConfig, generator: torch.G
         "text side": lambda: grounding._text_side(
             text, valid, grounding.column_shift(valid, tau), tau, dtype
         ),
+        "slots + noise": lambda: grounding._draws(valid, image.shape[1], cfg, generator, zt),
         "norms + product": lambda: grounding._cosine_product(image, zt, dtype),
         "exponentials": lambda: grounding._exponentials(
             buffer.copy_(product), zi_norm, text_inv_norm, shift, tau
         ),
         "(copy for exponentials)": lambda: buffer.copy_(product),
         "filter + map": lambda: grounding._filter_and_map(
-            s_intra, s_inter, expo, col_sums, valid, cfg, generator
+            s_intra, s_inter, expo, col_sums, valid, cfg, slots, noise
         ),
         "checks": checks,
     }

@@ -92,8 +92,8 @@ def minmax(x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         lo = x.masked_fill(invalid, math.inf).amin(-1, keepdim=True)
         hi = x.masked_fill(invalid, -math.inf).amax(-1, keepdim=True)
     span = hi - lo
-    negligible = span <= NEGLIGIBLE_RANGE * torch.maximum(hi.abs(), lo.abs())
-    out = (x - lo).div_(span.masked_fill(negligible, 1.0)).masked_fill_(negligible, 0.0)
+    negligible = span <= NEGLIGIBLE_RANGE * torch.maximum(hi, -lo)  # max(|hi|, |lo|), as lo <= hi
+    out = torch.where(negligible, 0.0, (x - lo) / span)
     return out if valid is None else out.masked_fill_(invalid, 0.0)
 
 
@@ -115,17 +115,26 @@ def content_tokens(
     return torch.where(content.any(-1, keepdim=True), content, text_valid)
 
 
-def keep_top_k(values: torch.Tensor, valid: torch.Tensor, ratio: float) -> torch.Tensor:
+def keep_top_k(
+    values: torch.Tensor, valid: torch.Tensor, ratio: float, slots: torch.Tensor | None = None
+) -> torch.Tensor:
     """Eqs. 8-9: per row, True for the top K = max(1, floor(ratio * #valid)) valid entries.
 
     Ties go to the earlier position (stable sort), so the choice is deterministic. A row with
-    no valid entry keeps nothing.
+    no valid entry keeps nothing. ``slots`` is :func:`top_k_slots` of ``valid`` and ``ratio`` when
+    the caller has it already.
     """
+    if slots is None:
+        slots = top_k_slots(valid, ratio)
+    order = torch.argsort(values.masked_fill(~valid, -math.inf), dim=-1, descending=True, stable=True)
+    return torch.zeros_like(valid).scatter(-1, order, slots) & valid
+
+
+def top_k_slots(valid: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Eq. 8's K as a mask: per row, True at the first K = max(1, floor(ratio * #valid)) positions."""
     num_valid = valid.sum(-1, dtype=torch.float64)
     k = torch.floor(ratio * num_valid).clamp(min=1)  # float64, as Python's math.floor would
-    order = torch.argsort(values.masked_fill(~valid, -math.inf), dim=-1, descending=True, stable=True)
-    in_top = torch.arange(values.shape[-1], device=values.device) < k.unsqueeze(-1)
-    return torch.zeros_like(valid).scatter(-1, order, in_top) & valid
+    return torch.arange(valid.shape[-1], device=valid.device) < k.unsqueeze(-1)
 
 
 @torch.no_grad()
@@ -162,6 +171,7 @@ def ground(
     shift = column_shift(valid, tau)  # -log2(e) / tau on caption tokens, -inf elsewhere
 
     zt, text_inv_norm, s_intra = _text_side(text_emb, valid, shift, tau, dtype)  # Steps 1-2 (text), Eqs. 3-4
+    slots, noise = _draws(valid, image_emb.shape[1], cfg, generator, zt)  # Eq. 8's K, Eq. 12's xi
     product, zi_norm = _cosine_product(image_emb, zt, dtype)  # Step 1 (image): |z_i| and Zi Ztᵀ
     expo, s_inter, col_sums = _exponentials(product, zi_norm, text_inv_norm, shift, tau)  # Eqs. 5-6
     # One test for all three: s_intra <= L and s_inter <= N, and a finite norm is below sqrt(max float),
@@ -170,7 +180,7 @@ def ground(
         raise_if_not_finite("text_emb", text_emb)
         raise_if_not_finite("image_emb", image_emb)
         raise ValueError("the affinities are not finite: is the temperature too small?")
-    return _filter_and_map(s_intra, s_inter, expo, col_sums, valid, cfg, generator)  # Eqs. 7-12
+    return _filter_and_map(s_intra, s_inter, expo, col_sums, valid, cfg, slots, noise)  # Eqs. 7-12
 
 
 # On CPU, :func:`_cosine_product` reads image_emb in chunks of whole samples of about this many bytes
@@ -196,14 +206,28 @@ def column_shift(valid: torch.Tensor, tau: float) -> torch.Tensor:
     )
 
 
+def _draws(
+    valid: torch.Tensor, N: int, cfg: GroundingConfig, generator: torch.Generator | None, like: torch.Tensor
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """What depends only on the mask and the generator: Eq. 8's K as :func:`top_k_slots` (None
+    for ``text_filter="none"``) and the noise xi ~ U[0, 1) of Eq. 12, (B, N) in ``like``'s dtype.
+
+    :func:`ground` takes them before the product: right after a long matmul every small op runs
+    several times slower (its code and data are no longer in the caches), and the ops after the
+    product are the ones that pay it.
+    """
+    slots = None if cfg.text_filter == "none" else top_k_slots(valid, cfg.text_keep_ratio)
+    return slots, uniform_noise((valid.shape[0], N), generator, like)
+
+
 def _text_side(
     text_emb: torch.Tensor, valid: torch.Tensor, shift: torch.Tensor, tau: float, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Steps 1-2 for the text: the Gram S (Eq. 3) and s_intra (Eq. 4).
 
     ``shift`` is :func:`column_shift`. Returns the raw text rows in ``dtype`` (the product's right
-    operand), their inverse norms ``1 / |z_t|`` (B, L) in ``dtype``, which turn ``Zi Ztᵀ`` into A once
-    the image rows are divided by theirs too, and s_intra (B, L) in float64, 0 where not valid.
+    operand), their inverse norms ``1 / |z_t|`` (B, 1, L) in ``dtype``, which turn ``Zi Ztᵀ`` into A
+    once the image rows are divided by theirs too, and s_intra (B, L) in float64, 0 where not valid.
 
     No normalised copy of the text is written: the Gram G of the raw rows is taken in ``dtype``
     and its diagonal gives the norms, so ``S_jk = G_jk / (|z_j| |z_k|)`` with ``S_jj = 1``. G is
@@ -233,7 +257,7 @@ def _text_side(
     expo = torch.addcmul(shift, gram.mul_(w.unsqueeze(-1)), w.unsqueeze(1), out=gram).exp2_()
     row_weights = valid / expo.sum(-1)  # 1 / (Eq. 3's denominator) on valid rows, 0 on the others
     s_intra = torch.bmm(row_weights.unsqueeze(1), expo).squeeze(1)  # Eq. 4: column sums over valid rows
-    return zt, inv_norm.to(dtype), s_intra
+    return zt, inv_norm.to(dtype).unsqueeze(1), s_intra
 
 
 def _cosine_product(
@@ -275,22 +299,23 @@ def _exponentials(
     :func:`column_shift`), so plain sums are sums over the valid tokens. Works in place on
     ``product`` when the exponential's dtype is its own (float32 unless the temperature is so sharp
     that float32 would underflow). Three passes over (B, N, L) make the exponentials: the text
-    norms, then the image norms, log2(e) / tau and the shift in one ``addcmul``, then ``exp2``.
+    norms, then the image norms, log2(e) / tau and the shift in one ``addcdiv``, then ``exp2``.
 
-    Returns the exponentials (B, N, L), s_inter (B, L) in float64 (0 where not valid) and the
+    Returns the exponentials (B, N, L), s_inter (B, L) in their dtype (0 where not valid) and the
     column sums (B, L) of Eq. 10.
     """
     exp_dtype = product.dtype if 2.0 / tau <= 80.0 else torch.float64  # float32 underflows below
-    expo = product.to(exp_dtype).mul_(text_inv_norm.to(exp_dtype).unsqueeze(1))  # Zi Ztᵀ / |z_t| = |z_i| A
-    row_scale = (LOG2_E / tau) / zi_norm.to(exp_dtype).clamp_min(1e-12)  # log2(e) / (tau |z_i|)
-    # exp((A - 1) / tau) = 2^(A log2(e) / tau - log2(e) / tau), 0 where not valid. The rounding of
-    # A log2(e) / tau is relative to it, about as large as the one A itself carries from the matmul.
-    torch.addcmul(shift.to(exp_dtype), expo, row_scale, out=expo).exp2_()
-    tiny = torch.finfo(exp_dtype).tiny
-    row_sums = expo.sum(-1, keepdim=True).clamp_min_(tiny)  # (B, N, 1): Eq. 5's denominators
+    expo = product.to(exp_dtype).mul_(text_inv_norm.to(exp_dtype))  # Zi Ztᵀ / |z_t| = |z_i| A
+    # exp((A - 1) / tau) = 2^(A log2(e) / tau - log2(e) / tau), 0 where not valid, with the division
+    # by |z_i| in the same pass. The rounding of A log2(e) / tau is relative to it, about as large
+    # as the one A itself carries from the matmul.
+    zi_norm = zi_norm.to(exp_dtype).clamp_min(1e-12)
+    torch.addcdiv(shift.to(exp_dtype), expo, zi_norm, value=LOG2_E / tau, out=expo).exp2_()
+    # (B, N, 1): Eq. 5's denominators, > 0 as exp_dtype holds exp(-2 / tau) without underflow
+    row_sums = expo.sum(-1, keepdim=True)
     # Eq. 6 as a row vector times expo: (B, 1, N) @ (B, N, L), the fast form of this matvec.
-    s_inter = torch.bmm(row_sums.reciprocal_().transpose(1, 2), expo).squeeze(1).double()
-    col_sums = expo.sum(1).clamp_min_(tiny)  # (B, L): Eq. 10's denominators
+    s_inter = torch.bmm(row_sums.reciprocal_().transpose(1, 2), expo).squeeze(1)
+    col_sums = expo.sum(1).clamp_min_(torch.finfo(exp_dtype).tiny)  # (B, L): Eq. 10's; 0 where not valid
     return expo, s_inter, col_sums
 
 
@@ -301,24 +326,27 @@ def _filter_and_map(
     col_sums: torch.Tensor,
     valid: torch.Tensor,
     cfg: GroundingConfig,
-    generator: torch.Generator | None,
+    slots: torch.Tensor | None,
+    noise: torch.Tensor,
 ) -> Grounding:
-    """Steps 4-6: importance Omega (Eq. 7), kept tokens w (Eqs. 8-9), the map (Eqs. 10-11), noise (12)."""
-    if cfg.text_filter == "both":  # one min-max over both rows (B, 2, L)
+    """Steps 4-6: importance Omega (Eq. 7), kept tokens w (Eqs. 8-9), the map (Eqs. 10-11), noise (12).
+
+    ``slots`` and ``noise`` are :func:`_draws`'s. Omega is taken in float64 (s_intra's dtype).
+    """
+    if cfg.text_filter == "both":  # one min-max over both rows (B, 2, L); stack promotes s_inter
         importance = minmax(torch.stack([s_intra, s_inter], 1), valid.unsqueeze(1)).sum(1)
     elif cfg.text_filter == "none":
         importance = torch.zeros_like(s_intra)
     else:
-        importance = minmax(s_intra if cfg.text_filter == "intra" else s_inter, valid)
-    keep = valid.clone() if cfg.text_filter == "none" else keep_top_k(importance, valid, cfg.text_keep_ratio)
+        importance = minmax(s_intra if cfg.text_filter == "intra" else s_inter.double(), valid)
+    keep = valid.clone() if slots is None else keep_top_k(importance, valid, cfg.text_keep_ratio, slots)
 
     # Step 5: text-to-image attention over image tokens (Eq. 10), summed over kept tokens (Eq. 11):
     # m_i = sum_j w_j exp_ij / sum_i' exp_i'j, as (B, 1, L) @ (B, L, N) (the fast form of this matvec).
     raw = torch.bmm((keep / col_sums).unsqueeze(1), expo.transpose(1, 2)).squeeze(1)  # m (B, N)
     scores = minmax(raw)  # m-bar, in expo's dtype: its rounding is relative to the range
 
-    # Step 6: perturbation (Eq. 12).
-    perturbed = scores + cfg.noise_scale * uniform_noise(scores.shape, generator, scores)
+    perturbed = torch.add(scores, noise, alpha=cfg.noise_scale)  # Step 6: perturbation (Eq. 12)
 
     f32 = torch.float32
     return Grounding(
