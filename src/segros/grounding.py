@@ -156,10 +156,10 @@ def ground(
         generator: draws the noise xi of Eq. 12; seeds reproduce results exactly.
 
     Cost: one ``(B*N x D)(D x L)`` product; the text Gram, three quarters of a ``(B*L x D)(D x L)``
-    product; one read of ``image_emb`` for its row norms (fused with the product on CPU); and six
-    passes over ``(B, N, L)``: two scalings (one with the shift), the exponential, a row sum, a
-    column sum and two row-vector products (s_inter and the map). The stages are ``_text_side``,
-    ``_cosine_product``, ``_exponentials`` and ``_filter_and_map``, which
+    product; one read of ``image_emb`` for its row norms (fused with the product on CPU); and seven
+    passes over ``(B, N, L)``: two scalings (the second with the shift), the exponential, a row sum,
+    a column sum and two row-vector products (s_inter and the map). The stages are ``_text_side``,
+    ``_draws``, ``_cosine_product``, ``_exponentials`` and ``_filter_and_map``, which
     ``benchmarks/grounding_speed.py`` also times one by one. The map is a supervision signal
     that is never differentiated, so it runs without autograd even on embeddings that require grad.
     """
