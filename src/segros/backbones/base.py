@@ -384,6 +384,17 @@ class Backbone(nn.Module, ABC):
     def hint_embeddings(self, batch: T2IBatch, hint_idx: torch.Tensor) -> torch.Tensor:
         """(B, K, D) embeddings of the hints at ``hint_idx`` (on ``hint_grid`` if set)."""
 
+    def plan_hints(self, batch: T2IBatch, plan: SupervisionPlan) -> dict[str, Any]:
+        """The plan's visual hints as keyword arguments of a conditioning call: ``hints`` (B, K, D)
+        and ``hint_idx`` (both None when the plan has none), ``hint_position`` and ``hint_valid``."""
+        given = bool(plan.num_hints)
+        return {
+            "hints": self.hint_embeddings(batch, plan.hint_idx) if given else None,
+            "hint_idx": plan.hint_idx if given else None,
+            "hint_position": plan.hint_position,
+            "hint_valid": plan.hint_valid(),
+        }
+
     @abstractmethod
     def reconstruction_loss(self, batch: T2IBatch, plan: SupervisionPlan) -> torch.Tensor:
         """The native reconstruction loss on the plan's targets (Eq. 13's first term), conditioned

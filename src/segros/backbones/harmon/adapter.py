@@ -393,17 +393,7 @@ class HarmonBackbone(Backbone):
         masked = ~plan.seen
         check_equal_visible(masked)
         ids, text_mask = self.condition(batch, plan.text_condition)
-        hints = self.hint_embeddings(batch, plan.hint_idx) if plan.num_hints else None
-        z = self._denoiser_condition(
-            x,
-            masked,
-            ids,
-            text_mask,
-            hints,
-            plan.hint_idx if plan.num_hints else None,
-            hint_position=plan.hint_position,
-            hint_valid=plan.hint_valid(),
-        )
+        z = self._denoiser_condition(x, masked, ids, text_mask, **self.plan_hints(batch, plan))
         return diffusion_loss(
             self.model.mar.diffloss, z, x, plan.loss_weight, self.options.diffusion_batch_mul
         )

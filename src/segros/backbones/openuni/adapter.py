@@ -383,15 +383,7 @@ class OpenUniBackbone(Backbone):
         queries read after ``[hints | prompt]``. The plan's seen / targets are not read."""
         x0 = self._latents(batch)
         ids, text_mask = self.condition(batch, plan.text_condition)
-        hints = self.hint_embeddings(batch, plan.hint_idx) if plan.num_hints else None
-        cond = self.caption_states(
-            ids,
-            text_mask,
-            hints,
-            plan.hint_idx if plan.num_hints else None,
-            hint_position=plan.hint_position,
-            hint_valid=plan.hint_valid(),
-        )
+        cond = self.caption_states(ids, text_mask, **self.plan_hints(batch, plan))
         return flow_matching_loss(self.model, self.train_scheduler, x0, cond)
 
     def i2t_loss(self, batch: I2TBatch) -> torch.Tensor:
