@@ -47,6 +47,7 @@ DATA_KEYS = (
     "shapes_scenes",
     "shapes_layout",
     "shapes_caption_style",
+    "shapes_coarse_color_rate",
 )
 
 

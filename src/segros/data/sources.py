@@ -29,11 +29,17 @@ class ShapesImageText:
         layout: str = "free",
         cells: int = 4,
         caption_style: str = "mixed",
+        coarse_color_rate: float = 0.5,
     ) -> None:
         from segros.data.shapes import ShapesWorld
 
         self.world = ShapesWorld(
-            image_size=image_size, seed=seed, caption_style=caption_style, layout=layout, cells=cells
+            image_size=image_size,
+            seed=seed,
+            caption_style=caption_style,
+            layout=layout,
+            cells=cells,
+            coarse_color_rate=coarse_color_rate,
         )
         self.length = length
 
@@ -80,6 +86,7 @@ def _shapes_args(data: Any, backbone: Any) -> tuple[tuple[int, int, int], dict[s
         "layout": data.shapes_layout,
         "cells": int(backbone.token_grid[0]),
         "caption_style": data.shapes_caption_style,
+        "coarse_color_rate": data.shapes_coarse_color_rate,
     }
     return (backbone.image_size, data.shapes_seed, data.shapes_scenes), world
 
