@@ -9,9 +9,11 @@ split of ``ground``'s time by stage. Each stage is timed on its own with the sam
 same interleaved-median method as the whole, so the stages need not add up to the whole exactly.
 The stages are the ones ``ground`` calls in order:
 
-    text side        the column shift, Gram of the text rows, its norms and the float64 softmax (Eqs. 3-4)
     slots + noise    Eq. 8's K per sample and Eq. 12's noise: they need only the mask and the generator
-    norms + product  image-row norms and the (B, N, L) product Zi Ztᵀ
+    text Gram        Zt Ztᵀ as three blocks, for captions of GRAM_SPLIT_MIN tokens or more (else 0)
+    norms + product  image-row norms and the (B, N, L) product Zi Ztᵀ; for shorter captions also
+                     each chunk's text Gram, right after its product
+    text softmax     the column shift, the text norms and the float64 softmax (Eqs. 3-4)
     exponentials     exp((A - 1) / tau) and its row / column sums (Eqs. 5-6, Eq. 10's sums)
     filter + map     Omega, top-K, the map, min-max and adding the noise (Eqs. 7-12)
     checks           the argument checks and the finiteness test
@@ -97,15 +99,20 @@ def loop_ground(text, image, valid, cfg: GroundingConfig, generator: torch.Gener
 def stage_callables(text, image, valid, cfg: GroundingConfig, generator: torch.Generator) -> dict:
     """``ground``'s stages as separate callables on the same inputs (see the module docstring).
 
-    The exponentials work in place on the product, so that stage first copies a saved product
-    into a reused buffer; the copy is timed on its own and subtracted.
+    The text softmax and the exponentials work in place on the Gram and the product, so those
+    stages first copy a saved input into a reused buffer; the copies are timed on their own and
+    subtracted.
     """
     tau = cfg.temperature
     dtype = compute_dtype(text, image)
+    zt = text.to(dtype)
     shift = grounding.column_shift(valid, tau)
-    zt, text_inv_norm, s_intra = grounding._text_side(text, valid, shift, tau, dtype)
+    folded = grounding.gram_in_product(zt.shape[1])
     slots, noise = grounding._draws(valid, image.shape[1], cfg, generator, zt)
-    product, zi_norm = grounding._cosine_product(image, zt, dtype)
+    gram = None if folded else grounding._text_gram(zt)
+    product, zi_norm, gram = grounding._cosine_product(image, zt, dtype, gram)
+    saved_gram = gram.clone()
+    text_inv_norm, s_intra = grounding._text_softmax(gram, valid, shift, tau, dtype)
     buffer = product.clone()
     expo, s_inter, col_sums = grounding._exponentials(buffer, zi_norm, text_inv_norm, shift, tau)
 
@@ -114,11 +121,15 @@ def stage_callables(text, image, valid, cfg: GroundingConfig, generator: torch.G
         return bool(torch.isfinite(zi_norm.sum() + s_inter.sum() + s_intra.sum()))
 
     return {
-        "text side": lambda: grounding._text_side(
-            text, valid, grounding.column_shift(valid, tau), tau, dtype
-        ),
         "slots + noise": lambda: grounding._draws(valid, image.shape[1], cfg, generator, zt),
-        "norms + product": lambda: grounding._cosine_product(image, zt, dtype),
+        "text Gram": (lambda: None) if folded else (lambda: grounding._text_gram(zt)),
+        "norms + product": lambda: grounding._cosine_product(
+            image, zt, dtype, None if folded else saved_gram
+        ),
+        "text softmax": lambda: grounding._text_softmax(
+            gram.copy_(saved_gram), valid, grounding.column_shift(valid, tau), tau, dtype
+        ),
+        "(copy for text softmax)": lambda: gram.copy_(saved_gram),
         "exponentials": lambda: grounding._exponentials(
             buffer.copy_(product), zi_norm, text_inv_norm, shift, tau
         ),
@@ -149,7 +160,8 @@ def run_shape(B: int, N: int, L: int, D: int, dtype: torch.dtype, repeats: int, 
         whole["loop"] = lambda: loop_ground(text, image, valid, cfg, g)
     t = interleaved_medians(whole, repeats, clock=clock)
     stages = interleaved_medians(stage_callables(text, image, valid, cfg, g), repeats, clock=clock)
-    stages["exponentials"] = max(0.0, stages["exponentials"] - stages.pop("(copy for exponentials)"))
+    for stage in ("text softmax", "exponentials"):  # both work in place: their input copies are taken out
+        stages[stage] = max(0.0, stages[stage] - stages.pop(f"(copy for {stage})"))
     t["stages"] = stages
     t["clock"] = clock.__name__
     return t

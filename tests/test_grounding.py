@@ -6,6 +6,7 @@ import pytest
 import torch
 from reference import ground_one, random_batch
 
+from segros import grounding
 from segros.grounding import GroundingConfig, ground, minmax
 
 
@@ -23,6 +24,24 @@ def test_matches_float64_reference(text_filter, tau):
         assert torch.equal(g.text_keep[b], keep)
         torch.testing.assert_close(g.scores[b].double(), mbar, atol=1e-4, rtol=0)
         torch.testing.assert_close(g.perturbed[b], g.scores[b])  # alpha = 0: no noise
+
+
+@pytest.mark.parametrize("gram_split_min", [4, 128])  # text Gram: three blocks on its own, or in the product
+@pytest.mark.parametrize("chunk_samples", [1, 3, 8])  # samples per chunk of the CPU product loop
+@pytest.mark.parametrize("tau", [1.0, 0.02])
+def test_every_gram_and_chunking_path_matches_the_reference(monkeypatch, gram_split_min, chunk_samples, tau):
+    B, L, N, D = 5, 12, 20, 16
+    monkeypatch.setattr(grounding, "GRAM_SPLIT_MIN", gram_split_min)
+    monkeypatch.setattr(grounding, "CPU_CHUNK_BYTES", chunk_samples * N * D * 4)
+    text, image, valid = random_batch(B=B, L=L, N=N, D=D, seed=3)
+    cfg = GroundingConfig(temperature=tau, noise_scale=0.0)
+    g = ground(text, image, valid, cfg)
+    for b in range(B):
+        omega, keep, mbar, s_intra, s_inter = ground_one(text[b], image[b], valid[b], 0.4, tau, "both")
+        torch.testing.assert_close(g.text_importance[b][valid[b]].double(), omega, atol=1e-4, rtol=0)
+        torch.testing.assert_close(g.text_intra[b][valid[b]].double(), s_intra, atol=1e-4, rtol=1e-5)
+        assert torch.equal(g.text_keep[b], keep)
+        torch.testing.assert_close(g.scores[b].double(), mbar, atol=1e-4, rtol=0)
 
 
 def test_output_contract():

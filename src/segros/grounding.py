@@ -155,12 +155,13 @@ def ground(
         cfg: the knobs; paper defaults when None.
         generator: draws the noise xi of Eq. 12; seeds reproduce results exactly.
 
-    Cost: one ``(B*N x D)(D x L)`` product; the text Gram, three quarters of a ``(B*L x D)(D x L)``
-    product; one read of ``image_emb`` for its row norms (fused with the product on CPU); and seven
-    passes over ``(B, N, L)``: two scalings (the second with the shift), the exponential, a row sum,
-    a column sum and two row-vector products (s_inter and the map). The stages are ``_text_side``,
-    ``_draws``, ``_cosine_product``, ``_exponentials`` and ``_filter_and_map``, which
-    ``benchmarks/grounding_speed.py`` also times one by one. The map is a supervision signal
+    Cost: one ``(B*N x D)(D x L)`` product; the text Gram, a ``(B*L x D)(D x L)`` product (three
+    quarters of one for long captions); one read of ``image_emb`` for its row norms (fused with the
+    product on CPU); and seven passes over ``(B, N, L)``: two scalings (the second with the shift),
+    the exponential, a row sum, a column sum and two row-vector products (s_inter and the map). The
+    stages are ``_draws``, ``_cosine_product`` (with the text Gram of short captions),
+    ``_text_gram`` (long captions), ``_text_softmax``, ``_exponentials`` and ``_filter_and_map``,
+    which ``benchmarks/grounding_speed.py`` also times one by one. The map is a supervision signal
     that is never differentiated, so it runs without autograd even on embeddings that require grad.
     """
     cfg = cfg or GroundingConfig()
@@ -169,10 +170,12 @@ def ground(
     tau = cfg.temperature
     valid = text_valid
     shift = column_shift(valid, tau)  # -log2(e) / tau on caption tokens, -inf elsewhere
+    zt = text_emb.to(dtype)
 
-    zt, text_inv_norm, s_intra = _text_side(text_emb, valid, shift, tau, dtype)  # Steps 1-2 (text), Eqs. 3-4
     slots, noise = _draws(valid, image_emb.shape[1], cfg, generator, zt)  # Eq. 8's K, Eq. 12's xi
-    product, zi_norm = _cosine_product(image_emb, zt, dtype)  # Step 1 (image): |z_i| and Zi Ztᵀ
+    gram = None if gram_in_product(zt.shape[1]) else _text_gram(zt)  # Step 1 (text): Zt Ztᵀ
+    product, zi_norm, gram = _cosine_product(image_emb, zt, dtype, gram)  # Step 1 (image): |z_i|, Zi Ztᵀ
+    text_inv_norm, s_intra = _text_softmax(gram, valid, shift, tau, dtype)  # Step 2 (text), Eqs. 3-4
     expo, s_inter, col_sums = _exponentials(product, zi_norm, text_inv_norm, shift, tau)  # Eqs. 5-6
     # One test for all three: s_intra <= L and s_inter <= N, and a finite norm is below sqrt(max float),
     # so the sum is finite exactly when every term is.
@@ -188,8 +191,16 @@ def ground(
 # reads them. A sample larger than this is not chunked (the cache cannot help it), unless it must be
 # converted to the compute dtype: then one sample at a time, so no full converted copy is written.
 CPU_CHUNK_BYTES = 4 << 20
-# :func:`_text_side` splits the text Gram in blocks only when a half has at least this many tokens.
-GRAM_SPLIT_MIN = 32
+# Captions of at least this many tokens get their Gram from :func:`_text_gram`, as three of its four
+# blocks (G is symmetric); shorter ones get it whole from :func:`_cosine_product`, one chunk of samples
+# at a time right after the chunk's image product, while their text rows are still in cache: for
+# them the blocks would be small matmuls running below the machine's peak.
+GRAM_SPLIT_MIN = 128
+
+
+def gram_in_product(L: int) -> bool:
+    """True when :func:`_cosine_product` computes the text Gram (captions shorter than GRAM_SPLIT_MIN)."""
+    return L < GRAM_SPLIT_MIN
 
 
 def column_shift(valid: torch.Tensor, tau: float) -> torch.Tensor:
@@ -220,36 +231,40 @@ def _draws(
     return slots, uniform_noise((valid.shape[0], N), generator, like)
 
 
-def _text_side(
-    text_emb: torch.Tensor, valid: torch.Tensor, shift: torch.Tensor, tau: float, dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Steps 1-2 for the text: the Gram S (Eq. 3) and s_intra (Eq. 4).
+def _text_gram(zt: torch.Tensor) -> torch.Tensor:
+    """The Gram ``G = Zt Ztᵀ`` (B, L, L) of the raw text rows, in float64, computed in ``zt``'s dtype.
 
-    ``shift`` is :func:`column_shift`. Returns the raw text rows in ``dtype`` (the product's right
-    operand), their inverse norms ``1 / |z_t|`` (B, 1, L) in ``dtype``, which turn ``Zi Ztᵀ`` into A
-    once the image rows are divided by theirs too, and s_intra (B, L) in float64, 0 where not valid.
-
-    No normalised copy of the text is written: the Gram G of the raw rows is taken in ``dtype``
-    and its diagonal gives the norms, so ``S_jk = G_jk / (|z_j| |z_k|)`` with ``S_jj = 1``. G is
-    symmetric, so it costs three quarters of a full product: the left half of its columns, the
-    lower-right block, and the upper-right block as the transpose of the lower-left one. The
-    softmax and its column sums run in float64: at a sharp temperature every s_intra is 1 plus a
-    tiny spread that min-max normalisation (Eq. 7) amplifies, so the sums must not round. The
-    Gram's ``dtype`` rounding (of its entries and of the norms from its diagonal, about 1e-7
-    relative in float32) moves each logit by about that much over tau, the same order as the image
-    side's A, and the resulting error is relative to the small off-diagonal terms, so it is not
-    amplified like the sums' would be (Omega stays within 5e-5 of a float64 computation even for
-    caption tokens at cosine 0.9 with D = 2048).
+    G is symmetric, so it costs three quarters of a full product: the left half of its columns, the
+    lower-right block, and the upper-right block as the transpose of the lower-left one.
     """
-    zt = text_emb.to(dtype)
     B, L, _ = zt.shape
-    h = L // 2 if L // 2 >= GRAM_SPLIT_MIN else L  # small blocks would run below the matmul's peak
-    gram = torch.empty(B, L, L, dtype=torch.float64, device=zt.device)  # G in float64, block by block
+    h = L // 2
+    gram = torch.empty(B, L, L, dtype=torch.float64, device=zt.device)
     left = torch.bmm(zt, zt[:, :h].transpose(1, 2))  # G[:, :, :h]
     gram[:, :, :h] = left  # (mixed-dtype products are far slower than these copies)
-    if h < L:
-        gram[:, h:, h:] = torch.bmm(zt[:, h:], zt[:, h:].transpose(1, 2))
-        gram[:, :h, h:] = left[:, h:].transpose(1, 2)
+    gram[:, h:, h:] = torch.bmm(zt[:, h:], zt[:, h:].transpose(1, 2))
+    gram[:, :h, h:] = left[:, h:].transpose(1, 2)
+    return gram
+
+
+def _text_softmax(
+    gram: torch.Tensor, valid: torch.Tensor, shift: torch.Tensor, tau: float, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step 2 for the text: the self-affinity softmax (Eq. 3) and s_intra (Eq. 4), from the Gram.
+
+    ``gram`` is ``Zt Ztᵀ`` in float64 (overwritten); ``shift`` is :func:`column_shift`. Returns the
+    text rows' inverse norms ``1 / |z_t|`` (B, 1, L) in ``dtype``, which turn ``Zi Ztᵀ`` into A once
+    the image rows are divided by theirs too, and s_intra (B, L) in float64, 0 where not valid.
+
+    No normalised copy of the text is written: the norms come from G's diagonal, so ``S_jk = G_jk /
+    (|z_j| |z_k|)`` with ``S_jj = 1``. The softmax and its column sums run in float64: at a sharp
+    temperature every s_intra is 1 plus a tiny spread that min-max normalisation (Eq. 7) amplifies,
+    so the sums must not round. The Gram's own rounding in ``dtype`` (of its entries and of the norms
+    from its diagonal, about 1e-7 relative in float32) moves each logit by about that much over tau,
+    the same order as the image side's A, and the resulting error is relative to the small
+    off-diagonal terms, so it is not amplified like the sums' would be (Omega stays within 5e-5 of a
+    float64 computation even for caption tokens at cosine 0.9 with D = 2048).
+    """
     inv_norm = gram.diagonal(dim1=1, dim2=2).rsqrt().clamp_max_(1e12)  # 1 / |z_t| (B, L)
     # Eq. 3 as exp((S - 1) / tau) normalised by its row sums: S <= 1 = S_jj, so with the shift nothing
     # overflows and no row maximum is needed; exp(x) = 2^(x log2(e)), the factor folded into the scales.
@@ -257,35 +272,45 @@ def _text_side(
     expo = torch.addcmul(shift, gram.mul_(w.unsqueeze(-1)), w.unsqueeze(1), out=gram).exp2_()
     row_weights = valid / expo.sum(-1)  # 1 / (Eq. 3's denominator) on valid rows, 0 on the others
     s_intra = torch.bmm(row_weights.unsqueeze(1), expo).squeeze(1)  # Eq. 4: column sums over valid rows
-    return zt, inv_norm.to(dtype).unsqueeze(1), s_intra
+    return inv_norm.to(dtype).unsqueeze(1), s_intra
 
 
 def _cosine_product(
-    image_emb: torch.Tensor, zt: torch.Tensor, dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``Zi Ztᵀ`` (B, N, L) over raw rows, and the image-row norms ``|z_i|`` (B, N, 1).
+    image_emb: torch.Tensor, zt: torch.Tensor, dtype: torch.dtype, gram: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``Zi Ztᵀ`` (B, N, L) over raw rows, the image-row norms ``|z_i|`` (B, N, 1), and the text Gram.
 
     The image rows are normalised after the product (their norms scale A's rows), so no
     normalised copy of the large (B, N, D) tensor is written. On CPU the batch is walked in
     cache-sized chunks (:data:`CPU_CHUNK_BYTES`): each chunk's norms are taken just before the
     product reads the same rows, instead of in a separate pass over the image tensor, and a
     half-precision input is converted to ``dtype`` one chunk at a time instead of as a whole copy.
+    ``gram`` is :func:`_text_gram`'s, returned as it is; when None (short captions,
+    :func:`gram_in_product`), each chunk's text Gram ``Zt Ztᵀ`` is taken right after its product,
+    which has just read the same text rows, and returned in float64.
     """
     B, N, D = image_emb.shape
-    product = torch.empty(B, N, zt.shape[1], dtype=dtype, device=image_emb.device)
+    L = zt.shape[1]
+    product = torch.empty(B, N, L, dtype=dtype, device=image_emb.device)
     norms = torch.empty(B, N, 1, dtype=dtype, device=image_emb.device)
-    zt_t = zt.transpose(1, 2)
+    own_gram = torch.empty(B, L, L, dtype=dtype, device=zt.device) if gram is None else None
     step = B
     if image_emb.device.type == "cpu":
         per_sample = CPU_CHUNK_BYTES // max(1, N * D * torch.finfo(dtype).bits // 8)
         step = per_sample if per_sample or image_emb.dtype != dtype else B
     step = max(1, step)
-    chunks = zip(image_emb.split(step), zt_t.split(step), product.split(step), norms.split(step), strict=True)
-    for zi, zt_t_chunk, product_chunk, norms_chunk in chunks:
+    grams = own_gram.split(step) if own_gram is not None else [None] * math.ceil(B / step)
+    chunks = zip(
+        image_emb.split(step), zt.split(step), product.split(step), norms.split(step), grams, strict=True
+    )
+    for zi, zt_chunk, product_chunk, norms_chunk, gram_chunk in chunks:
         zi = zi.to(dtype)
+        zt_t_chunk = zt_chunk.transpose(1, 2)
         torch.linalg.vector_norm(zi, dim=-1, keepdim=True, out=norms_chunk)
         torch.bmm(zi, zt_t_chunk, out=product_chunk)
-    return product, norms
+        if gram_chunk is not None:
+            torch.bmm(zt_chunk, zt_t_chunk, out=gram_chunk)
+    return product, norms, gram if own_gram is None else own_gram.double()
 
 
 def _exponentials(
