@@ -418,12 +418,12 @@ class ShapesWorld:
             check_grid(image_size, cells)
         if not 1 <= max_objects <= 4:
             raise ValueError("max_objects must be between 1 and 4")
+        if not 0.0 <= coarse_color_rate <= 1.0:
+            raise ValueError(f"coarse_color_rate must be in [0, 1], got {coarse_color_rate}")
         self.image_size = image_size
         self.seed = seed
         self.exclude_held_out = exclude_held_out
         self.max_objects = max_objects
-        if not 0.0 <= coarse_color_rate <= 1.0:
-            raise ValueError(f"coarse_color_rate must be in [0, 1], got {coarse_color_rate}")
         self.caption_style = caption_style
         self.coarse_color_rate = coarse_color_rate
         self.layout = layout

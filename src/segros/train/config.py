@@ -127,8 +127,8 @@ class DataConfig(Section):
     # fine-tuning; docs/miniature.md)
     shapes_layout: Literal["free", "grid"] = "free"
     shapes_caption_style: Literal["mixed", "geneval", "dense", "coarse"] = "mixed"
-    # coarse captions only: the chance a named object comes with its colour (0: colour is left to
-    # the fine-tuning captions, as the shipped TinyUMM was pretrained)
+    # coarse captions only: the chance a named object comes with its colour (the shipped TinyUMM was
+    # pretrained at 0.5; 0 leaves colour to the fine-tuning captions, docs/miniature.md)
     shapes_coarse_color_rate: float = Field(0.5, ge=0.0, le=1.0)
     i2t: Literal["shapes", "llava", "none"] = "shapes"
     i2t_path: str | None = None  # LLaVA JSON
