@@ -86,9 +86,6 @@ class RunLogger:
             )
             self.image("grounding", panel, step)
 
-    def close(self) -> None:
-        if self.enabled:
-            self.acc.end_training()
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -487,7 +487,10 @@ class Trainer:
                 **lora.parameter_counts(self.backbone),
             }
             (self.out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
-        self.logger.close()
+        # finishes the trackers and destroys the process group, also when logging is off: a gloo group
+        # left to the interpreter's exit sometimes aborts a process ("terminate called without an
+        # active exception") after its run has finished
+        self.accelerator.end_training()
         return result
 
 
