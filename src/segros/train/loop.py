@@ -487,6 +487,12 @@ class Trainer:
                 **lora.parameter_counts(self.backbone),
             }
             (self.out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+        # The checksum gather above is the last collective. Its gloo work object holds Python tensors,
+        # and the worker thread that ran it needs the GIL to free them; if the process group is torn
+        # down first (its destructor joins that thread while holding the GIL: when the trainer's DDP
+        # reducer is freed) the process deadlocks. The barrier releases the GIL while it waits, so
+        # the worker frees the gather's work first; the barrier's own work holds no Python tensors.
+        self.accelerator.wait_for_everyone()
         # finishes the trackers and destroys the process group, also when logging is off: a gloo group
         # left to the interpreter's exit sometimes aborts a process ("terminate called without an
         # active exception") after its run has finished
