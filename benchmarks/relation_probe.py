@@ -7,6 +7,13 @@ relation gives dx < 0 for "left of", dx > 0 for "right of", dy < 0 for "above", 
 "below"; one that learned only the axis separates left/right prompts horizontally and above/below
 prompts vertically with the same sign for both words of a pair.
 
+Then, for a TinyUMM checkpoint, the direction *given the first object*: on ShapesWorld position
+scenes of the checkpoint's world, every image token is masked except A's, and the model's
+probability of B's code is summed over the cells on the side the caption names (where "A <relation>
+B" would hold) and over the opposite side. It prints the share on the named side with the true
+relation word and with the opposite word. A model that reads the word puts most of B's mass on the
+named side; one that ignores it gives the same share for both words.
+
     python benchmarks/relation_probe.py pretrained
     python benchmarks/relation_probe.py runs/demo/finetune-sft-seed0 --samples 48
 """
@@ -23,6 +30,8 @@ from segros.backbones.registry import load_backbone
 from segros.eval.checkpoint import resolve
 from segros.eval.geneval import RELATIONS
 from segros.eval.shapes_judge import detect
+
+OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 
 PAIRS = (("circle", "square"), ("triangle", "star"), ("diamond", "cross"))
 
@@ -49,20 +58,90 @@ def offsets(
     return mean, len(found)
 
 
+def named_side(cells: int, row: torch.Tensor, col: torch.Tensor, relations: list[str]) -> torch.Tensor:
+    """(S, cells * cells) bool: the cells where B stands if "A <relation> B" holds, A at (row, col)."""
+    r = torch.arange(cells).repeat_interleave(cells)  # row of each cell, row-major like the tokens
+    c = torch.arange(cells).repeat(cells)
+    row, col = row.unsqueeze(1), col.unsqueeze(1)
+    by_word = {
+        "left of": (r == row) & (c > col),
+        "right of": (r == row) & (c < col),
+        "above": (c == col) & (r > row),
+        "below": (c == col) & (r < row),
+    }
+    return torch.stack([by_word[rel][i] for i, rel in enumerate(relations)])
+
+
+def direction_given_first(
+    backbone: Backbone, world: dict, scenes: int, seed: int
+) -> tuple[float, float, int]:
+    """Share of B's code probability on the named side, with the true and the opposite relation
+    word, over position scenes where both sides have a free cell (TinyUMM only)."""
+    from segros.data.shapes import ShapesWorld
+
+    shapes = ShapesWorld(seed=seed, caption_style="geneval", **world)
+    picked = []
+    index = 0
+    while len(picked) < scenes:
+        scene = shapes.scene(index)
+        index += 1
+        words = [rel for rel in RELATIONS if f" {rel} " in scene.caption]
+        if len(scene.objects) == 2 and words:
+            picked.append((scene, words[0]))
+    cell = world["image_size"] // world["cells"]
+    boxes = np.array([[centre(o.box) for o in s.objects] for s, _ in picked])
+    centres = torch.from_numpy(boxes) // cell  # (S, 2, xy): the cell of A and of B
+    col, row = centres[..., 0].long(), centres[..., 1].long()
+    slot = row * world["cells"] + col  # (S, 2): the token of A and of B
+    codes = backbone.encode_images([s.image for s, _ in picked])["codes"]
+    rows = torch.arange(len(picked))
+    image_ids = torch.full_like(codes, backbone.cfg.mask_id)
+    image_ids[rows, slot[:, 0]] = codes[rows, slot[:, 0]] + backbone.cfg.code_offset  # only A is shown
+    true_words = [rel for _, rel in picked]
+    near = named_side(world["cells"], row[:, 0], col[:, 0], true_words)  # where B may be
+    far = named_side(world["cells"], row[:, 0], col[:, 0], [OPPOSITE[w] for w in true_words])
+    usable = near.any(1) & far.any(1)
+    shares = []
+    for words in (true_words, [OPPOSITE[w] for w in true_words]):
+        prompts = [s.caption.replace(f" {t} ", f" {w} ") for (s, t), w in zip(picked, words, strict=True)]
+        text = backbone.text_tokenizer.batch(prompts, backbone.cfg.max_text_len)
+        no_hints = torch.zeros(len(picked), 0, backbone.cfg.dim)
+        with torch.no_grad():
+            probs = backbone._image_logits(no_hints, text["ids"], text["mask"], image_ids).softmax(-1)
+        b_code = codes[rows, slot[:, 1]]
+        # P(B's code) at every cell: (S, cells^2)
+        p_b = probs.gather(-1, b_code.view(-1, 1, 1).expand(-1, probs.shape[1], 1)).squeeze(-1)
+        named = near if words is true_words else far
+        other = far if words is true_words else near
+        on_named, on_other = (p_b * named).sum(1), (p_b * other).sum(1)
+        shares.append(float((on_named / (on_named + on_other))[usable].mean()))
+    return shares[0], shares[1], int(usable.sum())
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("checkpoint", help="a run or checkpoint folder, or 'pretrained' (the shipped model)")
-    p.add_argument("--samples", type=int, default=48)
+    p.add_argument("--samples", type=int, default=48, help="per prompt; 0 skips the generated offsets")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scenes", type=int, default=1000, help="position scenes drawn for the conditional test")
     args = p.parse_args()
     backbone = load_backbone(resolve(args.checkpoint))
     backbone.eval()
     print(f"{'prompt':46s} {'found':>7s} {'dx':>7s} {'dy':>7s}")
-    for a, b in PAIRS:
+    for a, b in PAIRS if args.samples else ():
         for relation in RELATIONS:
             prompt = f"a photo of a {a} {relation} a {b}"
             (dx, dy), found = offsets(backbone, prompt, a, b, args.samples, args.seed)
             print(f"{prompt:46s} {found:3d}/{args.samples:<3d} {dx:+7.1f} {dy:+7.1f}")
+    if hasattr(backbone, "image_tokenizer"):  # TinyUMM: the conditional test
+        from segros.apps.demo import world_of
+
+        world = world_of(resolve(args.checkpoint))
+        true_share, opposite_share, used = direction_given_first(backbone, world, args.scenes, args.seed)
+        print(
+            f"\ndirection given the first object ({used} scenes): share of B's probability on the named side "
+            f"{true_share:.3f} with the true word, {opposite_share:.3f} with the opposite word"
+        )
 
 
 if __name__ == "__main__":
