@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from segros.backbones.base import Backbone
-from segros.backbones.registry import load_backbone
+from segros.backbones.registry import load_backbone, resolve_checkpoint
 from segros.eval.checkpoint import resolve
 from segros.eval.geneval import RELATIONS
 from segros.eval.shapes_judge import detect
@@ -136,7 +136,7 @@ def main() -> None:
     if hasattr(backbone, "image_tokenizer"):  # TinyUMM: the conditional test
         from segros.apps.demo import world_of
 
-        world = world_of(resolve(args.checkpoint))
+        world = world_of(resolve_checkpoint(resolve(args.checkpoint)))
         true_share, opposite_share, used = direction_given_first(backbone, world, args.scenes, args.seed)
         print(
             f"\ndirection given the first object ({used} scenes): share of B's probability on the named side "
