@@ -244,3 +244,24 @@ def test_coarse_colour_rate_outside_0_1_is_refused():
     kwargs = dict(image_size=48, seed=5, caption_style="coarse", layout="grid", cells=3)
     with pytest.raises(ValueError, match="coarse_color_rate"):
         ShapesWorld(**kwargs, coarse_color_rate=1.5)
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.1, 1.0])
+def test_coarse_relation_rate_sets_how_often_a_position_scene_states_its_relation(rate):
+    kwargs = dict(image_size=48, seed=5, caption_style="coarse", layout="grid", cells=3)
+    world = ShapesWorld(**kwargs, coarse_relation_rate=rate)
+    relations = ("left of", "right of", "above", "below")
+    stated = sum(any(f" {r} " in world.scene(i).caption for r in relations) for i in range(1000))
+    # a fifth of the scenes are position scenes; only those may state a relation
+    if rate == 0.0:
+        assert stated == 0
+    elif rate == 0.1:
+        assert 5 <= stated <= 40
+    else:
+        assert 120 <= stated <= 260
+
+
+def test_coarse_relation_rate_outside_0_1_is_refused():
+    kwargs = dict(image_size=48, seed=5, caption_style="coarse", layout="grid", cells=3)
+    with pytest.raises(ValueError, match="coarse_relation_rate"):
+        ShapesWorld(**kwargs, coarse_relation_rate=-0.1)

@@ -48,6 +48,7 @@ DATA_KEYS = (
     "shapes_layout",
     "shapes_caption_style",
     "shapes_coarse_color_rate",
+    "shapes_coarse_relation_rate",
 )
 
 

@@ -343,19 +343,20 @@ def coarse_caption(
     relation: str | None,
     rng: np.random.Generator,
     color_rate: float = 0.5,
+    relation_rate: float = 0.1,
 ) -> str:
     """Web-alt-text-like caption for pretraining: names some objects, rarely a relation.
 
     Each object is named with probability 0.6 (at least one always is), with its colour with
     probability ``color_rate``, never its size or place; a counting scene says its count half the
-    time; a position scene states its relation one time in ten. Mirrors the coarse captions real
-    UMMs are pretrained on. ``color_rate`` 0 leaves colour, the attribute GenEval's colour tags
-    test, to the fine-tuning captions.
+    time; a position scene states its relation with probability ``relation_rate`` (one time in
+    ten by default). Mirrors the coarse captions real UMMs are pretrained on. ``color_rate`` 0
+    leaves colour, the attribute GenEval's colour tags test, to the fine-tuning captions.
     """
     if kind == "counting" and rng.random() < 0.5:
         same_color = len({o.color for o in objects}) == 1
         return geneval_caption(kind, objects, None, bool(rng.random() < color_rate) and same_color)
-    if kind == "position" and relation is not None and rng.random() < 0.1:
+    if kind == "position" and relation is not None and rng.random() < relation_rate:
         return geneval_caption(kind, objects, relation, bool(rng.random() < color_rate))
     named = rng.random(len(objects)) < 0.6
     named[rng.integers(len(objects))] = True
@@ -389,8 +390,8 @@ class ShapesWorld:
 
     ``caption_style`` is ``"geneval"`` (template captions where the scene kind has one), ``"dense"``
     (descriptive captions), ``"mixed"`` (either, half the time each) or ``"coarse"`` (some objects
-    named, each with its colour with probability ``coarse_color_rate``, rarely a relation:
-    :func:`coarse_caption`, for pretraining).
+    named, each with its colour with probability ``coarse_color_rate``, a position scene's relation
+    with probability ``coarse_relation_rate``: :func:`coarse_caption`, for pretraining).
 
     ``layout`` is ``"free"`` (objects anywhere) or ``"grid"``: objects snapped to a ``cells`` x
     ``cells`` grid matching an image tokenizer's patches, a small object in one cell and a large one
@@ -408,6 +409,7 @@ class ShapesWorld:
         layout: str = "free",
         cells: int = 4,
         coarse_color_rate: float = 0.5,
+        coarse_relation_rate: float = 0.1,
     ) -> None:
         if caption_style not in CAPTION_STYLES:
             styles = ", ".join(CAPTION_STYLES)
@@ -420,12 +422,15 @@ class ShapesWorld:
             raise ValueError("max_objects must be between 1 and 4")
         if not 0.0 <= coarse_color_rate <= 1.0:
             raise ValueError(f"coarse_color_rate must be in [0, 1], got {coarse_color_rate}")
+        if not 0.0 <= coarse_relation_rate <= 1.0:
+            raise ValueError(f"coarse_relation_rate must be in [0, 1], got {coarse_relation_rate}")
         self.image_size = image_size
         self.seed = seed
         self.exclude_held_out = exclude_held_out
         self.max_objects = max_objects
         self.caption_style = caption_style
         self.coarse_color_rate = coarse_color_rate
+        self.coarse_relation_rate = coarse_relation_rate
         self.layout = layout
         self.cells = cells
 
@@ -448,7 +453,9 @@ class ShapesWorld:
         if style == "mixed":
             style = "geneval" if rng.random() < 0.5 else "dense"
         if style == "coarse":
-            caption = coarse_caption(kind, objects, relation, rng, self.coarse_color_rate)
+            caption = coarse_caption(
+                kind, objects, relation, rng, self.coarse_color_rate, self.coarse_relation_rate
+            )
         elif style == "geneval" and kind != "scene":
             same_color = len({o.color for o in objects}) == 1
             with_color = bool(rng.random() < 0.5) and (kind != "counting" or same_color)

@@ -30,6 +30,7 @@ class ShapesImageText:
         cells: int = 4,
         caption_style: str = "mixed",
         coarse_color_rate: float = 0.5,
+        coarse_relation_rate: float = 0.1,
     ) -> None:
         from segros.data.shapes import ShapesWorld
 
@@ -40,6 +41,7 @@ class ShapesImageText:
             layout=layout,
             cells=cells,
             coarse_color_rate=coarse_color_rate,
+            coarse_relation_rate=coarse_relation_rate,
         )
         self.length = length
 
@@ -87,6 +89,7 @@ def _shapes_args(data: Any, backbone: Any) -> tuple[tuple[int, int, int], dict[s
         "cells": int(backbone.token_grid[0]),
         "caption_style": data.shapes_caption_style,
         "coarse_color_rate": data.shapes_coarse_color_rate,
+        "coarse_relation_rate": data.shapes_coarse_relation_rate,
     }
     return (backbone.image_size, data.shapes_seed, data.shapes_scenes), world
 
