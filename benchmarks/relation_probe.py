@@ -27,11 +27,10 @@ import torch
 
 from segros.backbones.base import Backbone
 from segros.backbones.registry import load_backbone, resolve_checkpoint
+from segros.data.shapes import INVERSE
 from segros.eval.checkpoint import resolve
 from segros.eval.geneval import RELATIONS
 from segros.eval.shapes_judge import detect
-
-OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 
 PAIRS = (("circle", "square"), ("triangle", "star"), ("diamond", "cross"))
 
@@ -98,21 +97,19 @@ def direction_given_first(
     image_ids = torch.full_like(codes, backbone.cfg.mask_id)
     image_ids[rows, slot[:, 0]] = codes[rows, slot[:, 0]] + backbone.cfg.code_offset  # only A is shown
     true_words = [rel for _, rel in picked]
+    opposite_words = [INVERSE[w] for w in true_words]
     near = named_side(world["cells"], row[:, 0], col[:, 0], true_words)  # where B may be
-    far = named_side(world["cells"], row[:, 0], col[:, 0], [OPPOSITE[w] for w in true_words])
+    far = named_side(world["cells"], row[:, 0], col[:, 0], opposite_words)
     usable = near.any(1) & far.any(1)
+    b_code = codes[rows, slot[:, 1]].view(-1, 1, 1)
+    no_hints = torch.zeros(len(picked), 0, backbone.cfg.dim)
     shares = []
-    for words in (true_words, [OPPOSITE[w] for w in true_words]):
+    for words, named, other in ((true_words, near, far), (opposite_words, far, near)):
         prompts = [s.caption.replace(f" {t} ", f" {w} ") for (s, t), w in zip(picked, words, strict=True)]
         text = backbone.text_tokenizer.batch(prompts, backbone.cfg.max_text_len)
-        no_hints = torch.zeros(len(picked), 0, backbone.cfg.dim)
         with torch.no_grad():
             probs = backbone._image_logits(no_hints, text["ids"], text["mask"], image_ids).softmax(-1)
-        b_code = codes[rows, slot[:, 1]]
-        # P(B's code) at every cell: (S, cells^2)
-        p_b = probs.gather(-1, b_code.view(-1, 1, 1).expand(-1, probs.shape[1], 1)).squeeze(-1)
-        named = near if words is true_words else far
-        other = far if words is true_words else near
+        p_b = probs.gather(-1, b_code.expand(-1, probs.shape[1], 1)).squeeze(-1)  # P(B's code) per cell
         on_named, on_other = (p_b * named).sum(1), (p_b * other).sum(1)
         shares.append(float((on_named / (on_named + on_other))[usable].mean()))
     return shares[0], shares[1], int(usable.sum())

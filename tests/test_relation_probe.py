@@ -5,6 +5,8 @@ from pathlib import Path
 
 import torch
 
+from segros.data.shapes import INVERSE
+
 PROBE = Path(__file__).resolve().parents[1] / "benchmarks" / "relation_probe.py"
 
 
@@ -34,7 +36,7 @@ def test_each_relation_and_its_opposite_cover_the_axis_without_overlap():
     probe = load_probe()
     rows, cols = torch.meshgrid(torch.arange(4), torch.arange(4), indexing="ij")
     row, col = rows.flatten(), cols.flatten()
-    for word, opposite in probe.OPPOSITE.items():
+    for word, opposite in INVERSE.items():
         near = probe.named_side(4, row, col, [word] * len(row))
         far = probe.named_side(4, row, col, [opposite] * len(row))
         assert not (near & far).any()

@@ -131,7 +131,7 @@ class DataConfig(Section):
     # pretrained at 0.5; 0 leaves colour to the fine-tuning captions, docs/miniature.md)
     shapes_coarse_color_rate: float = Field(0.5, ge=0.0, le=1.0)
     # coarse captions only: the chance a position scene's caption states its relation (the shipped
-    # TinyUMM: 0.1, so about 2 % of pretraining captions; docs/miniature.md)
+    # TinyUMM: 0.1, so 1.7 % of pretraining captions; docs/miniature.md)
     shapes_coarse_relation_rate: float = Field(0.1, ge=0.0, le=1.0)
     i2t: Literal["shapes", "llava", "none"] = "shapes"
     i2t_path: str | None = None  # LLaVA JSON

@@ -87,7 +87,6 @@ class RunLogger:
             self.image("grounding", panel, step)
 
 
-
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in tree.items():
