@@ -110,3 +110,18 @@ def test_a_killed_cache_run_resumes_and_training_never_reads_it_half_done(
     plain = train(validate(raw), tmp_path / "images")
     cached = train(validate(apply_overrides(raw, [f"data.cache={tmp_path / 'cache'}"])), tmp_path / "cached")
     assert cached.losses == plain.losses
+
+
+def test_a_cache_of_a_reweighted_world_is_read_back_by_the_same_weights_only(
+    request, small_tokenizer, tmp_path
+):
+    raw = _raw("tiny", request, small_tokenizer, "data.shapes_kind_weights=[1, 1, 1, 5, 1]")
+    assert _cache(raw, tmp_path / "cache") == 0
+    # the weights are a tuple in the config and a list in the index's JSON: the same data
+    same = apply_overrides(raw, [f"data.cache={tmp_path / 'cache'}"])
+    assert len(train(validate(same), tmp_path / "same").losses) == 3
+    weights = "data.shapes_kind_weights=[1, 1, 1, 1, 1]"
+    other = apply_overrides(raw, [weights, f"data.cache={tmp_path / 'cache'}"])
+    cached = r"data\.shapes_kind_weights: cache \[1\.0, 1\.0, 1\.0, 5\.0, 1\.0\]"
+    with pytest.raises(ValueError, match=cached):
+        Trainer(validate(other), tmp_path / "other")

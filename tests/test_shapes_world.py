@@ -265,3 +265,29 @@ def test_coarse_relation_rate_outside_0_1_is_refused():
     kwargs = dict(image_size=48, seed=5, caption_style="coarse", layout="grid", cells=3)
     with pytest.raises(ValueError, match="coarse_relation_rate"):
         ShapesWorld(**kwargs, coarse_relation_rate=-0.1)
+
+
+def test_kind_weights_set_the_share_of_each_scene_kind():
+    kwargs = dict(image_size=48, seed=5, caption_style="geneval", layout="grid", cells=3)
+    uniform = ShapesWorld(**kwargs)
+    heavy = ShapesWorld(**kwargs, kind_weights=(1, 1, 1, 5, 1))
+    only_counting = ShapesWorld(**kwargs, kind_weights=(0, 0, 1, 0, 0))
+    # the GenEval template of a position scene (a "scene" kind gets a dense caption, which may too)
+    template = re.compile(r"^a photo of an? (\w+ )?\w+ (left of|right of|above|below) an? (\w+ )?\w+$")
+
+    def position_share(world):
+        return sum(bool(template.match(world.scene(i).caption)) for i in range(600)) / 600
+
+    assert 0.12 <= position_share(uniform) <= 0.28  # one kind in five
+    assert 0.45 <= position_share(heavy) <= 0.68  # five in nine
+    numbers = ("two ", "three ", "four ")
+    assert all(any(n in only_counting.scene(i).caption for n in numbers) for i in range(100))
+
+
+def test_kind_weights_none_keeps_the_uniform_stream_and_bad_weights_are_refused():
+    kwargs = dict(image_size=48, seed=5, caption_style="coarse", layout="grid", cells=3)
+    a, b = ShapesWorld(**kwargs), ShapesWorld(**kwargs, kind_weights=None)
+    assert [a.scene(i).caption for i in range(50)] == [b.scene(i).caption for i in range(50)]
+    for bad in [(1, 1, 1), (0, 0, 0, 0, 0), (1, 1, -1, 1, 1)]:
+        with pytest.raises(ValueError, match="kind_weights"):
+            ShapesWorld(**kwargs, kind_weights=bad)

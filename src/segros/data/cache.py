@@ -49,6 +49,7 @@ DATA_KEYS = (
     "shapes_caption_style",
     "shapes_coarse_color_rate",
     "shapes_coarse_relation_rate",
+    "shapes_kind_weights",
 )
 
 
@@ -83,8 +84,13 @@ def identity(backbone: Any, data: Any, model_name: str) -> dict[str, Any]:
         "image_size": int(backbone.image_size),
         "token_grid": list(backbone.token_grid),
         "encoders": {name: _digest(enc) for name, enc in sorted(backbone.image_encoders().items())},
-        "data": {k: getattr(data, k) for k in DATA_KEYS},
+        "data": {k: _as_json(getattr(data, k)) for k in DATA_KEYS},
     }
+
+
+def _as_json(value: Any) -> Any:
+    """``value`` as it reads back from the index's JSON (a tuple comes back as a list)."""
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _differences(want: dict[str, Any], got: dict[str, Any], prefix: str = "") -> list[str]:

@@ -385,6 +385,17 @@ KINDS = ("single_object", "two_object", "counting", "position", "scene")
 CAPTION_STYLES = ("geneval", "dense", "mixed", "coarse")
 
 
+def kind_probabilities(weights: tuple[float, ...]) -> np.ndarray:
+    """Relative weights of the scene kinds (in :data:`KINDS` order) as probabilities, checked."""
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != (len(KINDS),) or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+        raise ValueError(
+            f"kind_weights must be {len(KINDS)} non-negative numbers, not all zero, one per scene kind "
+            f"({', '.join(KINDS)}); got {tuple(weights)}"
+        )
+    return w / w.sum()
+
+
 class ShapesWorld:
     """Endless, seeded stream of :class:`Scene` s; ``scene(i)`` is random access.
 
@@ -392,6 +403,9 @@ class ShapesWorld:
     (descriptive captions), ``"mixed"`` (either, half the time each) or ``"coarse"`` (some objects
     named, each with its colour with probability ``coarse_color_rate``, a position scene's relation
     with probability ``coarse_relation_rate``: :func:`coarse_caption`, for pretraining).
+
+    ``kind_weights`` weighs the scene kinds of :data:`KINDS` (None: equally, as the shipped model
+    was trained); e.g. ``(1, 1, 1, 5, 1)`` makes five scenes in nine position scenes.
 
     ``layout`` is ``"free"`` (objects anywhere) or ``"grid"``: objects snapped to a ``cells`` x
     ``cells`` grid matching an image tokenizer's patches, a small object in one cell and a large one
@@ -410,6 +424,7 @@ class ShapesWorld:
         cells: int = 4,
         coarse_color_rate: float = 0.5,
         coarse_relation_rate: float = 0.1,
+        kind_weights: tuple[float, ...] | None = None,
     ) -> None:
         if caption_style not in CAPTION_STYLES:
             styles = ", ".join(CAPTION_STYLES)
@@ -424,6 +439,7 @@ class ShapesWorld:
             raise ValueError(f"coarse_color_rate must be in [0, 1], got {coarse_color_rate}")
         if not 0.0 <= coarse_relation_rate <= 1.0:
             raise ValueError(f"coarse_relation_rate must be in [0, 1], got {coarse_relation_rate}")
+        self.kind_probs = None if kind_weights is None else kind_probabilities(kind_weights)
         self.image_size = image_size
         self.seed = seed
         self.exclude_held_out = exclude_held_out
@@ -444,7 +460,10 @@ class ShapesWorld:
         """Scene number ``index``, a pure function of ``(seed, index)``."""
         rng = np.random.default_rng([self.seed, index])
         while True:
-            kind = KINDS[rng.integers(len(KINDS))]
+            if self.kind_probs is None:  # uniform: the draws every earlier stream was made with
+                kind = KINDS[rng.integers(len(KINDS))]
+            else:
+                kind = KINDS[rng.choice(len(KINDS), p=self.kind_probs)]
             built = self._build(kind, rng)
             if built is not None:
                 objects, relation = built

@@ -31,6 +31,7 @@ class ShapesImageText:
         caption_style: str = "mixed",
         coarse_color_rate: float = 0.5,
         coarse_relation_rate: float = 0.1,
+        kind_weights: tuple[float, ...] | None = None,
     ) -> None:
         from segros.data.shapes import ShapesWorld
 
@@ -42,6 +43,7 @@ class ShapesImageText:
             cells=cells,
             coarse_color_rate=coarse_color_rate,
             coarse_relation_rate=coarse_relation_rate,
+            kind_weights=kind_weights,
         )
         self.length = length
 
@@ -90,6 +92,7 @@ def _shapes_args(data: Any, backbone: Any) -> tuple[tuple[int, int, int], dict[s
         "caption_style": data.shapes_caption_style,
         "coarse_color_rate": data.shapes_coarse_color_rate,
         "coarse_relation_rate": data.shapes_coarse_relation_rate,
+        "kind_weights": data.shapes_kind_weights,
     }
     return (backbone.image_size, data.shapes_seed, data.shapes_scenes), world
 

@@ -133,6 +133,9 @@ class DataConfig(Section):
     # coarse captions only: the chance a position scene's caption states its relation (the shipped
     # TinyUMM: 0.1, so 1.7 % of pretraining captions; docs/miniature.md)
     shapes_coarse_relation_rate: float = Field(0.1, ge=0.0, le=1.0)
+    # relative weights of the scene kinds single_object, two_object, counting, position, scene (None:
+    # equal, as the shipped TinyUMM was pretrained; [1, 1, 1, 5, 1]: five scenes in nine are position)
+    shapes_kind_weights: tuple[float, float, float, float, float] | None = None
     i2t: Literal["shapes", "llava", "none"] = "shapes"
     i2t_path: str | None = None  # LLaVA JSON
     i2t_image_root: str | None = None
@@ -153,6 +156,10 @@ class DataConfig(Section):
                 f"data.path ({self.path}) is set but data.source is 'shapes', which ignores it: "
                 "set data.source=files to train on it, or drop data.path"
             )
+        if self.shapes_kind_weights is not None:
+            from segros.data.shapes import kind_probabilities
+
+            kind_probabilities(self.shapes_kind_weights)  # non-negative, not all zero
         if self.i2t == "llava" and not (self.i2t_path and self.i2t_image_root):
             raise ValueError("data.i2t_path and data.i2t_image_root are required for data.i2t='llava'")
         return self
