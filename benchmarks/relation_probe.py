@@ -71,11 +71,9 @@ def named_side(cells: int, row: torch.Tensor, col: torch.Tensor, relations: list
     return torch.stack([by_word[rel][i] for i, rel in enumerate(relations)])
 
 
-def direction_given_first(
-    backbone: Backbone, world: dict, scenes: int, seed: int
-) -> tuple[float, float, int]:
-    """Share of B's code probability on the named side, with the true and the opposite relation
-    word, over position scenes where both sides have a free cell (TinyUMM only)."""
+def position_scenes(backbone: Backbone, world: dict, scenes: int, seed: int) -> dict:
+    """``scenes`` two-object ShapesWorld position scenes of the checkpoint's world, with the cell
+    (row, col), slot and code of A and of B, and the relation each caption states."""
     from segros.data.shapes import ShapesWorld
 
     shapes = ShapesWorld(seed=seed, caption_style="geneval", **world)
@@ -94,25 +92,84 @@ def direction_given_first(
     slot = row * world["cells"] + col  # (S, 2): the token of A and of B
     codes = backbone.encode_images([s.image for s, _ in picked])["codes"]
     rows = torch.arange(len(picked))
+    return {
+        "captions": [s.caption for s, _ in picked],
+        "words": [rel for _, rel in picked],
+        "row": row,
+        "col": col,
+        "codes": codes,
+        "code_a": codes[rows, slot[:, 0]],
+        "code_b": codes[rows, slot[:, 1]],
+        "slot_a": slot[:, 0],
+    }
+
+
+def code_probabilities(
+    backbone: Backbone, captions: list[str], image_ids: torch.Tensor, code: torch.Tensor
+) -> torch.Tensor:
+    """(S, cells) the model's probability of ``code[s]`` at every image slot of sample s."""
+    text = backbone.text_tokenizer.batch(captions, backbone.cfg.max_text_len)
+    no_hints = torch.zeros(len(captions), 0, backbone.cfg.dim)
+    with torch.no_grad():
+        probs = backbone._image_logits(no_hints, text["ids"], text["mask"], image_ids).softmax(-1)
+    return probs.gather(-1, code.view(-1, 1, 1).expand(-1, probs.shape[1], 1)).squeeze(-1)
+
+
+def with_word(captions: list[str], words: list[str], new_words: list[str]) -> list[str]:
+    return [c.replace(f" {w} ", f" {n} ") for c, w, n in zip(captions, words, new_words, strict=True)]
+
+
+def direction_given_first(backbone: Backbone, scenes: dict, cells: int) -> tuple[float, float, int]:
+    """Share of B's code probability on the named side, with the true and the opposite relation
+    word, over position scenes where both sides have a free cell (TinyUMM only)."""
+    codes, rows = scenes["codes"], torch.arange(len(scenes["words"]))
     image_ids = torch.full_like(codes, backbone.cfg.mask_id)
-    image_ids[rows, slot[:, 0]] = codes[rows, slot[:, 0]] + backbone.cfg.code_offset  # only A is shown
-    true_words = [rel for _, rel in picked]
+    slot_a = scenes["slot_a"]
+    image_ids[rows, slot_a] = codes[rows, slot_a] + backbone.cfg.code_offset  # only A is shown
+    true_words = scenes["words"]
     opposite_words = [INVERSE[w] for w in true_words]
-    near = named_side(world["cells"], row[:, 0], col[:, 0], true_words)  # where B may be
-    far = named_side(world["cells"], row[:, 0], col[:, 0], opposite_words)
+    row_a, col_a = scenes["row"][:, 0], scenes["col"][:, 0]
+    near = named_side(cells, row_a, col_a, true_words)  # where B may be
+    far = named_side(cells, row_a, col_a, opposite_words)
     usable = near.any(1) & far.any(1)
-    b_code = codes[rows, slot[:, 1]].view(-1, 1, 1)
-    no_hints = torch.zeros(len(picked), 0, backbone.cfg.dim)
     shares = []
     for words, named, other in ((true_words, near, far), (opposite_words, far, near)):
-        prompts = [s.caption.replace(f" {t} ", f" {w} ") for (s, t), w in zip(picked, words, strict=True)]
-        text = backbone.text_tokenizer.batch(prompts, backbone.cfg.max_text_len)
-        with torch.no_grad():
-            probs = backbone._image_logits(no_hints, text["ids"], text["mask"], image_ids).softmax(-1)
-        p_b = probs.gather(-1, b_code.expand(-1, probs.shape[1], 1)).squeeze(-1)  # P(B's code) per cell
+        captions = with_word(scenes["captions"], true_words, words)
+        p_b = code_probabilities(backbone, captions, image_ids, scenes["code_b"])
         on_named, on_other = (p_b * named).sum(1), (p_b * other).sum(1)
         shares.append(float((on_named / (on_named + on_other))[usable].mean()))
     return shares[0], shares[1], int(usable.sum())
+
+
+def relation_matrix(cells: int, relations: list[str]) -> torch.Tensor:
+    """(S, cells², cells²) bool: [s, a, b] is True when "A <relations[s]> B" holds with A in cell a
+    and B in cell b."""
+    r = torch.arange(cells).repeat_interleave(cells)
+    c = torch.arange(cells).repeat(cells)
+    by_word = {rel: named_side(cells, r, c, [rel] * cells * cells) for rel in set(relations)}
+    return torch.stack([by_word[rel] for rel in relations])
+
+
+def direction_all_masked(backbone: Backbone, scenes: dict, cells: int) -> tuple[float, float]:
+    """The first decoding step's view: every image token masked, the chance that A's code and B's
+    code, placed independently by the model's per-cell probabilities, stand as the caption says,
+    as a share of that chance plus the chance they stand the opposite way; with the true and with
+    the opposite relation word. 0.5 when the word does not move the objects apart along its axis
+    in its direction."""
+    image_ids = torch.full_like(scenes["codes"], backbone.cfg.mask_id)
+    true_words = scenes["words"]
+    opposite_words = [INVERSE[w] for w in true_words]
+    holds = relation_matrix(cells, true_words).float()  # the opposite relation is its transpose
+    shares = []
+    for words in (true_words, opposite_words):
+        captions = with_word(scenes["captions"], true_words, words)
+        p_a = code_probabilities(backbone, captions, image_ids, scenes["code_a"])
+        p_b = code_probabilities(backbone, captions, image_ids, scenes["code_b"])
+        named = torch.einsum("sa,sab,sb->s", p_a, holds, p_b)
+        opposite = torch.einsum("sb,sab,sa->s", p_a, holds, p_b)  # B where A would be, and back
+        named_share = named if words is true_words else opposite
+        shares.append(float((named_share / (named + opposite).clamp_min(1e-30)).mean()))
+    return shares[0], shares[1]
 
 
 def main() -> None:
@@ -134,10 +191,17 @@ def main() -> None:
         from segros.apps.demo import world_of
 
         world = world_of(resolve_checkpoint(resolve(args.checkpoint)))
-        true_share, opposite_share, used = direction_given_first(backbone, world, args.scenes, args.seed)
+        scenes = position_scenes(backbone, world, args.scenes, args.seed)
+        true_share, opposite_share, used = direction_given_first(backbone, scenes, world["cells"])
         print(
             f"\ndirection given the first object ({used} scenes): share of B's probability on the named side "
             f"{true_share:.3f} with the true word, {opposite_share:.3f} with the opposite word"
+        )
+        true_share, opposite_share = direction_all_masked(backbone, scenes, world["cells"])
+        print(
+            f"direction with every token masked ({len(scenes['words'])} scenes): share of the A-B placements"
+            f" on the named side {true_share:.3f} with the true word, {opposite_share:.3f} with the opposite"
+            " word"
         )
 
 

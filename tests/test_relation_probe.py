@@ -42,3 +42,16 @@ def test_each_relation_and_its_opposite_cover_the_axis_without_overlap():
         assert not (near & far).any()
         # with A's own cell, the two sides fill A's row (left/right) or column (above/below)
         assert ((near | far).sum(1) == 3).all()
+
+
+def test_relation_matrix_pairs_cells_and_its_transpose_is_the_opposite_relation():
+    probe = load_probe()
+    words = ["left of", "right of", "above", "below"]
+    holds = probe.relation_matrix(3, words)  # (4, 9, 9): [word, cell of A, cell of B]
+    assert holds.shape == (4, 9, 9)
+    # in each row of a 3 x 3 grid, 3 ordered pairs with A left of B; likewise per column
+    assert [int(m.sum()) for m in holds] == [9, 9, 9, 9]
+    assert holds[0, 3, 5] and holds[0, 0, 2] and not holds[0, 5, 3] and not holds[0, 0, 4]
+    assert holds[2, 1, 7] and not holds[2, 7, 1]  # A at (0, 1) above B at (2, 1)
+    for k, word in enumerate(words):
+        assert torch.equal(holds[k].T, holds[words.index(INVERSE[word])])
