@@ -14,6 +14,11 @@ B" would hold) and over the opposite side. It prints the share on the named side
 relation word and with the opposite word. A model that reads the word puts most of B's mass on the
 named side; one that ignores it gives the same share for both words.
 
+Last, the first decoding step's view: every image token masked, the chance that A's code and B's
+code, each placed by the model's per-cell probabilities, stand as the caption says rather than the
+opposite way, again with the true and the opposite word. A model that ignores the word gives two
+shares that sum to 1; one that reads it puts both above 0.5.
+
     python benchmarks/relation_probe.py pretrained
     python benchmarks/relation_probe.py runs/demo/finetune-sft-seed0 --samples 48
 """
