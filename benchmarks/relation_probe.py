@@ -62,10 +62,14 @@ def offsets(
     return mean, len(found)
 
 
+def grid_cells(cells: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cells * cells,) row and column of each cell, row-major like the image tokens."""
+    return torch.arange(cells).repeat_interleave(cells), torch.arange(cells).repeat(cells)
+
+
 def named_side(cells: int, row: torch.Tensor, col: torch.Tensor, relations: list[str]) -> torch.Tensor:
     """(S, cells * cells) bool: the cells where B stands if "A <relation> B" holds, A at (row, col)."""
-    r = torch.arange(cells).repeat_interleave(cells)  # row of each cell, row-major like the tokens
-    c = torch.arange(cells).repeat(cells)
+    r, c = grid_cells(cells)
     row, col = row.unsqueeze(1), col.unsqueeze(1)
     by_word = {
         "left of": (r == row) & (c > col),
@@ -149,8 +153,7 @@ def direction_given_first(backbone: Backbone, scenes: dict, cells: int) -> tuple
 def relation_matrix(cells: int, relations: list[str]) -> torch.Tensor:
     """(S, cells², cells²) bool: [s, a, b] is True when "A <relations[s]> B" holds with A in cell a
     and B in cell b."""
-    r = torch.arange(cells).repeat_interleave(cells)
-    c = torch.arange(cells).repeat(cells)
+    r, c = grid_cells(cells)
     by_word = {rel: named_side(cells, r, c, [rel] * cells * cells) for rel in set(relations)}
     return torch.stack([by_word[rel] for rel in relations])
 
@@ -164,16 +167,16 @@ def direction_all_masked(backbone: Backbone, scenes: dict, cells: int) -> tuple[
     image_ids = torch.full_like(scenes["codes"], backbone.cfg.mask_id)
     true_words = scenes["words"]
     opposite_words = [INVERSE[w] for w in true_words]
-    holds = relation_matrix(cells, true_words).float()  # the opposite relation is its transpose
+    holds = relation_matrix(cells, true_words).float()  # [s, cell of A, cell of B]
     shares = []
-    for words in (true_words, opposite_words):
+    for words, caption_names_true_relation in ((true_words, True), (opposite_words, False)):
         captions = with_word(scenes["captions"], true_words, words)
         p_a = code_probabilities(backbone, captions, image_ids, scenes["code_a"])
         p_b = code_probabilities(backbone, captions, image_ids, scenes["code_b"])
-        named = torch.einsum("sa,sab,sb->s", p_a, holds, p_b)
-        opposite = torch.einsum("sb,sab,sa->s", p_a, holds, p_b)  # B where A would be, and back
-        named_share = named if words is true_words else opposite
-        shares.append(float((named_share / (named + opposite).clamp_min(1e-30)).mean()))
+        true_side = torch.einsum("sa,sab,sb->s", p_a, holds, p_b)
+        opposite_side = torch.einsum("sa,sba,sb->s", p_a, holds, p_b)  # the opposite relation: holdsᵀ
+        named = true_side if caption_names_true_relation else opposite_side
+        shares.append(float((named / (true_side + opposite_side).clamp_min(1e-30)).mean()))
     return shares[0], shares[1]
 
 

@@ -250,8 +250,7 @@ def test_coarse_colour_rate_outside_0_1_is_refused():
 def test_coarse_relation_rate_sets_how_often_a_position_scene_states_its_relation(rate):
     kwargs = dict(image_size=48, seed=5, caption_style="coarse", layout="grid", cells=3)
     world = ShapesWorld(**kwargs, coarse_relation_rate=rate)
-    relations = ("left of", "right of", "above", "below")
-    stated = sum(any(f" {r} " in world.scene(i).caption for r in relations) for i in range(1000))
+    stated = sum(any(f" {r} " in world.scene(i).caption for r in RELATIONS) for i in range(1000))
     # a fifth of the scenes are position scenes; only those may state a relation
     if rate == 0.0:
         assert stated == 0
@@ -273,7 +272,7 @@ def test_kind_weights_set_the_share_of_each_scene_kind():
     heavy = ShapesWorld(**kwargs, kind_weights=(1, 1, 1, 5, 1))
     only_counting = ShapesWorld(**kwargs, kind_weights=(0, 0, 1, 0, 0))
     # the GenEval template of a position scene (a "scene" kind gets a dense caption, which may too)
-    template = re.compile(r"^a photo of an? (\w+ )?\w+ (left of|right of|above|below) an? (\w+ )?\w+$")
+    template = re.compile(rf"^a photo of an? (\w+ )?\w+ ({'|'.join(RELATIONS)}) an? (\w+ )?\w+$")
 
     def position_share(world):
         return sum(bool(template.match(world.scene(i).caption)) for i in range(600)) / 600
