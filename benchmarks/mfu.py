@@ -55,17 +55,15 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=None, help="T2I batch (default: the recipe's)")
     p.add_argument("--size", default=None, help="model size (default: the recipe's)")
     p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks")
+    p.add_argument("--compile", action="store_true", help="run.compile=true: torch.compile the transformer blocks")
     args = p.parse_args()
     overrides = ["logging.tensorboard=false", "run.progress=off"]
     overrides += [f"data.batch_size={args.batch}"] if args.batch else []
     overrides += [f"model.size={args.size}"] if args.size else []
+    overrides += ["run.compile=true"] if args.compile else []  # the trainer's own switch
     cfg = load_config(RECIPES / "demo-pretrain.yaml", overrides)
     with tempfile.TemporaryDirectory() as out:
         trainer = Trainer(cfg, out)
-        if args.compile:
-            for block in trainer.backbone.model.blocks:
-                block.compile()
         t2i_iter, i2t_iter = iter(trainer.t2i), iter(trainer.i2t)
         batch, _, i2t = trainer._micro_batch(t2i_iter, i2t_iter)
         for _ in range(3):  # warm-up (and compilation)

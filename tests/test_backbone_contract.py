@@ -316,3 +316,28 @@ def test_save_and_load_round_trip(name, section, backbone, batch, i2t, tmp_path)
     (tmp_path / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
         cls.from_pretrained(tmp_path)
+
+
+BLOCK_CLASSES = {  # what run.compile compiles: the trainable repeated blocks, frozen towers left out
+    "tiny": {"Block"},
+    "showo": {"PhiDecoderLayer"},
+    "harmon": {"Qwen2DecoderLayer", "Block"},
+    "openuni": {"SanaTransformerBlock"},
+}
+
+
+def test_transformer_blocks_are_the_trainable_repeated_blocks(name, backbone):
+    blocks = backbone.transformer_blocks()
+    assert {type(b).__name__ for b in blocks} == BLOCK_CLASSES[name]
+    assert len(blocks) >= 2 and len({id(b) for b in blocks}) == len(blocks)
+    assert all(any(p.requires_grad for p in b.parameters()) for b in blocks)
+    inner = {id(m) for b in blocks for m in b.modules() if m is not b}
+    assert not inner & {id(b) for b in blocks}  # outermost only: no block inside another
+    # a frozen block is not one
+    flags = [p.requires_grad for p in blocks[0].parameters()]
+    frozen = blocks[0].requires_grad_(False)
+    try:
+        assert all(b is not frozen for b in backbone.transformer_blocks())
+    finally:
+        for p, flag in zip(frozen.parameters(), flags, strict=True):
+            p.requires_grad_(flag)

@@ -328,3 +328,28 @@ def test_param_groups_exempt_patterns_and_one_d_parameters_from_weight_decay():
     assert len(plain) == 1 and len(plain[0]["params"]) == 5
     with pytest.raises(ValueError, match="match no parameter"):
         param_groups(model, 0.05, ["*diffloss*"], one_d=False)
+
+
+def _has_cxx_compiler() -> bool:
+    import os
+    import shutil
+
+    return shutil.which(os.environ.get("CXX", "g++")) is not None or shutil.which("c++") is not None
+
+
+@pytest.mark.skipif(not _has_cxx_compiler(), reason="torch.compile (inductor) needs a C++ compiler on CPU")
+def test_compiled_blocks_train_like_eager_ones_and_save_the_same_weights(small_tokenizer, tmp_path):
+    common = ("run.max_steps=3", "run.save_every=3", "run.seed=3")
+    eager = train(tiny_config(small_tokenizer, *common), tmp_path / "eager")
+    trainer = Trainer(tiny_config(small_tokenizer, *common, "run.compile=true"), tmp_path / "compiled")
+    blocks = trainer.backbone.transformer_blocks()
+    assert len(blocks) == 2 and all(b._compiled_call_impl is not None for b in blocks)
+    compiled = trainer.run()
+    assert compiled.losses == pytest.approx(eager.losses, rel=1e-5, abs=1e-6)
+    w_eager, w_compiled = (
+        weights(tmp_path / "eager/checkpoints/step-3"),
+        weights(tmp_path / "compiled/checkpoints/step-3"),
+    )
+    assert w_eager.keys() == w_compiled.keys()  # no "_orig_mod." prefixes: loads without compile
+    for key in w_eager:
+        torch.testing.assert_close(w_compiled[key], w_eager[key], rtol=1e-4, atol=1e-5, msg=key)

@@ -40,6 +40,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -237,6 +238,9 @@ class Backbone(nn.Module, ABC):
     lora_targets: tuple[str, ...] = ()
     #: the side prompts are padded on (Show-o left-pads its fixed-width prompt)
     prompt_padding: ClassVar[str] = "right"
+    #: class names of the repeated transformer blocks the adapter defines itself; the blocks of
+    #: Hugging Face and diffusers submodels are found through their ``_no_split_modules``
+    block_classes: ClassVar[tuple[str, ...]] = ()
 
     @property
     def num_tokens(self) -> int:
@@ -246,6 +250,25 @@ class Backbone(nn.Module, ABC):
     def caption_dropout(self) -> float:
         """Probability of replacing a caption by the empty prompt (classifier-free guidance)."""
         return self.options.caption_dropout
+
+    def transformer_blocks(self) -> list[nn.Module]:
+        """The repeated transformer blocks that hold trainable parameters, outermost only, in
+        module order: the unit ``run.compile`` compiles one by one (as torchtune does) and FSDP
+        wraps. Frozen towers (a VAE, a frozen LLM) are left out."""
+        names = set(self.block_classes)
+        for module in self.modules():
+            names.update(getattr(module, "_no_split_modules", None) or ())
+        blocks: list[nn.Module] = []
+        inside: list[str] = []  # prefixes of the blocks already taken
+        for path, module in self.named_modules():
+            if type(module).__name__ not in names or any(path.startswith(p) for p in inside):
+                continue
+            if any(param.requires_grad for param in module.parameters()):
+                blocks.append(module)
+                inside.append(path + ".")
+        # repeated: a class seen once (diffusers lists SANA's patch embedding too) is no block stack
+        kinds = Counter(type(b) for b in blocks)
+        return [b for b in blocks if kinds[type(b)] > 1]
 
     # --- construction -------------------------------------------------------------------------
     @classmethod

@@ -211,6 +211,9 @@ class RunConfig(Section):
     picture_every: int = Field(100, ge=0)  # 0: no pictures
     max_bad_steps: int = Field(5, ge=1)  # NaN/inf losses in a row before the run stops
     progress: bool | Literal["auto"] = "auto"  # auto: on a terminal, off in CI
+    # torch.compile each trainable transformer block (Backbone.transformer_blocks) in place: same
+    # weights and checkpoint keys, faster steps after a one-off compile (needs a C++ compiler on CPU)
+    compile: bool = False
 
 
 class LoggingConfig(Section):

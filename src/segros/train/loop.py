@@ -90,6 +90,25 @@ def freeze(model: torch.nn.Module, patterns: list[str]) -> int:
     return frozen
 
 
+def compile_blocks(backbone: Backbone) -> int:
+    """``torch.compile`` every trainable transformer block in place (``run.compile``).
+
+    Block by block, as torchtune does: each block compiles once and is reused by its siblings, and
+    ``nn.Module.compile`` keeps parameter names, so checkpoints load with or without it. Returns
+    the number of blocks compiled; a backbone that names none is a clear error.
+    """
+    blocks = backbone.transformer_blocks()
+    if not blocks:
+        raise ValueError(
+            f"run.compile: backbone {backbone.name!r} names no trainable transformer blocks "
+            "(Backbone.block_classes); train without run.compile"
+        )
+    for block in blocks:
+        block.compile()
+    log.info("run.compile: torch.compile on %d blocks (%s)", len(blocks), type(blocks[0]).__name__)
+    return len(blocks)
+
+
 def param_groups(
     model: torch.nn.Module, weight_decay: float, patterns: list[str], one_d: bool
 ) -> list[dict[str, Any]]:
@@ -207,6 +226,8 @@ class Trainer:
         if self.lora:  # adapters on the transformer; all else frozen (segros.train.lora)
             lora.apply_section(backbone, cfg.lora)
         freeze(backbone, cfg.optim.freeze)
+        if cfg.run.compile:
+            compile_blocks(backbone)
         return backbone
 
     def _setup_optimizer(self) -> None:

@@ -171,6 +171,7 @@ class HarmonBackbone(Backbone):
     )
     saved_files = ("model.safetensors", "vae.safetensors", "tokenizer")
     lora_targets = ("q_proj", "k_proj", "v_proj", "o_proj")  # Qwen2 attention
+    block_classes = ("Block",)  # the MAR encoder and decoder blocks; Qwen2 names its own
     mask_schedule = "truncnorm"
     mask_per_batch = True
 

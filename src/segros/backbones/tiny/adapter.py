@@ -133,6 +133,7 @@ class TinyBackbone(Backbone):
     )
     saved_files = ("model.safetensors", "image_tokenizer.safetensors")
     lora_targets = ("qkv", "proj", "mlp.0", "mlp.2")  # attention and MLP linears
+    block_classes = ("Block",)
     mask_schedule = "cosine"  # Show-o / MaskGIT, per sample
 
     def __init__(
