@@ -71,6 +71,39 @@ def test_evaluation_is_redone_when_the_settings_differ(checkpoint, tmp_path):
     assert evaluate_checkpoint(checkpoint, tmp_path, records, samples=1, seed=0, progress=False)["reused"]
     other = evaluate_checkpoint(checkpoint, tmp_path, records, samples=2, seed=0, progress=False)
     assert other["images"] == 2 and "reused" not in other
+    assert other["decoding"] == {"guidance_scale": None, "steps": None}
+
+
+def test_decoding_overrides_reach_the_sampler_and_are_part_of_the_evaluation(checkpoint, tmp_path):
+    records = [
+        {
+            "tag": "colors",
+            "include": [{"class": "circle", "count": 1, "color": "red"}],
+            "prompt": "a photo of a red circle",
+        }
+    ]
+    run = lambda folder, **decoding: evaluate_checkpoint(  # noqa: E731
+        checkpoint, tmp_path / folder, records, samples=4, seed=0, progress=False, **decoding
+    )
+    default, sharp = run("default"), run("sharp", guidance_scale=8.0, steps=3)
+    assert sharp["decoding"] == {"guidance_scale": 8.0, "steps": 3} and "reused" not in sharp
+    images = [sorted((tmp_path / f / "00000" / "samples").glob("*.png")) for f in ("default", "sharp")]
+    assert any(a.read_bytes() != b.read_bytes() for a, b in zip(*images, strict=True))
+    assert run("sharp", guidance_scale=8.0, steps=3)["reused"]
+    assert "reused" not in run("sharp", guidance_scale=1.0, steps=3)  # another scale: redone
+    assert default["decoding"] == {"guidance_scale": None, "steps": None}
+    with pytest.raises(ValueError, match="guidance scale"):
+        run("bad", guidance_scale=-1.0)
+    with pytest.raises(ValueError, match="decoding steps"):
+        run("bad", steps=0)
+
+
+def test_eval_checkpoint_cli_names_a_bad_decoding_option(checkpoint, tmp_path):
+    cmd = [sys.executable, "-m", "segros.cli", "eval", "checkpoint", str(checkpoint), "--out", str(tmp_path)]
+    done = subprocess.run([*cmd, "--guidance", "-2"], capture_output=True, text=True)
+    assert done.returncode == 2 and "--guidance must be a finite number >= 0" in done.stderr
+    done = subprocess.run([*cmd, "--decode-steps", "0"], capture_output=True, text=True)
+    assert done.returncode == 2 and "--decode-steps must be >= 1" in done.stderr
 
 
 def test_stopwatch_keeps_the_first_wall_time_of_reused_stages(tmp_path):

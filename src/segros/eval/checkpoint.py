@@ -10,6 +10,7 @@ the same checkpoint, samples and seed is reused, keeping the time it first took.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from pathlib import Path
@@ -37,19 +38,37 @@ def held_out_split(folder: Path) -> dict[str, float]:
     return out
 
 
+def decoding_options(guidance_scale: float | None = None, steps: int | None = None) -> dict[str, Any]:
+    """Checked overrides of the backbone's decoding defaults (None keeps the default)."""
+    if guidance_scale is not None and not (guidance_scale >= 0 and math.isfinite(guidance_scale)):
+        raise ValueError(f"the guidance scale must be a finite number >= 0, got {guidance_scale}")
+    if steps is not None and steps < 1:
+        raise ValueError(f"the decoding steps must be >= 1, got {steps}")
+    return {"guidance_scale": guidance_scale, "steps": steps}
+
+
 def saved_evaluation(
-    checkpoint: str | Path, folder: str | Path, prompts: int, samples: int, seed: int
+    checkpoint: str | Path,
+    folder: str | Path,
+    prompts: int,
+    samples: int,
+    seed: int,
+    decoding: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """The summary ``folder`` holds if it is a finished evaluation of ``checkpoint`` with these
-    settings (``prompts`` records, ``samples`` per prompt, sampling ``seed``), else None."""
+    settings (``prompts`` records, ``samples`` per prompt, sampling ``seed``, the
+    :func:`decoding_options`), else None. A summary written before decoding overrides existed
+    counts as one with the defaults."""
     from segros.backbones.registry import resolve_checkpoint
 
     summary_file = Path(folder) / "summary.json"
     if not summary_file.is_file():
         return None
     saved = json.loads(summary_file.read_text())
+    decoding = decoding or decoding_options()
     same = (saved.get("checkpoint"), saved.get("samples"), saved.get("seed"), saved.get("prompts"))
-    wanted = (str(resolve_checkpoint(resolve(checkpoint))), samples, seed, prompts)
+    same += tuple(saved.get("decoding", {}).get(key) for key in decoding)
+    wanted = (str(resolve_checkpoint(resolve(checkpoint))), samples, seed, prompts, *decoding.values())
     return saved if same == wanted else None
 
 
@@ -60,26 +79,32 @@ def evaluate_checkpoint(
     samples: int = 4,
     seed: int = 0,
     progress: bool = True,
+    guidance_scale: float | None = None,
+    steps: int | None = None,
 ) -> dict[str, Any]:
     """Generate and judge ``records`` (default: every evaluation prompt) with a checkpoint.
 
+    ``guidance_scale`` and ``steps`` override the backbone's decoding defaults (None: its own).
     Returns ``{"overall", "tags", "images", "seen", "held_out", "checkpoint", "samples", "seed",
-    "seconds"}``; ``reused: true`` when ``folder`` already held this evaluation.
+    "decoding", "seconds"}``; ``reused: true`` when ``folder`` already held this evaluation.
     """
     from segros.backbones.registry import load_backbone, resolve_checkpoint
     from segros.eval.generate import generate_folder, score_shapes_folder
 
+    decoding = decoding_options(guidance_scale, steps)
     checkpoint = resolve_checkpoint(resolve(checkpoint))
     folder = Path(folder)
     records = load_prompts() if records is None else records
-    saved = saved_evaluation(checkpoint, folder, len(records), samples, seed)
+    saved = saved_evaluation(checkpoint, folder, len(records), samples, seed, decoding)
     if saved is not None:
         return saved | {"reused": True}
     summary_file = folder / "summary.json"
     shutil.rmtree(folder, ignore_errors=True)
     start = time.perf_counter()
     backbone = load_backbone(checkpoint)
-    generate_folder(backbone, records, folder, samples_per_prompt=samples, seed=seed, progress=progress)
+    generate_folder(
+        backbone, records, folder, samples_per_prompt=samples, seed=seed, progress=progress, options=decoding
+    )
     summary = score_shapes_folder(folder)
     summary |= held_out_split(folder)
     summary |= {
@@ -87,6 +112,7 @@ def evaluate_checkpoint(
         "samples": samples,
         "seed": seed,
         "prompts": len(records),
+        "decoding": decoding,
         "seconds": round(time.perf_counter() - start, 1),
     }
     tmp = summary_file.with_suffix(".json.tmp")

@@ -43,7 +43,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     c.add_argument("checkpoint", help="run folder, checkpoint folder, or 'pretrained' (the shipped TinyUMM)")
     c.add_argument("--samples", type=int, default=4, help="images per prompt (default: 4)")
     c.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
-    c.add_argument("--out", default=None, help="GenEval-layout folder (default: runs/eval/<name>-seed<S>)")
+    c.add_argument(
+        "--out",
+        default=None,
+        help="GenEval-layout folder (default: runs/eval/<name>-seed<S>[-g<G>][-steps<N>])",
+    )
+    c.add_argument(
+        "--guidance",
+        type=float,
+        default=None,
+        help="classifier-free guidance scale (default: the model's own)",
+    )
+    c.add_argument("--decode-steps", type=int, default=None, help="decoding steps (default: the model's own)")
 
 
 def _checkpoint(args: argparse.Namespace) -> int:
@@ -51,25 +62,44 @@ def _checkpoint(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    from segros.eval.checkpoint import evaluate_checkpoint, resolve
+    from segros.eval.checkpoint import decoding_options, evaluate_checkpoint, resolve
+
+    def error(message: str) -> int:
+        print(f"segros eval checkpoint: error: {message}", file=sys.stderr)
+        return 2
 
     path = resolve(args.checkpoint)
     if not path.exists():
-        print(f"segros eval checkpoint: error: {path} does not exist", file=sys.stderr)
-        return 2
+        return error(f"{path} does not exist")
     if args.samples < 1:
-        print("segros eval checkpoint: error: --samples must be >= 1", file=sys.stderr)
-        return 2
+        return error("--samples must be >= 1")
+    try:
+        decoding = decoding_options(args.guidance, args.decode_steps)
+    except ValueError as err:
+        return error(
+            str(err)
+            .replace("the guidance scale", "--guidance")
+            .replace("the decoding steps", "--decode-steps")
+        )
     name = "pretrained" if args.checkpoint == "pretrained" else path.resolve().name
-    out = Path(args.out) if args.out else Path("runs") / "eval" / f"{name}-seed{args.seed}"
+    suffix = "".join(
+        f"-{tag}{value:g}"
+        for tag, value in zip(("g", "steps"), decoding.values(), strict=True)
+        if value is not None
+    )
+    out = Path(args.out) if args.out else Path("runs") / "eval" / f"{name}-seed{args.seed}{suffix}"
     try:
         summary = evaluate_checkpoint(
-            path, out, samples=args.samples, seed=args.seed, progress=sys.stderr.isatty()
+            path, out, samples=args.samples, seed=args.seed, progress=sys.stderr.isatty(), **decoding
         )
     except (FileNotFoundError, ValueError) as err:
-        print(f"segros eval checkpoint: error: {err}", file=sys.stderr)
-        return 2
-    print(f"images and results.jsonl in {out}" + (" (reused)" if summary.get("reused") else ""))
+        return error(str(err))
+    overrides = ", ".join(f"{k} {v:g}" for k, v in decoding.items() if v is not None)
+    print(
+        f"images and results.jsonl in {out}"
+        + (f" (decoding: {overrides})" if overrides else "")
+        + (" (reused)" if summary.get("reused") else "")
+    )
     keys = ("overall", "tags", "seen", "held_out", "images")
     print(json.dumps({k: summary[k] for k in keys if k in summary}))
     return 0

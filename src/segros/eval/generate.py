@@ -86,8 +86,10 @@ def generate_folder(
     seed: int = 0,
     batch_size: int = 64,
     progress: bool = False,
+    options: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``samples_per_prompt`` images for every record (needs a ``prompt`` field)."""
+    """Write ``samples_per_prompt`` images for every record (needs a ``prompt`` field); ``options``
+    go to ``backbone.generate`` (``guidance_scale``, ``steps``; None values keep its defaults)."""
     root = Path(root)
     for i, record in enumerate(records):
         write_prompt_metadata(root, i, record)
@@ -98,7 +100,9 @@ def generate_folder(
 
     jobs = [(i, n) for i in range(len(records)) for n in range(samples_per_prompt)]
     prompts = [r["prompt"] for r in records]
-    generate_jobs(backbone, prompts, jobs, write, seed, batch_size, progress, f"generate {root.name}")
+    generate_jobs(
+        backbone, prompts, jobs, write, seed, batch_size, progress, f"generate {root.name}", options
+    )
     return root
 
 
