@@ -157,8 +157,9 @@ def ground(
 
     Cost: one ``(B*N x D)(D x L)`` product; the text Gram, a ``(B*L x D)(D x L)`` product (three
     quarters of one for long captions); one read of ``image_emb`` for its row norms (fused with the
-    product on CPU); and seven passes over ``(B, N, L)``: two scalings (the second with the shift),
-    the exponential, a row sum, a column sum and two row-vector products (s_inter and the map). The
+    product on CPU); and six passes over ``(B, N, L)``: two scalings (the second with the shift),
+    the exponential, a row sum, one two-row product (s_inter and the column sums) and a row-vector
+    product (the map). The
     stages are ``_draws``, ``_cosine_product`` (with the text Gram of short captions),
     ``_text_gram`` (long captions), ``_text_softmax``, ``_exponentials`` and ``_filter_and_map``,
     which ``benchmarks/grounding_speed.py`` also times one by one. The map is a supervision signal
@@ -338,9 +339,11 @@ def _exponentials(
     torch.addcdiv(shift.to(exp_dtype), expo, zi_norm, value=LOG2_E / tau, out=expo).exp2_()
     # (B, N, 1): Eq. 5's denominators, > 0 as exp_dtype holds exp(-2 / tau) without underflow
     row_sums = expo.sum(-1, keepdim=True)
-    # Eq. 6 as a row vector times expo: (B, 1, N) @ (B, N, L), the fast form of this matvec.
-    s_inter = torch.bmm(row_sums.reciprocal_().transpose(1, 2), expo).squeeze(1)
-    col_sums = expo.sum(1).clamp_min_(torch.finfo(exp_dtype).tiny)  # (B, L): Eq. 10's; 0 where not valid
+    # Eq. 6 and Eq. 10's column sums in one read of expo: (B, 2, N) @ (B, N, L) with the rows
+    # 1 / row_sums (s_inter) and ones (the plain column sums; 0 where not valid).
+    weights = torch.cat([row_sums.reciprocal_(), torch.ones_like(row_sums)], -1).transpose(1, 2)
+    sums = torch.bmm(weights, expo)
+    s_inter, col_sums = sums[:, 0], sums[:, 1].clamp_min_(torch.finfo(exp_dtype).tiny)
     return expo, s_inter, col_sums
 
 
