@@ -55,7 +55,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=None, help="T2I batch (default: the recipe's)")
     p.add_argument("--size", default=None, help="model size (default: the recipe's)")
     p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--compile", action="store_true", help="run.compile=true: torch.compile the transformer blocks")
+    p.add_argument("--compile", action="store_true", help="run.compile=true: compile the transformer blocks")
     args = p.parse_args()
     overrides = ["logging.tensorboard=false", "run.progress=off"]
     overrides += [f"data.batch_size={args.batch}"] if args.batch else []

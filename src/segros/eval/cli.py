@@ -59,6 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _checkpoint(args: argparse.Namespace) -> int:
     import json
+    import math
     import sys
     from pathlib import Path
 
@@ -73,14 +74,11 @@ def _checkpoint(args: argparse.Namespace) -> int:
         return error(f"{path} does not exist")
     if args.samples < 1:
         return error("--samples must be >= 1")
-    try:
-        decoding = decoding_options(args.guidance, args.decode_steps)
-    except ValueError as err:
-        return error(
-            str(err)
-            .replace("the guidance scale", "--guidance")
-            .replace("the decoding steps", "--decode-steps")
-        )
+    if args.guidance is not None and not (args.guidance >= 0 and math.isfinite(args.guidance)):
+        return error(f"--guidance must be a finite number >= 0, got {args.guidance}")
+    if args.decode_steps is not None and args.decode_steps < 1:
+        return error(f"--decode-steps must be >= 1, got {args.decode_steps}")
+    decoding = decoding_options(args.guidance, args.decode_steps)
     name = "pretrained" if args.checkpoint == "pretrained" else path.resolve().name
     suffix = "".join(
         f"-{tag}{value:g}"
