@@ -133,6 +133,7 @@ def test_quick_then_full_demo_in_the_same_folder_do_not_collide(tmp_path, monkey
     demo.run_demo(out, quick=True, cache=cache)
     report = demo.run_demo(out, quick=False, cache=cache)
     assert report.is_file()
+    assert "Decoding: 16 MaskGIT steps, guidance 3," in report.read_text()  # the shipped model's own
     assert (out / "quick" / "runs" / "sft-seed0").is_dir() and (out / "full" / "runs" / "sft-seed0").is_dir()
     saved = json.loads((out / "report.json").read_text())
     assert saved["quick"] is False and saved["seeds"] == [0]
@@ -149,3 +150,14 @@ def test_report_says_when_every_score_is_at_the_floor():
     low = {"sft": [{"overall": 0.01}], "segros": [{"overall": 0.02}, {"overall": 0.0}]}
     assert near_floor(low)
     assert not near_floor(low | {"reca": [{"overall": 0.3}]})
+
+
+def test_the_report_states_the_decoding_a_checkpoint_uses(checkpoint, tmp_path):
+    from segros.apps.report import decoding_settings
+
+    assert decoding_settings(checkpoint).startswith("2 MaskGIT steps, guidance 3, temperature 0.7, no noise")
+    model = TinyBackbone.from_pretrained(checkpoint, guidance_scale=1.5, generation_temperature=2.0)
+    model.save_pretrained(tmp_path / "other")
+    assert decoding_settings(tmp_path / "other").startswith(
+        "2 MaskGIT steps, guidance 1.5, temperature 0.7, unmasking-order noise 2"
+    )

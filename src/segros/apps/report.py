@@ -116,6 +116,20 @@ def sample_grid(
     return path
 
 
+def decoding_settings(checkpoint: Path) -> str:
+    """The sampler settings a TinyUMM checkpoint decodes with, as the report states them."""
+    from segros.backbones.registry import options_schema, resolve_checkpoint
+
+    saved = json.loads((resolve_checkpoint(checkpoint) / "config.json").read_text())["options"]
+    o = options_schema(saved.get("name", "tiny"))(**saved)  # older option names read as today's
+    order = o.generation_temperature
+    return (
+        f"{o.generation_steps} MaskGIT steps, guidance {o.guidance_scale:g}, temperature {o.temperature:g}, "
+        + (f"unmasking-order noise {order:g}" if order else "no noise on the unmasking order")
+        + " (the model's own)"
+    )
+
+
 def near_floor(results: dict[str, list[dict[str, Any]]], floor: float = 0.05) -> bool:
     """True when every model's overall score is below ``floor``: the table cannot rank them."""
     return all(s["overall"] < floor for summaries in results.values() for s in summaries)
@@ -178,6 +192,7 @@ def write_reports(
         f"each), {len(records)} evaluation prompts in GenEval's format x {samples} samples, scored by the "
         f"rule-based ShapesWorld judge (accuracy in %, mean ± std over {seeds} seed(s))."
     )
+    intro += f" Decoding: {decoding_settings(pretrained)}."
     if quick:
         intro += " **--quick smoke run: these numbers are not meaningful.**"
     if near_floor(results):
