@@ -188,8 +188,10 @@ def test_render_prompt_draws_exactly_what_is_asked(size):
 
 def test_render_prompt_rejects_classes_it_cannot_draw():
     with pytest.raises(UnsupportedPromptError):
-        render_prompt({"tag": "single_object", "include": [{"class": "bench", "count": 1}], "prompt": "x"},
-                      np.random.default_rng(0))
+        render_prompt(
+            {"tag": "single_object", "include": [{"class": "bench", "count": 1}], "prompt": "x"},
+            np.random.default_rng(0),
+        )
 
 
 def test_dense_caption_relations_hold_under_the_relation_test():
@@ -290,3 +292,22 @@ def test_kind_weights_none_keeps_the_uniform_stream_and_bad_weights_are_refused(
     for bad in [(1, 1, 1), (0, 0, 0, 0, 0), (1, 1, -1, 1, 1)]:
         with pytest.raises(ValueError, match="kind_weights"):
             ShapesWorld(**kwargs, kind_weights=bad)
+
+
+def test_the_image_to_text_task_can_read_other_captions_than_generation():
+    from types import SimpleNamespace
+
+    from segros.data.sources import i2t_source, t2i_source
+    from segros.train.config import load_config
+
+    backbone = SimpleNamespace(
+        image_size=48, token_grid=(3, 3), options=SimpleNamespace(shapes_layout="grid")
+    )
+    common = ["data.shapes_layout=grid", "data.shapes_caption_style=coarse"]
+    split = load_config(None, [*common, "data.shapes_i2t_caption_style=dense"]).data
+    same = load_config(None, common).data
+    answers = [i2t_source(split, backbone)[i].turns[0][1] for i in range(40)]
+    assert all(any(w in a for w in ("small", "large")) for a in answers)  # dense: every object's size
+    assert all(t2i_source(split, backbone)[i].caption.startswith("a photo of") for i in range(40))
+    coarse = [i2t_source(same, backbone)[i].turns[0][1] for i in range(40)]  # default: the T2I style
+    assert not any(any(w in a for w in ("small", "large")) for a in coarse)

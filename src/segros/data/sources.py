@@ -111,5 +111,6 @@ def i2t_source(data: Any, backbone: Any) -> Any | None:
         return None
     if data.i2t == "shapes":
         args, world = _shapes_args(data, backbone)
+        world["caption_style"] = data.shapes_i2t_caption_style or world["caption_style"]
         return ShapesConversations(*args, **world)
     return LlavaConversations(data.i2t_path, data.i2t_image_root)

@@ -137,6 +137,9 @@ class DataConfig(Section):
     # equal, as the shipped TinyUMM was pretrained; [1, 1, 1, 5, 1]: five scenes in nine are position)
     shapes_kind_weights: tuple[float, float, float, float, float] | None = None
     i2t: Literal["shapes", "llava", "none"] = "shapes"
+    # caption style of the ShapesWorld image-to-text task (None: shapes_caption_style). Real UMMs
+    # learn understanding from dense captions while their generation sees coarse web text
+    shapes_i2t_caption_style: Literal["mixed", "geneval", "dense", "coarse"] | None = None
     i2t_path: str | None = None  # LLaVA JSON
     i2t_image_root: str | None = None
     batch_size: int = Field(16, ge=1)
