@@ -159,8 +159,7 @@ def ground(
     quarters of one for long captions); one read of ``image_emb`` for its row norms (fused with the
     product on CPU); and six passes over ``(B, N, L)``: two scalings (the second with the shift),
     the exponential, a row sum, one two-row product (s_inter and the column sums) and a row-vector
-    product (the map). The
-    stages are ``_draws``, ``_cosine_product`` (with the text Gram of short captions),
+    product (the map). The stages are ``_draws``, ``_cosine_product`` (with the text Gram of short captions),
     ``_text_gram`` (long captions), ``_text_softmax``, ``_exponentials`` and ``_filter_and_map``,
     which ``benchmarks/grounding_speed.py`` also times one by one. The map is a supervision signal
     that is never differentiated, so it runs without autograd even on embeddings that require grad.

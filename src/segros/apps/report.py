@@ -118,10 +118,11 @@ def sample_grid(
 
 def decoding_settings(checkpoint: Path) -> str:
     """The sampler settings a TinyUMM checkpoint decodes with, as the report states them."""
+    from segros.backbones.base import saved_config
     from segros.backbones.registry import options_schema, resolve_checkpoint
 
-    saved = json.loads((resolve_checkpoint(checkpoint) / "config.json").read_text())["options"]
-    o = options_schema(saved.get("name", "tiny"))(**saved)  # older option names read as today's
+    config = saved_config(resolve_checkpoint(checkpoint))
+    o = options_schema(config["backbone"])(**config["options"])  # older option names read as today's
     order = o.generation_temperature
     return (
         f"{o.generation_steps} MaskGIT steps, guidance {o.guidance_scale:g}, temperature {o.temperature:g}, "
