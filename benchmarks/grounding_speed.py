@@ -23,6 +23,11 @@ Target: ground <= 1.5x the single matmul at every shape, in float32, on an idle 
 bfloat16 matmul and, for context, a float32 one: ``ground`` computes in float32 whatever the input
 dtype, so where the CPU multiplies bfloat16 faster than float32 that ratio cannot reach 1.5.
 
+Prompts padded to a fixed width (Show-o pads every caption to 128 tokens, on the left) are one more
+row per float32 shape: captions of L/8 to L/4 tokens right-aligned in L columns, against the same
+captions alone in L/4 columns. ``ground`` computes on the captions' columns only
+(``grounding.caption_span``), so the padding should cost close to nothing.
+
 Timings are medians over rounds that call every measured function in turn. On a shared machine use
 ``--threads 1 --clock cpu`` (this process's CPU time) for steadier ratios; the target is wall time.
 
@@ -167,6 +172,38 @@ def run_shape(B: int, N: int, L: int, D: int, dtype: torch.dtype, repeats: int, 
     return t
 
 
+def run_fixed_width(B: int, N: int, L: int, D: int, repeats: int, clock) -> dict:
+    """``ground`` on captions left-padded to L columns vs on the same captions in L/4 columns."""
+    g = torch.Generator().manual_seed(1)
+    W = L // 4
+    text = torch.randn(B, W, D, generator=g)
+    image = torch.randn(B, N, D, generator=g)
+    lengths = torch.randint(L // 8, W + 1, (B,), generator=g)
+    valid = torch.arange(W).flip(0) < lengths[:, None]  # right-aligned: left padding
+    padded_text = torch.randn(B, L, D, generator=g)
+    padded_text[:, L - W :] = text
+    padded_valid = torch.zeros(B, L, dtype=torch.bool)
+    padded_valid[:, L - W :] = valid
+    cfg = GroundingConfig()
+    return interleaved_medians(
+        {
+            "matmul": lambda: torch.bmm(image, padded_text.transpose(1, 2)),
+            "padded": lambda: ground(padded_text, image, padded_valid, cfg, g),
+            "captions": lambda: ground(text, image, valid, cfg, g),
+        },
+        repeats,
+        clock=clock,
+    )
+
+
+def report_fixed_width(L: int, t: dict) -> None:
+    print(
+        f"  fixed-width prompts (captions of {L // 8}-{L // 4} tokens left-padded to {L}): ground "
+        f"{t['padded'] * 1e3:.2f} ms = {t['padded'] / t['captions']:.2f} x ground on the captions alone "
+        f"({t['captions'] * 1e3:.2f} ms), {t['padded'] / t['matmul']:.2f} x the {L}-column matmul"
+    )
+
+
 def report(B: int, N: int, L: int, D: int, dtype: torch.dtype, t: dict) -> None:
     name = str(dtype).removeprefix("torch.")
     rate = 2 * B * N * L * D / t["matmul"] / 1e9
@@ -234,6 +271,8 @@ def main() -> None:
             loop = not args.no_loop and dtype == torch.float32
             t = run_shape(B, N, L, D, dtype, args.repeats, loop, CLOCKS[args.clock])
             report(B, N, L, D, dtype, t)
+            if dtype == torch.float32:
+                report_fixed_width(L, run_fixed_width(B, N, L, D, args.repeats, CLOCKS[args.clock]))
             ratios.append((f"B{B} N{N} L{L} D{D} {str(dtype).removeprefix('torch.')}", t))
     print("\nsummary (matmul in the inputs' dtype)")
     print(f"  {'shape':34s} {'matmul GFLOP/s':>14s} {'ground/matmul':>14s} {'ground/loop':>12s}")

@@ -81,6 +81,75 @@ def test_appending_padding_changes_nothing():
     torch.testing.assert_close(g2.text_importance[:, :8][valid], g1.text_importance[valid])
 
 
+def left_padded(text, valid, width, seed=11):
+    """The Show-o prompt layout: each row right-aligned in ``width`` columns, garbage before it."""
+    B, L, D = text.shape
+    g = torch.Generator().manual_seed(seed)
+    wide = torch.randn(B, width, D, generator=g) * 100  # padding embeddings must never be read
+    wide[:, width - L :] = text
+    wide_valid = torch.zeros(B, width, dtype=torch.bool)
+    wide_valid[:, width - L :] = valid
+    return wide, wide_valid
+
+
+@pytest.mark.parametrize("tau", [1.0, 0.02])
+def test_fixed_width_prompts_give_the_captions_own_result(tau):
+    """Captions in the last 8 of 64 columns: the same map, Omega and w as the captions alone."""
+    text, image, valid = random_batch(B=3, L=9, N=20, D=16, seed=5)
+    wide, wide_valid = left_padded(text, valid, 64)
+    assert grounding.caption_span(wide_valid) == (48, 64)  # 8 caption columns, widened to 16
+    cfg = GroundingConfig(temperature=tau, noise_scale=0.5)
+    alone = ground(text, image, valid, cfg, torch.Generator().manual_seed(7))
+    padded = ground(wide, image, wide_valid, cfg, torch.Generator().manual_seed(7))
+    torch.testing.assert_close(padded.scores, alone.scores, atol=1e-6, rtol=0)
+    torch.testing.assert_close(padded.perturbed, alone.perturbed, atol=1e-6, rtol=0)
+    for name in ("text_keep", "text_importance", "text_intra", "text_inter"):
+        full, own = getattr(padded, name), getattr(alone, name)
+        assert full.shape == wide_valid.shape
+        torch.testing.assert_close(full[:, 55:], own, atol=1e-6, rtol=1e-5)  # other BLAS widths round
+        assert not full[:, :55].any()  # 0 / False outside the captions, as at any invalid token
+    assert torch.equal(padded.text_valid, wide_valid)
+    for b in range(3):  # and the float64 reference agrees on the wide rows too
+        omega, keep, mbar, _, _ = ground_one(wide[b], image[b], wide_valid[b], 0.4, tau, "both")
+        importance = padded.text_importance[b][wide_valid[b]].double()
+        torch.testing.assert_close(importance, omega, atol=1e-4, rtol=0)
+        assert torch.equal(padded.text_keep[b], keep)
+
+
+def test_ground_computes_only_the_caption_columns(monkeypatch):
+    """A 10-token caption in a 128-wide prompt costs a 16-column product, not a 128-column one."""
+    widths = []
+    product = grounding._cosine_product
+
+    def spy(image_emb, zt, *rest):
+        widths.append(zt.shape[1])
+        return product(image_emb, zt, *rest)
+
+    monkeypatch.setattr(grounding, "_cosine_product", spy)
+    text, image, valid = random_batch(B=2, L=11, N=8, D=8)
+    wide, wide_valid = left_padded(text, valid, 128)
+    ground(wide, image, wide_valid)
+    ground(text, image, valid)
+    assert widths == [16, 11]
+
+
+@pytest.mark.parametrize(
+    "columns, width, expected",
+    [
+        ([3, 4, 5], 64, (3, 19)),  # 3 columns widened to 16 to the right
+        ([60, 62], 64, (48, 64)),  # no room on the right: widened to the left
+        ([10, 40], 64, (10, 42)),  # a hole inside the span stays in it: 31 columns -> 32
+        ([0, 40], 48, None),  # 41 columns -> 48: the whole width
+        ([2], 12, None),  # narrower than one SPAN_ALIGN
+    ],
+)
+def test_caption_span(columns, width, expected):
+    valid = torch.zeros(2, width, dtype=torch.bool)
+    valid[0, columns[0]] = True
+    valid[1, columns[-1]] = True
+    assert grounding.caption_span(valid) == expected
+
+
 def test_permuting_image_tokens_permutes_outputs():
     text, image, valid = random_batch(B=2, L=7, N=15, D=5, seed=4)
     perm = torch.randperm(15, generator=torch.Generator().manual_seed(0))
