@@ -438,6 +438,20 @@ class Trainer:
             for tag, picture in self.picture_callback(self.backbone, self.step).items():
                 self.logger.image(tag, picture, self.step)
 
+    def _release_ddp(self) -> None:
+        """Free the DDP wrapper, and with it its reducer, while the process group is still registered.
+
+        The gloo worker thread that ran the last collectives frees their work objects, whose Python
+        tensors it can only release with the GIL. A process group destroyed from the reducer's
+        destructor joins that thread while holding the GIL, which deadlocks when the worker has not
+        freed them yet (py-spy: ~Reducer -> ~ProcessGroupGloo -> join, the worker in
+        gil_scoped_acquire; 1 run in 12 of the two-process Show-o test hung). Freed here, the
+        reducer only drops a reference; ``end_training`` then destroys the group through its Python
+        handle, whose destructor releases the GIL while it joins.
+        """
+        self.model = self.accelerator.unwrap_model(self.model)
+        self.accelerator.free_memory()  # its own references to the wrapper, then a garbage collection
+
     def run(self) -> TrainResult:
         """Train to ``run.max_steps``: step, log, draw and checkpoint on their schedules."""
         r = self.cfg.run
@@ -508,12 +522,8 @@ class Trainer:
                 **lora.parameter_counts(self.backbone),
             }
             (self.out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
-        # The checksum gather above is the last collective. Its gloo work object holds Python tensors,
-        # and the worker thread that ran it needs the GIL to free them; if the process group is torn
-        # down first (its destructor joins that thread while holding the GIL: when the trainer's DDP
-        # reducer is freed) the process deadlocks. The barrier releases the GIL while it waits, so
-        # the worker frees the gather's work first; the barrier's own work holds no Python tensors.
-        self.accelerator.wait_for_everyone()
+        self.accelerator.wait_for_everyone()  # every process is past the last collective
+        self._release_ddp()
         # finishes the trackers and destroys the process group, also when logging is off: a gloo group
         # left to the interpreter's exit sometimes aborts a process ("terminate called without an
         # active exception") after its run has finished
