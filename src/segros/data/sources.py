@@ -102,7 +102,9 @@ def t2i_source(data: Any, backbone: Any) -> Any:
     if data.source == "shapes":
         args, world = _shapes_args(data, backbone)
         return ShapesImageText(*args, **world)
-    return open_image_text(data.path, image_key=data.image_column, caption_key=data.caption_column)
+    return open_image_text(
+        data.path, data.image_column, data.caption_column, split=data.split, cache_dir=data.hf_cache_dir
+    )
 
 
 def i2t_source(data: Any, backbone: Any) -> Any | None:
