@@ -208,7 +208,10 @@ def image_text_stream(
         if stream.num_shards % world:
             log.warning(
                 "%d shards do not divide among %d processes: each process reads every shard and keeps "
-                "every %d-th example", stream.num_shards, world, world,
+                "every %d-th example",
+                stream.num_shards,
+                world,
+                world,
             )
         stream = split_dataset_by_node(stream, rank=rank, world_size=world)
     buffer = data.shuffle_buffer if data.shuffle else 0
