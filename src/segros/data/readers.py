@@ -540,9 +540,11 @@ def open_image_text(
         raise ValueError(f"{text}: URLs can only be read as a stream: set data.streaming=true")
     if is_multi(spec):
         paths = [Path(n) for n in names]
-        for p in paths:
-            if not p.is_file():
-                raise FileNotFoundError(f"data source not found: {p}")
+        if missing := [p for p in paths if not p.is_file()]:
+            raise FileNotFoundError(
+                f"data source not found: {len(missing)} of the {len(paths)} files {text} names are "
+                f"missing: {', '.join(p.name for p in missing[:3])}{', ...' if len(missing) > 3 else ''}"
+            )
     else:
         path = Path(names[0])
         if not path.exists():
