@@ -141,3 +141,18 @@ def test_an_unknown_hub_id_offline_is_a_one_line_error(tmp_path: Path) -> None:
     assert done.returncode == 3, done.stderr
     message = done.stdout.strip()
     assert "\n" not in message and "nobody/no-such-set" in message and "HF_HUB_OFFLINE=1" in message
+
+
+def test_cache_identity_names_a_datasets_split_only_when_not_the_default(tmp_path: Path) -> None:
+    """Caches written before data.split existed still match a run that leaves it alone."""
+    import types
+
+    from segros.data.cache import identity
+    from segros.train.config import load_config
+
+    backbone = types.SimpleNamespace(image_size=32, token_grid=(4, 4), image_encoders=dict)
+    files = ["data.source=files", f"data.path={tmp_path}"]
+    default = identity(backbone, load_config(None, files).data, "tiny")["data"]
+    test = identity(backbone, load_config(None, [*files, "data.split=test"]).data, "tiny")["data"]
+    assert "split" not in default and test["split"] == "test"
+    assert {k: v for k, v in test.items() if k != "split"} == default
