@@ -76,6 +76,18 @@ def test_two_processes_share_the_shards_without_duplication(tmp_path: Path) -> N
     assert len(seen[0] | seen[1]) == 20
 
 
+def test_a_tgz_shard_streams_and_a_streamed_source_cannot_be_read_by_index(tmp_path: Path) -> None:
+    from segros.data.sources import t2i_source
+    from segros.train.config import load_config
+
+    pattern = write_shards(tmp_path, ".tgz")
+    first = next(iter(streaming_batches(data_section(pattern, 0, shuffle=False), 0, 0, 1, BadRecordBudget())))
+    assert [r.caption for r in first] == ["caption 0", "caption 1", "caption 2"]
+    cfg = load_config(None, ["data.source=files", f"data.path={pattern}", "data.streaming=true"])
+    with pytest.raises(ValueError, match="segros cache needs them"):
+        t2i_source(cfg.data, None)
+
+
 def test_bad_streamed_records_are_skipped_and_counted(tmp_path: Path) -> None:
     data = data_section(write_shards(tmp_path, bad=1), 0, shuffle=False)
     batches = streaming_batches(data, 0, 0, 1, BadRecordBudget(max_share=0.5))

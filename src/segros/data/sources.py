@@ -102,6 +102,11 @@ def t2i_source(data: Any, backbone: Any) -> Any:
     if data.source == "shapes":
         args, world = _shapes_args(data, backbone)
         return ShapesImageText(*args, **world)
+    if data.streaming:
+        raise ValueError(
+            "data.streaming: a streamed source has no records by index (segros cache needs them); "
+            "leave data.streaming off to cache data.path"
+        )
     return open_image_text(
         data.path, data.image_column, data.caption_column, split=data.split, cache_dir=data.hf_cache_dir
     )
