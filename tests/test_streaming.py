@@ -113,3 +113,33 @@ def test_the_trainer_resumes_a_streamed_run_exactly(small_tokenizer, tmp_path: P
     assert first.losses + second.losses == full.losses  # float for float
     assert len(full.losses) == 6 and all(math.isfinite(x) for x in full.losses)
     assert full.bad_records >= 1  # the corrupt sample was read (24 reads > 20) and skipped
+
+
+def test_two_processes_stream_half_the_shards_each(small_tokenizer, tmp_path: Path) -> None:
+    """torchrun, two CPU processes: 4 shards of 5 split 2 + 2, so after 4 steps of 4 records each
+    process is 6 records into its second 10-record epoch; both stay in sync."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    path = write_shards(tmp_path / "shards", ".tar")
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "segros.cli", "train", "--out", str(tmp_path / "run"), "--max-steps", "4",
+        f"model.image_tokenizer={small_tokenizer}", "model.image_size=32", "data.batch_size=4",
+        "data.source=files", f"data.path={path}", "data.streaming=true", "data.shuffle_buffer=0",
+        "data.i2t=none", "run.picture_every=0", "run.progress=off", "logging.tensorboard=false",
+    ]  # fmt: skip
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "run/train_summary.json").read_text())
+    assert summary["processes"] == 2 and summary["params_in_sync"] is True and summary["step"] == 4
+    for rank in (0, 1):
+        state = torch.load(tmp_path / f"run/checkpoints/step-4/rank-{rank}.pt", weights_only=True)["t2i"]
+        assert (state["epoch"], state["taken"]) == (1, 6)
+        assert "stream" in state  # datasets' own position (no buffer), saved and read back safely

@@ -1,8 +1,10 @@
 """Training data sources built from a config's ``data:`` section.
 
-All sources are map-style (see :mod:`segros.data.sampling`): ShapesWorld is streamed by index
+These sources are map-style (see :mod:`segros.data.sampling`): ShapesWorld is streamed by index
 (scene ``i`` is a pure function of the seed and ``i``), files are read by the readers in
-:mod:`segros.data.readers`, conversations by :mod:`segros.data.llava`.
+:mod:`segros.data.readers` (Hugging Face datasets by :mod:`segros.data.hf`), conversations by
+:mod:`segros.data.llava`. With ``data.streaming`` the image-caption data is an iterable source
+instead, batched by :mod:`segros.data.streaming`.
 """
 
 from __future__ import annotations
