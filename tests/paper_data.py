@@ -72,6 +72,67 @@ def midjourney_v6(root: Path, rows: int = 40) -> Path:
     return folder
 
 
+def midjourney_v6_release(root: Path, rows: int = 24) -> Path:
+    """``CortexLM/midjourney-v6`` as released (its card's ``dataset_info``): one Parquet file of
+    ``prompt``, ``image_url`` and ``timestamp``, links and no image bytes. Returns the folder."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = root / "CortexLM-midjourney-v6"
+    (folder / "data").mkdir(parents=True)
+    table = pa.table(
+        {
+            "prompt": [f"a cinematic painting of scene {i} --v 6" for i in range(rows)],
+            "image_url": [f"https://cdn.example.invalid/mj/{i}.png" for i in range(rows)],
+            "timestamp": pa.array(
+                [1_715_000_000_000_000_000 + i for i in range(rows)], pa.timestamp("ns", "UTC")
+            ),
+        }
+    )
+    pq.write_table(table, folder / "data" / "train-00000-of-00001.parquet")
+    (folder / "README.md").write_text(
+        "---\nlicense: mit\ndataset_info:\n  features:\n  - name: prompt\n    dtype: string\n"
+        "  - name: image_url\n    dtype: string\n  - name: timestamp\n    dtype: timestamp[ns, tz=UTC]\n"
+        "configs:\n- config_name: default\n  data_files:\n  - split: train\n    path: data/train-*\n---\n"
+    )
+    return folder
+
+
+def img2dataset_output(root: Path, release: Path, per_shard: int = 10) -> Path:
+    """What ``img2dataset --url_col image_url --caption_col prompt --output_format webdataset``
+    writes from a release: ``00000.tar`` shards of ``<key>.jpg``, ``<key>.txt`` (the prompt) and
+    ``<key>.json`` (url, caption, key, status), each with a metadata ``00000.parquet`` and
+    ``00000_stats.json`` beside it (the images here are random, standing in for the downloads)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import webdataset as wds
+
+    rows = pq.read_table(next((release / "data").glob("*.parquet"))).to_pylist()
+    folder = root / "midjourney-v6-images"
+    folder.mkdir()
+    for s in range(0, len(rows), per_shard):
+        shard = s // per_shard
+        meta = []
+        with wds.TarWriter(str(folder / f"{shard:05d}.tar")) as sink:
+            for n, row in enumerate(rows[s : s + per_shard]):
+                key = f"{shard:05d}{n:04d}"
+                info = {"url": row["image_url"], "caption": row["prompt"], "key": key, "status": "success"}
+                sink.write(
+                    {
+                        "__key__": key,
+                        "jpg": jpeg_bytes(picture(400 + s + n)),
+                        "txt": row["prompt"],
+                        "json": info,
+                    }
+                )
+                meta.append(info)
+        pq.write_table(pa.Table.from_pylist(meta), folder / f"{shard:05d}.parquet")
+        (folder / f"{shard:05d}_stats.json").write_text(
+            json.dumps({"count": len(meta), "successes": len(meta)})
+        )
+    return folder
+
+
 def sharegpt_4o_image(root: Path, rows: int = 30) -> Path:
     """ShareGPT-4o-Image's text-to-image part after its image archive is extracted:
     ``text_to_image.json``, a list of ``{"input_prompt", "output_image"}`` with the image path

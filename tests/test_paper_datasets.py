@@ -10,6 +10,7 @@ import json
 
 import numpy as np
 import paper_data
+import pytest
 
 from segros.cli import main
 from segros.data.llava import LlavaConversations
@@ -53,6 +54,22 @@ def test_midjourney_v6_parquet_repository_with_its_prompt_column(small_tokenizer
         small_tokenizer, tmp_path / "run", "data.source=files", f"data.path={folder}",
         f"data.hf_cache_dir={tmp_path / 'hf-cache'}", "data.i2t=none",
     )  # fmt: skip
+    assert summary["step"] == 3 and summary["bad_records"] == 0
+
+
+def test_midjourney_v6_release_is_links_and_its_img2dataset_shards_train(small_tokenizer, tmp_path):
+    """The release holds prompts and image links: reading it says how to fetch the images; the
+    shards img2dataset writes from it (tars next to metadata Parquet) train with no column flags."""
+    release = paper_data.midjourney_v6_release(tmp_path)
+    with pytest.raises(
+        ValueError, match=r"links to images \(column 'image_url'\).*img2dataset --url_col image_url"
+    ):
+        open_image_text(release, cache_dir=str(tmp_path / "hf-cache"))
+    shards = paper_data.img2dataset_output(tmp_path, release)
+    ds = open_image_text(shards)
+    assert len(ds) == 24 and ds[13].caption == "a cinematic painting of scene 13 --v 6"
+    flags = ("data.source=files", f"data.path={shards}", "data.i2t=none")
+    summary = train_cli(small_tokenizer, tmp_path / "run", *flags)
     assert summary["step"] == 3 and summary["bad_records"] == 0
 
 

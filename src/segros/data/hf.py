@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 # in order when the configured name is not a column (docs/data.md lists which dataset uses which).
 IMAGE_COLUMNS = ("image", "jpg", "jpeg", "png", "webp", "img", "output_image")
 CAPTION_COLUMNS = ("caption", "prompt", "txt", "text", "input_prompt")
+LINK_COLUMNS = ("image_url", "url", "URL")  # image links (MidjourneyV6's release): not readable as images
 
 
 def resolve_columns(names: list[str], image_column: str, caption_column: str, where: str) -> tuple[str, str]:
@@ -56,6 +57,13 @@ def resolve_columns(names: list[str], image_column: str, caption_column: str, wh
             chosen.append(wanted)
             continue
         found = next((c for c in known if c in names), None)
+        links = [c for c in names if c in LINK_COLUMNS]
+        if found is None and kind == "image" and links:
+            raise ValueError(
+                f"{where} holds links to images (column {links[0]!r}), not images: download them first, "
+                f"e.g. img2dataset --url_col {links[0]} --caption_col {caption_column} --output_format "
+                "webdataset, and set data.path to the shards it writes (docs/data.md)"
+            )
         if found is None:
             raise ValueError(
                 f"{where} has no {kind} column {wanted!r} (nor any of {list(known)}); its columns are "

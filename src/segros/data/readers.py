@@ -501,8 +501,9 @@ ImageTextDataset = FolderImageText | JsonlImageText | JsonListImageText | Parque
 
 
 def _listed_files(folder: Path) -> list[Path]:
-    """The shards of a folder: its ``*.parquet``, ``*.arrow``, ``*.tar`` or ``*.tar.gz``/``*.tgz``."""
-    for pattern in ("*.parquet", "*.arrow", "*.tar", "*.tar.gz", "*.tgz"):
+    """The shards of a folder: its ``*.tar``, ``*.tar.gz``/``*.tgz``, ``*.parquet`` or ``*.arrow``
+    files. Tars come first: img2dataset writes a metadata ``.parquet`` next to each ``.tar``."""
+    for pattern in ("*.tar", "*.tar.gz", "*.tgz", "*.parquet", "*.arrow"):
         paths = sorted(folder.glob(pattern))
         if paths:
             return paths
