@@ -129,18 +129,39 @@ def test_arrow_reader_pickles_for_dataloader_workers(tmp_path: Path) -> None:
     assert_good(copy[2], pixels(2), "c2")
 
 
-def test_an_unknown_hub_id_offline_is_a_one_line_error(tmp_path: Path) -> None:
-    """With HF_HUB_OFFLINE=1 nothing touches the network; the error names the id and why."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "home")}
-    code = (
-        "from segros.data.readers import open_image_text\n"
-        "try:\n    open_image_text('nobody/no-such-set')\n"
-        "except FileNotFoundError as e:\n    print(e)\n    raise SystemExit(3)\n"
-    )
+def test_hub_ids_offline_load_from_the_hub_cache_or_fail_in_one_line(tmp_path: Path) -> None:
+    """With HF_HUB_OFFLINE=1 nothing touches the network: a hub id whose download is in the hub
+    cache is read from it (by index and streamed); an unknown one is one line naming the id."""
+    import shutil
+
+    import paper_data
+
+    home = tmp_path / "home"
+    snapshot = paper_data.hub_cache_repo(home / "hub", "someone/mj-copy")
+    shutil.copytree(paper_data.midjourney_v6(tmp_path / "src"), snapshot, dirs_exist_ok=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(home)}
+    code = f"""
+import types
+from segros.data.budget import BadRecordBudget
+from segros.data.readers import open_image_text
+from segros.data.streaming import streaming_batches
+cache = {str(tmp_path / "arrow")!r}
+ds = open_image_text("someone/mj-copy", cache_dir=cache)
+print(len(ds), ds[3].caption)
+d = types.SimpleNamespace(path="someone/mj-copy", split="train", hf_cache_dir=cache, image_column="image",
+    caption_column="caption", shuffle=False, shuffle_buffer=0, batch_size=2)
+print([r.caption for r in next(iter(streaming_batches(d, 0, 0, 1, BadRecordBudget())))])
+try:
+    open_image_text("nobody/no-such-set")
+except FileNotFoundError as e:
+    print(e)
+"""
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 3, done.stderr
-    message = done.stdout.strip()
-    assert "\n" not in message and "nobody/no-such-set" in message and "HF_HUB_OFFLINE=1" in message
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert lines[0] == "40 a cinematic painting of scene 3 --v 6"
+    assert lines[1] == "['a cinematic painting of scene 0 --v 6', 'a cinematic painting of scene 1 --v 6']"
+    assert len(lines) == 3 and "nobody/no-such-set" in lines[2] and "HF_HUB_OFFLINE=1" in lines[2]
 
 
 def test_cache_identity_names_a_datasets_split_only_when_not_the_default(tmp_path: Path) -> None:

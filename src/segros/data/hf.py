@@ -187,6 +187,18 @@ def looks_like_hub_id(spec: str) -> bool:
     return len(parts) == 2 and all(parts) and not Path(spec).exists() and "." not in parts[1][-8:]
 
 
+def cached_hub_repo(spec: str) -> Path | None:
+    """The hub cache's ``datasets--owner--name`` folder of hub id ``spec`` when the hub is off
+    (``HF_HUB_OFFLINE=1``) and the dataset was downloaded before; else None (load from the hub)."""
+    if not _offline():
+        return None
+    from huggingface_hub import constants
+
+    name = spec.removeprefix("hf://datasets/")
+    folder = Path(constants.HF_HUB_CACHE) / f"datasets--{name.replace('/', '--')}"
+    return folder if hub_snapshot(folder) is not None else None
+
+
 def pick_split(loaded: Any, split: str, where: str) -> Any:
     """One split of a DatasetDict (or the dataset itself)."""
     from datasets import DatasetDict, IterableDatasetDict

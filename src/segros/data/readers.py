@@ -548,9 +548,12 @@ def open_image_text(
             )
     else:
         path = Path(names[0])
-        if not path.exists():
-            if hf.looks_like_hub_id(names[0]):
+        if not path.exists() and hf.looks_like_hub_id(names[0]):
+            cached = hf.cached_hub_repo(names[0])  # offline: the download in the hub cache
+            if cached is None:
                 return hf.open_hf(names[0], image_key, caption_key, split, cache_dir)
+            path = cached
+        if not path.exists():
             raise FileNotFoundError(f"data source not found: {path}")
         if path.is_dir():
             path = hf.hub_snapshot(path) or path

@@ -154,9 +154,12 @@ def open_stream(spec: Any, split: str = "train", cache_dir: str | None = None) -
     names = expand(spec)
     if not is_multi(spec) and not is_url(names[0]):
         path = Path(names[0])
-        if not path.exists():
-            if hf.looks_like_hub_id(names[0]):
+        if not path.exists() and hf.looks_like_hub_id(names[0]):
+            cached = hf.cached_hub_repo(names[0])  # offline: the download in the hub cache
+            if cached is None:
                 return hf.load_repo(names[0], split, cache_dir, streaming=True), None
+            path = cached
+        if not path.exists():
             raise FileNotFoundError(f"data source not found: {path}")
         if path.is_dir():
             path = hf.hub_snapshot(path) or path
