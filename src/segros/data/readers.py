@@ -276,8 +276,11 @@ class ParquetImageText:
     metadata is read up front; a row group is read on demand (image and
     caption columns only) and the last few are cached. Sequential access
     costs one read per row group; shuffled access over a set much larger
-    than the cache costs about one row-group read per example, so keep row
-    groups small (a few hundred rows) for shuffled training.
+    than the cache costs about one row-group read per example (4.9x a
+    sequential read in benchmarks/data_reads.py). So :func:`open_image_text`
+    reads Parquet through ``datasets`` instead (memory-mapped Arrow,
+    :mod:`segros.data.hf`); this reader is for reading in place, without
+    that one-off Arrow copy.
     """
 
     def __init__(
