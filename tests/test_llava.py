@@ -69,7 +69,6 @@ def test_single_and_multi_turn(tmp_path: Path, images) -> None:
 @pytest.mark.parametrize(
     ("entry", "reason"),
     [
-        ({"id": "t", "conversations": [human("hi"), gpt("hello")]}, "no image"),
         ({"id": "m", "image": "missing.png", "conversations": [human("q"), gpt("a")]}, "not found"),
         ({"id": "c", "image": "corrupt.png", "conversations": [human("q"), gpt("a")]}, "cannot decode"),
         ({"id": "n", "image": "b.png", "conversations": [human("q")]}, "no answer"),
@@ -96,6 +95,21 @@ def test_parse_turns_raises_value_error() -> None:
     assert parse_turns([human("<image>"), gpt("caption")]) == [("", "caption")]
     with pytest.raises(ValueError, match="no answer"):
         parse_turns([human("q")])
+
+
+def test_text_only_rows_are_left_out_and_counted_apart(tmp_path: Path, images) -> None:
+    entries = [
+        {"id": "t", "conversations": [human("hi"), gpt("hello")]},
+        {"id": "one", "image": "coco/a.png", "conversations": [human("<image>\nWhat?"), gpt("A cat.")]},
+        {"id": "null", "image": None, "conversations": [human("hi"), gpt("hello")]},
+        {"id": "c", "image": "corrupt.png", "conversations": [human("q"), gpt("a")]},
+    ]
+    ds = write(tmp_path, entries)
+    assert (len(ds), ds.text_only) == (2, 2)
+    assert isinstance(ds[0], I2TRecord) and "conv.json[1]" in ds[0].key  # keys keep the file position
+    assert isinstance(ds[1], BadRecord) and "conv.json[3]" in ds[1].key  # still a bad record
+    with pytest.raises(ValueError, match="text-only"):
+        write(tmp_path, [entries[0]])
 
 
 def test_not_a_list_is_a_configuration_error(tmp_path: Path) -> None:

@@ -9,8 +9,8 @@ record count, the shards, bad records, and the identity the cache was made with.
 The identity is what must match for a training run to read the cache (``data.cache=DIR``,
 :func:`open_cache`): the backbone, a SHA-256 of its image encoders' weights, its image size
 and token grid, and the data keys that decide the records (source, path, ShapesWorld seed,
-scenes, layout, caption style, columns). A cache made with anything else is refused, naming
-what differs.
+scenes, layout, caption style, columns, a datasets split). A cache made with anything else is
+refused, naming what differs.
 
 Every shard is written to a temporary file and renamed, and ``index.json`` is written only
 once every shard is there, so a run killed mid-way leaves no shard training would read (and
@@ -51,6 +51,9 @@ DATA_KEYS = (
     "shapes_coarse_relation_rate",
     "shapes_kind_weights",
 )
+# Data keys added later: part of the identity only when set away from their default, so caches
+# written before them still match a run that leaves them alone.
+LATER_DATA_KEYS = {"split": "train"}
 
 
 @dataclass
@@ -84,8 +87,13 @@ def identity(backbone: Any, data: Any, model_name: str) -> dict[str, Any]:
         "image_size": int(backbone.image_size),
         "token_grid": list(backbone.token_grid),
         "encoders": {name: _digest(enc) for name, enc in sorted(backbone.image_encoders().items())},
-        "data": {k: _as_json(getattr(data, k)) for k in DATA_KEYS},
+        "data": {k: _as_json(getattr(data, k)) for k in DATA_KEYS} | _later_keys(data),
     }
+
+
+def _later_keys(data: Any) -> dict[str, Any]:
+    later = {k: getattr(data, k, default) for k, default in LATER_DATA_KEYS.items()}
+    return {k: v for k, v in later.items() if v != LATER_DATA_KEYS[k]}
 
 
 def _as_json(value: Any) -> Any:

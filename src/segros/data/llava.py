@@ -16,6 +16,7 @@ Like the image-caption readers, an unusable record is returned as a
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from typing import Any
 from PIL import Image
 
 from segros.data.readers import BadRecord, read_image_file
+
+log = logging.getLogger(__name__)
 
 IMAGE_TOKEN = "<image>"
 _HUMAN = ("human", "user")
@@ -70,8 +73,12 @@ def parse_turns(conversations: Any) -> list[tuple[str, str]]:
 class LlavaConversations:
     """Map-style reader of a LLaVA conversation JSON file; images are resolved under ``image_root``.
 
-    Records without an ``image`` field are text-only and come back as
-    ``BadRecord(reason="no image")``, since I2T training needs an image.
+    Text-only records (no ``image`` field, or ``null``: about 6 % of LLaVA's mix665k, its ShareGPT
+    conversations) are left out when the file is read and counted apart (``text_only``, logged
+    once), not read as bad records: the image-to-text loss every backbone here trains
+    (``prepare_i2t``) conditions the answer on an image, so a text-only row has nothing for it to
+    learn from, and counting it as bad would stop a run under the default 1 % budget. Indices
+    run over the records with an image; keys keep each record's position in the file.
     """
 
     def __init__(self, json_path: str | Path, image_root: str | Path) -> None:
@@ -83,19 +90,29 @@ class LlavaConversations:
             raise ValueError(f"{self.json_path}: expected a JSON list of conversations")
         if not data:
             raise ValueError(f"{self.json_path}: no conversations")
-        self.entries: list[Any] = data
+        # (position in the file, record) of every record that is not text-only
+        self.entries: list[tuple[int, Any]] = [
+            (n, e) for n, e in enumerate(data) if not (isinstance(e, dict) and e.get("image") is None)
+        ]
+        self.text_only = len(data) - len(self.entries)
+        if self.text_only:
+            log.info(
+                "%s: leaving out %d text-only conversations of %d (%.1f%%): image-to-text training "
+                "needs an image (docs/data.md)",
+                self.json_path.name, self.text_only, len(data), 100 * self.text_only / len(data),
+            )  # fmt: skip
+        if not self.entries:
+            raise ValueError(f"{self.json_path}: all {len(data)} conversations are text-only (no 'image')")
 
     def __len__(self) -> int:
         return len(self.entries)
 
     def __getitem__(self, i: int) -> I2TRecord | BadRecord:
-        entry = self.entries[i]
+        i, entry = self.entries[i]
         if not isinstance(entry, dict):
             return BadRecord(f"{self.json_path.name}[{i}]", "malformed record: not a JSON object")
         key = f"{self.json_path.name}[{i}] id={entry.get('id')!r}"
         image = entry.get("image")
-        if image is None:
-            return BadRecord(key, "no image")
         if not isinstance(image, str) or not image:
             return BadRecord(key, f"malformed record: 'image' is {image!r}, not a path")
         try:

@@ -14,7 +14,6 @@ so they are safe to use from forked DataLoader workers.
 from __future__ import annotations
 
 import bisect
-import glob as globlib
 import io
 import json
 import tarfile
@@ -277,8 +276,11 @@ class ParquetImageText:
     metadata is read up front; a row group is read on demand (image and
     caption columns only) and the last few are cached. Sequential access
     costs one read per row group; shuffled access over a set much larger
-    than the cache costs about one row-group read per example, so keep row
-    groups small (a few hundred rows) for shuffled training.
+    than the cache costs about one row-group read per example (4.9x a
+    sequential read in benchmarks/data_reads.py). So :func:`open_image_text`
+    reads Parquet through ``datasets`` instead (memory-mapped Arrow,
+    :mod:`segros.data.hf`); this reader is for reading in place, without
+    that one-off Arrow copy.
     """
 
     def __init__(
@@ -449,51 +451,143 @@ class TarImageText:
 
 
 # ---------------------------------------------------------------------------
+# (d) A JSON list of records (ShareGPT-4o-Image's text_to_image.json)
+# ---------------------------------------------------------------------------
+
+
+class JsonListImageText:
+    """A JSON file holding a list of objects, each naming an image file and its caption.
+
+    ShareGPT-4o-Image ships its text-to-image pairs this way (``output_image``: a path relative
+    to the file's folder, ``input_prompt``: the prompt). The fields are the configured ones when
+    the records have them, else the first known alternative (:func:`segros.data.hf.resolve_columns`).
+    A record that is not an object, has no image path or no usable caption is a bad record.
+    """
+
+    def __init__(self, path: str | Path, image_key: str = "image", caption_key: str = "caption") -> None:
+        from segros.data.hf import resolve_columns
+
+        self.path = Path(path)
+        with self.path.open(encoding="utf-8") as f:
+            data = json.load(f)
+        if not isinstance(data, list) or not data:
+            raise ValueError(f"{self.path}: expected a non-empty JSON list of records")
+        self.entries: list[Any] = data
+        seen: dict[str, None] = {}
+        for entry in data[:1000]:
+            if isinstance(entry, dict):
+                seen.update(dict.fromkeys(entry))
+        self.image_key, self.caption_key = resolve_columns(list(seen), image_key, caption_key, self.path.name)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, i: int) -> ImageTextRecord | BadRecord:
+        entry = self.entries[i]
+        key = f"{self.path.name}[{i}]"
+        if not isinstance(entry, dict):
+            return BadRecord(key, "record is not a JSON object")
+        image_path = entry.get(self.image_key)
+        if isinstance(image_path, list) and len(image_path) == 1:
+            image_path = image_path[0]
+        if not isinstance(image_path, str) or not image_path:
+            return BadRecord(key, f"no image path in field {self.image_key!r}")
+        key = f"{key} ({image_path})"
+        return _make_record(read_image_file(self.path.parent / image_path), entry.get(self.caption_key), key)
+
+
+# ---------------------------------------------------------------------------
 # Factory
 # ---------------------------------------------------------------------------
 
-ImageTextDataset = FolderImageText | JsonlImageText | ParquetImageText | TarImageText
+ImageTextDataset = FolderImageText | JsonlImageText | JsonListImageText | ParquetImageText | TarImageText
+
+
+def _listed_files(folder: Path) -> list[Path]:
+    """The shards of a folder: its ``*.tar``, ``*.tar.gz``/``*.tgz``, ``*.parquet`` or ``*.arrow``
+    files. Tars come first: img2dataset writes a metadata ``.parquet`` next to each ``.tar``."""
+    for pattern in ("*.tar", "*.tar.gz", "*.tgz", "*.parquet", "*.arrow"):
+        paths = sorted(folder.glob(pattern))
+        if paths:
+            return paths
+    return []
 
 
 def open_image_text(
-    spec: str | Path, image_key: str = "image", caption_key: str = "caption"
-) -> ImageTextDataset:
-    """Open an image-caption source, choosing the reader from the path.
+    spec: str | Path | Sequence[str | Path],
+    image_key: str = "image",
+    caption_key: str = "caption",
+    split: str = "train",
+    cache_dir: str | None = None,
+) -> Any:
+    """Open an image-caption source, choosing the reader from the path (docs/data.md).
 
-    - ``*.jsonl`` file: JSONL manifest (``image_key``/``caption_key`` are its fields);
-    - ``*.parquet`` file, a folder of ``*.parquet``, or a glob of them: Parquet
-      (``image_key``/``caption_key`` are column names);
-    - ``*.tar`` file, a folder of ``*.tar``, or a glob of them: WebDataset shards;
+    - ``*.jsonl`` file: JSONL manifest; ``*.json`` file: a JSON list of records
+      (``image_key``/``caption_key`` are their fields);
+    - ``*.parquet`` file(s), or a folder of them: read through ``datasets`` (memory-mapped Arrow,
+      converted once into ``cache_dir``), so shuffled reads cost what sequential ones do;
+    - ``*.tar`` shard(s) or a folder of them: WebDataset shards, indexed once;
+    - a ``datasets`` folder (``save_to_disk``, ``*.arrow`` files, a dataset repository or the
+      hub cache's ``datasets--owner--name``), or a hub id ``owner/name``: :mod:`segros.data.hf`;
     - any other folder: images with sidecar ``.txt`` captions.
 
-    Globs are shell-style without braces (``data/train-*.tar``), expanded in sorted order.
+    ``spec`` may be a list of paths, or patterns joined by ``::``, with shell globs and brace
+    ranges (``shards/shard-{000..099}.tar``). Compressed tars and URLs can only be streamed
+    (``data.streaming``): they are refused here with that advice.
     """
-    text = str(spec)
-    if any(c in text for c in "*?["):
-        paths = [Path(p) for p in sorted(globlib.glob(text))]
-        if not paths:
-            raise FileNotFoundError(f"no files match {text}")
+    from segros.data import hf
+    from segros.data.shards import expand, is_multi, is_url, suffix_of
+
+    text = str(spec) if isinstance(spec, str | Path) else "::".join(map(str, spec))
+    names = expand(spec)
+    if any(is_url(n) for n in names):
+        raise ValueError(f"{text}: URLs can only be read as a stream: set data.streaming=true")
+    if is_multi(spec):
+        paths = [Path(n) for n in names]
+        if missing := [p for p in paths if not p.is_file()]:
+            raise FileNotFoundError(
+                f"data source not found: {len(missing)} of the {len(paths)} files {text} names are "
+                f"missing: {', '.join(p.name for p in missing[:3])}{', ...' if len(missing) > 3 else ''}"
+            )
     else:
-        path = Path(text)
+        path = Path(names[0])
+        if not path.exists() and hf.looks_like_hub_id(names[0]):
+            cached = hf.cached_hub_repo(names[0])  # offline: the download in the hub cache
+            if cached is None:
+                return hf.open_hf(names[0], image_key, caption_key, split, cache_dir)
+            path = cached
         if not path.exists():
             raise FileNotFoundError(f"data source not found: {path}")
         if path.is_dir():
-            for suffix in (".parquet", ".tar"):
-                paths = sorted(path.glob(f"*{suffix}"))
-                if paths:
-                    break
-            else:
+            path = hf.hub_snapshot(path) or path
+            if hf.is_saved_dataset(path):
+                return hf.open_hf(str(path), image_key, caption_key, split, cache_dir)
+            paths = _listed_files(path)
+            if not paths:
+                if hf.is_repo_folder(path):
+                    return hf.open_hf(str(path), image_key, caption_key, split, cache_dir)
                 return FolderImageText(path)
         else:
             paths = [path]
-    suffixes = {p.suffix.lower() for p in paths}
+    suffixes = {suffix_of(str(p)) for p in paths}
     if suffixes == {".parquet"}:
-        return ParquetImageText(paths, image_column=image_key, caption_column=caption_key)
+        return hf.open_parquet([str(p) for p in paths], image_key, caption_key, cache_dir)
+    if suffixes == {".arrow"}:
+        dataset = hf.load_arrow_files(paths, split)
+        folder = paths[0].parent
+        return hf.ArrowImageText(dataset, image_key, caption_key, name=folder.name, base=folder)
     if suffixes == {".tar"}:
         return TarImageText(paths)
+    if suffixes <= {".tar.gz", ".tgz", ".tar"}:
+        raise ValueError(
+            f"{text}: compressed tar shards cannot be read by index (gzip streams cannot be seeked): "
+            "set data.streaming=true to read them as a stream, or decompress them once (gunzip)"
+        )
     if suffixes == {".jsonl"} and len(paths) == 1:
         return JsonlImageText(paths[0], image_key=image_key, caption_key=caption_key)
+    if suffixes == {".json"} and len(paths) == 1:
+        return JsonListImageText(paths[0], image_key=image_key, caption_key=caption_key)
     raise ValueError(
-        f"cannot tell the data format of {text}: expected a folder, one .jsonl, "
-        f".parquet file(s) or .tar shard(s), got suffixes {sorted(suffixes)}"
+        f"cannot tell the data format of {text}: expected a folder, one .jsonl or .json, "
+        f".parquet / .arrow file(s), .tar shard(s) or a Hugging Face dataset, got suffixes {sorted(suffixes)}"
     )

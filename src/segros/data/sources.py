@@ -1,8 +1,10 @@
 """Training data sources built from a config's ``data:`` section.
 
-All sources are map-style (see :mod:`segros.data.sampling`): ShapesWorld is streamed by index
+These sources are map-style (see :mod:`segros.data.sampling`): ShapesWorld is streamed by index
 (scene ``i`` is a pure function of the seed and ``i``), files are read by the readers in
-:mod:`segros.data.readers`, conversations by :mod:`segros.data.llava`.
+:mod:`segros.data.readers` (Hugging Face datasets by :mod:`segros.data.hf`), conversations by
+:mod:`segros.data.llava`. With ``data.streaming`` the image-caption data is an iterable source
+instead, batched by :mod:`segros.data.streaming`.
 """
 
 from __future__ import annotations
@@ -102,7 +104,14 @@ def t2i_source(data: Any, backbone: Any) -> Any:
     if data.source == "shapes":
         args, world = _shapes_args(data, backbone)
         return ShapesImageText(*args, **world)
-    return open_image_text(data.path, image_key=data.image_column, caption_key=data.caption_column)
+    if data.streaming:
+        raise ValueError(
+            "data.streaming: a streamed source has no records by index (segros cache needs them); "
+            "leave data.streaming off to cache data.path"
+        )
+    return open_image_text(
+        data.path, data.image_column, data.caption_column, split=data.split, cache_dir=data.hf_cache_dir
+    )
 
 
 def i2t_source(data: Any, backbone: Any) -> Any | None:

@@ -114,12 +114,23 @@ MethodConfig = create_model(
 
 
 class DataConfig(Section):
-    # shapes: ShapesWorld streamed; files: a folder with .txt captions, a JSONL manifest, Parquet
-    # file(s) or WebDataset tar shard(s), recognised from data.path (segros.data.readers)
+    # shapes: ShapesWorld streamed; files: a folder with .txt captions, a JSON(L) manifest, Parquet
+    # file(s), WebDataset tar shard(s) or a Hugging Face dataset (folder or hub id), recognised from
+    # data.path (segros.data.readers, docs/data.md)
     source: Literal["shapes", "files"] = "shapes"
-    path: str | None = None  # for source=files
+    # for source=files: a path, a glob, brace ranges (shard-{000..099}.tar), patterns joined by ::,
+    # or a list of them
+    path: str | list[str] | None = None
+    # the columns (fields) to read; when a table lacks the named one, the first of the names the
+    # paper's datasets use is taken (segros.data.hf.IMAGE_COLUMNS / CAPTION_COLUMNS, docs/data.md)
     image_column: str = "image"
     caption_column: str = "caption"
+    split: str = "train"  # of a Hugging Face dataset with several
+    hf_cache_dir: str | None = None  # where datasets keeps its Arrow copies (None: its default cache)
+    # read data.path as a stream (datasets' IterableDataset; segros.data.streaming): for shards too
+    # large to hold, compressed tars and URLs. Resume stays exact (docs/data.md)
+    streaming: bool = False
+    shuffle_buffer: int = Field(1000, ge=0)  # streaming with shuffle: examples shuffled in memory
     shapes_seed: int = 0
     shapes_scenes: int = Field(1_000_000, ge=1)  # distinct scenes the stream draws from
     # ShapesWorld's object placement (grid: snapped to the tiny tokenizer's patches, cells per side =
@@ -163,6 +174,10 @@ class DataConfig(Section):
             from segros.data.shapes import kind_probabilities
 
             kind_probabilities(self.shapes_kind_weights)  # non-negative, not all zero
+        if self.streaming and (self.source != "files" or self.cache):
+            raise ValueError(
+                "data.streaming reads data.path as a stream: it needs data.source=files and no data.cache"
+            )
         if self.i2t == "llava" and not (self.i2t_path and self.i2t_image_root):
             raise ValueError("data.i2t_path and data.i2t_image_root are required for data.i2t='llava'")
         return self

@@ -42,6 +42,7 @@ from segros.data.budget import BadRecordBudget
 from segros.data.cache import open_cache
 from segros.data.sampling import RecordBatches, ShardedOrder
 from segros.data.sources import i2t_source, t2i_source
+from segros.data.streaming import streaming_batches
 from segros.losses import total_loss
 from segros.plan import SupervisionPlan
 from segros.supervision import ground_and_plan, sample_ratio
@@ -256,14 +257,17 @@ class Trainer:
         on, the image-to-text stream; each sharded over processes without duplication."""
         cfg, d, backbone = self.cfg, self.cfg.data, self.backbone
         self.budget = BadRecordBudget(max_share=d.max_bad_share)
-        # pre-encoded by `segros cache` (refused unless made with these encoders and data), or read
-        t2i = open_cache(d.cache, backbone, d, cfg.model["name"]) if d.cache else t2i_source(d, backbone)
-        self.t2i = RecordBatches(
-            t2i,
-            ShardedOrder(len(t2i), cfg.run.seed, d.shuffle, self.rank, self.world),
-            d.batch_size,
-            self.budget,
-        )
+        if d.streaming:  # an iterable source: batches with RecordBatches' interface (segros.data.streaming)
+            self.t2i = streaming_batches(d, cfg.run.seed, self.rank, self.world, self.budget)
+        else:
+            # pre-encoded by `segros cache` (refused unless made with these encoders and data), or read
+            t2i = open_cache(d.cache, backbone, d, cfg.model["name"]) if d.cache else t2i_source(d, backbone)
+            self.t2i = RecordBatches(
+                t2i,
+                ShardedOrder(len(t2i), cfg.run.seed, d.shuffle, self.rank, self.world),
+                d.batch_size,
+                self.budget,
+            )
         self.i2t: RecordBatches | None = None
         if cfg.method.i2t_weight > 0:
             i2t = i2t_source(d, backbone)
