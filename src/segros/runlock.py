@@ -81,12 +81,15 @@ def describe(record: dict[str, Any] | None) -> str:
 
 
 def _read_record(fd: int) -> dict[str, Any] | None:
+    """The holder record in the lock file: None when empty (free, or released cleanly)."""
     os.lseek(fd, 0, os.SEEK_SET)
     raw = b""
     while chunk := os.read(fd, 65536):
         raw += chunk
+    if not raw.strip():
+        return None
     try:
-        record = json.loads(raw) if raw.strip() else None
+        record = json.loads(raw)
     except ValueError:  # cut short by a crash while writing it: a holder we cannot name
         return {}
     return record if isinstance(record, dict) else {}
