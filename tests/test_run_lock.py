@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -178,3 +179,22 @@ def test_demo_locks_its_seeds_and_waits_for_shared_training_data(tmp_path):
     world = {"image_size": 32, "layout": "free", "cells": 4}
     folder = demo.training_set(tmp_path / "cache", 4, world)
     assert len((folder / "data.jsonl").read_text().splitlines()) == 4
+
+
+def test_under_torchrun_a_refusal_ends_every_rank(small_tokenizer, tmp_path):
+    out = tmp_path / "run"
+    holder = hold_in_another_process(out)
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "segros.cli", "train", "--out", str(out), "--max-steps", "2", *tiny_args(small_tokenizer),
+    ]  # fmt: skip
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)  # no rank hangs
+    finally:
+        holder.kill()
+        holder.wait()
+    ours = [line for line in done.stderr.splitlines() if line.startswith("segros train:")]
+    assert len(ours) == 1 and ours[0].startswith(f"segros train: error: {out} is in use by pid {holder.pid}")
+    assert done.returncode != 0
+    assert len(re.findall(r"exitcode\s*: 1 ", done.stderr)) == 2  # torchrun's report: both ranks exited 1
+    assert not (out / "config.yaml").exists()
