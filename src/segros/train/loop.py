@@ -20,6 +20,7 @@ draws ShapesWorld prompts; a run on other data passes its own prompts, or none).
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import logging
@@ -512,37 +513,35 @@ class Trainer:
             dynamic_ncols=True,
         )
         window_start, window_steps, bad_in_row = time.perf_counter(), 0, 0
-        try:
-            with StopSignals() as signals:
-                log.info("training steps %d to %d in %s", self.step + 1, r.max_steps, self.out_dir)
-                while self.step < r.max_steps:
-                    out = self.train_step()
-                    bad_in_row = bad_in_row + 1 if out.skipped else 0
-                    if out.skipped:
-                        self._bad_step(bad_in_row)
-                    window_steps += 1
-                    result.losses.append(out.loss)
-                    progress.update(1)
-                    progress.set_postfix(loss=f"{out.losses['total']:.3f}", refresh=False)
-                    if self._due(r.log_every) or self.step == r.max_steps:
-                        self.log(out, window_steps, time.perf_counter() - window_start)
-                        window_start, window_steps = time.perf_counter(), 0
-                    if self._due(r.picture_every):
-                        self.pictures(out)
-                    # never checkpoint right after a skipped step: the last good checkpoint stays latest
-                    saved = not out.skipped and (self._due(r.save_every) or self.step == r.max_steps)
-                    if saved:
+        # however the run ends, the folder's lock (main process) is released, the signal handlers restored
+        with self.folder_lock or contextlib.nullcontext(), StopSignals() as signals:
+            log.info("training steps %d to %d in %s", self.step + 1, r.max_steps, self.out_dir)
+            while self.step < r.max_steps:
+                out = self.train_step()
+                bad_in_row = bad_in_row + 1 if out.skipped else 0
+                if out.skipped:
+                    self._bad_step(bad_in_row)
+                window_steps += 1
+                result.losses.append(out.loss)
+                progress.update(1)
+                progress.set_postfix(loss=f"{out.losses['total']:.3f}", refresh=False)
+                if self._due(r.log_every) or self.step == r.max_steps:
+                    self.log(out, window_steps, time.perf_counter() - window_start)
+                    window_start, window_steps = time.perf_counter(), 0
+                if self._due(r.picture_every):
+                    self.pictures(out)
+                # never checkpoint right after a skipped step: the last good checkpoint stays latest
+                saved = not out.skipped and (self._due(r.save_every) or self.step == r.max_steps)
+                if saved:
+                    self.save()
+                stop = self._agreed_stop(signals)
+                if stop and self.step < r.max_steps:
+                    if not saved and not out.skipped:
                         self.save()
-                    stop = self._agreed_stop(signals)
-                    if stop and self.step < r.max_steps:
-                        if not saved and not out.skipped:
-                            self.save()
-                        result.stopped_by = stop
-                        break
+                    result.stopped_by = stop
+                    break
             progress.close()
             return self.finish(result, time.perf_counter() - start)
-        finally:
-            self._unlock_folder()
 
     def _agreed_stop(self, signals: StopSignals) -> str | None:
         """The stop signal's name if any process received one (all stop at the same step)."""
