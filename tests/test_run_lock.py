@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -119,6 +120,19 @@ def test_a_trainer_that_fails_to_build_leaves_the_folder_free(small_tokenizer, t
     with caplog.at_level(logging.WARNING, logger="segros.runlock"), lock_folder(tmp_path):
         pass
     assert not caplog.records  # released, not left for a takeover
+
+
+def test_a_trainer_built_but_never_run_holds_the_folder_until_it_is_dropped(small_tokenizer, tmp_path):
+    cfg = tiny_config(small_tokenizer, "run.max_steps=1")
+    gc.disable()  # a Trainer is kept in reference cycles: only a collection frees it
+    try:
+        first = Trainer(cfg, tmp_path)
+        with pytest.raises(FolderInUseError, match=f"in use by pid {os.getpid()}"):
+            Trainer(cfg, tmp_path)
+        del first
+        assert Trainer(cfg, tmp_path).run().step == 1  # the dropped one is collected, the lock freed
+    finally:
+        gc.enable()
 
 
 def test_two_locks_in_one_process_conflict_and_keys_are_independent(tmp_path):

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import json
 import logging
 import os
@@ -176,6 +177,26 @@ def lock_folder(folder: str | Path, key: str | None = None, wait: bool = False) 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / (LOCK_FILE if key is None else f"{LOCK_FILE}-{key}")
+    try:
+        return _lock(folder, key, path, wait=False)
+    except FolderInUseError:
+        here = _held_here(path)
+        if not (here or wait):
+            raise
+        if here:  # maybe by an object nothing refers to any more (a Trainer built but never run,
+            gc.collect()  # in a reference cycle): collected, it releases the lock
+        return _lock(folder, key, path, wait=wait and not here)  # never wait for this process
+
+
+def _held_here(path: Path) -> bool:
+    try:
+        record = json.loads(path.read_text() or "null")
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and record.get("pid") == os.getpid()
+
+
+def _lock(folder: Path, key: str | None, path: Path, wait: bool) -> FolderLock:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         won = _flock(fd, wait)
