@@ -20,6 +20,7 @@ from test_run_lock import PY, _env, start_training, tiny_args
 from train_helpers import tiny_config
 
 from segros.train import checkpoint as ckpt
+from segros.train import stopping
 from segros.train.loop import RunStoppedError, Trainer, train, train_to_end
 
 # a constant learning rate after warm-up, so a run's updates do not depend on its max_steps
@@ -32,13 +33,15 @@ def max_abs_diff(a: Path, b: Path) -> float:
     return max(float((wa[k].double() - wb[k].double()).abs().max()) for k in wa)
 
 
-def signal_at_step(trainer: Trainer, step: int, sig: signal.Signals, times: int = 1) -> None:
-    """Send ``sig`` to this process during optimizer step ``step`` (between its micro-batches)."""
+def signal_at_step(trainer: Trainer, step: int, sig: signal.Signals, times: int = 1, pause: float = 0):
+    """Send ``sig`` to this process ``times`` times, ``pause`` seconds apart, as optimizer step
+    ``step`` begins."""
     original = trainer.train_step
 
     def train_step():
         if trainer.step + 1 == step:
-            for _ in range(times):
+            for i in range(times):
+                time.sleep(pause if i else 0)
                 os.kill(os.getpid(), sig)
         return original()
 
@@ -78,13 +81,13 @@ def test_sigterm_in_process_saves_returns_and_restores_the_handlers(small_tokeni
 def test_ctrl_c_stops_with_a_checkpoint_and_a_second_one_at_once(small_tokenizer, tmp_path):
     cfg = tiny_config(small_tokenizer, "run.max_steps=6", "run.save_every=6")
     trainer = Trainer(cfg, tmp_path / "once")
-    signal_at_step(trainer, 3, signal.SIGINT)
+    signal_at_step(trainer, 3, signal.SIGINT, times=2)  # one Ctrl-C delivered twice (torchrun)
     result = trainer.run()
     assert result.stopped_by == "SIGINT" and result.step == 3
     assert ckpt.latest_checkpoint(tmp_path / "once").name == "step-3"
 
     trainer = Trainer(cfg, tmp_path / "twice")
-    signal_at_step(trainer, 3, signal.SIGINT, times=2)
+    signal_at_step(trainer, 3, signal.SIGINT, times=2, pause=stopping.REPEAT_AFTER + 0.1)
     with pytest.raises(KeyboardInterrupt):
         trainer.run()
     assert ckpt.latest_checkpoint(tmp_path / "twice") is None

@@ -3,9 +3,11 @@
 Schedulers (Slurm, Kubernetes, torchrun passing on its own signal) send SIGTERM some seconds
 before they kill a job. :class:`StopSignals`, active while :meth:`Trainer.run` trains, only
 records that the signal came; the trainer checks after each optimizer step, saves and returns
-(``TrainResult.stopped_by``). The first Ctrl-C does the same; a second one raises
-``KeyboardInterrupt`` at once (a checkpoint being written then is left as a ``.tmp-step-*``
-folder, never as ``latest``). The handlers in place before are restored when the run ends.
+(``TrainResult.stopped_by``). The first Ctrl-C does the same; a second one, a second or more
+later, raises ``KeyboardInterrupt`` at once (a checkpoint being written then is left as a
+``.tmp-step-*`` folder, never as ``latest``). Sooner, it is taken for the same Ctrl-C delivered
+twice: the terminal signals every process of a torchrun job and torchrun passes its own copy on.
+The handlers in place before are restored when the run ends.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from types import FrameType
 from typing import Any
 
@@ -23,6 +26,7 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # what ``segros train`` exits with after a stop: 128 + the signal, as a shell reports a process the
 # signal ended, so `segros train ... && next-step` does not go on with an unfinished run
 EXIT_CODES = {signal.SIGTERM: 128 + signal.SIGTERM, signal.SIGINT: 128 + signal.SIGINT}
+REPEAT_AFTER = 1.0  # seconds after the first Ctrl-C from which a second one interrupts at once
 
 
 class StopSignals:
@@ -31,6 +35,7 @@ class StopSignals:
 
     def __init__(self) -> None:
         self.received: signal.Signals | None = None
+        self._first = 0.0  # time.monotonic() of the first signal
         self._previous: dict[signal.Signals, Any] = {}
         self._pid = os.getpid()
 
@@ -52,11 +57,11 @@ class StopSignals:
             return
         sig = signal.Signals(signum)
         if self.received is None:
-            self.received = sig
+            self.received, self._first = sig, time.monotonic()
             log.warning(
                 "%s: stopping after this step with a checkpoint%s",
                 sig.name,
                 " (Ctrl-C again to stop now, without one)" if sig == signal.SIGINT else "",
             )
-        elif sig == signal.SIGINT:
+        elif sig == signal.SIGINT and time.monotonic() - self._first >= REPEAT_AFTER:
             raise KeyboardInterrupt
