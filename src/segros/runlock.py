@@ -12,12 +12,13 @@ left by a killed run never blocks: the next run gets the lock, finds the dead ho
 warns that it takes it over. The file stays in place (emptied on release): deleting it could let
 a third process lock a new file while a second still holds the old one.
 
-Why ``fcntl.flock`` itself and not the ``filelock`` package (installed here only as a dependency
-of huggingface_hub): filelock opens its lock file with truncation, so the holder record would need
-a second file written after the lock is won, and its API (lifetimes, soft fallbacks, singletons)
-changed completely between its major versions 3 and 4. What is needed here, a non-blocking try, a
-record in the locked file and the holder's death detected, is a few lines on the system call that
-filelock itself uses on Unix.
+Why ``fcntl.flock`` itself and not the ``filelock`` package (installed here only as an unpinned
+dependency of huggingface_hub): filelock keeps no record of who holds its native lock (only its
+soft-lock fallback writes a pid), its 3.x versions open the lock file with truncation, so a record
+could not share the locked file, and its API (lifetimes, soft fallbacks, singletons) changed
+completely between 3.x and 4.x, both of which may be installed. What is needed here, a
+non-blocking try, a record in the locked file and the holder's death detected, is a few lines on
+the system call that filelock itself uses on Unix.
 
 Where the file system has no working flock (Lustre mounted without ``flock``; no ``fcntl``, as on
 Windows), the record alone decides: a holder on this host whose process is gone is stale and taken
