@@ -9,8 +9,10 @@ none for ``segros --help``), and command modules keep heavy imports (torch, mode
 ``run``, so that ``segros --help`` and ``segros COMMAND --help`` stay instant.
 
 Exit codes: 0 success; 2 a usage or config error (one line naming the option or key); 1 a data
-or runtime error (bad records, a broken checkpoint, a full disk, ...): one line ``segros
-COMMAND: error: ...``, with the traceback only under ``--debug``.
+or runtime error (bad records, a broken checkpoint, a full disk, a folder another run holds, ...):
+one line ``segros COMMAND: error: ...``, with the traceback only under ``--debug``; 143 or 130 a
+run stopped by SIGTERM or Ctrl-C at a step boundary, with a checkpoint (one line: where it is and
+how to continue).
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ def _clean_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [ValueError, OSError]
     loop = sys.modules.get("segros.train.loop")  # only if it was imported: never import torch here
     if loop is not None:
-        errors.append(loop.TrainingDivergedError)
+        errors += [loop.TrainingDivergedError, loop.RunStoppedError]
     return tuple(errors)
 
 
@@ -102,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         log.debug("segros %s failed", args.command, exc_info=True)
         print(f"segros {args.command}: error: {err} (run with --debug for the traceback)", file=sys.stderr)
-        return 1
+        return getattr(err, "exit_code", 1)  # a run stopped by a signal: 128 + its number
 
 
 if __name__ == "__main__":

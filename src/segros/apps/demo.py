@@ -23,10 +23,12 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 from segros.eval.checkpoint import evaluate_checkpoint, saved_evaluation
+from segros.runlock import lock_folder
 from segros.shipped import PRETRAINED_TINY, RECIPES
 
 METHODS = ("sft", "reca", "segros")
@@ -134,11 +136,17 @@ def training_set_folder(cache: Path, scenes: int, world: dict[str, Any], seed: i
 
 def training_set(cache: Path, scenes: int, world: dict[str, Any], seed: int = 2000) -> Path:
     """The cached finite fine-tuning set (images + data.jsonl); written only if missing."""
+    folder = training_set_folder(cache, scenes, world, seed)
+    # demos in other folders share the cache: one writes the set while the others wait for it
+    with lock_folder(cache, key=folder.name, wait=True):
+        return _write_training_set(folder, scenes, world, seed)
+
+
+def _write_training_set(folder: Path, scenes: int, world: dict[str, Any], seed: int) -> Path:
     from PIL import Image
 
     from segros.data.shapes import ShapesWorld
 
-    folder = training_set_folder(cache, scenes, world, seed)
     if (folder / "data.jsonl").is_file():
         print(f"[demo] reusing training data {folder}")
         return folder
@@ -219,17 +227,37 @@ def run_demo(
     Seeds ``first_seed .. first_seed + seeds - 1`` are fine-tuning and sampling seeds. Quick and
     full runs keep their runs and evaluations in separate sub-folders (``quick/`` and ``full/``),
     so a ``--quick`` smoke run never collides with a full run in the same output folder.
-    """
-    from segros.backbones.tiny.adapter import cache_dir
-    from segros.train import checkpoint as ckpt
-    from segros.train.loop import train_to_end
 
+    Demos over other seeds may share the folder at the same time; each seed is locked
+    (:mod:`segros.runlock`), so a second demo of a seed already running refuses, naming the first.
+    """
     s = settings(quick)
     if samples is not None:
         s["samples"] = samples
     out.mkdir(parents=True, exist_ok=True)
     work = out / ("quick" if quick else "full")
     work.mkdir(exist_ok=True)
+    seed_list = list(range(first_seed, first_seed + seeds))
+    with ExitStack() as held:
+        for seed in seed_list:
+            held.enter_context(lock_folder(work, key=f"seed{seed}"))
+        return _run_stages(out, work, s, seed_list, cache, ablations, quick)
+
+
+def _run_stages(
+    out: Path,
+    work: Path,
+    s: dict[str, Any],
+    seed_list: list[int],
+    cache: Path | None,
+    ablations: bool,
+    quick: bool,
+) -> Path:
+    """The stages of :func:`run_demo`, with its seeds locked."""
+    from segros.backbones.tiny.adapter import cache_dir
+    from segros.train import checkpoint as ckpt
+    from segros.train.loop import train_to_end
+
     cache = cache or cache_dir()
     clock = Stopwatch(work / "stage_times.json")
     pretrained = clock.run(
@@ -244,7 +272,6 @@ def run_demo(
         done=lambda: (training_set_folder(cache, s["train_scenes"], world) / "data.jsonl").is_file(),
     )
     variants = {m: [f"method.preset={m}"] for m in METHODS} | (ABLATIONS if ablations else {})
-    seed_list = list(range(first_seed, first_seed + seeds))
     runs: dict[str, list[Path]] = {name: [] for name in variants}
     for name, method in variants.items():
         for seed in seed_list:

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from segros.data.readers import BadRecord
+from segros.runlock import lock_folder
 
 INDEX = "index.json"
 FORMAT = 1
@@ -142,7 +143,24 @@ def write_cache(
     batch_size: int = 32,
     progress: Any = None,
 ) -> dict[str, Any]:
-    """Encode every record of ``source`` into ``out`` (resuming a killed run); the index."""
+    """Encode every record of ``source`` into ``out`` (resuming a killed run); the index.
+
+    One writer at a time: ``out`` is locked while this runs (:mod:`segros.runlock`), so a second
+    ``segros cache`` on the same folder refuses, naming the first, instead of both writing."""
+    with lock_folder(out):
+        return _write_cache(backbone, source, data, model_name, out, shard_size, batch_size, progress)
+
+
+def _write_cache(
+    backbone: Any,
+    source: Any,
+    data: Any,
+    model_name: str,
+    out: str | Path,
+    shard_size: int,
+    batch_size: int,
+    progress: Any,
+) -> dict[str, Any]:
     from safetensors.torch import save_file
 
     folder = Path(out)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
+import signal
 import sys
 import time
 from pathlib import Path
@@ -70,18 +72,47 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
+    from segros.runlock import FolderInUseError
     from segros.train import checkpoint as ckpt
     from segros.train.loop import train
+    from segros.train.stopping import EXIT_CODES
 
+    main_process = int(os.environ.get("RANK", "0")) == 0  # one line, not one per process
     started = time.time() - 1.0  # file times may be rounded to the second
     try:
         result = train(cfg, out, resume=args.resume, pictures=pictures)
+    except FolderInUseError as err:  # another run holds the folder: nothing was written
+        if main_process:
+            print(f"segros train: error: {err}", file=sys.stderr)
+        return 1
     except Exception as err:
         # died while writing a checkpoint (a full disk): say so, and remove the partial folder
         failure = ckpt.write_failure(out, err, since=started)
         if failure is None:
             raise
         raise failure from err
-    if int(os.environ.get("RANK", "0")) == 0:  # one line, not one per process
+    if result.stopped_by:
+        if main_process:
+            line = stopped_message(args, out, result, ckpt.latest_checkpoint(out))
+            print(f"segros train: {line}", file=sys.stderr)
+        return EXIT_CODES[signal.Signals[result.stopped_by]]
+    if main_process:
         print(f"trained to step {result.step} in {result.seconds:.1f}s; run folder {out}")
     return 0
+
+
+def stopped_message(args: argparse.Namespace, out: Path, result: Any, checkpoint: Path | None) -> str:
+    """The one line after a run stopped by a signal: where its checkpoint is, how to continue."""
+    command = ["segros", "train"] + (["--config", args.config] if args.config else [])
+    command += ["--out", str(out)]
+    if args.max_steps is not None:
+        command += ["--max-steps", str(args.max_steps)]
+    if args.save_every is not None:
+        command += ["--save-every", str(args.save_every)]
+    if args.sample_prompts != "auto":
+        command += ["--sample-prompts", args.sample_prompts]
+    command += [*args.overrides, "--resume"]
+    return (
+        f"stopped by {result.stopped_by} after step {result.step}; checkpoint {checkpoint or 'none'}; "
+        f"continue with: {shlex.join(command)}"
+    )

@@ -20,11 +20,13 @@ draws ShapesWorld prompts; a run on other data passes its own prompts, or none).
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import logging
 import math
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -45,17 +47,28 @@ from segros.data.sources import i2t_source, t2i_source
 from segros.data.streaming import streaming_batches
 from segros.losses import total_loss
 from segros.plan import SupervisionPlan
+from segros.runlock import FolderInUseError, FolderLock, lock_folder
 from segros.supervision import ground_and_plan, sample_ratio
 from segros.train import checkpoint as ckpt
 from segros.train import lora
 from segros.train.config import TrainConfig, dump_config
 from segros.train.logger import PictureCallback, RunLogger
+from segros.train.stopping import EXIT_CODES, StopSignals
 
 log = logging.getLogger(__name__)
 
 
 class TrainingDivergedError(RuntimeError):
     """Too many consecutive steps with a non-finite loss."""
+
+
+class RunStoppedError(RuntimeError):
+    """:func:`train_to_end` was stopped by a signal before its last step (a checkpoint was saved);
+    ``exit_code`` is what a command exits with (:data:`segros.train.stopping.EXIT_CODES`)."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 @dataclass
@@ -67,6 +80,7 @@ class TrainResult:
     bad_records: int = 0
     seconds: float = 0.0  # wall time of this call
     total_seconds: float = 0.0  # wall time of the run up to its last step, across resumes
+    stopped_by: str | None = None  # "SIGTERM" / "SIGINT": stopped early, with a checkpoint (stopping)
 
 
 def lr_factor(step: int, warmup: int, total: int, schedule: str, min_ratio: float) -> float:
@@ -173,18 +187,23 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.picture_callback = pictures
         self.seconds_before, self.run_start = 0.0, None  # see train_seconds()
+        self.folder_lock: FolderLock | None = None  # held from _setup_accelerator to the end of run()
         self._setup_accelerator()
-        self.backbone = self._setup_model()
-        self._setup_optimizer()
-        self.plan_cfg = cfg.method.plan_config()
-        self.generator = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + self.rank)
-        self._setup_data()
-        self.step = 0
-        self.skipped_steps = 0
-        self._iterators: tuple[Any, Any] | None = None  # the data streams train_step reads
-        if resume:
-            self._resume()
-        self.logger = RunLogger(self.accelerator, cfg, self.out_dir)
+        try:
+            self.backbone = self._setup_model()
+            self._setup_optimizer()
+            self.plan_cfg = cfg.method.plan_config()
+            self.generator = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + self.rank)
+            self._setup_data()
+            self.step = 0
+            self.skipped_steps = 0
+            self._iterators: tuple[Any, Any] | None = None  # the data streams train_step reads
+            if resume:
+                self._resume()
+            self.logger = RunLogger(self.accelerator, cfg, self.out_dir)
+        except BaseException:
+            self._unlock_folder()  # a Trainer that could not be built leaves its folder free
+            raise
 
     # --- set-up ---------------------------------------------------------------------------------
     def _setup_accelerator(self) -> None:
@@ -205,10 +224,34 @@ class Trainer:
         )
         acc = self.accelerator
         self.rank, self.world = acc.process_index, acc.num_processes
+        self._lock_folder()  # before anything is written into it
         if acc.is_main_process:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / "config.yaml").write_text(dump_config(cfg))
         acc.wait_for_everyone()
+
+    def _lock_folder(self) -> None:
+        """One run per folder (:mod:`segros.runlock`): the main process locks it; when that is
+        refused, every process raises :class:`FolderInUseError` (the others learn it through an
+        all-reduce), after the process group is taken down so that no process hangs or aborts."""
+        acc = self.accelerator
+        refusal = None
+        if acc.is_main_process:
+            try:
+                self.folder_lock = lock_folder(self.out_dir)
+            except FolderInUseError as err:
+                refusal = err
+        refused = refusal is not None
+        if self.world > 1:
+            refused = bool(acc.reduce(torch.tensor([float(refused)], device=acc.device), "sum").item())
+        if refused:
+            acc.end_training()
+            raise refusal or FolderInUseError(f"{self.out_dir} is in use (the main process was refused)")
+
+    def _unlock_folder(self) -> None:
+        if self.folder_lock is not None:
+            self.folder_lock.release()
+            self.folder_lock = None
 
     def _setup_model(self) -> Backbone:
         """The backbone as ``model:`` says (same initial weights on every process), with LoRA
@@ -457,7 +500,12 @@ class Trainer:
         self.accelerator.free_memory()  # its own references to the wrapper, then a garbage collection
 
     def run(self) -> TrainResult:
-        """Train to ``run.max_steps``: step, log, draw and checkpoint on their schedules."""
+        """Train to ``run.max_steps``: step, log, draw and checkpoint on their schedules.
+
+        SIGTERM or Ctrl-C (:mod:`segros.train.stopping`) stop it at the next step boundary, the
+        same one on every process: it saves a checkpoint there and returns with ``stopped_by``.
+        The run folder's lock is released when this returns or raises.
+        """
         r = self.cfg.run
         result = TrainResult(self.out_dir, self.step)
         start = self.run_start = time.perf_counter()
@@ -469,25 +517,43 @@ class Trainer:
             dynamic_ncols=True,
         )
         window_start, window_steps, bad_in_row = time.perf_counter(), 0, 0
-        while self.step < r.max_steps:
-            out = self.train_step()
-            bad_in_row = bad_in_row + 1 if out.skipped else 0
-            if out.skipped:
-                self._bad_step(bad_in_row)
-            window_steps += 1
-            result.losses.append(out.loss)
-            progress.update(1)
-            progress.set_postfix(loss=f"{out.losses['total']:.3f}", refresh=False)
-            if self._due(r.log_every) or self.step == r.max_steps:
-                self.log(out, window_steps, time.perf_counter() - window_start)
-                window_start, window_steps = time.perf_counter(), 0
-            if self._due(r.picture_every):
-                self.pictures(out)
-            # never checkpoint right after a skipped step: the last good checkpoint stays latest
-            if not out.skipped and (self._due(r.save_every) or self.step == r.max_steps):
-                self.save()
-        progress.close()
-        return self.finish(result, time.perf_counter() - start)
+        # however the run ends, the folder's lock (main process) is released, the signal handlers restored
+        with self.folder_lock or contextlib.nullcontext(), StopSignals() as signals:
+            log.info("training steps %d to %d in %s", self.step + 1, r.max_steps, self.out_dir)
+            while self.step < r.max_steps:
+                out = self.train_step()
+                bad_in_row = bad_in_row + 1 if out.skipped else 0
+                if out.skipped:
+                    self._bad_step(bad_in_row)
+                window_steps += 1
+                result.losses.append(out.loss)
+                progress.update(1)
+                progress.set_postfix(loss=f"{out.losses['total']:.3f}", refresh=False)
+                if self._due(r.log_every) or self.step == r.max_steps:
+                    self.log(out, window_steps, time.perf_counter() - window_start)
+                    window_start, window_steps = time.perf_counter(), 0
+                if self._due(r.picture_every):
+                    self.pictures(out)
+                # never checkpoint right after a skipped step: the last good checkpoint stays latest
+                saved = not out.skipped and (self._due(r.save_every) or self.step == r.max_steps)
+                if saved:
+                    self.save()
+                stop = self._agreed_stop(signals)
+                if stop and self.step < r.max_steps:
+                    if not saved and not out.skipped:
+                        self.save()
+                    result.stopped_by = stop
+                    break
+            progress.close()
+            return self.finish(result, time.perf_counter() - start)
+
+    def _agreed_stop(self, signals: StopSignals) -> str | None:
+        """The stop signal's name if any process received one (all stop at the same step)."""
+        code = int(signals.received or 0)
+        if self.world > 1:
+            acc = self.accelerator
+            code = int(acc.reduce(torch.tensor([code], device=acc.device), "max").item())
+        return signal.Signals(code).name if code else None
 
     def _bad_step(self, in_row: int) -> None:
         """Warn of a skipped step; stop the run after ``run.max_bad_steps`` in a row."""
@@ -514,6 +580,7 @@ class Trainer:
         if self.accelerator.is_main_process:
             summary = {
                 "step": self.step,
+                "stopped_by": result.stopped_by,
                 "skipped_steps": self.skipped_steps,
                 "bad_records": self.budget.bad_records,
                 "skipped_reads": self.budget.bad,
@@ -567,7 +634,15 @@ def train(
 
 def train_to_end(cfg: TrainConfig, out_dir: str | Path, pictures: PictureCallback | None = None) -> Path:
     """The run's final checkpoint: reused if one reached ``run.max_steps``, else trained now,
-    continuing from the newest intact checkpoint when there is one."""
+    continuing from the newest intact checkpoint when there is one. A stop by SIGTERM or Ctrl-C
+    raises :class:`RunStoppedError`, so that nothing goes on with an unfinished run."""
     if not ckpt.finished(out_dir, cfg.run.max_steps):
-        train(cfg, out_dir, resume=ckpt.latest_checkpoint(out_dir) is not None, pictures=pictures)
+        result = train(cfg, out_dir, resume=ckpt.latest_checkpoint(out_dir) is not None, pictures=pictures)
+        if result.stopped_by:
+            raise RunStoppedError(
+                f"{out_dir}: stopped by {result.stopped_by} after step {result.step} of "
+                f"{cfg.run.max_steps}, checkpoint {ckpt.latest_checkpoint(out_dir)}; "
+                "the same command continues from it",
+                EXIT_CODES[signal.Signals[result.stopped_by]],
+            )
     return ckpt.latest_checkpoint(out_dir)
