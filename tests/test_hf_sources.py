@@ -16,8 +16,10 @@ from _data_files import CORRUPT, pixels, png_bytes
 from datasets import Dataset, DatasetDict, Features, Image, Value
 from PIL import Image as PILImage
 
-from segros.data.hf import ArrowImageText, resolve_columns
-from segros.data.readers import BadRecord, ImageTextRecord, open_image_text
+from segros.data.columns import resolve_columns
+from segros.data.formats import open_image_text
+from segros.data.hf import ArrowImageText
+from segros.data.readers import BadRecord, ImageTextRecord
 
 
 def assert_good(record, arr, caption) -> None:
@@ -143,7 +145,7 @@ def test_hub_ids_offline_load_from_the_hub_cache_or_fail_in_one_line(tmp_path: P
     code = f"""
 import types
 from segros.data.budget import BadRecordBudget
-from segros.data.readers import open_image_text
+from segros.data.formats import open_image_text
 from segros.data.streaming import streaming_batches
 cache = {str(tmp_path / "arrow")!r}
 ds = open_image_text("someone/mj-copy", cache_dir=cache)

@@ -13,8 +13,9 @@ import paper_data
 import pytest
 
 from segros.cli import main
+from segros.data.formats import open_image_text
 from segros.data.llava import LlavaConversations
-from segros.data.readers import ImageTextRecord, open_image_text
+from segros.data.readers import ImageTextRecord
 
 
 def train_cli(small_tokenizer, out, *flags: str) -> dict:

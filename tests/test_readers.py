@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from _data_files import CORRUPT, jpeg_bytes, pixels, png_bytes, truncated_png
 
+from segros.data.formats import open_image_text
 from segros.data.hf import ArrowImageText
 from segros.data.readers import (
     BadRecord,
@@ -21,7 +22,6 @@ from segros.data.readers import (
     JsonlImageText,
     ParquetImageText,
     TarImageText,
-    open_image_text,
 )
 
 

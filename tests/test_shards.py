@@ -9,7 +9,8 @@ import webdataset as wds
 from _data_files import png_bytes
 from paper_data import picture
 
-from segros.data.readers import TarImageText, open_image_text
+from segros.data.formats import open_image_text
+from segros.data.readers import TarImageText
 from segros.data.shards import expand, is_url, suffix_of
 from segros.train.config import ConfigError, load_config
 

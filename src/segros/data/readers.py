@@ -28,6 +28,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from segros.data.columns import resolve_columns
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
@@ -460,13 +462,11 @@ class JsonListImageText:
 
     ShareGPT-4o-Image ships its text-to-image pairs this way (``output_image``: a path relative
     to the file's folder, ``input_prompt``: the prompt). The fields are the configured ones when
-    the records have them, else the first known alternative (:func:`segros.data.hf.resolve_columns`).
+    the records have them, else the first known alternative (:func:`segros.data.columns.resolve_columns`).
     A record that is not an object, has no image path or no usable caption is a bad record.
     """
 
     def __init__(self, path: str | Path, image_key: str = "image", caption_key: str = "caption") -> None:
-        from segros.data.hf import resolve_columns
-
         self.path = Path(path)
         with self.path.open(encoding="utf-8") as f:
             data = json.load(f)
@@ -496,98 +496,4 @@ class JsonListImageText:
         return _make_record(read_image_file(self.path.parent / image_path), entry.get(self.caption_key), key)
 
 
-# ---------------------------------------------------------------------------
-# Factory
-# ---------------------------------------------------------------------------
-
 ImageTextDataset = FolderImageText | JsonlImageText | JsonListImageText | ParquetImageText | TarImageText
-
-
-def _listed_files(folder: Path) -> list[Path]:
-    """The shards of a folder: its ``*.tar``, ``*.tar.gz``/``*.tgz``, ``*.parquet`` or ``*.arrow``
-    files. Tars come first: img2dataset writes a metadata ``.parquet`` next to each ``.tar``."""
-    for pattern in ("*.tar", "*.tar.gz", "*.tgz", "*.parquet", "*.arrow"):
-        paths = sorted(folder.glob(pattern))
-        if paths:
-            return paths
-    return []
-
-
-def open_image_text(
-    spec: str | Path | Sequence[str | Path],
-    image_key: str = "image",
-    caption_key: str = "caption",
-    split: str = "train",
-    cache_dir: str | None = None,
-) -> Any:
-    """Open an image-caption source, choosing the reader from the path (docs/data.md).
-
-    - ``*.jsonl`` file: JSONL manifest; ``*.json`` file: a JSON list of records
-      (``image_key``/``caption_key`` are their fields);
-    - ``*.parquet`` file(s), or a folder of them: read through ``datasets`` (memory-mapped Arrow,
-      converted once into ``cache_dir``), so shuffled reads cost what sequential ones do;
-    - ``*.tar`` shard(s) or a folder of them: WebDataset shards, indexed once;
-    - a ``datasets`` folder (``save_to_disk``, ``*.arrow`` files, a dataset repository or the
-      hub cache's ``datasets--owner--name``), or a hub id ``owner/name``: :mod:`segros.data.hf`;
-    - any other folder: images with sidecar ``.txt`` captions.
-
-    ``spec`` may be a list of paths, or patterns joined by ``::``, with shell globs and brace
-    ranges (``shards/shard-{000..099}.tar``). Compressed tars and URLs can only be streamed
-    (``data.streaming``): they are refused here with that advice.
-    """
-    from segros.data import hf
-    from segros.data.shards import expand, is_multi, is_url, suffix_of
-
-    text = str(spec) if isinstance(spec, str | Path) else "::".join(map(str, spec))
-    names = expand(spec)
-    if any(is_url(n) for n in names):
-        raise ValueError(f"{text}: URLs can only be read as a stream: set data.streaming=true")
-    if is_multi(spec):
-        paths = [Path(n) for n in names]
-        if missing := [p for p in paths if not p.is_file()]:
-            raise FileNotFoundError(
-                f"data source not found: {len(missing)} of the {len(paths)} files {text} names are "
-                f"missing: {', '.join(p.name for p in missing[:3])}{', ...' if len(missing) > 3 else ''}"
-            )
-    else:
-        path = Path(names[0])
-        if not path.exists() and hf.looks_like_hub_id(names[0]):
-            cached = hf.cached_hub_repo(names[0])  # offline: the download in the hub cache
-            if cached is None:
-                return hf.open_hf(names[0], image_key, caption_key, split, cache_dir)
-            path = cached
-        if not path.exists():
-            raise FileNotFoundError(f"data source not found: {path}")
-        if path.is_dir():
-            path = hf.hub_snapshot(path) or path
-            if hf.is_saved_dataset(path):
-                return hf.open_hf(str(path), image_key, caption_key, split, cache_dir)
-            paths = _listed_files(path)
-            if not paths:
-                if hf.is_repo_folder(path):
-                    return hf.open_hf(str(path), image_key, caption_key, split, cache_dir)
-                return FolderImageText(path)
-        else:
-            paths = [path]
-    suffixes = {suffix_of(str(p)) for p in paths}
-    if suffixes == {".parquet"}:
-        return hf.open_parquet([str(p) for p in paths], image_key, caption_key, cache_dir)
-    if suffixes == {".arrow"}:
-        dataset = hf.load_arrow_files(paths, split)
-        folder = paths[0].parent
-        return hf.ArrowImageText(dataset, image_key, caption_key, name=folder.name, base=folder)
-    if suffixes == {".tar"}:
-        return TarImageText(paths)
-    if suffixes <= {".tar.gz", ".tgz", ".tar"}:
-        raise ValueError(
-            f"{text}: compressed tar shards cannot be read by index (gzip streams cannot be seeked): "
-            "set data.streaming=true to read them as a stream, or decompress them once (gunzip)"
-        )
-    if suffixes == {".jsonl"} and len(paths) == 1:
-        return JsonlImageText(paths[0], image_key=image_key, caption_key=caption_key)
-    if suffixes == {".json"} and len(paths) == 1:
-        return JsonListImageText(paths[0], image_key=image_key, caption_key=caption_key)
-    raise ValueError(
-        f"cannot tell the data format of {text}: expected a folder, one .jsonl or .json, "
-        f".parquet / .arrow file(s), .tar shard(s) or a Hugging Face dataset, got suffixes {sorted(suffixes)}"
-    )

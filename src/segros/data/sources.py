@@ -13,8 +13,9 @@ from typing import Any
 
 from PIL import Image
 
+from segros.data.formats import open_image_text
 from segros.data.llava import I2TRecord, LlavaConversations
-from segros.data.readers import ImageTextRecord, open_image_text
+from segros.data.readers import ImageTextRecord
 
 # Questions of the ShapesWorld image-to-text task (answer: the scene's caption).
 SHAPES_QUESTIONS = ("what is shown in this image", "describe this picture", "what is in the image")

@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from segros.data.budget import BadRecordBudget
-from segros.data.hf import image_value_record, resolve_columns, undecoded
+from segros.data.columns import resolve_columns
+from segros.data.hf import image_value_record, undecoded
 from segros.data.readers import BadRecord, ImageTextRecord
 
 log = logging.getLogger(__name__)
@@ -166,9 +167,9 @@ def open_stream(spec: Any, split: str = "train", cache_dir: str | None = None) -
             if hf.is_saved_dataset(path):
                 ds = hf.load_saved(path, split)
                 return ds.to_iterable_dataset(num_shards=min(len(ds), 64)), path
-            from segros.data.readers import _listed_files
+            from segros.data.formats import listed_files
 
-            listed = _listed_files(path)
+            listed = listed_files(path)
             if not listed:
                 if hf.is_repo_folder(path):
                     return hf.load_repo(str(path), split, cache_dir, streaming=True), path
