@@ -76,6 +76,11 @@ HELD_OUT_RELATIONS: tuple[tuple[str, str, str], ...] = (
 _HELD_OUT_FACTS = frozenset(HELD_OUT_RELATIONS) | {(b, INVERSE[r], a) for a, r, b in HELD_OUT_RELATIONS}
 _HELD_OUT_SHAPE_PAIRS = frozenset((a, b) for a, _, b in _HELD_OUT_FACTS)
 
+# Seeds of the validation scenes (``segros validate``, segros.eval.validate): no training run,
+# evaluation prompt or benchmark draws from them, and training configs refuse them
+# (data.shapes_seed, and its image-to-text stream, seed + 7919).
+VALIDATION_SEEDS: tuple[int, ...] = (1_000_000, 1_000_001)
+
 TEMPLATE_WORDS = (
     "a an photo of and the is at in on top bottom middle center left right above below small large"
 )
