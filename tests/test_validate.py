@@ -8,6 +8,8 @@ import contextlib
 import functools
 import io
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -192,3 +194,15 @@ def test_command_prints_the_tables_and_a_json_line_last():
     with pytest.raises(SystemExit) as exit_:
         run_cli("pretrained", "--ratios", "0.5,2")
     assert exit_.value.code == 2
+
+
+def test_help_imports_no_torch():
+    code = (
+        "import sys, segros.cli\n"
+        "try:\n    segros.cli.main(['validate', '--help'])\nexcept SystemExit:\n    pass\n"
+        "print('TORCH', 'torch' in sys.modules, file=sys.stderr)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert "--per-tag" in done.stdout and "TORCH False" in done.stderr
