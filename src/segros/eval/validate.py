@@ -201,7 +201,8 @@ def validate(
     batch_size: int = 64,
 ) -> dict[str, Any]:
     """Both measures on one backbone: ``{"nll": {ratio: {...}}, "i2t_nll", "probe": {tag: {...}},
-    "probe_mean", "scenes", "per_tag", "probe_ratio", "seed"}``. Deterministic given ``seed``."""
+    "probe_mean", "scenes", "per_tag", "probe_ratio", "seed"}``. Deterministic given ``seed``; puts
+    the backbone in eval mode and leaves the global RNG as it found it."""
     for r in (*ratios, probe_ratio):
         if not 0.0 < r <= 1.0:
             raise ValueError(f"mask ratios must be in (0, 1], got {r}")
