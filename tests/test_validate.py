@@ -10,6 +10,7 @@ import io
 import json
 import subprocess
 import sys
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -99,6 +100,19 @@ def test_each_perturbation_changes_the_one_fact_its_tag_tests_and_makes_the_capt
             assert robust_relations(a, b) == {relation} and flipped == INVERSE[relation]
             assert flipped not in relative_position(a.box, b.box, threshold=0.0)  # false even loosely
             assert not is_held_out_relation(a.shape, flipped, b.shape)
+
+
+def test_perturbations_are_drawn_independently_of_the_scene():
+    # a perturbation stream that repeated the scene's own (default_rng([seed, i, 0]) does: seed
+    # sequences drop trailing zeros) replaced three shapes in four by the first other shape
+    world = ShapesWorld(seed=PROBE_SEED, **WORLD)
+    shapes = Counter(content(i.perturbed)[-1] for i in probe_items(world, 300, ("single_object",)))
+    assert set(shapes) == set(SHAPES) and all(0.1 < n / 300 < 0.25 for n in shapes.values()), shapes
+    colors = Counter(content(i.perturbed)[-2] for i in probe_items(world, 300, ("colors",)))
+    assert set(colors) == set(COLORS) and max(colors.values()) / 300 < 0.2, colors
+    threes = [i for i in probe_items(world, 300, ("counting",)) if len(i.scene.objects) == 3]
+    up = sum(content(i.perturbed)[2] == "four" for i in threes) / len(threes)
+    assert len(threes) > 50 and 0.3 < up < 0.7
 
 
 def test_items_are_a_pure_function_of_the_world_and_count():

@@ -52,6 +52,7 @@ PROBE_TAGS: tuple[str, ...] = ("single_object", "two_object", "counting", "color
 DEFAULT_SCENES = 512
 MASK_RATIOS: tuple[float, ...] = (0.5, 0.8, 1.0)
 DEFAULT_PER_TAG = 300
+PROBE_SPAWN_KEY = 28  # the probe's child streams of a scene's seed sequence (perturbation_seed)
 
 
 @dataclass(frozen=True)
@@ -157,12 +158,22 @@ def captions_for(tag: str, scene: Scene, rng: np.random.Generator) -> tuple[str,
     return _MAKERS[tag](scene.objects, rng)
 
 
+def perturbation_seed(seed: int, index: int, tag: str) -> np.random.SeedSequence:
+    """The seed of scene ``index``'s perturbation for ``tag``: a child stream (``spawn_key``) of the
+    scene's own seed sequence, so independent of the draws that made the scene.
+
+    (``default_rng([seed, index, 0])`` would not be: seed sequences ignore trailing zeros, so it
+    repeats the scene's own stream, whose first draw picked the scene kind.)
+    """
+    return np.random.SeedSequence([seed, index], spawn_key=(PROBE_SPAWN_KEY, PROBE_TAGS.index(tag)))
+
+
 def probe_items(world: object, per_tag: int, tags: tuple[str, ...] = PROBE_TAGS) -> list[ProbeItem]:
     """The first ``per_tag`` qualifying scenes of ``world`` for each tag, in scene order.
 
     A scene may serve several tags (a one-object scene serves single_object and colors). The
-    perturbation of scene ``i`` for tag ``t`` is drawn from ``default_rng([world.seed, i, t])``,
-    so the items are a pure function of the world and ``per_tag``.
+    perturbation of scene ``i`` for tag ``t`` is drawn from :func:`perturbation_seed`, so the
+    items are a pure function of the world and ``per_tag``.
     """
     unknown = [t for t in tags if t not in _MAKERS]
     if unknown or per_tag < 1:
@@ -177,7 +188,7 @@ def probe_items(world: object, per_tag: int, tags: tuple[str, ...] = PROBE_TAGS)
         scene = world.scene(index)
         for tag in tags:
             if len(found[tag]) < per_tag:
-                rng = np.random.default_rng([world.seed, index, PROBE_TAGS.index(tag)])
+                rng = np.random.default_rng(perturbation_seed(world.seed, index, tag))
                 pair = captions_for(tag, scene, rng)
                 if pair is not None:
                     found[tag].append(ProbeItem(tag, index, scene, *pair))
