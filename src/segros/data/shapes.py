@@ -461,7 +461,7 @@ def _web_relation(
     named: list[ShapeObject],
     noise: WebNoise,
     exclude_held_out: bool,
-    exclude: set[tuple[int, int]] = frozenset(),
+    exclude: set[tuple[int, int]] | frozenset[tuple[int, int]] = frozenset(),
 ) -> tuple[ShapeObject, str, ShapeObject] | None:
     """A robust relation between two named objects that their colour and shape tell apart from the
     others named (as in dense captions), wrong with ``noise.wrong``; None if there is none or its
