@@ -7,53 +7,31 @@ the tokens that lie on objects (where the caption's content is) and the image-to
 
     python benchmarks/val_nll.py CHECKPOINT [CHECKPOINT ...] [--scenes 512] [--mask-ratio 0.8]
 
-Scenes come from a seed no training run uses (9999), so none was trained on.
+Scenes come from a seed no training run uses (9999), so none was trained on. `segros validate`
+runs the same masked-token loss (segros.eval.validate) on its own validation seeds, at several
+ratios, with the alignment probe.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 import torch
-from PIL import Image
 
 from segros.backbones.registry import load_backbone
-from segros.data.llava import I2TRecord
-from segros.data.readers import ImageTextRecord
 from segros.data.sources import world_for
 from segros.eval.checkpoint import resolve
-from segros.eval.pointing import patch_coverage
-from segros.plan import make_plan, preset
+from segros.eval.validate import i2t_nll, masked_nll
 
 
 @torch.no_grad()
 def evaluate(path: str, scenes: list, mask_ratio: float, batch_size: int = 64) -> dict[str, float]:
+    """The library's masked-token loss (segros.eval.validate, which `segros validate` runs too)
+    with the masks of a generator seeded 0, the same for every checkpoint, and the i2t NLL."""
     backbone = load_backbone(path).eval()
-    totals = {"nll": 0.0, "nll_on_objects": 0.0, "i2t_nll": 0.0}
-    weights = {"nll": 0.0, "nll_on_objects": 0.0, "i2t_nll": 0.0}
     generator = torch.Generator().manual_seed(0)  # the same masks for every checkpoint
-    for start in range(0, len(scenes), batch_size):
-        chunk = scenes[start : start + batch_size]
-        records = [ImageTextRecord(Image.fromarray(s.image), s.caption, str(i)) for i, s in enumerate(chunk)]
-        batch = backbone.prepare_t2i(records)
-        B, N = len(batch), backbone.num_tokens
-        plan = make_plan(preset("sft"), torch.full((B,), mask_ratio, dtype=torch.float64), N, None, generator)
-        on_objects = patch_coverage(
-            torch.stack([torch.from_numpy(sum(o.mask for o in s.objects).astype(bool)) for s in chunk]),
-            backbone.token_grid,
-        ).reshape(B, N)
-        for name, weight in (("nll", plan.loss_weight), ("nll_on_objects", plan.loss_weight * on_objects)):
-            plan_w = dataclasses.replace(plan, loss_weight=weight)
-            totals[name] += float(backbone.reconstruction_loss(batch, plan_w)) * float(weight.sum())
-            weights[name] += float(weight.sum())
-        i2t = backbone.prepare_i2t(
-            [I2TRecord(r.image, [("describe this picture", r.caption)], r.key) for r in records]
-        )
-        answers = float(i2t.answer_mask[:, 1:].sum())
-        totals["i2t_nll"] += float(backbone.i2t_loss(i2t)) * answers
-        weights["i2t_nll"] += answers
-    return {k: totals[k] / max(weights[k], 1e-9) for k in totals}
+    result = masked_nll(backbone, scenes, mask_ratio, generator, batch_size)
+    return result | {"i2t_nll": i2t_nll(backbone, scenes, batch_size)}
 
 
 def main() -> None:

@@ -67,6 +67,12 @@ def test_a_cache_made_with_another_encoder_or_data_is_refused(request, small_tok
     other = apply_overrides(raw, ["data.shapes_seed=3", f"data.cache={tmp_path / 'cache'}"])
     with pytest.raises(ValueError, match=r"data\.shapes_seed: cache 0, this run 3"):
         Trainer(validate(other), tmp_path / "b")
+    # web captions at other rates than the cache's
+    web = apply_overrides(raw, ["data.shapes_caption_style=web"])
+    assert _cache(web, tmp_path / "web") == 0
+    other = apply_overrides(web, ["data.shapes_web_noise.wrong=0.3", f"data.cache={tmp_path / 'web'}"])
+    with pytest.raises(ValueError, match=r"data\.shapes_web_noise\.wrong: cache 0\.1, this run 0\.3"):
+        Trainer(validate(other), tmp_path / "w")
     # another backbone entirely
     tiny = apply_overrides(_raw("tiny", request, small_tokenizer), [f"data.cache={tmp_path / 'cache'}"])
     with pytest.raises(ValueError, match=r"backbone: cache 'showo', this run 'tiny'"):

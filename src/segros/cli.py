@@ -33,6 +33,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "GenEval / DPG-Bench / T2I-CompBench prompts to images",
     ),
     "eval": ("segros.eval.cli", "score generated images on a benchmark (shapes)"),
+    "validate": (
+        "segros.eval.validate_cli",
+        "masked-token loss and caption alignment probe of a checkpoint on fresh validation scenes",
+    ),
     "inspect": (
         "segros.apps.inspection",
         "picture the grounding map, text scores and token roles for an image",

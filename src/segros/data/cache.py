@@ -94,7 +94,10 @@ def identity(backbone: Any, data: Any, model_name: str) -> dict[str, Any]:
 
 def _later_keys(data: Any) -> dict[str, Any]:
     later = {k: getattr(data, k, default) for k, default in LATER_DATA_KEYS.items()}
-    return {k: v for k, v in later.items() if v != LATER_DATA_KEYS[k]}
+    keys = {k: v for k, v in later.items() if v != LATER_DATA_KEYS[k]}
+    if getattr(data, "shapes_caption_style", None) == "web":  # its rates decide the captions
+        keys["shapes_web_noise"] = data.shapes_web_noise.model_dump()
+    return keys
 
 
 def _as_json(value: Any) -> Any:

@@ -19,6 +19,7 @@ than the test the judge applies, so not even near-misses reach training.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from collections.abc import Iterator
@@ -75,6 +76,11 @@ HELD_OUT_RELATIONS: tuple[tuple[str, str, str], ...] = (
 )
 _HELD_OUT_FACTS = frozenset(HELD_OUT_RELATIONS) | {(b, INVERSE[r], a) for a, r, b in HELD_OUT_RELATIONS}
 _HELD_OUT_SHAPE_PAIRS = frozenset((a, b) for a, _, b in _HELD_OUT_FACTS)
+
+# Seeds of the validation scenes (``segros validate``, segros.eval.validate): no training run,
+# evaluation prompt or benchmark draws from them, and training configs refuse them
+# (data.shapes_seed, and its image-to-text stream, seed + 7919).
+VALIDATION_SEEDS: tuple[int, ...] = (1_000_000, 1_000_001)
 
 TEMPLATE_WORDS = (
     "a an photo of and the is at in on top bottom middle center left right above below small large"
@@ -379,10 +385,241 @@ def geneval_caption(kind: str, objects: list[ShapeObject], relation: str | None,
     raise ValueError(kind)
 
 
+# --- web-like captions ---------------------------------------------------------------------------
+
+# Words the web style uses beyond the world's vocabulary (its paraphrases); TinyUMM's tokenizer has
+# them among its question words, so web captions tokenise without <unk>.
+WEB_WORDS: tuple[str, ...] = ("picture", "image", "this", "there", "are", "shown")
+_PLACES = (
+    "at the top left", "at the top", "at the top right", "on the left", "in the center",
+    "on the right", "at the bottom left", "at the bottom", "at the bottom right",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class WebNoise:
+    """Rates of the ``web`` caption style (:func:`web_caption`; docs/miniature.md measures them).
+
+    ``detailed``: share of captions that describe the scene at length, as the dense fine-tuning
+    captions do (sizes, places, relation sentences); the rest are short alt-text. ``omit``: chance
+    each group of same-shaped objects beyond one forced in goes unmentioned in a short caption, and
+    each of a detailed caption's two relation sentences; a detailed caption leaves out each object
+    (beyond one), size, colour and place with a third of that chance. ``color``: chance a short
+    caption gives a named object (or a group of one colour) its colour. ``relation``: chance a
+    short caption naming two or more objects states a relation between two of them (when one holds
+    robustly). ``wrong``: chance each stated colour, count, size, place or relation is wrong
+    (another colour, a count one off, the other size, another place, the opposite relation; never a
+    held-out composition). ``paraphrase``: chance the caption leaves its plain wording ("a photo
+    of ..." for short captions, the bare description for detailed ones) for another ("an image
+    of", "there are", "... in this picture", ...); also, at the same chance, a stated relation is
+    put from the other object ("B below A") and "left of" becomes "on the left of"; at a quarter of
+    it a single object is "one" instead of "a", and at a half "in the center" is "in the middle".
+    """
+
+    detailed: float = 0.35
+    omit: float = 0.25
+    color: float = 0.5
+    relation: float = 0.3
+    wrong: float = 0.1
+    paraphrase: float = 0.5
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
+                raise ValueError(f"web noise rate {f.name} must be in [0, 1], got {value!r}")
+
+
+def _a(phrase: str) -> str:
+    return f"{article(phrase)} {phrase}"
+
+
+def _other_color(rng: np.random.Generator, color: str, shape: str, exclude_held_out: bool) -> str:
+    choices = [c for c in COLORS if c != color and not (exclude_held_out and is_held_out_pair(c, shape))]
+    return str(choices[rng.integers(len(choices))])
+
+
+def _off_by_one(rng: np.random.Generator, n: int) -> int:
+    choices = [m for m in (n - 1, n + 1) if 2 <= m <= 4]
+    return int(choices[rng.integers(len(choices))])
+
+
+def _relation_phrase(
+    rng: np.random.Generator, a: str, rel: str, b: str, noise: WebNoise
+) -> str:
+    """``a rel b``, or in other words: the same fact from ``b`` ("b below a"), "on the left of"."""
+    if rng.random() < noise.paraphrase:
+        if rng.random() < 0.5:
+            a, rel, b = b, INVERSE[rel], a
+        if rel in ("left of", "right of") and rng.random() < 0.5:
+            rel = f"on the {rel}"
+    return f"{a} {rel} {b}"
+
+
+def _web_relation(
+    rng: np.random.Generator,
+    named: list[ShapeObject],
+    noise: WebNoise,
+    exclude_held_out: bool,
+    exclude: set[tuple[int, int]] | frozenset[tuple[int, int]] = frozenset(),
+) -> tuple[ShapeObject, str, ShapeObject] | None:
+    """A robust relation between two named objects that their colour and shape tell apart from the
+    others named (as in dense captions), wrong with ``noise.wrong``; None if there is none or its
+    wrong version would name a held-out fact."""
+    keys = [(o.color, o.shape) for o in named]
+    unique = [o for o, k in zip(named, keys, strict=True) if keys.count(k) == 1]
+    pairs = [
+        (a, b) for a in unique for b in unique
+        if a is not b and (id(a), id(b)) not in exclude and len(robust_relations(a, b)) == 1
+    ]  # fmt: skip
+    if not pairs:
+        return None
+    a, b = pairs[rng.integers(len(pairs))]
+    rel = next(iter(robust_relations(a, b)))
+    if rng.random() < noise.wrong:
+        rel = INVERSE[rel]
+        if exclude_held_out and is_held_out_relation(a.shape, rel, b.shape):
+            return None
+    return a, rel, b
+
+
+def _frame(
+    rng: np.random.Generator, text: str, plural: bool, noise: WebNoise, plain: str = "a photo of {}"
+) -> str:
+    """``plain`` around ``text`` or, with ``noise.paraphrase``, another alt-text wording of it."""
+    if rng.random() >= noise.paraphrase:
+        return plain.format(text)
+    be = "are" if plural else "is"
+    frames = (
+        "a picture of {}", "an image of {}", "{}", "{} in this picture", "{} in this image",
+        "there " + be + " {}", "{} " + be + " shown", "image of {}", "picture of {}",
+    )  # fmt: skip
+    return frames[rng.integers(len(frames))].format(text)
+
+
+def _listing(parts: list[str]) -> str:
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def _short_web(
+    rng: np.random.Generator, objects: list[ShapeObject], noise: WebNoise, exclude_held_out: bool
+) -> str:
+    groups: dict[str, list[ShapeObject]] = {}
+    for o in objects:
+        groups.setdefault(o.shape, []).append(o)
+    shapes = list(groups)
+    keep = rng.random(len(shapes)) >= noise.omit
+    keep[rng.integers(len(shapes))] = True  # at least one group is named
+    kept = [s for s, k in zip(shapes, keep, strict=True) if k]
+    colors: dict[int, str | None] = {}
+    for s in kept:
+        members = groups[s]
+        same = len({o.color for o in members}) == 1
+        color = None
+        if same and rng.random() < noise.color:
+            color = members[0].color
+            if rng.random() < noise.wrong:
+                color = _other_color(rng, color, s, exclude_held_out)
+        for o in members:
+            colors[id(o)] = color
+    relation = None
+    if sum(len(groups[s]) == 1 for s in kept) >= 2 and rng.random() < noise.relation:
+        singles = [groups[s][0] for s in kept if len(groups[s]) == 1]
+        relation = _web_relation(rng, singles, noise, exclude_held_out)
+
+    def noun(o: ShapeObject) -> str:
+        words_ = [w for w in (colors[id(o)], o.shape) if w]
+        if rng.random() < noise.paraphrase / 4:
+            return "one " + " ".join(words_)
+        return _a(" ".join(words_))
+
+    phrases = []
+    for s in kept:
+        members = groups[s]
+        if relation is not None and any(members[0] is o for o in relation[::2]):
+            continue
+        if len(members) == 1:
+            phrases.append(noun(members[0]))
+            continue
+        color = colors[id(members[0])]
+        n = len(members)
+        if rng.random() < noise.omit:  # count left out: "red circles"
+            count = ""
+        else:
+            count = NUMBERS[_off_by_one(rng, n) if rng.random() < noise.wrong else n] + " "
+        phrases.append(count + (f"{color} " if color else "") + PLURALS[s])
+    if relation is not None:
+        a, rel, b = relation
+        phrases.insert(0, _relation_phrase(rng, noun(a), rel, noun(b), noise))
+    plural = len(phrases) > 1 or any(len(groups[s]) > 1 for s in kept)
+    return _frame(rng, _listing(phrases), plural, noise)
+
+
+def _detailed_web(
+    rng: np.random.Generator,
+    objects: list[ShapeObject],
+    image_size: int,
+    noise: WebNoise,
+    exclude_held_out: bool,
+) -> str:
+    # objects, sizes, colours and places go at a third of the rate: long descriptions stay long
+    drop = noise.omit / 3
+    keep = rng.random(len(objects)) >= drop
+    keep[rng.integers(len(objects))] = True
+    named = [o for o, k in zip(objects, keep, strict=True) if k]
+    stated: dict[int, str] = {}
+    parts = []
+    for o in named:
+        size = o.size if rng.random() >= drop else None
+        if size and rng.random() < noise.wrong:
+            size = "large" if size == "small" else "small"
+        color = o.color if rng.random() >= drop else None
+        if color and rng.random() < noise.wrong:
+            color = _other_color(rng, color, o.shape, exclude_held_out)
+        stated[id(o)] = color or o.color
+        place = _where(o, image_size) if rng.random() >= drop else None
+        if place and rng.random() < noise.wrong:
+            place = str(rng.choice([p for p in _PLACES if p != place]))
+        if place == "in the center" and rng.random() < noise.paraphrase / 2:
+            place = "in the middle"
+        parts.append(" ".join(w for w in (_a(" ".join(w for w in (size, color, o.shape) if w)), place) if w))
+    text = _frame(rng, _listing(parts), len(named) > 1, noise, plain="{}")
+    sentences: list[str] = []
+    pairs: set[tuple[int, int]] = set()
+    for _ in range(2):
+        relation = _web_relation(rng, named, noise, exclude_held_out, exclude=pairs)
+        if relation is not None:
+            a, rel, b = relation
+            pairs |= {(id(a), id(b)), (id(b), id(a))}
+            if rng.random() >= noise.omit:
+                sentences.append(f"the {stated[id(a)]} {a.shape} is {rel} the {stated[id(b)]} {b.shape}")
+    return ". ".join([text, *sentences])
+
+
+def web_caption(
+    objects: list[ShapeObject],
+    image_size: int,
+    rng: np.random.Generator,
+    noise: WebNoise | None = None,
+    exclude_held_out: bool = True,
+) -> str:
+    """Web-alt-text-like caption for pretraining: loose, varied and sometimes wrong (:class:`WebNoise`).
+
+    Short (``1 - noise.detailed``): the object groups by shape, some left out, a group of several
+    counted (or not), colours sometimes, now and then one relation, in varied wordings. Detailed:
+    a dense-like description with some objects, sizes, colours, places and relation sentences left
+    out or wrong. Wrong statements never name a held-out composition when ``exclude_held_out``.
+    """
+    noise = noise or WebNoise()
+    if rng.random() < noise.detailed:
+        return _detailed_web(rng, objects, image_size, noise, exclude_held_out)
+    return _short_web(rng, objects, noise, exclude_held_out)
+
+
 # --- the world -----------------------------------------------------------------------------------
 
 KINDS = ("single_object", "two_object", "counting", "position", "scene")
-CAPTION_STYLES = ("geneval", "dense", "mixed", "coarse")
+CAPTION_STYLES = ("geneval", "dense", "mixed", "coarse", "web")
 
 
 def kind_probabilities(weights: tuple[float, ...]) -> np.ndarray:
@@ -402,7 +639,9 @@ class ShapesWorld:
     ``caption_style`` is ``"geneval"`` (template captions where the scene kind has one), ``"dense"``
     (descriptive captions), ``"mixed"`` (either, half the time each) or ``"coarse"`` (some objects
     named, each with its colour with probability ``coarse_color_rate``, a position scene's relation
-    with probability ``coarse_relation_rate``: :func:`coarse_caption`, for pretraining).
+    with probability ``coarse_relation_rate``: :func:`coarse_caption`, for pretraining) or ``"web"``
+    (loose alt-text, sometimes wrong, at the rates of ``web_noise``: :func:`web_caption`, for
+    pretraining; its words are the ``mixed`` style's plus :data:`WEB_WORDS`).
 
     ``kind_weights`` weighs the scene kinds of :data:`KINDS` (None: equally, as the shipped model
     was trained); e.g. ``(1, 1, 1, 5, 1)`` makes five scenes in nine position scenes.
@@ -425,6 +664,7 @@ class ShapesWorld:
         coarse_color_rate: float = 0.5,
         coarse_relation_rate: float = 0.1,
         kind_weights: tuple[float, ...] | None = None,
+        web_noise: WebNoise | None = None,
     ) -> None:
         if caption_style not in CAPTION_STYLES:
             styles = ", ".join(CAPTION_STYLES)
@@ -447,6 +687,7 @@ class ShapesWorld:
         self.caption_style = caption_style
         self.coarse_color_rate = coarse_color_rate
         self.coarse_relation_rate = coarse_relation_rate
+        self.web_noise = web_noise or WebNoise()
         self.layout = layout
         self.cells = cells
 
@@ -471,7 +712,9 @@ class ShapesWorld:
         style = self.caption_style
         if style == "mixed":
             style = "geneval" if rng.random() < 0.5 else "dense"
-        if style == "coarse":
+        if style == "web":
+            caption = web_caption(objects, self.image_size, rng, self.web_noise, self.exclude_held_out)
+        elif style == "coarse":
             caption = coarse_caption(
                 kind, objects, relation, rng, self.coarse_color_rate, self.coarse_relation_rate
             )
@@ -521,8 +764,9 @@ class ShapesWorld:
         return objects, relation
 
     def vocabulary(self) -> list[str]:
-        """Every word any caption or evaluation prompt can contain, sorted."""
-        return vocabulary()
+        """Every word any caption of this style or evaluation prompt can contain, sorted."""
+        extra = WEB_WORDS if self.caption_style == "web" else ()
+        return sorted({*vocabulary(), *extra})
 
 
 def vocabulary() -> list[str]:

@@ -19,6 +19,8 @@ from segros.data.readers import ImageTextRecord
 
 # Questions of the ShapesWorld image-to-text task (answer: the scene's caption).
 SHAPES_QUESTIONS = ("what is shown in this image", "describe this picture", "what is in the image")
+# The image-to-text stream of a ShapesWorld source draws from seed + I2T_SEED_OFFSET.
+I2T_SEED_OFFSET = 7919
 
 
 class ShapesImageText:
@@ -35,6 +37,7 @@ class ShapesImageText:
         coarse_color_rate: float = 0.5,
         coarse_relation_rate: float = 0.1,
         kind_weights: tuple[float, ...] | None = None,
+        web_noise: Any = None,
     ) -> None:
         from segros.data.shapes import ShapesWorld
 
@@ -47,6 +50,7 @@ class ShapesImageText:
             coarse_color_rate=coarse_color_rate,
             coarse_relation_rate=coarse_relation_rate,
             kind_weights=kind_weights,
+            web_noise=web_noise,
         )
         self.length = length
 
@@ -65,7 +69,7 @@ class ShapesConversations:
     """
 
     def __init__(self, image_size: int, seed: int, length: int, **world: Any) -> None:
-        self.scenes = ShapesImageText(image_size, seed + 7919, length, **world)
+        self.scenes = ShapesImageText(image_size, seed + I2T_SEED_OFFSET, length, **world)
 
     def __len__(self) -> int:
         return len(self.scenes)
@@ -89,6 +93,8 @@ def world_for(backbone: Any, seed: int, **kwargs: Any) -> Any:
 def _shapes_args(data: Any, backbone: Any) -> tuple[tuple[int, int, int], dict[str, Any]]:
     """ShapesWorld arguments of a ``data:`` section for ``backbone``: its image size, and its token
     grid as the cells of the grid layout."""
+    from segros.data.shapes import WebNoise
+
     world = {
         "layout": data.shapes_layout,
         "cells": int(backbone.token_grid[0]),
@@ -96,6 +102,7 @@ def _shapes_args(data: Any, backbone: Any) -> tuple[tuple[int, int, int], dict[s
         "coarse_color_rate": data.shapes_coarse_color_rate,
         "coarse_relation_rate": data.shapes_coarse_relation_rate,
         "kind_weights": data.shapes_kind_weights,
+        "web_noise": WebNoise(**data.shapes_web_noise.model_dump()),
     }
     return (backbone.image_size, data.shapes_seed, data.shapes_scenes), world
 

@@ -113,6 +113,18 @@ MethodConfig = create_model(
 )
 
 
+class WebNoiseConfig(Section):
+    """``data.shapes_web_noise``: the rates of the ``web`` caption style (segros.data.shapes.WebNoise,
+    which documents each; defaults equal its own)."""
+
+    detailed: float = Field(0.35, ge=0.0, le=1.0)
+    omit: float = Field(0.25, ge=0.0, le=1.0)
+    color: float = Field(0.5, ge=0.0, le=1.0)
+    relation: float = Field(0.3, ge=0.0, le=1.0)
+    wrong: float = Field(0.1, ge=0.0, le=1.0)
+    paraphrase: float = Field(0.5, ge=0.0, le=1.0)
+
+
 class DataConfig(Section):
     # shapes: ShapesWorld streamed; files: a folder with .txt captions, a JSON(L) manifest, Parquet
     # file(s), WebDataset tar shard(s) or a Hugging Face dataset (folder or hub id), recognised from
@@ -137,7 +149,7 @@ class DataConfig(Section):
     # the model's token grid) and caption distribution (coarse for pretraining, mixed / dense for
     # fine-tuning; docs/miniature.md)
     shapes_layout: Literal["free", "grid"] = "free"
-    shapes_caption_style: Literal["mixed", "geneval", "dense", "coarse"] = "mixed"
+    shapes_caption_style: Literal["mixed", "geneval", "dense", "coarse", "web"] = "mixed"
     # coarse captions only: the chance a named object comes with its colour (the shipped TinyUMM was
     # pretrained at 0.5; 0 leaves colour to the fine-tuning captions, docs/miniature.md)
     shapes_coarse_color_rate: float = Field(0.5, ge=0.0, le=1.0)
@@ -147,10 +159,12 @@ class DataConfig(Section):
     # relative weights of the scene kinds single_object, two_object, counting, position, scene (None:
     # equal, as the shipped TinyUMM was pretrained; [1, 1, 1, 5, 1]: five scenes in nine are position)
     shapes_kind_weights: tuple[float, float, float, float, float] | None = None
+    # web captions only: loose, sometimes wrong alt-text for pretraining (docs/miniature.md)
+    shapes_web_noise: WebNoiseConfig = Field(default_factory=WebNoiseConfig)
     i2t: Literal["shapes", "llava", "none"] = "shapes"
     # caption style of the ShapesWorld image-to-text task (None: shapes_caption_style). Real UMMs
     # learn understanding from dense captions while their generation sees coarse web text
-    shapes_i2t_caption_style: Literal["mixed", "geneval", "dense", "coarse"] | None = None
+    shapes_i2t_caption_style: Literal["mixed", "geneval", "dense", "coarse", "web"] | None = None
     i2t_path: str | None = None  # LLaVA JSON
     i2t_image_root: str | None = None
     batch_size: int = Field(16, ge=1)
@@ -178,6 +192,16 @@ class DataConfig(Section):
             raise ValueError(
                 "data.streaming reads data.path as a stream: it needs data.source=files and no data.cache"
             )
+        if self.source == "shapes":
+            from segros.data.shapes import VALIDATION_SEEDS
+            from segros.data.sources import I2T_SEED_OFFSET
+
+            if {self.shapes_seed, self.shapes_seed + I2T_SEED_OFFSET} & set(VALIDATION_SEEDS):
+                raise ValueError(
+                    f"data.shapes_seed {self.shapes_seed} would draw (for its text-to-image or image-to-text "
+                    f"stream, seed + {I2T_SEED_OFFSET}) from the validation seeds {VALIDATION_SEEDS} "
+                    "that segros validate keeps unseen: pick another seed"
+                )
         if self.i2t == "llava" and not (self.i2t_path and self.i2t_image_root):
             raise ValueError("data.i2t_path and data.i2t_image_root are required for data.i2t='llava'")
         return self
