@@ -27,7 +27,8 @@ def backbone() -> OpenUniBackbone:
 
 
 def _latents(bb: OpenUniBackbone, scale: float) -> torch.Tensor:
-    return bb.generate_tokens(["a red circle"], torch.Generator().manual_seed(0), guidance_scale=scale, steps=2)
+    gen = torch.Generator().manual_seed(0)
+    return bb.generate_tokens(["a red circle"], gen, guidance_scale=scale, steps=2)
 
 
 @pytest.mark.parametrize("scale", [0.0, 0.5, 1.0])

@@ -38,7 +38,6 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, Field
-from safetensors.torch import load_file
 from torch import nn
 
 from segros.backbones.base import (
@@ -494,7 +493,9 @@ class OpenUniBackbone(Backbone):
     def from_saved(cls, folder: Path, config: dict[str, Any], options: OpenUniOptions) -> OpenUniBackbone:
         tokenizer = load_tokenizer(str(folder / "tokenizer"), options.size)
         backbone = cls(config["arch"], tokenizer, options)
-        backbone.load_state_dict(load_file(str(folder / "model.safetensors")))
+        from segros.backbones.base import load_weights
+
+        backbone.load_state_dict(load_weights(folder))
         return backbone
 
 
