@@ -23,18 +23,21 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
 
-from segros.eval.generate import Job, generate_jobs
+from segros.eval.generate import ONE_PROCESS, Job, Share, generate_jobs
 from segros.eval.geneval import json_lines, prompt_folder, write_prompt_metadata
 
 Benchmark = Literal["geneval", "dpg", "t2i-compbench"]
 BENCHMARKS: tuple[str, ...] = ("geneval", "dpg", "t2i-compbench")
+
+
+PARTS = ".parts"  # dpg: samples of a prompt that several processes shared, until tiled
 
 
 class PromptFileError(ValueError):
@@ -110,19 +113,23 @@ def generate_benchmark(
     skip_existing: bool = False,
     progress: bool = False,
     options: dict[str, Any] | None = None,
+    share: Share = ONE_PROCESS,
+    barrier: Callable[[], None] | None = None,
 ) -> int:
-    """Generate every record ``samples`` times into ``out``; returns the images generated.
+    """Generate every record ``samples`` times into ``out``; returns the images generated (by all
+    processes).
 
     ``skip_existing`` resumes a killed run: jobs whose file exists are left alone (the rest are
     re-batched, so their pixels differ from an uninterrupted run's; seeds stay per batch).
-    ``options`` go to ``backbone.generate`` (``guidance_scale``, ``steps``).
+    ``options`` go to ``backbone.generate`` (``guidance_scale``, ``steps``). Several processes
+    pass their ``share`` and a ``barrier`` (``accelerate``'s ``wait_for_everyone``): each lists the
+    missing files before any is written, process 0 writes the metadata, each generates its batches.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    wait = barrier or (lambda: None)
     prompts = [r["prompt"] for r in records]
     if benchmark == "geneval":
-        for i, record in enumerate(records):
-            write_prompt_metadata(out, i, record)
 
         def target(job: Job) -> Path:
             return prompt_folder(out, job[0]) / "samples" / f"{job[1]}.png"
@@ -135,18 +142,23 @@ def generate_benchmark(
 
     else:  # dpg: one grid per prompt, written once all its samples are done
         return _generate_dpg(
-            backbone, records, out, samples, seed, batch_size, skip_existing, progress, options
+            backbone, records, out, samples, seed, batch_size, skip_existing, progress, options, share, wait
         )
 
     all_jobs = [(i, n) for i in range(len(records)) for n in range(samples)]
     jobs = [job for job in all_jobs if not (skip_existing and target(job).is_file())]
+    if benchmark == "geneval" and share.rank == 0:
+        for i, record in enumerate(records):
+            write_prompt_metadata(out, i, record)
+    wait()  # every process has listed what is missing, and the folders exist
 
     def write(job: Job, image: np.ndarray) -> None:
         _save_atomic(image, target(job))
 
     generate_jobs(
-        backbone, prompts, jobs, write, seed, batch_size, progress, f"generate {benchmark}", options
+        backbone, prompts, jobs, write, seed, batch_size, progress, f"generate {benchmark}", options, share
     )
+    wait()
     return len(jobs)
 
 
@@ -160,11 +172,17 @@ def _generate_dpg(
     skip_existing: bool,
     progress: bool,
     options: dict[str, Any] | None,
+    share: Share,
+    wait: Callable[[], None],
 ) -> int:
+    """One grid per prompt. A prompt whose samples fell into batches of several processes has its
+    samples written to ``OUT/.parts/`` and process 0 tiles them once everyone is done."""
     prompts = [r["prompt"] for r in records]
     todo = [i for i, r in enumerate(records) if not (skip_existing and (out / f"{r['key']}.png").is_file())]
     jobs = [(i, n) for i in todo for n in range(samples)]
     pending: dict[int, dict[int, np.ndarray]] = {}
+    parts = out / PARTS
+    wait()
 
     def write(job: Job, image: np.ndarray) -> None:
         i, n = job
@@ -173,7 +191,24 @@ def _generate_dpg(
             done = pending.pop(i)
             _save_atomic(image_grid([done[k] for k in range(samples)]), out / f"{records[i]['key']}.png")
 
-    generate_jobs(backbone, prompts, jobs, write, seed, batch_size, progress, "generate dpg", options)
+    generate_jobs(backbone, prompts, jobs, write, seed, batch_size, progress, "generate dpg", options, share)
+    if pending:
+        parts.mkdir(exist_ok=True)
+        for i, done in pending.items():
+            for n, image in done.items():
+                _save_atomic(image, parts / f"{i}-{n}.png")
+    wait()
+    if share.rank == 0 and parts.is_dir():
+        for i in todo:
+            files = [parts / f"{i}-{n}.png" for n in range(samples)]
+            if all(f.is_file() for f in files):
+                grid = image_grid([np.asarray(Image.open(f).convert("RGB")) for f in files])
+                _save_atomic(grid, out / f"{records[i]['key']}.png")
+                for f in files:
+                    f.unlink()
+        if not any(parts.iterdir()):
+            parts.rmdir()
+    wait()
     return len(jobs)
 
 
