@@ -13,6 +13,12 @@ look for them and the user runs the official scoring:
 - ``t2i-compbench``: a ``<category>_val.txt`` (one prompt per line) in,
   ``OUT/samples/<prompt>_<k:06d>.png`` out with ``k`` counting images over the file, as
   T2I-CompBench's scorers read them.
+- ``wise``: one of WISE's ``data/*.json`` files (a JSON list of records with ``prompt_id``,
+  ``Prompt``, ``Explanation``, ``Subcategory``) in, ``OUT/<prompt_id>.png`` out, one image per
+  prompt, as WISE's ``gpt_eval.py --image_dir OUT`` reads them. The three files number their
+  prompts 1-1000 without overlap, so all three can be generated into the same folder.
+
+docs/evaluation.md gives the scorer command for each layout.
 
 Prompt files are data the user points at (the benchmarks' licences keep them out of this
 repository). A malformed or empty prompt stops with the file and line, before anything is
@@ -33,8 +39,10 @@ from PIL import Image
 from segros.eval.generate import ONE_PROCESS, Job, Share, generate_jobs
 from segros.eval.geneval import json_lines, prompt_folder, write_prompt_metadata
 
-Benchmark = Literal["geneval", "dpg", "t2i-compbench"]
-BENCHMARKS: tuple[str, ...] = ("geneval", "dpg", "t2i-compbench")
+Benchmark = Literal["geneval", "dpg", "t2i-compbench", "wise"]
+BENCHMARKS: tuple[str, ...] = ("geneval", "dpg", "t2i-compbench", "wise")
+# images per prompt the benchmark's scorer reads when --samples is not given
+DEFAULT_SAMPLES = {"geneval": 4, "dpg": 4, "t2i-compbench": 4, "wise": 1}
 
 
 PARTS = ".parts"  # dpg: samples of a prompt that several processes shared, until tiled
@@ -70,10 +78,36 @@ def read_benchmark_prompts(path: str | Path, benchmark: Benchmark) -> list[dict[
             for n, line in enumerate(text.splitlines(), 1)
             if line.strip()
         ]
+    elif benchmark == "wise":
+        records = _wise_records(text, path)
     else:
         raise ValueError(f"benchmark must be one of {', '.join(BENCHMARKS)}; got {benchmark!r}")
     if not records:
         raise PromptFileError(f"{path} holds no prompts")
+    return records
+
+
+def _wise_records(text: str, path: Path) -> list[dict[str, Any]]:
+    """WISE's ``data/*.json``: a list of ``{"prompt_id": int, "Prompt": str, "Explanation": str,
+    "Subcategory": str, ...}``; ``key`` is the prompt id (the image is ``<prompt_id>.png``)."""
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise PromptFileError(f"{path}: not JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(items, list):
+        raise PromptFileError(f'{path}: expected a JSON list of {{"prompt_id": ..., "Prompt": ...}} records')
+    records, seen = [], set()
+    for n, item in enumerate(items):
+        where = f"{path}: record {n}"
+        if not isinstance(item, dict):
+            raise PromptFileError(f"{where}: not an object")
+        key = item.get("prompt_id")
+        if isinstance(key, bool) or not isinstance(key, int | str) or not str(key).isdigit():
+            raise PromptFileError(f"{where}: prompt_id must be a whole number; got {key!r}")
+        if str(int(key)) in seen:
+            raise PromptFileError(f"{where}: prompt_id {key} appears twice")
+        seen.add(str(int(key)))
+        records.append(_checked({**item, "key": str(int(key)), "prompt": item.get("Prompt")}, where))
     return records
 
 
@@ -139,6 +173,13 @@ def generate_benchmark(
 
         def target(job: Job) -> Path:
             return out / "samples" / compbench_name(prompts[job[0]], job[0] * samples + job[1])
+
+    elif benchmark == "wise":
+        if samples != 1:
+            raise ValueError(f"WISE scores one image per prompt (<prompt_id>.png); got samples={samples}")
+
+        def target(job: Job) -> Path:
+            return out / f"{records[job[0]]['key']}.png"
 
     else:  # dpg: one grid per prompt, written once all its samples are done
         return _generate_dpg(

@@ -16,7 +16,7 @@ import argparse
 import os
 from typing import Any
 
-from segros.eval.benchmarks import BENCHMARKS
+from segros.eval.benchmarks import BENCHMARKS, DEFAULT_SAMPLES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,7 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--benchmark", required=True, choices=BENCHMARKS)
     parser.add_argument("--prompts", required=True, help="the benchmark's prompt file (your copy)")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--samples", type=int, default=4, help="images per prompt (default 4)")
+    parser.add_argument(
+        "--samples", type=int, default=None, help="images per prompt (default 4; WISE: 1, what it scores)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--limit", type=int, default=None, help="only the first N prompts (a quick look)")
@@ -47,6 +49,11 @@ def run(args: argparse.Namespace) -> int:
     from segros.eval.benchmarks import PromptFileError, generate_benchmark, read_benchmark_prompts
     from segros.eval.generate import remove_undecodable
 
+    if args.samples is None:
+        args.samples = DEFAULT_SAMPLES[args.benchmark]
+    if args.benchmark == "wise" and args.samples != 1:
+        print("--samples: WISE scores one image per prompt (<prompt_id>.png); use 1", file=sys.stderr)
+        return 2
     if args.samples < 1 or args.batch_size < 1:
         print("--samples and --batch-size must be at least 1", file=sys.stderr)
         return 2
