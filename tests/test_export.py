@@ -214,6 +214,7 @@ def test_hub_folder_is_sharded_carded_and_loads_back(tiny_run, tmp_path):
     assert facts["version"] == __import__("segros").__version__
     assert facts["evaluation"] == {"eval-step-2/summary.json": {"overall": 0.42, "images": 8}}
     assert "hint_ratio: 0.25" in card.text
+    assert "base_model" not in meta and facts["base_weights"] is None  # the tiny run starts from random
 
 
 def test_push_offline_says_so_in_one_line_and_keeps_the_folder(tiny_run, tmp_path):
@@ -233,3 +234,21 @@ def test_merge_keeps_working_and_formats_are_checked(tiny_run, tmp_path, capsys)
     assert main(["export", str(tiny_run), *push, "--out", str(tmp_path / "y")]) == 2
     assert main(["export", str(tiny_run), "--merge", "--out", str(tmp_path / "z")]) != 0
     assert "no LoRA adapter" in capsys.readouterr().err
+
+
+def test_card_names_the_published_base_weights_and_hub_datasets():
+    from huggingface_hub import ModelCard
+
+    from segros.model_card import build_card
+
+    facts = {
+        "segros_version": "9.9", "step": 5000, "seed": 3, "method": {"preset": "reca"},
+        "config": {"model": {"name": "harmon", "init_from": "wusize/harmon"}},
+        "data": {"source": "files", "path": "BLIP3o/BLIP3o-60k"},
+    }  # fmt: skip
+    card = build_card({"backbone": "harmon", "options": {"init_from": None}}, facts)
+    meta = ModelCard(str(card)).data.to_dict()
+    assert meta["base_model"] == "wusize/harmon" and meta["datasets"] == ["BLIP3o/BLIP3o-60k"]
+    assert meta["segros"]["method"] == "reca" and meta["segros"]["step"] == 5000
+    local = build_card({"backbone": "harmon", "options": {}}, {**facts, "data": {"path": "/data/x"}})
+    assert "datasets" not in ModelCard(str(local)).data.to_dict()

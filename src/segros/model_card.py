@@ -98,11 +98,15 @@ def build_card(backbone_config: dict[str, Any], facts: dict[str, Any]) -> Any:
     method = facts.get("method") or {}
     method_name = method.get("preset") or method.get("name") or "unknown"
     data = facts.get("data") or {}
+    # the weights training started from, as the run's config names them (a reloaded model's own
+    # options no longer do: init_from is cleared when a segros folder is loaded)
+    started = ((facts.get("config") or {}).get("model") or {}).get("init_from") or options.get("init_from")
     segros_meta = {
         "backbone": backbone,
         "method": method_name,
         "settings": method,
         "plan": facts.get("plan", {}),
+        "base_weights": started,
         "model_options": options,
         "training_data": data,
         "step": facts.get("step"),
@@ -110,7 +114,7 @@ def build_card(backbone_config: dict[str, Any], facts: dict[str, Any]) -> Any:
         "version": facts["segros_version"],
         "evaluation": facts.get("evaluation", {}),
     }
-    base = _hub_ids(options.get("init_from"))
+    base = _hub_ids(started)
     card_data = ModelCardData(
         library_name="segros",
         tags=["segros", backbone, str(method_name), "text-to-image"],
@@ -130,7 +134,7 @@ def build_card(backbone_config: dict[str, Any], facts: dict[str, Any]) -> Any:
         "|---|---|",
         f"| backbone | `{backbone}` |",
         f"| method | `{method_name}` |",
-        f"| base weights | `{options.get('init_from')}` |",
+        f"| base weights | `{started}` |",
         f"| training data | `{json.dumps(data)}` |",
         f"| steps | {facts.get('step')} |",
         f"| seed | {facts.get('seed')} |",
