@@ -41,7 +41,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "segros.apps.inspection",
         "picture the grounding map, text scores and token roles for an image",
     ),
-    "export": ("segros.export", "merge a LoRA run's adapter into a plain model folder (--merge)"),
+    "export": ("segros.export", "a run for other tools: merged LoRA, upstream layout or a Hub folder"),
     "cache": ("segros.cache_cli", "pre-encode a dataset's images with the backbone's frozen encoder(s)"),
 }
 

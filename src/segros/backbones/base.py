@@ -172,6 +172,29 @@ def plain_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+WEIGHTS_INDEX = "model.safetensors.index.json"
+
+
+def _sharded(folder: Path, name: str) -> bool:
+    return name == "model.safetensors" and (folder / WEIGHTS_INDEX).is_file()
+
+
+def load_weights(folder: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict a folder holds: ``model.safetensors``, or the shards its
+    ``model.safetensors.index.json`` lists (``segros export --format hub``)."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    index = folder / WEIGHTS_INDEX
+    if not (folder / "model.safetensors").is_file() and index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        state: dict[str, torch.Tensor] = {}
+        for shard in shards:
+            state |= load_file(str(folder / shard))
+        return state
+    return load_file(str(folder / "model.safetensors"))
+
+
 def gather_tokens(feats: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """(B, K, D) rows of ``feats`` (B, N, D) at the token indices ``idx`` (B, K): hint embeddings
     read off an image's token features."""
@@ -454,12 +477,19 @@ class Backbone(nn.Module, ABC):
         return self.decode_tokens(self.generate_tokens(prompts, generator, guidance_scale, steps))
 
     # --- storage: config.json names the backbone, its architecture and options ------------------
-    def save_pretrained(self, path: str | Path) -> None:
+    def save_pretrained(self, path: str | Path, max_shard_size: int | str | None = None) -> None:
         """Write ``model.safetensors`` (the module's state dict), :meth:`save_components` and, last,
-        ``config.json`` (``backbone``, :meth:`architecture`, ``options``) to ``path``."""
+        ``config.json`` (``backbone``, :meth:`architecture`, ``options``) to ``path``. With
+        ``max_shard_size`` the weights are cut into ``model-0000k-of-0000n.safetensors`` shards
+        with a ``model.safetensors.index.json`` (huggingface_hub's layout, as the Hub serves it)."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        save_file(plain_state(self.state_dict()), str(path / "model.safetensors"))
+        if max_shard_size is None:
+            save_file(plain_state(self.state_dict()), str(path / "model.safetensors"))
+        else:
+            from huggingface_hub import save_torch_state_dict
+
+            save_torch_state_dict(plain_state(self.state_dict()), str(path), max_shard_size=max_shard_size)
         self.save_components(path)
         config = {"backbone": self.name, **self.architecture(), "options": self.options.model_dump()}
         (path / "config.json").write_text(json.dumps(config, indent=2))
@@ -484,7 +514,7 @@ class Backbone(nn.Module, ABC):
             return cls.from_options(cls.Options(**{**overrides, "init_from": str(path)}))
         if config["backbone"] != cls.name:
             raise ValueError(f"{folder} holds a {config['backbone']!r} checkpoint, not {cls.name}")
-        missing = [f for f in cls.saved_files if not (folder / f).exists()]
+        missing = [f for f in cls.saved_files if not (folder / f).exists() and not _sharded(folder, f)]
         if missing:
             raise FileNotFoundError(
                 f"{folder} is not a complete {cls.name} checkpoint: missing {', '.join(missing)}"

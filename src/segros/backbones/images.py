@@ -1,8 +1,9 @@
 """Image preprocessing shared by the adapters: any input to RGB, square crops, uint8 and [-1, 1].
 
 Records carry PIL images or (H, W, 3) arrays of any size; every backbone wants a fixed square.
-Show-o and Harmon (and TinyUMM) resize the short side and centre-crop for generation; Harmon's
-understanding path pads to a square instead. Keeping these in one place keeps the adapters'
+Show-o and Harmon (and TinyUMM) resize the short side and centre-crop for generation; OpenUni
+crops the square first and resizes it (:func:`crop_square`); Harmon's understanding path pads to a
+square instead. Keeping these in one place keeps the adapters'
 data preparation comparable.
 
 The size arithmetic is the libraries' that upstream preprocessing goes through, so the pixels are
@@ -73,6 +74,35 @@ def center_square(
     w, h = image.size
     left, top = crop_offset(w, size, crop), crop_offset(h, size, crop)
     return image.crop((left, top, left + size, top + size))
+
+
+def crop_square(
+    image: Any, size: int, generator: torch.Generator | None = None, resample: int = BICUBIC
+) -> Image.Image:
+    """Crop the largest square, then resize it to ``size`` x ``size``: OpenUni's order
+    (upstream ``crop2square`` then a PIL resize, whose default filter is bicubic), the reverse of
+    :func:`center_square`. The square is centred (offset ``(long - short) // 2``), or, given a
+    ``generator``, placed at an offset drawn from it uniformly over ``0 .. long - short`` (upstream
+    draws it at random in training; a seeded generator keeps a run reproducible)."""
+    image = to_rgb(image)
+    w, h = image.size
+    side = min(w, h)
+    excess = max(w, h) - side
+    if generator is None:
+        offset = excess // 2
+    else:
+        offset = int(torch.randint(0, excess + 1, (1,), generator=generator))
+    box = (offset, 0, offset + side, side) if w > h else (0, offset, side, offset + side)
+    if w != h:
+        image = image.crop(box)
+    return image if side == size else image.resize((size, size), resample)
+
+
+def crop_square_batch(
+    images: Sequence[Any], size: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """(B, size, size, 3) uint8: :func:`crop_square` of every image."""
+    return stack_uint8([crop_square(im, size, generator) for im in images])
 
 
 def pad_square(image: Any, size: int, fill: tuple[int, int, int] = (127, 127, 127)) -> Image.Image:

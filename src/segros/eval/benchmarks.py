@@ -13,6 +13,12 @@ look for them and the user runs the official scoring:
 - ``t2i-compbench``: a ``<category>_val.txt`` (one prompt per line) in,
   ``OUT/samples/<prompt>_<k:06d>.png`` out with ``k`` counting images over the file, as
   T2I-CompBench's scorers read them.
+- ``wise``: one of WISE's ``data/*.json`` files (a JSON list of records with ``prompt_id``,
+  ``Prompt``, ``Explanation``, ``Subcategory``) in, ``OUT/<prompt_id>.png`` out, one image per
+  prompt, as WISE's ``gpt_eval.py --image_dir OUT`` reads them. The three files number their
+  prompts 1-1000 without overlap, so all three can be generated into the same folder.
+
+docs/evaluation.md gives the scorer command for each layout.
 
 Prompt files are data the user points at (the benchmarks' licences keep them out of this
 repository). A malformed or empty prompt stops with the file and line, before anything is
@@ -23,18 +29,23 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
 
-from segros.eval.generate import Job, generate_jobs
+from segros.eval.generate import ONE_PROCESS, Job, Share, generate_jobs
 from segros.eval.geneval import json_lines, prompt_folder, write_prompt_metadata
 
-Benchmark = Literal["geneval", "dpg", "t2i-compbench"]
-BENCHMARKS: tuple[str, ...] = ("geneval", "dpg", "t2i-compbench")
+Benchmark = Literal["geneval", "dpg", "t2i-compbench", "wise"]
+BENCHMARKS: tuple[str, ...] = ("geneval", "dpg", "t2i-compbench", "wise")
+# images per prompt the benchmark's scorer reads when --samples is not given
+DEFAULT_SAMPLES = {"geneval": 4, "dpg": 4, "t2i-compbench": 4, "wise": 1}
+
+
+PARTS = ".parts"  # dpg: samples of a prompt that several processes shared, until tiled
 
 
 class PromptFileError(ValueError):
@@ -67,10 +78,36 @@ def read_benchmark_prompts(path: str | Path, benchmark: Benchmark) -> list[dict[
             for n, line in enumerate(text.splitlines(), 1)
             if line.strip()
         ]
+    elif benchmark == "wise":
+        records = _wise_records(text, path)
     else:
         raise ValueError(f"benchmark must be one of {', '.join(BENCHMARKS)}; got {benchmark!r}")
     if not records:
         raise PromptFileError(f"{path} holds no prompts")
+    return records
+
+
+def _wise_records(text: str, path: Path) -> list[dict[str, Any]]:
+    """WISE's ``data/*.json``: a list of ``{"prompt_id": int, "Prompt": str, "Explanation": str,
+    "Subcategory": str, ...}``; ``key`` is the prompt id (the image is ``<prompt_id>.png``)."""
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise PromptFileError(f"{path}: not JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(items, list):
+        raise PromptFileError(f'{path}: expected a JSON list of {{"prompt_id": ..., "Prompt": ...}} records')
+    records, seen = [], set()
+    for n, item in enumerate(items):
+        where = f"{path}: record {n}"
+        if not isinstance(item, dict):
+            raise PromptFileError(f"{where}: not an object")
+        key = item.get("prompt_id")
+        if isinstance(key, bool) or not isinstance(key, int | str) or not str(key).isdigit():
+            raise PromptFileError(f"{where}: prompt_id must be a whole number; got {key!r}")
+        if str(int(key)) in seen:
+            raise PromptFileError(f"{where}: prompt_id {key} appears twice")
+        seen.add(str(int(key)))
+        records.append(_checked({**item, "key": str(int(key)), "prompt": item.get("Prompt")}, where))
     return records
 
 
@@ -110,19 +147,23 @@ def generate_benchmark(
     skip_existing: bool = False,
     progress: bool = False,
     options: dict[str, Any] | None = None,
+    share: Share = ONE_PROCESS,
+    barrier: Callable[[], None] | None = None,
 ) -> int:
-    """Generate every record ``samples`` times into ``out``; returns the images generated.
+    """Generate every record ``samples`` times into ``out``; returns the images generated (by all
+    processes).
 
     ``skip_existing`` resumes a killed run: jobs whose file exists are left alone (the rest are
     re-batched, so their pixels differ from an uninterrupted run's; seeds stay per batch).
-    ``options`` go to ``backbone.generate`` (``guidance_scale``, ``steps``).
+    ``options`` go to ``backbone.generate`` (``guidance_scale``, ``steps``). Several processes
+    pass their ``share`` and a ``barrier`` (``accelerate``'s ``wait_for_everyone``): each lists the
+    missing files before any is written, process 0 writes the metadata, each generates its batches.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    wait = barrier or (lambda: None)
     prompts = [r["prompt"] for r in records]
     if benchmark == "geneval":
-        for i, record in enumerate(records):
-            write_prompt_metadata(out, i, record)
 
         def target(job: Job) -> Path:
             return prompt_folder(out, job[0]) / "samples" / f"{job[1]}.png"
@@ -133,20 +174,32 @@ def generate_benchmark(
         def target(job: Job) -> Path:
             return out / "samples" / compbench_name(prompts[job[0]], job[0] * samples + job[1])
 
+    elif benchmark == "wise":
+        if samples != 1:
+            raise ValueError(f"WISE scores one image per prompt (<prompt_id>.png); got samples={samples}")
+
+        def target(job: Job) -> Path:
+            return out / f"{records[job[0]]['key']}.png"
+
     else:  # dpg: one grid per prompt, written once all its samples are done
         return _generate_dpg(
-            backbone, records, out, samples, seed, batch_size, skip_existing, progress, options
+            backbone, records, out, samples, seed, batch_size, skip_existing, progress, options, share, wait
         )
 
     all_jobs = [(i, n) for i in range(len(records)) for n in range(samples)]
     jobs = [job for job in all_jobs if not (skip_existing and target(job).is_file())]
+    if benchmark == "geneval" and share.rank == 0:
+        for i, record in enumerate(records):
+            write_prompt_metadata(out, i, record)
+    wait()  # every process has listed what is missing, and the folders exist
 
     def write(job: Job, image: np.ndarray) -> None:
         _save_atomic(image, target(job))
 
     generate_jobs(
-        backbone, prompts, jobs, write, seed, batch_size, progress, f"generate {benchmark}", options
+        backbone, prompts, jobs, write, seed, batch_size, progress, f"generate {benchmark}", options, share
     )
+    wait()
     return len(jobs)
 
 
@@ -160,11 +213,17 @@ def _generate_dpg(
     skip_existing: bool,
     progress: bool,
     options: dict[str, Any] | None,
+    share: Share,
+    wait: Callable[[], None],
 ) -> int:
+    """One grid per prompt. A prompt whose samples fell into batches of several processes has its
+    samples written to ``OUT/.parts/`` and process 0 tiles them once everyone is done."""
     prompts = [r["prompt"] for r in records]
     todo = [i for i, r in enumerate(records) if not (skip_existing and (out / f"{r['key']}.png").is_file())]
     jobs = [(i, n) for i in todo for n in range(samples)]
     pending: dict[int, dict[int, np.ndarray]] = {}
+    parts = out / PARTS
+    wait()
 
     def write(job: Job, image: np.ndarray) -> None:
         i, n = job
@@ -173,7 +232,24 @@ def _generate_dpg(
             done = pending.pop(i)
             _save_atomic(image_grid([done[k] for k in range(samples)]), out / f"{records[i]['key']}.png")
 
-    generate_jobs(backbone, prompts, jobs, write, seed, batch_size, progress, "generate dpg", options)
+    generate_jobs(backbone, prompts, jobs, write, seed, batch_size, progress, "generate dpg", options, share)
+    if pending:
+        parts.mkdir(exist_ok=True)
+        for i, done in pending.items():
+            for n, image in done.items():
+                _save_atomic(image, parts / f"{i}-{n}.png")
+    wait()
+    if share.rank == 0 and parts.is_dir():
+        for i in todo:
+            files = [parts / f"{i}-{n}.png" for n in range(samples)]
+            if all(f.is_file() for f in files):
+                grid = image_grid([np.asarray(Image.open(f).convert("RGB")) for f in files])
+                _save_atomic(grid, out / f"{records[i]['key']}.png")
+                for f in files:
+                    f.unlink()
+        if not any(parts.iterdir()):
+            parts.rmdir()
+    wait()
     return len(jobs)
 
 

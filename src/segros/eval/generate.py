@@ -3,7 +3,9 @@
 ``ROOT/<index:05d>/metadata.jsonl`` holds the prompt's record and ``samples/<n>.png`` its
 images, exactly what GenEval's ``evaluate_images.py`` (and ``segros eval shapes``) reads.
 Prompts are generated in batches; each batch draws from a generator seeded from ``seed`` and
-its first (prompt, sample) pair, so a folder is reproducible for a given batch size.
+its first (prompt, sample) pair, so a folder is reproducible for a given batch size. Several
+processes (``accelerate launch`` / ``torchrun``) split the batches, not the seeds (:class:`Share`),
+so they write the same bytes as one process.
 
 torch is imported inside the functions that run a model, so that importing this module (and
 :mod:`segros.eval.benchmarks`, and ``segros generate --help``) stays fast.
@@ -12,6 +14,7 @@ torch is imported inside the functions that run a model, so that importing this 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +47,23 @@ def remove_undecodable(root: str | Path, pattern: str = "*.png") -> list[tuple[P
     return removed
 
 
+@dataclass(frozen=True)
+class Share:
+    """Which batches this process generates: batch ``b`` of the job list goes to process
+    ``b % world``. The batches themselves (and so their seeds) are those of a single process, so
+    every image is byte-identical whatever the number of processes."""
+
+    rank: int = 0
+    world: int = 1
+
+    def batches(self, jobs: Sequence[Job], batch_size: int) -> list[Sequence[Job]]:
+        chunks = [jobs[start : start + batch_size] for start in range(0, len(jobs), batch_size)]
+        return chunks[self.rank :: self.world]
+
+
+ONE_PROCESS = Share()
+
+
 def generate_jobs(
     backbone: Any,
     prompts: Sequence[str],
@@ -54,17 +74,19 @@ def generate_jobs(
     progress: bool = False,
     desc: str = "generate",
     options: dict[str, Any] | None = None,
+    share: Share = ONE_PROCESS,
 ) -> None:
     """Generate ``prompts[i]`` for every ``(i, n)`` job in batches and hand each image to ``write``
     as soon as its batch is done (a killed run keeps what it wrote). ``options`` go to
-    ``backbone.generate`` (``guidance_scale``, ``steps``)."""
+    ``backbone.generate`` (``guidance_scale``, ``steps``). With several processes each takes its
+    :class:`Share` of the batches."""
     import torch
 
     was_training = backbone.training
     backbone.eval()
-    bar = tqdm(total=len(jobs), desc=desc, disable=not progress, dynamic_ncols=True)
-    for start in range(0, len(jobs), batch_size):
-        chunk = jobs[start : start + batch_size]
+    mine = share.batches(jobs, batch_size)
+    bar = tqdm(total=sum(map(len, mine)), desc=desc, disable=not progress, dynamic_ncols=True)
+    for chunk in mine:
         # one generator per batch, seeded from its first job: batches are reproducible units
         generator = torch.Generator().manual_seed(sample_seed(seed, *chunk[0]))
         batch_prompts = [prompts[i] for i, _ in chunk]

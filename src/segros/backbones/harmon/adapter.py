@@ -480,7 +480,9 @@ class HarmonBackbone(Backbone):
     def from_saved(cls, folder: Path, config: dict[str, Any], options: HarmonOptions) -> HarmonBackbone:
         tokenizer = load_tokenizer(str(folder / "tokenizer"))
         backbone = cls(HarmonConfig.from_dict(config["model"]), tokenizer, options)
-        backbone.load_state_dict(load_file(str(folder / "model.safetensors")))
+        from segros.backbones.base import load_weights
+
+        backbone.load_state_dict(load_weights(folder))
         backbone.vae.load_state_dict(load_file(str(folder / "vae.safetensors")))
         return backbone
 

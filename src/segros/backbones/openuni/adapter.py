@@ -38,7 +38,6 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, Field
-from safetensors.torch import load_file
 from torch import nn
 
 from segros.backbones.base import (
@@ -50,7 +49,7 @@ from segros.backbones.base import (
     T2IBatch,
     gather_tokens,
 )
-from segros.backbones.images import pad_square, square_batch, stack_uint8, to_signed_unit
+from segros.backbones.images import crop_square_batch, pad_square, stack_uint8, to_signed_unit
 from segros.backbones.openuni import arch as A
 from segros.backbones.openuni import text as T
 from segros.backbones.openuni import weights as W
@@ -83,7 +82,7 @@ class OpenUniOptions(BackboneOptions):
     train_transformer: bool = True  # SANA trained (upstream fine-tuning: freeze_transformer=False)
     gradient_checkpointing: bool = False  # activation checkpointing of the LLM and SANA
     generation_steps: int = Field(20, ge=1, le=1000)  # DPM-Solver steps (upstream num_steps)
-    guidance_scale: float = Field(4.5, ge=0.0)  # upstream cfg_scale; 1 = none
+    guidance_scale: float = Field(4.5, ge=0.0)  # upstream cfg_scale; <= 1: none (as SanaPipeline)
 
 
 class OpenUniBackbone(Backbone):
@@ -246,7 +245,7 @@ class OpenUniBackbone(Backbone):
 
     # --- data -------------------------------------------------------------------------------------
     def encode_images(self, images: Sequence[Any]) -> ImageFields:
-        pixels = square_batch(list(images), self.image_size)
+        pixels = crop_square_batch(list(images), self.image_size)
         return {"images": pixels, "pixels": to_signed_unit(pixels)}  # encoders run in the forward
 
     def cache_fields(self, images: Sequence[Any]) -> ImageFields:
@@ -443,7 +442,9 @@ class OpenUniBackbone(Backbone):
     ) -> torch.Tensor:
         """(B, C, h, w) latents by DPM-Solver++ from Gaussian noise drawn with ``generator``; the
         loop of diffusers' ``SanaPipeline`` upstream calls (CFG ``u + s (c - u)``, timestep times
-        ``timestep_scale``), with guidance 1 skipping the unconditional half."""
+        ``timestep_scale``). As that pipeline, guidance applies only above 1: at any scale
+        ``<= 1`` (0 included) the unconditional half is never run and the conditional velocity
+        alone is used (``SanaPipeline.do_classifier_free_guidance`` is ``guidance_scale > 1``)."""
         from diffusers import DPMSolverMultistepScheduler
 
         cfg = self.options.guidance_scale if guidance_scale is None else guidance_scale
@@ -451,7 +452,7 @@ class OpenUniBackbone(Backbone):
         B = len(prompts)
         text = T.encode_t2i(self.text_tokenizer, list(prompts), self.options.max_text_len)
         ids, mask = text["text_ids"].to(self.device), text["text_mask"].to(self.device)
-        guided = cfg != 1.0
+        guided = cfg > 1.0  # diffusers' SanaPipeline: do_classifier_free_guidance
         if guided:
             ids, mask = self.with_empty_prompt(ids, mask)
         was = self.training
@@ -492,7 +493,9 @@ class OpenUniBackbone(Backbone):
     def from_saved(cls, folder: Path, config: dict[str, Any], options: OpenUniOptions) -> OpenUniBackbone:
         tokenizer = load_tokenizer(str(folder / "tokenizer"), options.size)
         backbone = cls(config["arch"], tokenizer, options)
-        backbone.load_state_dict(load_file(str(folder / "model.safetensors")))
+        from segros.backbones.base import load_weights
+
+        backbone.load_state_dict(load_weights(folder))
         return backbone
 
 

@@ -234,3 +234,53 @@ TOKENIZER_OPTIONAL = [
     "added_tokens.json",
     "special_tokens_map.json",
 ]
+
+
+# --- the inverse: the trained parts as upstream's .pth ---------------------------------------------
+TRAINED = ("meta_queries", "connector.", "projector.")
+
+
+def upstream_pth_state(state: dict[str, torch.Tensor], with_transformer: bool) -> dict[str, torch.Tensor]:
+    """The inverse of :func:`route_openuni` for what upstream's ``.pth`` holds: the trained parts
+    under ``OpenUniInternVL3SANAHF``'s attribute names (``meta_queries``, ``connector.*``,
+    ``projector.*``) and, for a fine-tune that trained SANA (``with_transformer``), ``model.*`` back
+    as ``transformer.*``. The frozen MLLM and VAE are left out, as DeepSpeed's
+    ``exclude_frozen_parameters`` leaves them out of upstream's files."""
+    out = {k: v for k, v in state.items() if k == "meta_queries" or k.startswith(TRAINED[1:])}
+    if with_transformer:
+        sana = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+        out |= {"transformer." + k: v for k, v in sana.items()}
+    return out
+
+
+def pth_name(size: str, stage: str) -> str:
+    """The release's ``.pth`` name of a size and stage (tiny models: ``openuni_tiny_<stage>.pth``)."""
+    from segros.backbones.openuni.arch import RELEASES
+
+    release = RELEASES.get(size)
+    return release["checkpoint"].format(stage=stage) if release else f"openuni_{size}_{stage}.pth"
+
+
+def write_upstream(backbone: Any, out: Path) -> dict[str, Any]:
+    """Write ``out/<release .pth name>``; returns the components upstream loads from their own
+    repos (InternVL3, SANA, DC-AE), by the folder or hub id the model came from: referenced, not
+    copied. SANA is exported only if it was trained (``train_transformer``); otherwise upstream's
+    original SANA is what the file goes with."""
+    from segros.backbones.base import plain_state
+    from segros.backbones.openuni.arch import RELEASES
+
+    out.mkdir(parents=True, exist_ok=True)
+    options = backbone.options
+    stage = "blip3o60k" if options.train_transformer else "text2image23m"
+    name = pth_name(options.size, stage)
+    state = upstream_pth_state(backbone.state_dict(), options.train_transformer)
+    torch.save(plain_state(state), out / name)
+    release = RELEASES.get(options.size, {})
+    refs = {
+        "lmm (InternVL3)": options.mllm or release.get("mllm", "?"),
+        "transformer (SANA)": "in the .pth (trained)" if options.train_transformer
+        else options.sana or release.get("sana", "?"),
+        "vae (DC-AE)": options.vae or release.get("vae", "?"),
+        "tokenizer": options.tokenizer or options.mllm or release.get("mllm", "?"),
+    }
+    return {"files": [name], "references": refs}

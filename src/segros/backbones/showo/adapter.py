@@ -515,8 +515,9 @@ class ShowoBackbone(Backbone):
         backbone = _build_empty(
             cls, showo_cfg, MagvitConfig(**config["magvit"]), clip_cfg, tokenizer, options
         )
-        weights = folder / "model.safetensors"
-        ckpt.load_exact(backbone, load_file(str(weights)), str(weights))
+        from segros.backbones.base import load_weights
+
+        ckpt.load_exact(backbone, load_weights(folder), str(folder / "model.safetensors"))
         return backbone._finish_loading()
 
 

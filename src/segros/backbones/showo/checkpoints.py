@@ -133,3 +133,53 @@ def load_exact(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> 
 
 def _recomputed(key: str) -> bool:
     return any(fnmatch.fnmatch(key, p) for p in RECOMPUTED)
+
+
+# --- the inverse: a segros Show-o as upstream's folder ---------------------------------------------
+UPSTREAM_PREFIXES = ("showo.", "mm_projector.")
+
+
+def upstream_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The ``Showo`` module's weights under upstream's names, from a segros Show-o model state dict
+    (``ShowoBackbone.model``). segros keeps upstream's attribute names (``showo.*`` for Phi with its
+    head, ``mm_projector.*`` for the CLIP variants), so this is the identity on those keys and
+    drops anything else (what :func:`load_exact` reads back one to one)."""
+    return {k: v for k, v in state.items() if k.startswith(UPSTREAM_PREFIXES) and not _recomputed(k)}
+
+
+def upstream_config(vocab: Any, num_vq_tokens: int, w_clip_vit: bool) -> dict[str, Any]:
+    """The diffusers-style ``config.json`` ``Showo.from_pretrained`` reads (upstream's constructor
+    arguments; ``mask_token_id`` is what it registers itself). The LLM is built from
+    ``llm_model_path``'s config, as for every published Show-o."""
+    return {
+        "_class_name": "Showo",
+        "_diffusers_version": "0.30.1",
+        "codebook_size": vocab.codebook_size,
+        "llm_model_path": "microsoft/phi-1_5",
+        "llm_vocab_size": vocab.llm_vocab_size,
+        "load_from_showo": True,
+        "mask_token_id": vocab.mask,
+        "num_vq_tokens": num_vq_tokens,
+        "vocab_size": vocab.size,
+        "w_clip_vit": w_clip_vit,
+    }
+
+
+def write_upstream(backbone: Any, out: Path) -> dict[str, Any]:
+    """Write ``out/config.json`` + ``out/pytorch_model.safetensors`` as the published
+    ``showlab/show-o*`` folders; returns what upstream loads separately (MAGVIT-v2, the Phi-1.5
+    tokenizer, CLIP), by the folder or hub id the model was built from: referenced, not copied."""
+    from safetensors.torch import save_file
+
+    from segros.backbones.base import plain_state
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(plain_state(upstream_state(backbone.model.state_dict())), str(out / UPSTREAM_WEIGHTS),
+              metadata={"format": "pt"})  # fmt: skip
+    config = upstream_config(backbone.vocab, backbone.num_tokens, backbone.clip is not None)
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    options = backbone.options
+    refs = {"vq_model (MAGVIT-v2)": options.magvit, "tokenizer (Phi-1.5)": options.tokenizer}
+    if backbone.clip is not None:
+        refs["clip_vit"] = options.clip
+    return {"files": ["config.json", UPSTREAM_WEIGHTS], "references": refs}

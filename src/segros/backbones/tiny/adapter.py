@@ -21,7 +21,6 @@ from typing import Any, Literal
 
 import torch
 from pydantic import Field
-from safetensors.torch import load_file
 
 from segros.backbones.base import Backbone, BackboneOptions, GroundingInputs, I2TBatch, ImageFields, T2IBatch
 from segros.backbones.images import NEAREST, square_batch
@@ -354,5 +353,7 @@ class TinyBackbone(Backbone):
             PatchTokenizer.load(folder / "image_tokenizer.safetensors"),
             options,
         )
-        backbone.load_state_dict(load_file(str(folder / "model.safetensors")))
+        from segros.backbones.base import load_weights
+
+        backbone.load_state_dict(load_weights(folder))
         return backbone
