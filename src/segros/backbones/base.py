@@ -454,12 +454,14 @@ class Backbone(nn.Module, ABC):
         return self.decode_tokens(self.generate_tokens(prompts, generator, guidance_scale, steps))
 
     # --- storage: config.json names the backbone, its architecture and options ------------------
-    def save_pretrained(self, path: str | Path) -> None:
-        """Write ``model.safetensors`` (the module's state dict), :meth:`save_components` and, last,
-        ``config.json`` (``backbone``, :meth:`architecture`, ``options``) to ``path``."""
+    def save_pretrained(self, path: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        """Write ``model.safetensors`` (the module's state dict, or ``state_dict``: the full one a
+        sharded engine gathered), :meth:`save_components` and, last, ``config.json``
+        (``backbone``, :meth:`architecture`, ``options``) to ``path``."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        save_file(plain_state(self.state_dict()), str(path / "model.safetensors"))
+        state = self.state_dict() if state_dict is None else state_dict
+        save_file(plain_state(state), str(path / "model.safetensors"))
         self.save_components(path)
         config = {"backbone": self.name, **self.architecture(), "options": self.options.model_dump()}
         (path / "config.json").write_text(json.dumps(config, indent=2))

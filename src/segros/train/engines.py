@@ -1,0 +1,262 @@
+"""The distributed engines a run can use, and what each needs from the trainer.
+
+``accelerate launch`` picks the engine (environment variables it sets); this module builds the
+:class:`~accelerate.Accelerator` so that the choice also holds on a machine without GPUs, fills
+in what the engine's configuration leaves to the trainer, and saves / loads model and optimizer
+state in the form each engine needs:
+
+- ``single`` / ``ddp``: every process holds the whole model and optimizer state; the main
+  process writes ``model.safetensors`` and ``optimizer.pt`` (``optimizer.state_dict()``).
+- ``fsdp1`` / ``fsdp2``: parameters and optimizer state are sharded. Every process takes part
+  in gathering the *full* state dicts (``torch.distributed.checkpoint.state_dict``), which the
+  main process writes as ``model.safetensors`` and ``optimizer.pt`` keyed by parameter name.
+  Loading scatters them again, so a checkpoint resumes under any number of processes (and
+  under DDP, or one process).
+- ``zero1`` / ``zero2`` / ``zero3`` (DeepSpeed): DeepSpeed writes its own partitioned state
+  (``deepspeed/``: one optimizer file per process, the fp32 master weights among them);
+  ``model.safetensors`` holds the consolidated weights (gathered under ZeRO-3). A DeepSpeed
+  checkpoint resumes only with the same number of processes.
+
+On CPU, accelerate forms FSDP and DeepSpeed only for GPU-like devices; :func:`build_accelerator`
+makes both work on the CPU with gloo (what the tests and CI run): FSDP by promoting accelerate's
+multi-CPU state to FSDP with the plugin the launcher configured, DeepSpeed through its CPU
+accelerator with the process group on gloo.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator, PartialState
+from accelerate.utils import DistributedType, InitProcessGroupKwargs
+
+log = logging.getLogger(__name__)
+
+# trainer_state.json's "engine" for checkpoints written before engines were recorded
+LEGACY_ENGINE = "ddp"
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "false").lower() in ("1", "true", "yes")
+
+
+def build_accelerator(**kwargs: Any) -> Accelerator:
+    """An :class:`Accelerator` (``kwargs`` as accelerate takes them) honouring the launcher's
+    engine choice also without GPUs.
+
+    With no GPU, accelerate forms a multi-process group only when told ``cpu=True``, and then
+    silently runs DDP whatever ``--use_fsdp`` says: here the plugin the launcher configured is
+    installed so FSDP really shards (FSDP1's ``sync_module_states`` is turned off on CPU, where
+    torch refuses it: every process builds the same initial weights from the run's seed).
+    DeepSpeed on CPU needs ``cpu=False`` (accelerate refuses DeepSpeed with ``cpu=True``) and
+    the process group on gloo, which DeepSpeed's CPU accelerator uses.
+    """
+    has_device = torch.accelerator.is_available()
+    if _env_flag("ACCELERATE_USE_DEEPSPEED") and not has_device:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        handlers = [*kwargs.pop("kwargs_handlers", []), InitProcessGroupKwargs(backend="gloo")]
+        return Accelerator(cpu=False, kwargs_handlers=handlers, **kwargs)
+    acc = Accelerator(cpu=not has_device, **kwargs)
+    if _env_flag("ACCELERATE_USE_FSDP") and acc.distributed_type == DistributedType.MULTI_CPU:
+        from accelerate.utils import FullyShardedDataParallelPlugin
+
+        plugin = FullyShardedDataParallelPlugin()  # from the launcher's FSDP_* variables
+        if plugin.fsdp_version == 1:
+            plugin.sync_module_states = False  # "not supported on cpu"; the seed makes it moot
+        if acc.mixed_precision != "no":
+            plugin.set_mixed_precision(acc.mixed_precision)
+        acc.state.fsdp_plugin = plugin
+        # both shared states: accelerate copies the process-level one over the other whenever an
+        # AcceleratorState() is made (as its utilities do)
+        PartialState().distributed_type = DistributedType.FSDP
+        acc.state.distributed_type = DistributedType.FSDP
+    return acc
+
+
+def engine_name(acc: Accelerator) -> str:
+    """``single``, ``ddp``, ``fsdp1``, ``fsdp2``, or ``zero<stage>`` (DeepSpeed)."""
+    if acc.distributed_type == DistributedType.DEEPSPEED:
+        return f"zero{int(acc.deepspeed_config['zero_optimization'].get('stage', 0))}"
+    if acc.distributed_type == DistributedType.FSDP:
+        return f"fsdp{acc.state.fsdp_plugin.fsdp_version}"
+    return "single" if acc.num_processes == 1 else "ddp"
+
+
+def is_deepspeed(engine: str) -> bool:
+    return engine.startswith("zero")
+
+
+def is_fsdp(engine: str) -> bool:
+    return engine.startswith("fsdp")
+
+
+# --- DeepSpeed's configuration from the run's -------------------------------------------------
+
+
+def configure_deepspeed(acc: Accelerator, micro_batch: int, grad_clip: float | None) -> None:
+    """Fill in the DeepSpeed config from the run's settings before ``prepare`` (no-op otherwise).
+
+    The micro-batch size and gradient clipping come from the segros config (``data.batch_size``,
+    ``optim.grad_clip``; DeepSpeed clips inside its step, so ``optim.grad_clip`` only takes effect
+    through ``gradient_clipping``). Values left ``auto`` are filled; a value the DeepSpeed config
+    (or ``accelerate launch --gradient_clipping``) sets differently is refused, naming both.
+    ZeRO-3 gathers the weights for the consolidated ``model.safetensors`` of each checkpoint
+    (``stage3_gather_16bit_weights_on_model_save``); its model-size-based ``auto`` values, which
+    accelerate reads off a transformers config the backbones do not have, get DeepSpeed's defaults.
+    """
+    if acc.distributed_type != DistributedType.DEEPSPEED:
+        return
+    plugin = acc.state.deepspeed_plugin
+    config = plugin.deepspeed_config
+    if "optimizer" in config or "scheduler" in config:
+        raise ValueError(
+            "the DeepSpeed config defines an optimizer or scheduler; segros builds its own AdamW and "
+            "learning-rate schedule from optim: (remove them from the DeepSpeed config)"
+        )
+    clip = float(grad_clip) if grad_clip is not None else 0.0
+    wanted = {"train_micro_batch_size_per_gpu": (micro_batch, "data.batch_size", micro_batch),
+              "gradient_clipping": (clip, "optim.grad_clip", grad_clip)}  # fmt: skip
+    for key, (value, name, shown) in wanted.items():
+        given = config.get(key, "auto")
+        if given == "auto":
+            config[key] = value
+        elif float(given) != float(value):
+            raise ValueError(
+                f"the DeepSpeed config sets {key}={given} but {name} is {shown}; "
+                f"make them agree (DeepSpeed applies its own {key}, segros would silently not apply {name})"
+            )
+    zero = config.setdefault("zero_optimization", {})
+    if int(zero.get("stage", 0)) == 3:
+        defaults = {"reduce_bucket_size": 500_000_000, "stage3_prefetch_bucket_size": 50_000_000,
+                    "stage3_param_persistence_threshold": 100_000}  # fmt: skip
+        for key, value in defaults.items():
+            if zero.get(key, "auto") == "auto":
+                zero[key] = value
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    elif zero.get("reduce_bucket_size", "auto") == "auto":
+        zero["reduce_bucket_size"] = 500_000_000
+
+
+def skip_unsupported(acc: Accelerator, backwards_done: int) -> str | None:
+    """Why a step with a non-finite loss cannot be skipped here, or None.
+
+    DeepSpeed accumulates gradients inside its engine, which keeps no way to drop the gradients
+    of micro-batches already backpropagated: skipping after one would fold them into the next
+    step. A bad first micro-batch (nothing accumulated yet) skips cleanly."""
+    if acc.distributed_type == DistributedType.DEEPSPEED and backwards_done:
+        return (
+            f"a non-finite loss after {backwards_done} micro-batch(es) of this step had been "
+            "backpropagated: DeepSpeed keeps their gradients in its engine, so the step cannot be "
+            "skipped; resume from the last checkpoint (--resume), or use optim.grad_accum=1"
+        )
+    return None
+
+
+def grad_norm(value: Any) -> float:
+    """The gradient norm accelerate's ``clip_grad_norm_`` returned (None under DeepSpeed before
+    its first step) as a float, NaN when unknown."""
+    if value is None:
+        return math.nan
+    return float(value)
+
+
+# --- model and optimizer state ----------------------------------------------------------------
+
+
+def full_model_state(acc: Accelerator, model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+    """The whole model's state dict, on the CPU, in the main process (None in the others).
+
+    Every process must call it: under FSDP and ZeRO-3 the parameters are gathered from all."""
+    engine = engine_name(acc)
+    if engine in ("single", "ddp"):
+        state = acc.unwrap_model(model).state_dict() if acc.is_main_process else None
+    elif engine == "fsdp2":
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    else:
+        state = acc.get_state_dict(model)  # FSDP1 full state dict; ZeRO gathered
+    return state if acc.is_main_process else None
+
+
+def save_optimizer(acc: Accelerator, model: torch.nn.Module, optimizer: Any, folder: Path) -> None:
+    """Write the optimizer state into ``folder`` the engine's way. Every process calls it."""
+    engine = engine_name(acc)
+    if is_deepspeed(engine):
+        # each process writes its partition (optimizer state and fp32 master weights)
+        model.save_checkpoint(str(folder / "deepspeed"), tag="state", save_latest=False)
+        return
+    if is_fsdp(engine):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        state = get_optimizer_state_dict(model, _inner(optimizer), options=options)
+    else:
+        state = optimizer.state_dict() if acc.is_main_process else None
+    if acc.is_main_process:
+        torch.save(state, folder / "optimizer.pt")
+
+
+def load_model_and_optimizer(
+    acc: Accelerator, model: torch.nn.Module, optimizer: Any, folder: Path, saved: dict[str, Any]
+) -> None:
+    """Load the model and optimizer state of checkpoint ``folder`` (``saved``: its trainer state).
+
+    Every process calls it. Refuses, with the reason, combinations that cannot resume exactly:
+    a DeepSpeed checkpoint under another engine or number of processes, or the reverse."""
+    from safetensors.torch import load_file
+
+    engine, was = engine_name(acc), saved.get("engine", LEGACY_ENGINE)
+    world, was_world = acc.num_processes, int(saved["world_size"])
+    if is_deepspeed(engine) or is_deepspeed(was):
+        if engine != was or world != was_world:
+            raise ValueError(
+                f"--resume: {folder} was saved by DeepSpeed {was} on {was_world} processes; this run is "
+                f"{engine} on {world}. DeepSpeed's partitioned optimizer state resumes only on the same "
+                "set-up (DeepSpeed's ds_to_universal converts it; or start a new run from the weights with "
+                f"model.init_from={folder})"
+            )
+        _, client = model.load_checkpoint(
+            str(folder / "deepspeed"), tag="state", load_optimizer_states=True, load_lr_scheduler_states=False
+        )
+        if client is None:
+            raise ValueError(f"--resume: DeepSpeed could not load {folder / 'deepspeed'}")
+        return
+    weights = load_file(str(folder / "model.safetensors"))
+    optim_state = torch.load(folder / "optimizer.pt", weights_only=True)
+    by_name = isinstance(next(iter(optim_state["state"]), 0), str)
+    if is_fsdp(engine) or by_name:
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        if not by_name:
+            optim_state = _keyed_by_name(acc.unwrap_model(model), _inner(optimizer), optim_state)
+        options = StateDictOptions(full_state_dict=True, strict=True)
+        set_model_state_dict(model, weights, options=options)
+        set_optimizer_state_dict(model, _inner(optimizer), optim_state, options=options)
+    else:
+        acc.unwrap_model(model).load_state_dict(weights)
+        optimizer.load_state_dict(optim_state)
+
+
+def _inner(optimizer: Any) -> torch.optim.Optimizer:
+    """The torch optimizer inside accelerate's wrapper."""
+    return getattr(optimizer, "optimizer", optimizer)
+
+
+def _keyed_by_name(module: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> dict:
+    """``optimizer.state_dict()`` (parameters numbered in param-group order) with parameter
+    names instead of numbers, as the full state dicts of ``torch.distributed.checkpoint`` have;
+    for a single-process or DDP checkpoint resumed under FSDP."""
+    names = {id(p): n for n, p in module.named_parameters()}
+    order = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+    groups = [{**g, "params": [order[i] for i in g["params"]]} for g in state["param_groups"]]
+    return {"state": {order[i]: s for i, s in state["state"].items()}, "param_groups": groups}
