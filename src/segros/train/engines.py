@@ -28,6 +28,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +83,8 @@ def build_accelerator(**kwargs: Any) -> Accelerator:
 def engine_name(acc: Accelerator) -> str:
     """``single``, ``ddp``, ``fsdp1``, ``fsdp2``, or ``zero<stage>`` (DeepSpeed)."""
     if acc.distributed_type == DistributedType.DEEPSPEED:
-        return f"zero{int(acc.deepspeed_config['zero_optimization'].get('stage', 0))}"
+        zero = acc.state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {})
+        return f"zero{int(zero.get('stage', 0))}"
     if acc.distributed_type == DistributedType.FSDP:
         return f"fsdp{acc.state.fsdp_plugin.fsdp_version}"
     return "single" if acc.num_processes == 1 else "ddp"
@@ -93,6 +96,28 @@ def is_deepspeed(engine: str) -> bool:
 
 def is_fsdp(engine: str) -> bool:
     return engine.startswith("fsdp")
+
+
+@contextmanager
+def whole_model_construction(acc: Accelerator) -> Iterator[None]:
+    """Build the model whole, as without DeepSpeed, also under ZeRO-3.
+
+    accelerate keeps transformers' DeepSpeed config alive under ZeRO-3, which makes every
+    transformers model built meanwhile partition its parameters as it is constructed
+    (``zero.Init``): different random initial weights than without DeepSpeed, and empty
+    parameters that the backbones' own weight loading cannot fill. Built whole, every process
+    holds the same seeded weights, and DeepSpeed partitions them when it wraps the model.
+    """
+    if acc.distributed_type != DistributedType.DEEPSPEED:
+        yield
+        return
+    from transformers.integrations import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        acc.state.deepspeed_plugin.set_deepspeed_weakref()
 
 
 # --- DeepSpeed's configuration from the run's -------------------------------------------------

@@ -220,7 +220,8 @@ class Trainer:
                 f"model.init_from {init_from} holds a LoRA adapter, which init_from would ignore: "
                 "point it at a merged folder (segros export --merge RUN --out DIR)"
             )
-        backbone = build_backbone(options)
+        with engines.whole_model_construction(self.accelerator):  # ZeRO-3 would partition it now
+            backbone = build_backbone(options)
         self.lora = cfg.lora is not None and cfg.lora.enabled
         if self.lora:  # adapters on the transformer; all else frozen (segros.train.lora)
             lora.apply_section(backbone, cfg.lora)
