@@ -48,7 +48,8 @@ ENGINES = {
 def deepspeed_config(stage: int) -> dict:
     """Values left ``auto`` come from the segros config; ZeRO-3 partitions even the tiny parameters."""
     zero = {"stage": stage} | ({"stage3_param_persistence_threshold": 0} if stage == 3 else {})
-    auto = ("train_micro_batch_size_per_gpu", "train_batch_size", "gradient_accumulation_steps", "gradient_clipping")
+    auto = ("train_micro_batch_size_per_gpu", "train_batch_size", "gradient_accumulation_steps",
+            "gradient_clipping")  # fmt: skip
     return {"zero_optimization": zero} | dict.fromkeys(auto, "auto")
 
 
@@ -175,8 +176,8 @@ def test_fsdp_checkpoint_resumes_on_one_process_by_global_sample_count(launch_en
                "--out", str(run), *STEPS, "run.max_steps=2")  # fmt: skip
     two = torch.load(run / "checkpoints/step-2/rank-1.pt", weights_only=True)["t2i"]["order"]
     assert (two["world_size"], two["position"]) == (2, 2 * 4)
-    cmd = [sys.executable, "-m", "segros.cli", "train", "--config", str(CONFIGS["openuni"]), "--out", str(run),
-           "--resume", *STEPS]  # fmt: skip
+    cmd = [sys.executable, "-m", "segros.cli", "train", "--config", str(CONFIGS["openuni"]),
+           "--out", str(run), "--resume", *STEPS]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=launch_env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "saved by 2 processes, this run has 1" in proc.stderr
@@ -184,8 +185,8 @@ def test_fsdp_checkpoint_resumes_on_one_process_by_global_sample_count(launch_en
     assert (one["world_size"], one["epoch"], one["position"]) == (1, 0, 2 * 2 * 4 + 2 * 4)
     # the indices the single process read next are exactly those the pair had not read yet
     order = ShardedOrder(one["length"], one["seed"], one["shuffle"], 0, 1)
-    pair = [ShardedOrder(one["length"], one["seed"], one["shuffle"], r, 2).epoch_indices(0)[:8] for r in (0, 1)]
-    assert set(order.epoch_indices(0)[:16]) == set(pair[0]) | set(pair[1])
+    pair = [ShardedOrder(one["length"], one["seed"], one["shuffle"], r, 2) for r in (0, 1)]
+    assert set(order.epoch_indices(0)[:16]) == {i for o in pair for i in o.epoch_indices(0)[:8]}
     assert ckpt.load_trainer_state(run / "checkpoints/step-4")["world_size"] == 1
 
 
