@@ -209,3 +209,36 @@ def test_reshard_states_continue_by_global_sample_count():
     assert reshard_states(drifted, 0, 1)["position"] == 10
     with pytest.raises(ValueError, match="all 2 saved processes"):
         reshard_states(saved[:1], 0, 1)
+
+
+def deepspeed_accelerator(config: dict):
+    """What configure_deepspeed reads of an Accelerator under DeepSpeed: its real DeepSpeed plugin
+    (accelerate's own, built from ``config``), without starting processes."""
+    from types import SimpleNamespace
+
+    from accelerate.utils import DeepSpeedPlugin, DistributedType
+
+    plugin = DeepSpeedPlugin(hf_ds_config=config)
+    state = SimpleNamespace(deepspeed_plugin=plugin)
+    return SimpleNamespace(distributed_type=DistributedType.DEEPSPEED, state=state)
+
+
+def test_deepspeed_takes_grad_clip_and_batch_from_the_config_or_refuses_a_mismatch():
+    from segros.train.engines import configure_deepspeed
+
+    acc = deepspeed_accelerator(deepspeed_config(3))
+    configure_deepspeed(acc, micro_batch=4, grad_clip=0.5)
+    config = acc.state.deepspeed_plugin.deepspeed_config
+    assert config["gradient_clipping"] == 0.5 and config["train_micro_batch_size_per_gpu"] == 4
+    zero = config["zero_optimization"]
+    assert zero["stage3_gather_16bit_weights_on_model_save"] is True
+    assert zero["stage3_param_persistence_threshold"] == 0  # the config's own value is kept
+    configure_deepspeed(deepspeed_accelerator(deepspeed_config(2)), micro_batch=4, grad_clip=None)
+
+    clipped = deepspeed_config(2) | {"gradient_clipping": 1.0}
+    with pytest.raises(ValueError, match=r"gradient_clipping=1.0 but optim.grad_clip is 0.5"):
+        configure_deepspeed(deepspeed_accelerator(clipped), micro_batch=4, grad_clip=0.5)
+    with pytest.raises(ValueError, match=r"gradient_clipping=1.0 but optim.grad_clip is None"):
+        configure_deepspeed(deepspeed_accelerator(clipped), micro_batch=4, grad_clip=None)
+    with pytest.raises(ValueError, match="optimizer"):
+        configure_deepspeed(deepspeed_accelerator(clipped | {"optimizer": {"type": "Adam"}}), 4, 1.0)
