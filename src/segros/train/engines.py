@@ -120,6 +120,27 @@ def whole_model_construction(acc: Accelerator) -> Iterator[None]:
         acc.state.deepspeed_plugin.set_deepspeed_weakref()
 
 
+def keep_frozen_towers_whole(acc: Accelerator, backbone: torch.nn.Module) -> list[str]:
+    """Under FSDP, leave the backbone's frozen towers unsharded (FSDP's ``ignored_modules``); the
+    names of those left whole. No-op under other engines, or when the launch names its own.
+
+    The backbones call frozen towers outside the forward FSDP wraps (Show-o's MAGVIT-v2 encodes
+    the images in ``prepare_t2i``), where a sharded module cannot run. A frozen tower takes no
+    gradients and no optimizer state, so whole it costs every process only its weights.
+    """
+    if acc.distributed_type != DistributedType.FSDP or acc.state.fsdp_plugin.ignored_modules is not None:
+        return []
+    frozen = [
+        (name, child)
+        for name, child in backbone.named_children()
+        if any(True for _ in child.parameters()) and not any(p.requires_grad for p in child.parameters())
+    ]
+    if frozen:
+        acc.state.fsdp_plugin.ignored_modules = [child for _, child in frozen]
+        log.info("FSDP: frozen towers kept whole on every process: %s", ", ".join(n for n, _ in frozen))
+    return [name for name, _ in frozen]
+
+
 # --- DeepSpeed's configuration from the run's -------------------------------------------------
 
 

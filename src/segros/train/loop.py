@@ -247,6 +247,7 @@ class Trainer:
                 "parallelism fits (accelerate launch without --use_fsdp / --use_deepspeed)"
             )
         engines.configure_deepspeed(acc, self.cfg.data.batch_size, o.grad_clip)
+        engines.keep_frozen_towers_whole(acc, self.backbone)
         self.model, self.optimizer = acc.prepare(self.backbone, optimizer)
         # `accelerate launch --gradient_accumulation_steps` and a DeepSpeed config override the
         # value passed above; a silent mismatch would change the effective batch
@@ -466,12 +467,14 @@ class Trainer:
         self.logger.scalars(scalars | out.grounding, self.step)
 
     def pictures(self, out: StepOutput) -> None:
-        """The grounding panel of the step's batch and the application's pictures (main process)."""
+        """The grounding panel of the step's batch and the application's pictures (main process;
+        not under FSDP and ZeRO-3, whose sharded weights one process cannot sample from: generate
+        from a checkpoint's consolidated weights instead)."""
         if not self.accelerator.is_main_process:
             return
         if out.batch is not None and out.plan is not None:
             self.logger.grounding_picture(self.backbone, out.batch, out.plan, self.step)
-        if self.picture_callback is not None:
+        if self.picture_callback is not None and self.engine in ("single", "ddp", "zero1", "zero2"):
             for tag, picture in self.picture_callback(self.backbone, self.step).items():
                 self.logger.image(tag, picture, self.step)
 
