@@ -53,8 +53,8 @@ def build_accelerator(**kwargs: Any) -> Accelerator:
 
     With no GPU, accelerate forms a multi-process group only when told ``cpu=True``, and then
     silently runs DDP whatever ``--use_fsdp`` says: here the plugin the launcher configured is
-    installed so FSDP really shards (FSDP1's ``sync_module_states`` is turned off on CPU, where
-    torch refuses it: every process builds the same initial weights from the run's seed).
+    installed so FSDP really shards (FSDP2; accelerate and torch refuse FSDP1 on a CPU,
+    docs/distributed.md).
     DeepSpeed on CPU needs ``cpu=False`` (accelerate refuses DeepSpeed with ``cpu=True``) and
     the process group on gloo, which DeepSpeed's CPU accelerator uses.
     """
@@ -68,8 +68,6 @@ def build_accelerator(**kwargs: Any) -> Accelerator:
         from accelerate.utils import FullyShardedDataParallelPlugin
 
         plugin = FullyShardedDataParallelPlugin()  # from the launcher's FSDP_* variables
-        if plugin.fsdp_version == 1:
-            plugin.sync_module_states = False  # "not supported on cpu"; the seed makes it moot
         if acc.mixed_precision != "no":
             plugin.set_mixed_precision(acc.mixed_precision)
         acc.state.fsdp_plugin = plugin
@@ -120,15 +118,22 @@ def whole_model_construction(acc: Accelerator) -> Iterator[None]:
         acc.state.deepspeed_plugin.set_deepspeed_weakref()
 
 
-def keep_frozen_towers_whole(acc: Accelerator, backbone: torch.nn.Module) -> list[str]:
-    """Under FSDP, leave the backbone's frozen towers unsharded (FSDP's ``ignored_modules``); the
-    names of those left whole. No-op under other engines, or when the launch names its own.
+def configure_fsdp(acc: Accelerator, backbone: torch.nn.Module) -> list[str]:
+    """Under FSDP, leave the backbone's frozen towers unsharded (FSDP's ``ignored_modules``; not
+    when the launch names its own) and load the model as it was built; the names of the towers
+    left whole. No-op under other engines.
 
     The backbones call frozen towers outside the forward FSDP wraps (Show-o's MAGVIT-v2 encodes
     the images in ``prepare_t2i``), where a sharded module cannot run. A frozen tower takes no
     gradients and no optimizer state, so whole it costs every process only its weights.
     """
-    if acc.distributed_type != DistributedType.FSDP or acc.state.fsdp_plugin.ignored_modules is not None:
+    if acc.distributed_type != DistributedType.FSDP:
+        return []
+    # accelerate's cpu_ram_efficient_loading moves the model to the meta device and refills it from
+    # the main process's state dict, which misses what a backbone keeps outside its module tree
+    # (Harmon's VAE stayed on meta); every process builds the model anyway
+    acc.state.fsdp_plugin.cpu_ram_efficient_loading = False
+    if acc.state.fsdp_plugin.ignored_modules is not None:
         return []
     frozen = [
         (name, child)

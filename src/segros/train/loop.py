@@ -247,7 +247,7 @@ class Trainer:
                 "parallelism fits (accelerate launch without --use_fsdp / --use_deepspeed)"
             )
         engines.configure_deepspeed(acc, self.cfg.data.batch_size, o.grad_clip)
-        engines.keep_frozen_towers_whole(acc, self.backbone)
+        engines.configure_fsdp(acc, self.backbone)
         self.model, self.optimizer = acc.prepare(self.backbone, optimizer)
         # `accelerate launch --gradient_accumulation_steps` and a DeepSpeed config override the
         # value passed above; a silent mismatch would change the effective batch
