@@ -219,14 +219,16 @@ def grad_norm(value: Any) -> float:
 # --- model and optimizer state ----------------------------------------------------------------
 
 
-def full_model_state(acc: Accelerator, model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
-    """The whole model's state dict, on the CPU, in the main process (None in the others).
+def gathered_model_state(acc: Accelerator, model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+    """The whole model's state dict, on the CPU, in the main process, where the engine shards it
+    (FSDP, ZeRO-3; ZeRO-1/2 clone theirs); None elsewhere, and under one process or DDP, whose
+    module state dict is already whole.
 
     Every process must call it: under FSDP and ZeRO-3 the parameters are gathered from all."""
     engine = engine_name(acc)
     if engine in ("single", "ddp"):
-        state = acc.unwrap_model(model).state_dict() if acc.is_main_process else None
-    elif engine == "fsdp2":
+        return None
+    if engine == "fsdp2":
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

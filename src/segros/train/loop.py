@@ -302,12 +302,15 @@ class Trainer:
             ckpt.begin(self.out_dir, self.step)
         acc.wait_for_everyone()
         ckpt.save_rank_state(tmp, self.rank, self._rank_state())
-        weights = engines.full_model_state(acc, self.model)  # the main process's; None elsewhere
+        weights = engines.gathered_model_state(acc, self.model)  # sharded engines: the whole model
         with ckpt.writing(tmp):
             engines.save_optimizer(acc, self.model, self.optimizer, tmp)
         final = None
         if acc.is_main_process:
-            self.backbone.save_pretrained(tmp, state_dict=weights)  # consolidated, plain names
+            if weights is None:
+                self.backbone.save_pretrained(tmp)  # the base weights, plain names
+            else:
+                self.backbone.save_pretrained(tmp, state_dict=weights)  # gathered, plain names
             del weights
             if self.lora:
                 lora.save_adapter(self.backbone, tmp)  # peft's format, tmp/adapter
