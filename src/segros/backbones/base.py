@@ -477,19 +477,26 @@ class Backbone(nn.Module, ABC):
         return self.decode_tokens(self.generate_tokens(prompts, generator, guidance_scale, steps))
 
     # --- storage: config.json names the backbone, its architecture and options ------------------
-    def save_pretrained(self, path: str | Path, max_shard_size: int | str | None = None) -> None:
-        """Write ``model.safetensors`` (the module's state dict), :meth:`save_components` and, last,
-        ``config.json`` (``backbone``, :meth:`architecture`, ``options``) to ``path``. With
-        ``max_shard_size`` the weights are cut into ``model-0000k-of-0000n.safetensors`` shards
-        with a ``model.safetensors.index.json`` (huggingface_hub's layout, as the Hub serves it)."""
+    def save_pretrained(
+        self,
+        path: str | Path,
+        max_shard_size: int | str | None = None,
+        state_dict: dict[str, torch.Tensor] | None = None,
+    ) -> None:
+        """Write ``model.safetensors`` (the module's state dict, or ``state_dict``: the full one a
+        sharded engine gathered), :meth:`save_components` and, last, ``config.json``
+        (``backbone``, :meth:`architecture`, ``options``) to ``path``. With ``max_shard_size`` the
+        weights are cut into ``model-0000k-of-0000n.safetensors`` shards with a
+        ``model.safetensors.index.json`` (huggingface_hub's layout, as the Hub serves it)."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
+        state = plain_state(self.state_dict() if state_dict is None else state_dict)
         if max_shard_size is None:
-            save_file(plain_state(self.state_dict()), str(path / "model.safetensors"))
+            save_file(state, str(path / "model.safetensors"))
         else:
             from huggingface_hub import save_torch_state_dict
 
-            save_torch_state_dict(plain_state(self.state_dict()), str(path), max_shard_size=max_shard_size)
+            save_torch_state_dict(state, str(path), max_shard_size=max_shard_size)
         self.save_components(path)
         config = {"backbone": self.name, **self.architecture(), "options": self.options.model_dump()}
         (path / "config.json").write_text(json.dumps(config, indent=2))

@@ -106,6 +106,35 @@ class ShardedOrder:
         self.position = int(state["position"])
 
 
+def reshard_states(states: list[dict[str, Any]], rank: int, world_size: int) -> dict[str, Any]:
+    """The :class:`ShardedOrder` state of process ``rank`` of ``world_size`` that continues, by
+    global sample count, where the saved states of every process of another sharding stopped.
+
+    In epoch ``e`` a sharding of ``W`` processes at position ``p`` has consumed the first
+    ``p * W`` indices of the epoch's permutation (rank ``r`` took ``perm[r::W]``), whatever ``W``
+    is; the new sharding starts its ranks at ``p * W // world_size``. Exact when the saved
+    processes stand at the same position and ``p * W`` divides by ``world_size``; otherwise up to
+    ``world_size - 1`` indices are read again (never skipped). Processes that skipped different
+    numbers of bad records stand at different positions: the slowest one counts, so a few
+    records the faster ones already read are read again.
+    """
+    if not states:
+        raise ValueError("no saved order states to continue from")
+    first = states[0]
+    saved_world = int(first.get("world_size", len(states)))
+    if len(states) != saved_world:
+        raise ValueError(f"need the order states of all {saved_world} saved processes, got {len(states)}")
+    for name in ("length", "seed", "shuffle"):
+        if any(s.get(name) != first.get(name) for s in states):
+            raise ValueError(f"the saved processes disagree on {name}: not one sharded order")
+    epoch = min(int(s["epoch"]) for s in states)
+    position = min(int(s["position"]) for s in states if int(s["epoch"]) == epoch)
+    consumed = position * saved_world  # of the epoch's permutation
+    per_rank = int(first["length"]) // world_size
+    new_position = min(consumed // world_size, per_rank)
+    return {**first, "epoch": epoch, "position": new_position, "rank": rank, "world_size": world_size}
+
+
 class RecordBatches:
     """Endless batches of exactly ``batch_size`` good records from ``dataset`` in ``order``.
 

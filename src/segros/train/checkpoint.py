@@ -2,19 +2,26 @@
 
 Layout of ``OUT/checkpoints/step-<N>/``:
 
-- ``model.safetensors`` + ``config.json`` (+ backbone assets): ``Backbone.save_pretrained``;
-- ``optimizer.pt``, ``scheduler.pt``: state dicts of tensors and numbers;
+- ``model.safetensors`` + ``config.json`` (+ backbone assets): ``Backbone.save_pretrained`` of
+  the whole model, whatever the engine (gathered from every process under FSDP and ZeRO-3), so
+  generate / eval / export read it as they read any model folder;
+- the optimizer state, as the engine needs (:mod:`segros.train.engines`): ``optimizer.pt`` (one
+  process, DDP: ``optimizer.state_dict()``; FSDP: the full state keyed by parameter name), or
+  ``deepspeed/state/`` (DeepSpeed's own files, one optimizer partition per process);
+- ``scheduler.pt``: the learning-rate schedule's state;
 - ``rank-<r>.pt``: per process, the plan generator, the global torch RNG (dropout) and the
   data position and bad-record counts (ranks skip bad records independently);
-- ``trainer_state.json``: step, world size, counters; written last, it marks completeness.
+- ``trainer_state.json``: step, world size, engine, counters; written last, it marks completeness.
 
 A checkpoint is written into ``.tmp-step-<N>`` and renamed when complete; ``latest`` (a text
 file naming the folder) is replaced atomically after that. A run killed while saving leaves
 the previous ``latest`` intact. A write that fails (a full disk) removes the partial folder
 and raises :class:`CheckpointWriteError` saying where and how much space was needed. Everything
 is read back with safetensors or ``torch.load(weights_only=True)``: no pickled code is ever
-executed. :func:`latest_checkpoint` checks that the files of a checkpoint are intact (not cut
-short) and falls back to the newest intact one, saying which it skipped and why.
+executed (except DeepSpeed's own files, which DeepSpeed reads itself, unpickling them: resume
+only from DeepSpeed checkpoints you wrote). :func:`latest_checkpoint` checks that the files of a
+checkpoint are intact (not cut short) and falls back to the newest intact one, saying which it
+skipped and why.
 """
 
 from __future__ import annotations
@@ -119,22 +126,46 @@ def torch_file_problem(path: Path) -> str | None:
 def checkpoint_problem(folder: Path) -> str | None:
     """Why a checkpoint folder cannot be resumed from (a missing or cut-short file), or None.
 
-    Checks every ``*.safetensors`` (and LoRA ``adapter/``) and ``*.pt`` file in the folder and the
-    trainer state; cheap
-    (headers and zip directories only, no tensor data is read).
+    Checks every ``*.safetensors`` (and LoRA ``adapter/``) and ``*.pt`` file in the folder (and
+    DeepSpeed's under ``deepspeed/``), that every process's files are there, and the trainer
+    state; cheap (headers and zip directories only, no tensor data is read).
     """
     try:
-        json.loads((folder / COMPLETE_MARKER).read_text())
+        state = json.loads((folder / COMPLETE_MARKER).read_text())
     except (OSError, ValueError) as e:
         return f"{COMPLETE_MARKER} is unreadable ({e})"
     if not (folder / "model.safetensors").is_file():
         return "model.safetensors is missing"
+    if problem := _missing_files(folder, state):
+        return problem
     for path in sorted([*folder.glob("*.safetensors"), *folder.glob("adapter/*.safetensors")]):
         if problem := safetensors_problem(path):
             return problem
-    for path in sorted(folder.glob("*.pt")):
+    for path in sorted([*folder.glob("*.pt"), *folder.glob("deepspeed/*/*.pt")]):
         if problem := torch_file_problem(path):
             return problem
+    return None
+
+
+def _missing_files(folder: Path, state: dict[str, Any]) -> str | None:
+    """The first file the engine that wrote ``folder`` must have left there and did not."""
+    world = int(state.get("world_size", 1)) if isinstance(state, dict) else 1
+    engine = str(state.get("engine", "ddp")) if isinstance(state, dict) else "ddp"
+    if "step" in state:  # trainer checkpoints (a bare model folder has no optimizer)
+        needed = [f"rank-{r}.pt" for r in range(world)] + ["scheduler.pt"]
+        if engine.startswith("zero"):
+            ds = "deepspeed/state"
+            needed += [f"{ds}/zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(world)]
+            needed += (
+                [f"{ds}/zero_pp_rank_{r}_mp_rank_00_model_states.pt" for r in range(world)]
+                if engine == "zero3"
+                else [f"{ds}/mp_rank_00_model_states.pt"]
+            )
+        else:
+            needed.append("optimizer.pt")
+        for name in needed:
+            if not (folder / name).is_file():
+                return f"{name} is missing (a {engine} checkpoint of {world} processes)"
     return None
 
 
@@ -291,10 +322,12 @@ def save_rank_state(tmp: Path, rank: int, state: dict[str, Any]) -> None:
         torch.save(state, tmp / f"rank-{rank}.pt")
 
 
-def save_shared(tmp: Path, optimizer: Any, scheduler: Any) -> None:
+def save_scheduler(tmp: Path, scheduler: Any) -> None:
     with _writing(tmp):
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+
+
+writing = _writing  # for the engine-specific writes of segros.train.engines
 
 
 def finish(out_dir: str | Path, tmp: Path, step: int, trainer_state: dict[str, Any], keep_last: int) -> Path:
@@ -350,6 +383,5 @@ def load_rank_state(folder: Path, rank: int) -> dict[str, Any]:
     return _torch_load(path)
 
 
-def load_shared(folder: Path, optimizer: Any, scheduler: Any) -> None:
-    optimizer.load_state_dict(_torch_load(folder / "optimizer.pt"))
+def load_scheduler(folder: Path, scheduler: Any) -> None:
     scheduler.load_state_dict(_torch_load(folder / "scheduler.pt"))

@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
@@ -42,7 +41,7 @@ from segros.backbones.base import Backbone, I2TBatch, T2IBatch
 from segros.backbones.registry import build_backbone, resolve_checkpoint
 from segros.data.budget import BadRecordBudget
 from segros.data.cache import open_cache
-from segros.data.sampling import RecordBatches, ShardedOrder
+from segros.data.sampling import RecordBatches, ShardedOrder, reshard_states
 from segros.data.sources import i2t_source, t2i_source
 from segros.data.streaming import streaming_batches
 from segros.losses import total_loss
@@ -50,7 +49,7 @@ from segros.plan import SupervisionPlan
 from segros.runlock import FolderInUseError, FolderLock, lock_folder
 from segros.supervision import ground_and_plan, sample_ratio
 from segros.train import checkpoint as ckpt
-from segros.train import lora
+from segros.train import engines, lora
 from segros.train.config import TrainConfig, dump_config
 from segros.train.logger import PictureCallback, RunLogger
 from segros.train.stopping import EXIT_CODES, StopSignals
@@ -212,9 +211,8 @@ class Trainer:
         trackers = (["tensorboard"] if cfg.logging.tensorboard else []) + (
             ["wandb"] if cfg.logging.wandb_project else []
         )
-        self.accelerator = Accelerator(
-            # with no GPU, accelerate only forms a multi-process (gloo) group when told cpu=True
-            cpu=not torch.accelerator.is_available(),
+        # the launcher's engine (DDP, FSDP, DeepSpeed), also on a machine without GPUs
+        self.accelerator = engines.build_accelerator(
             mixed_precision=cfg.optim.mixed_precision,
             # accelerate's own accumulation, so DeepSpeed (which keeps its own micro-step count
             # and ignores no_sync) steps once per group too, and DDP syncs only on the last one
@@ -224,6 +222,7 @@ class Trainer:
         )
         acc = self.accelerator
         self.rank, self.world = acc.process_index, acc.num_processes
+        self.engine = engines.engine_name(acc)
         self._lock_folder()  # before anything is written into it
         if acc.is_main_process:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -265,7 +264,8 @@ class Trainer:
                 f"model.init_from {init_from} holds a LoRA adapter, which init_from would ignore: "
                 "point it at a merged folder (segros export --merge RUN --out DIR)"
             )
-        backbone = build_backbone(options)
+        with engines.whole_model_construction(self.accelerator):  # ZeRO-3 would partition it now
+            backbone = build_backbone(options)
         self.lora = cfg.lora is not None and cfg.lora.enabled
         if self.lora:  # adapters on the transformer; all else frozen (segros.train.lora)
             lora.apply_section(backbone, cfg.lora)
@@ -285,6 +285,13 @@ class Trainer:
         )
         # The scheduler is stepped by hand once per optimizer step: accelerate's wrapper would
         # step it once per process.
+        if self.lora and self.engine not in ("single", "ddp"):
+            raise ValueError(
+                f"LoRA under {self.engine} is not supported: LoRA trains few parameters, so plain data "
+                "parallelism fits (accelerate launch without --use_fsdp / --use_deepspeed)"
+            )
+        engines.configure_deepspeed(acc, self.cfg.data.batch_size, o.grad_clip)
+        engines.configure_fsdp(acc, self.backbone)
         self.model, self.optimizer = acc.prepare(self.backbone, optimizer)
         # `accelerate launch --gradient_accumulation_steps` and a DeepSpeed config override the
         # value passed above; a silent mismatch would change the effective batch
@@ -334,23 +341,33 @@ class Trainer:
         }
 
     def save(self) -> Path | None:
+        """Write the checkpoint of this step; every process takes part (the weights and optimizer
+        state are gathered, or written per process, as the engine needs: segros.train.engines)."""
         acc = self.accelerator
         tmp = ckpt.tmp_dir(self.out_dir, self.step)
         if acc.is_main_process:
             ckpt.begin(self.out_dir, self.step)
         acc.wait_for_everyone()
         ckpt.save_rank_state(tmp, self.rank, self._rank_state())
+        weights = engines.gathered_model_state(acc, self.model)  # sharded engines: the whole model
+        with ckpt.writing(tmp):
+            engines.save_optimizer(acc, self.model, self.optimizer, tmp)
         final = None
         if acc.is_main_process:
-            acc.unwrap_model(self.model).save_pretrained(tmp)  # the base weights, plain names
+            if weights is None:
+                self.backbone.save_pretrained(tmp)  # the base weights, plain names
+            else:
+                self.backbone.save_pretrained(tmp, state_dict=weights)  # gathered, plain names
+            del weights
             if self.lora:
-                lora.save_adapter(acc.unwrap_model(self.model), tmp)  # peft's format, tmp/adapter
-            ckpt.save_shared(tmp, self.optimizer, self.scheduler)
+                lora.save_adapter(self.backbone, tmp)  # peft's format, tmp/adapter
+            ckpt.save_scheduler(tmp, self.scheduler)
         acc.wait_for_everyone()
         if acc.is_main_process:
             state = {
                 "step": self.step,
                 "world_size": self.world,
+                "engine": self.engine,
                 "skipped_steps": self.skipped_steps,
                 "train_seconds": round(self.train_seconds(), 2),  # across resumes
             }
@@ -359,37 +376,54 @@ class Trainer:
         return final
 
     def _resume(self) -> None:
+        """Continue from the newest intact checkpoint, also one saved by another number of
+        processes (see :meth:`_load_rank_state`) or, for FSDP / DDP / one process, another of them."""
         folder = ckpt.latest_checkpoint(self.out_dir)
         if folder is None:
             raise FileNotFoundError(
                 f"--resume: no complete checkpoint under {ckpt.checkpoints_dir(self.out_dir)}"
             )
         state = ckpt.load_trainer_state(folder)
-        if state["world_size"] != self.world:
-            raise ValueError(
-                f"--resume: {folder} was saved by {state['world_size']} processes, this run has {self.world}"
-            )
-        from safetensors.torch import load_file
-
-        model = self.accelerator.unwrap_model(self.model)
         if lora.has_adapter(folder) and not self.lora:
             raise ValueError(
                 f"--resume: {folder} holds a LoRA adapter but this config has LoRA off; set lora.rank"
             )
-        model.load_state_dict(load_file(str(folder / "model.safetensors")))
+        engines.load_model_and_optimizer(self.accelerator, self.model, self.optimizer, folder, state)
         if self.lora:
-            lora.load_adapter(model, folder)
-        ckpt.load_shared(folder, self.optimizer, self.scheduler)
-        rank_state = ckpt.load_rank_state(folder, self.rank)
+            lora.load_adapter(self.accelerator.unwrap_model(self.model), folder)
+        ckpt.load_scheduler(folder, self.scheduler)
+        self._load_rank_state(folder, int(state["world_size"]))
+        self.step = int(state["step"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+        self.seconds_before = float(state.get("train_seconds", 0.0))
+        log.info("resumed from %s at step %d", folder, self.step)
+
+    def _load_rank_state(self, folder: Path, saved_world: int) -> None:
+        """This process's generators and data position. With the number of processes it was saved
+        by, exactly its own. With another, the data order continues by global sample count
+        (:func:`~segros.data.sampling.reshard_states`); process ``r`` takes the generators and
+        bad-record counts of saved process ``r`` when there was one, fresh seeded ones otherwise
+        (docs/distributed.md says what is then exact)."""
+        if saved_world == self.world:
+            rank_state = ckpt.load_rank_state(folder, self.rank)
+        else:
+            saved = [ckpt.load_rank_state(folder, r) for r in range(saved_world)]
+            log.warning(
+                "--resume: %s was saved by %d processes, this run has %d: the data order continues by "
+                "global sample count; random draws are not those of an uninterrupted run",
+                folder, saved_world, self.world,
+            )  # fmt: skip
+            # saved process r's generators and bad-record counts, or a new process's fresh ones
+            rank_state = dict(saved[self.rank] if self.rank < saved_world else self._rank_state())
+            for stream in ("t2i", "i2t"):
+                if saved[0][stream] is not None and rank_state[stream] is not None:
+                    order = reshard_states([s[stream]["order"] for s in saved], self.rank, self.world)
+                    rank_state[stream] = {**rank_state[stream], "order": order}
         self.generator.set_state(rank_state["generator"])
         torch.set_rng_state(rank_state["torch_rng"])
         self.t2i.load_state_dict(rank_state["t2i"])
         if self.i2t is not None and rank_state["i2t"] is not None:
             self.i2t.load_state_dict(rank_state["i2t"])
-        self.step = int(state["step"])
-        self.skipped_steps = int(state.get("skipped_steps", 0))
-        self.seconds_before = float(state.get("train_seconds", 0.0))
-        log.info("resumed from %s at step %d", folder, self.step)
 
     # --- one step ---------------------------------------------------------------------------------
     def plan_for(self, batch: T2IBatch) -> SupervisionPlan:
@@ -417,7 +451,10 @@ class Trainer:
         return self.accelerator.reduce(bad, "sum").item() == 0
 
     def params_in_sync(self) -> bool:
-        """Whether every process holds the same weights (the DDP invariant)."""
+        """Whether every process holds the same weights (the DDP invariant); trivially true under
+        FSDP and ZeRO-3, where each process holds only its shard and no replica to compare."""
+        if engines.is_fsdp(self.engine) or self.engine == "zero3":
+            return True
         sums = self.accelerator.gather(_checksum(self.backbone).unsqueeze(0))
         return bool((sums == sums[0]).all())
 
@@ -429,7 +466,7 @@ class Trainer:
         if self._iterators is None:
             self._iterators = (iter(self.t2i), iter(self.i2t) if self.i2t is not None else None)
         out = StepOutput(losses={}, skipped=False)
-        for _ in range(accum):
+        for micro in range(accum):
             # every micro-batch enters accumulate(), even after a bad one, so accelerate's count
             # of micro-batches (and DeepSpeed's boundary) stays in phase with the groups
             with acc.accumulate(self.model), acc.autocast():
@@ -441,6 +478,8 @@ class Trainer:
                 for k, v in {**terms, "total": loss}.items():
                     out.losses[k] = out.losses.get(k, 0.0) + float(v.detach()) / accum
                 if not self._all_finite(loss):
+                    if refusal := engines.skip_unsupported(acc, micro):
+                        raise TrainingDivergedError(f"step {self.step}: {refusal}")
                     out.skipped = True
                     continue
                 acc.backward(loss)  # divided by grad_accum inside (or by DeepSpeed)
@@ -449,7 +488,9 @@ class Trainer:
             self.skipped_steps += 1
         else:
             if cfg.optim.grad_clip is not None:
-                out.grad_norm = float(acc.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip))
+                # under DeepSpeed its engine clipped (gradient_clipping) and reports the norm
+                norm = acc.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
+                out.grad_norm = engines.grad_norm(norm)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
@@ -476,12 +517,14 @@ class Trainer:
         self.logger.scalars(scalars | out.grounding, self.step)
 
     def pictures(self, out: StepOutput) -> None:
-        """The grounding panel of the step's batch and the application's pictures (main process)."""
+        """The grounding panel of the step's batch and the application's pictures (main process;
+        not under FSDP and ZeRO-3, whose sharded weights one process cannot sample from: generate
+        from a checkpoint's consolidated weights instead)."""
         if not self.accelerator.is_main_process:
             return
         if out.batch is not None and out.plan is not None:
             self.logger.grounding_picture(self.backbone, out.batch, out.plan, self.step)
-        if self.picture_callback is not None:
+        if self.picture_callback is not None and self.engine in ("single", "ddp", "zero1", "zero2"):
             for tag, picture in self.picture_callback(self.backbone, self.step).items():
                 self.logger.image(tag, picture, self.step)
 

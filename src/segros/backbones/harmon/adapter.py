@@ -90,7 +90,7 @@ class HarmonOptions(BackboneOptions):
     size: Literal["0.5b", "1.5b", "tiny"] = "0.5b"
     checkpoint_file: str | None = None  # in init_from; default harmon_{size}.pth (e.g. harmon_1.5b-o.pth)
     vae: str | None = None  # folder / hub id with kl16.ckpt; default: init_from
-    tokenizer: str | None = None  # folder / hub id; default Qwen/Qwen2.5-{size}-Instruct
+    tokenizer: str | None = None  # folder / hub id; default Qwen/Qwen2.5-{size}-Instruct (tiny: built-in)
     image_size: int = Field(512, ge=32, le=2048)  # Harmon trains and samples at 512 px
     max_text_len: int = Field(128, ge=8, le=4096)
     diffusion_batch_mul: int = Field(4, ge=1, le=64)
@@ -502,6 +502,10 @@ def load_tokenizer(source: str | None, size: str = "tiny") -> Any:
     from transformers import AutoTokenizer
 
     if not source:
+        if size == "tiny":  # smoke runs: a word-level tokenizer over ShapesWorld's words, no download
+            from segros.data.shapes import vocabulary
+
+            return T.word_level_tokenizer(vocabulary())
         raise ValueError(f"model.tokenizer is required for size {size!r} (a folder with tokenizer.json)")
     files = resolve_files(source, TOKENIZER_FILES, "Qwen tokenizer", "model.tokenizer",
                           optional=["vocab.json", "merges.txt", "special_tokens_map.json"])  # fmt: skip

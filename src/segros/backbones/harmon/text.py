@@ -67,8 +67,8 @@ def encode_i2t(tokenizer: Any, turns: Sequence[tuple[str, str]], max_len: int) -
     }
 
 
-def word_level_tokenizer(words: Sequence[str], folder: str | Path) -> Any:
-    """A small fast word-level tokenizer with Qwen's chat specials, saved to ``folder``.
+def word_level_tokenizer(words: Sequence[str], folder: str | Path | None = None) -> Any:
+    """A small fast word-level tokenizer with Qwen's chat specials, saved to ``folder`` if given.
 
     For tests and CPU smoke runs of the tiny configuration: the same ``AutoTokenizer`` code path
     as the real Qwen tokenizer, with no download. Template words are always in the vocabulary.

@@ -74,10 +74,39 @@ def magvit_weights(source: str) -> Path:
     return resolve_files(source, [UPSTREAM_WEIGHTS], "MAGVIT-v2 tokenizer", "model.magvit")[UPSTREAM_WEIGHTS]
 
 
+WORD_TOKENIZER = "shapes-words"  # model.tokenizer of tiny smoke runs: built in, no download
+
+
+def word_level_tokenizer() -> Any:
+    """A word-level tokenizer over ShapesWorld's captions and questions with Phi-1.5's
+    ``<|endoftext|>`` as bos and eos: the ``AutoTokenizer`` path of the real one, no download."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from segros.data.shapes import vocabulary
+    from segros.data.sources import SHAPES_QUESTIONS
+
+    words = {w for q in SHAPES_QUESTIONS for w in q.split()} | set(vocabulary())
+    words |= {"user", "assistant", ":", "what", "is", "this", ".", ","}
+    vocab = {"<|endoftext|>": 0, "[UNK]": 1}
+    for w in sorted(words):
+        vocab.setdefault(w, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="[UNK]",
+        padding_side="left",
+    )  # fmt: skip
+
+
 def load_tokenizer(source: str) -> Any:
-    """The Phi-1.5 text tokenizer (``model.tokenizer``), left padding as upstream sets it."""
+    """The Phi-1.5 text tokenizer (``model.tokenizer``), left padding as upstream sets it;
+    ``shapes-words``: :func:`word_level_tokenizer`."""
     from transformers import AutoTokenizer
 
+    if source == WORD_TOKENIZER:
+        return word_level_tokenizer()
     files = resolve_files(
         source, ["tokenizer_config.json"], "Phi-1.5 tokenizer", "model.tokenizer", optional=TOKENIZER_FILES
     )
