@@ -176,3 +176,13 @@ def test_the_trainer_with_workers_resumes_exactly_and_logs_its_wait(small_tokeni
     assert second.bad_records == straight.bad_records
     summary = json.loads((tmp_path / "w2/train_summary.json").read_text())
     assert 0.0 <= summary["data_wait_share"] < 1.0 and summary["data_workers"] == 2
+
+
+def test_workers_and_prefetch_are_validated():
+    from segros.train.config import ConfigError, load_config
+
+    assert load_config(None, ["data.workers=3", "data.prefetch=4"]).data.workers == 3
+    assert load_config(None, []).data.workers is None  # the machine's default (segros.data.loader)
+    for bad in ("data.workers=-1", "data.prefetch=0", "data.workers=two"):
+        with pytest.raises(ConfigError, match=bad.split("=")[0].replace(".", r"\.")):
+            load_config(None, [bad])
