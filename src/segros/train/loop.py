@@ -1,6 +1,7 @@
 """The backbone-agnostic training loop, on one CPU or many processes through ``accelerate``.
 
-Per optimizer step and micro-batch: collate records (``prepare_t2i``), read the grounding
+Per optimizer step and micro-batch: take the next collated batch (read and ``collate_t2i``'d in
+loader workers, :mod:`segros.data.loader`), encode it on the device (``encode_t2i``), read the grounding
 embeddings (``mode="ground"``), draw masking ratios from the backbone's schedule, build the
 supervision plan, and backpropagate ``recon + lambda * i2t`` (Eq. 13). Every random draw of
 SeGroS comes from one seeded ``torch.Generator`` per process; dropout uses the global RNG.
