@@ -36,8 +36,8 @@ from harmon_helpers import tiny_options as harmon_options  # noqa: E402
 from harmon_helpers import tiny_tokenizer  # noqa: E402
 from showo_helpers import TINY_ARCH, save_word_tokenizer  # noqa: E402
 
-from segros.data.readers import open_image_text  # noqa: E402
 from segros.data.shapes import ShapesWorld  # noqa: E402
+from segros.data.sources import t2i_source  # noqa: E402
 from segros.shipped import PRETRAINED_TINY  # noqa: E402
 from segros.train.config import validate  # noqa: E402
 from segros.train.loop import Trainer  # noqa: E402
@@ -124,8 +124,8 @@ def main() -> None:
     paths = write_formats(out / "data", jpeg_records(args.images))
     rows, skipped = [], {}
     for name, path in paths.items():
-        try:
-            open_image_text(path)
+        try:  # as the trainer opens data.path (a reader added later is picked up here)
+            t2i_source(validate({"data": {"source": "files", "path": str(path)}}).data, None)
         except (ValueError, FileNotFoundError) as e:
             skipped[name] = f"not readable by this checkout's readers ({e})"
     for model_name in ("tiny", "showo", "harmon"):
