@@ -186,3 +186,18 @@ def test_workers_and_prefetch_are_validated():
     for bad in ("data.workers=-1", "data.prefetch=0", "data.workers=two"):
         with pytest.raises(ConfigError, match=bad.split("=")[0].replace(".", r"\.")):
             load_config(None, [bad])
+
+
+def test_large_chunks_cross_through_shared_memory_and_give_the_same_batches(tmp_path, tiny, monkeypatch):
+    """Chunks above loader.SMALL_CHUNK bytes cross as tensors (shared memory), smaller ones as one
+    pickled string: the batches are the same either way."""
+    import segros.data.loader as loader
+
+    path = write_dataset(tmp_path, 30, {4})
+    want = [b for b, _ in zip(InProcessBatches(records(path), tiny.collate_t2i), range(5), strict=False)]
+    monkeypatch.setattr(loader, "SMALL_CHUNK", 0)  # the workers fork after this: every chunk is "large"
+    loaded = workers(path, tiny)
+    got = [b for b, _ in zip(loaded, range(5), strict=False)]
+    loaded.close()
+    assert all(equal(a, b) for a, b in zip(got, want, strict=True))
+    assert loader._CollateChunk(tiny.collate_t2i)([(0, JsonlImageText(path)[0])]).__class__ is loader._Chunk
