@@ -56,15 +56,18 @@ def main() -> None:
     p.add_argument("--size", default=None, help="model size (default: the recipe's)")
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--compile", action="store_true", help="run.compile=true: compile the transformer blocks")
+    p.add_argument("--workers", type=int, default=None, help="data.workers (default: the config's default)")
     args = p.parse_args()
     overrides = ["logging.tensorboard=false", "run.progress=off"]
     overrides += [f"data.batch_size={args.batch}"] if args.batch else []
     overrides += [f"model.size={args.size}"] if args.size else []
     overrides += ["run.compile=true"] if args.compile else []  # the trainer's own switch
+    overrides += [f"data.workers={args.workers}"] if args.workers is not None else []
     cfg = load_config(RECIPES / "demo-pretrain.yaml", overrides)
     with tempfile.TemporaryDirectory() as out:
         trainer = Trainer(cfg, out)
-        t2i_iter, i2t_iter = iter(trainer.t2i), iter(trainer.i2t)
+        # the trainer's own streams: collated in loader workers when data.workers > 0
+        t2i_iter, i2t_iter = iter(trainer.t2i_batches), iter(trainer.i2t_batches)
         batch, _, i2t = trainer._micro_batch(t2i_iter, i2t_iter)
         for _ in range(3):  # warm-up (and compilation)
             step(trainer, batch, i2t)
@@ -89,6 +92,7 @@ def main() -> None:
         f"TinyUMM {cfg.model['size']}, T2I batch {cfg.data.batch_size} + I2T {cfg.data.i2t_batch_size}, "
         f"{trainer.backbone.num_tokens} image tokens, threads={torch.get_num_threads()}"
         + (", torch.compile" if args.compile else "")
+        + f", data.workers={trainer.workers}"
     )
     print(f"machine float32 matmul rate (1024^3 mm): {rate / 1e9:8.1f} GFLOP/s")
     print(f"model FLOPs per step (forward + backward, counted): {flops / 1e9:8.3f} GFLOP")

@@ -177,6 +177,65 @@ def test_cached_records_give_the_batch_without_images(backbone):
     assert from_cache.images is None and set(from_cache.extras) == set(stored)
 
 
+def _equal_batches(a, b) -> None:
+    assert type(a) is type(b)
+    for f in dataclasses.fields(a):
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if isinstance(x, dict):
+            assert x.keys() == y.keys(), f.name
+            for k in x:
+                assert torch.equal(x[k], y[k]), f"{f.name}.{k}"
+        elif isinstance(x, torch.Tensor):
+            assert torch.equal(x, y), f.name
+        else:
+            assert x == y, f.name
+
+
+def _mixed_records(backbone, n: int):
+    """ShapesWorld records with captions of very different lengths (so text padding differs)."""
+    source = ShapesImageText(backbone.image_size, 0, 100)
+    words = ["a", "red circle", "a photo of two small blue stars left of a large green square"]
+    records = [source[i] for i in range(n)]
+    return [dataclasses.replace(r, caption=words[i % 3]) for i, r in enumerate(records)]
+
+
+def test_collate_is_the_cpu_part_and_encode_the_device_part(backbone):
+    """prepare = encode(collate): the collated batch is CPU tensors without the frozen encoders'
+    output (no codes), picklable (loader workers send it), and encoding it gives prepare's batch."""
+    import pickle
+
+    records = _mixed_records(backbone, 3)
+    collated = backbone.collate_t2i(records)
+    assert collated.images is not None and collated.images.dtype == torch.uint8
+    assert all(t.device.type == "cpu" for t in collated.extras.values()) and collated.memo == {}
+    _equal_batches(pickle.loads(pickle.dumps(collated)), collated)
+    encoded = backbone.encode_t2i(collated)
+    _equal_batches(encoded, backbone.prepare_t2i(records))
+    conversations = ShapesConversations(backbone.image_size, 0, 100)
+    i2t_records = [conversations[i] for i in range(3)]
+    i2t = backbone.collate_i2t(i2t_records)
+    _equal_batches(pickle.loads(pickle.dumps(i2t)), i2t)
+    _equal_batches(backbone.encode_i2t(i2t), backbone.prepare_i2t(i2t_records))
+    if "codes" in encoded.extras:  # an encoder ran in encode_t2i, not in the collate
+        assert "codes" not in collated.extras and "codes" not in backbone.collate_i2t(i2t_records).extras
+
+
+def test_rows_of_collated_chunks_concatenate_to_the_batch_of_those_records(backbone):
+    """T2IBatch.cat / I2TBatch.cat: rows picked from batches collated apart are the batch the
+    collate function makes of those records together (text re-padded to the longest row)."""
+    records = _mixed_records(backbone, 6)
+    first, second = backbone.collate_t2i(records[:3]), backbone.collate_t2i(records[3:])
+    picked = [(first, slice(1, 3)), (second, slice(0, 1)), (second, slice(2, 3))]
+    want = backbone.collate_t2i([records[1], records[2], records[3], records[5]])
+    _equal_batches(T2IBatch.cat(picked, backbone.pad_id), want)
+    _equal_batches(T2IBatch.cat([(first, slice(1, 2))], backbone.pad_id), backbone.collate_t2i(records[1:2]))
+    conversations = ShapesConversations(backbone.image_size, 0, 100)
+    i2t_records = [conversations[i] for i in range(5)]
+    a, b = backbone.collate_i2t(i2t_records[:2]), backbone.collate_i2t(i2t_records[2:])
+    got = I2TBatch.cat([(a, slice(1, 2)), (b, slice(0, 3))], backbone.pad_id)
+    _equal_batches(got, backbone.collate_i2t(i2t_records[1:]))
+
+
 # --- plans, losses, gradients ------------------------------------------------------------------
 
 

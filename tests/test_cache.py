@@ -132,3 +132,45 @@ def test_a_cache_of_a_reweighted_world_is_read_back_by_the_same_weights_only(
     cached = r"data\.shapes_kind_weights: cache \[1\.0, 1\.0, 1\.0, 5\.0, 1\.0\]"
     with pytest.raises(ValueError, match=cached):
         Trainer(validate(other), tmp_path / "other")
+
+
+def test_two_processes_write_the_one_process_cache(small_tokenizer, tmp_path):
+    """``segros cache`` under torchrun (2 CPU processes, gloo): each writes its shards, the first
+    the index; shards, index and bad records are the one-process cache's, record for record."""
+    import os
+    import subprocess
+    import sys
+
+    from _data_files import CORRUPT, pixels, png_bytes
+
+    lines = []
+    for i in range(13):
+        (tmp_path / f"{i}.png").write_bytes(CORRUPT if i == 6 else png_bytes(pixels(i, (20, 24))))
+        lines.append(json.dumps({"image": f"{i}.png", "caption": f"a red circle {i}"}))
+    (tmp_path / "m.jsonl").write_text("\n".join(lines) + "\n")
+    raw = _raw("tiny", None, small_tokenizer, "data.source=files", f"data.path={tmp_path / 'm.jsonl'}")
+    config = tmp_path / "c.yaml"
+    config.write_text(json.dumps(raw))
+    args = ["cache", "--config", str(config), "--shard-size", "4"]
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "segros.cli", *args, "--out", str(tmp_path / "two")]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "process 1/2: encoded 8/13" in proc.stderr and "process 0/2: encoded 12/13" in proc.stderr
+    import re
+
+    def same(value: dict) -> str:  # PIL's reason names the BytesIO it failed on by its address
+        return re.sub(r"object at 0x[0-9a-f]+", "object", json.dumps(value, sort_keys=True))
+
+    one, two = (json.loads((tmp_path / d / "index.json").read_text()) for d in ("one", "two"))
+    assert same(one) == same(two)
+    assert one["count"] == 13 and [b["index"] for b in one["bad"]] == [6] and len(one["shards"]) == 4
+    from safetensors import safe_open
+
+    for name in one["shards"]:
+        a, b = (safe_open(str(tmp_path / d / name), "pt") for d in ("one", "two"))
+        assert same(a.metadata()) == same(b.metadata())
+        assert set(a.keys()) == set(b.keys())
+        assert all(torch.equal(a.get_tensor(k), b.get_tensor(k)) for k in a.keys())  # noqa: SIM118

@@ -34,6 +34,7 @@ def launch(tokenizer, out, max_steps, resume=False):
         "run.progress=off",
         "logging.tensorboard=false",
         "run.log_every=1",
+        "data.workers=1",  # a loader worker per stream and process: positions saved are still exact
     ] + (["--resume"] if resume else [])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)

@@ -9,7 +9,8 @@ backbone through it.
 
 One training step, as the trainer runs it (:mod:`segros.supervision`)::
 
-    batch = backbone.prepare_t2i(records).to(device)       # T2IBatch: tokenised text, encoded images
+    batch = backbone.collate_t2i(records)                  # CPU (loader workers): text, pixels
+    batch = backbone.encode_t2i(batch.to(device))          # frozen encoders on the device (codes)
     batch = backbone.drop_captions(batch, generator)       # caption dropout, for guidance
     gamma = sample_ratio(backbone, len(batch), generator)  # the backbone's masking schedule
     plan = ground_and_plan(backbone, batch, cfg, gamma, generator, model=model)
@@ -83,10 +84,55 @@ class _BatchMethods:
         starts empty (what the backbone derived from the old fields may not hold for the new)."""
         return dataclasses.replace(self, **{"extras": dict(self.extras), "memo": {}, **changes})
 
+    @classmethod
+    def cat(cls, parts: Sequence[tuple[Any, slice]], pad_id: int) -> Any:
+        """The batch of the rows ``parts`` select (``(batch, rows)`` pairs), as the collate function
+        would have made it from those records alone: every tensor (``extras`` too) is concatenated
+        along the batch dimension, and the text fields (:attr:`text_fields`) are cut or right-padded
+        (``pad_id``, masks False) to the width of the longest selected row. Text must be fixed-width
+        or right-padded, as :meth:`Backbone.collate_t2i` promises. The loader builds its batches so
+        from the collated chunks its workers send (:mod:`segros.data.loader`)."""
+        rows = [(batch, sl) for batch, sl in parts if sl.stop > sl.start]
+        if not rows:
+            raise ValueError("no rows to concatenate")
+        if any(batch.memo for batch, _ in rows):
+            raise ValueError("cannot concatenate batches that hold memo (derived on the device)")
+        width = max(int(_row_widths(batch.text_mask[sl]).max()) for batch, sl in rows)
+
+        def text(value: torch.Tensor, pad: int | bool) -> torch.Tensor:
+            value = value[:, :width]
+            return F.pad(value, (0, width - value.shape[1]), value=pad) if value.shape[1] < width else value
+
+        def join(name: str, values: list[Any]) -> Any:
+            first = values[0]
+            if first is None:
+                if any(v is not None for v in values):
+                    raise ValueError(f"field {name!r} is set in some parts only")
+                return None
+            if isinstance(first, torch.Tensor):
+                if name in cls.text_fields:
+                    pad = pad_id if first.dtype != torch.bool else False
+                    values = [text(v, pad) for v in values]
+                return torch.cat(values)
+            if isinstance(first, list):
+                return [x for v in values for x in v]
+            if isinstance(first, dict):
+                return {k: join(f"{name}.{k}", [v[k] for v in values]) for k in first}
+            raise TypeError(f"cannot concatenate field {name!r} of type {type(first).__name__}")
+
+        out = {}
+        for f in dataclasses.fields(cls):
+            if f.name == "memo":
+                out[f.name] = {}
+                continue
+            sliced = [_rows_of(getattr(batch, f.name), sl) for batch, sl in rows]
+            out[f.name] = join(f.name, sliced)
+        return cls(**out)
+
 
 @dataclass
 class T2IBatch(_BatchMethods):
-    """Image-caption records collated by :meth:`Backbone.prepare_t2i` (CPU tensors, B samples).
+    """Image-caption records collated by :meth:`Backbone.collate_t2i` (CPU tensors, B samples).
 
     The named fields are what the trainer, the logger and the tools read or write; everything
     only the adapter reads lives in ``extras`` (its encoded images: codes, latents, CLIP pixels)
@@ -100,19 +146,24 @@ class T2IBatch(_BatchMethods):
     images: torch.Tensor | None = None  # (B, H, W, 3) uint8 as the model sees them; None from a cache
     caption_stopword: torch.Tensor | None = None  # (B, L) bool: caption tokens of function words
     drop_caption: torch.Tensor | None = None  # (B,) bool: condition on the empty prompt instead
-    extras: dict[str, Any] = field(default_factory=dict)  # backbone-private inputs
+    extras: dict[str, Any] = field(default_factory=dict)  # backbone-private inputs, (B, ...) each
     memo: dict[str, Any] = field(default_factory=dict)  # backbone-private, derived once per batch
+
+    #: the fields that are (B, text width): cut or padded together by :meth:`cat`
+    text_fields: ClassVar[tuple[str, ...]] = ("text_ids", "text_mask", "caption_mask", "caption_stopword")
 
 
 @dataclass
 class I2TBatch(_BatchMethods):
-    """Image-question-answer records collated by :meth:`Backbone.prepare_i2t` (CPU tensors)."""
+    """Image-question-answer records collated by :meth:`Backbone.collate_i2t` (CPU tensors)."""
 
     text_ids: torch.Tensor  # (B, T) long: question and answer in the backbone's chat template
     text_mask: torch.Tensor  # (B, T) bool: real tokens
     answer_mask: torch.Tensor  # (B, T) bool: answer tokens (they carry the loss, Eq. 2)
-    extras: dict[str, Any] = field(default_factory=dict)  # backbone-private inputs (the image)
+    extras: dict[str, Any] = field(default_factory=dict)  # backbone-private (the image), (B, ...) each
     memo: dict[str, Any] = field(default_factory=dict)  # backbone-private, derived once per batch
+
+    text_fields: ClassVar[tuple[str, ...]] = ("text_ids", "text_mask", "answer_mask")
 
 
 class BackboneOptions(BaseModel):
@@ -193,6 +244,22 @@ def load_weights(folder: str | Path) -> dict[str, torch.Tensor]:
             state |= load_file(str(folder / shard))
         return state
     return load_file(str(folder / "model.safetensors"))
+
+
+def _rows_of(value: Any, rows: slice) -> Any:
+    """``rows`` of a batch field: a tensor's or list's, each value's of a dict; None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        return {k: v[rows] for k, v in value.items()}
+    return value[rows]
+
+
+def _row_widths(mask: torch.Tensor) -> torch.Tensor:
+    """(B,) the width of each row of a text mask up to its last real token (right padding dropped;
+    a fixed-width, left-padded row ends in a real token, so it keeps its full width)."""
+    cols = torch.arange(1, mask.shape[1] + 1, device=mask.device)
+    return (mask.long() * cols).amax(1)
 
 
 def gather_tokens(feats: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -315,16 +382,47 @@ class Backbone(nn.Module, ABC):
         training with a knob that silently does nothing. None by default."""
         return {}
 
-    # --- data ---------------------------------------------------------------------------------
+    # --- data: a CPU part (loader workers) and a device part (the frozen encoders) -------------
     @abstractmethod
+    def collate_t2i(self, records: Sequence[Any]) -> T2IBatch:
+        """Image-caption records collated into CPU tensors: tokenised captions and the images'
+        :meth:`pixel_fields` (or a cache's encodings). Runs in DataLoader workers, so no frozen
+        encoder runs here and nothing touches the model's device; the text is fixed-width or
+        right-padded to the longest row (:meth:`T2IBatch.cat` relies on it)."""
+
+    @abstractmethod
+    def collate_i2t(self, records: Sequence[Any]) -> I2TBatch:
+        """Image-question-answer records collated into CPU tensors, as :meth:`collate_t2i`; images
+        the frozen encoders still have to read go in ``extras["images"]``."""
+
+    def encode_t2i(self, batch: T2IBatch) -> T2IBatch:
+        """The device part: what the frozen encoders compute from ``batch.images`` (:meth:`encode_pixels`,
+        e.g. codes) added to ``extras``, on the batch's device. A batch from a cache (no images) is
+        already encoded."""
+        if batch.images is None:
+            return batch
+        fields = self.encode_pixels({"images": batch.images, **batch.extras})
+        fields.pop("images")
+        return batch.replace(extras=fields)
+
+    def encode_i2t(self, batch: I2TBatch) -> I2TBatch:
+        """The device part of an I2T batch: :meth:`encode_pixels` of ``extras["images"]``, which
+        it replaces (an adapter whose encoders run in the forward leaves no ``images`` there)."""
+        if "images" not in batch.extras:
+            return batch
+        fields = self.encode_pixels(dict(batch.extras))
+        fields.pop("images")
+        return batch.replace(extras=fields)
+
     def prepare_t2i(self, records: Sequence[Any]) -> T2IBatch:
-        """Collate image-caption records into CPU tensors (tokenised text, encoded images)."""
+        """:meth:`collate_t2i` then :meth:`encode_t2i`: the batch a step trains on, in one call."""
+        return self.encode_t2i(self.collate_t2i(records))
 
-    @abstractmethod
     def prepare_i2t(self, records: Sequence[Any]) -> I2TBatch:
-        """Collate image-question-answer records into CPU tensors."""
+        """:meth:`collate_i2t` then :meth:`encode_i2t`."""
+        return self.encode_i2t(self.collate_i2t(records))
 
-    def collate_t2i(
+    def t2i_batch(
         self,
         records: Sequence[Any],
         text_ids: torch.Tensor,
@@ -333,7 +431,7 @@ class Backbone(nn.Module, ABC):
         caption_stopword: torch.Tensor | None = None,
     ) -> T2IBatch:
         """A :class:`T2IBatch` of tokenised captions and the records' :meth:`t2i_image_fields`
-        (the display images to ``images``, the encodings to ``extras``)."""
+        (the display images to ``images``, the pixel transforms or cached encodings to ``extras``)."""
         fields = dict(self.t2i_image_fields(records))
         return T2IBatch(
             captions=[r.caption for r in records],
@@ -346,9 +444,21 @@ class Backbone(nn.Module, ABC):
         )
 
     # --- image encoding and the pre-encoded cache (segros cache, segros.data.cache) ------------
-    def encode_images(self, images: Sequence[Any]) -> ImageFields:
-        """The image fields of a t2i batch (CPU tensors) from PIL images, frozen encoders only."""
+    def pixel_fields(self, images: Sequence[Any]) -> ImageFields:
+        """The CPU part of image preparation: ``"images"`` (B, H, W, 3) uint8 at the model's size
+        (the display pixels, and what :meth:`encode_pixels` reads) and any other pixel transform
+        the model reads (Show-o's CLIP input, Harmon's [-1, 1] pixels). Runs in loader workers."""
         raise NotImplementedError(f"{type(self).__name__} does not support the image cache")
+
+    def encode_pixels(self, fields: ImageFields) -> ImageFields:
+        """The device part: ``fields`` plus what the frozen encoders compute from them (codes), on
+        the device of ``fields["images"]``. None by default (encoders that run in the forward)."""
+        return fields
+
+    def encode_images(self, images: Sequence[Any]) -> ImageFields:
+        """The image fields of a t2i batch from PIL images: :meth:`encode_pixels` of
+        :meth:`pixel_fields` (frozen encoders only)."""
+        return self.encode_pixels(self.pixel_fields(images))
 
     def cache_fields(self, images: Sequence[Any]) -> ImageFields:
         """What ``segros cache`` stores per image: :meth:`encode_images` without the display
@@ -361,12 +471,12 @@ class Backbone(nn.Module, ABC):
         raise NotImplementedError(f"{type(self).__name__} does not support the image cache")
 
     def t2i_image_fields(self, records: Sequence[Any]) -> ImageFields:
-        """:meth:`encode_images` of the records' images, or their pre-encoded fields (records
-        from a cache carry ``cached``)."""
+        """:meth:`pixel_fields` of the records' images, or their pre-encoded fields (records from
+        a cache carry ``cached``)."""
         cached = [getattr(r, "cached", None) for r in records]
         if cached and all(c is not None for c in cached):
             return {k: torch.stack([c[k] for c in cached]) for k in cached[0]}
-        return self.encode_images([r.image for r in records])
+        return self.pixel_fields([r.image for r in records])
 
     # --- the prompt a reconstruction is conditioned on ---------------------------------------
     @property

@@ -17,6 +17,12 @@ once every shard is there, so a run killed mid-way leaves no shard training woul
 no index: training refuses the folder); run the command again and it keeps the finished
 shards, checked, and writes the rest.
 
+Several processes (``accelerate launch`` / ``torchrun``): process ``r`` of ``w`` encodes the shards
+``k`` with ``k % w == r`` on its own device, every process having built the same encoders (same
+seed), and after a barrier the first process checks every shard and writes the one index. A shard
+is the same records whichever process writes it, so the cache is the one-process cache, record for
+record, and a run killed mid-way resumes with any number of processes.
+
 Per-epoch pixel augmentations: segros has none (images are resized / padded to the model's
 size the same way every epoch), so one encoding per record is exact. A source that changed
 pixels per epoch (random crops) could not be cached this way: the identity records the
@@ -145,13 +151,25 @@ def write_cache(
     shard_size: int = 256,
     batch_size: int = 32,
     progress: Any = None,
+    rank: int = 0,
+    world: int = 1,
+    barrier: Any = None,
 ) -> dict[str, Any]:
     """Encode every record of ``source`` into ``out`` (resuming a killed run); the index.
 
+    With ``world > 1`` this is process ``rank``'s part (see the module docstring); ``barrier`` (a
+    call every process makes, e.g. ``PartialState().wait_for_everyone``) is required then.
+
     One writer at a time: ``out`` is locked while this runs (:mod:`segros.runlock`), so a second
-    ``segros cache`` on the same folder refuses, naming the first, instead of both writing."""
-    with lock_folder(out):
-        return _write_cache(backbone, source, data, model_name, out, shard_size, batch_size, progress)
+    ``segros cache`` on the same folder refuses, naming the first, instead of both writing. The
+    first process holds the folder's lock, each other process a lock of its own rank (so a second
+    job's processes are refused by the first job's, and a launcher ends the rest of that job)."""
+    if world > 1 and barrier is None:
+        raise ValueError("write_cache over several processes needs a barrier")
+    with lock_folder(out, key=None if rank == 0 else f"process-{rank}"):
+        return _write_cache(
+            backbone, source, data, model_name, out, shard_size, batch_size, progress, rank, world, barrier
+        )
 
 
 def _write_cache(
@@ -163,6 +181,9 @@ def _write_cache(
     shard_size: int,
     batch_size: int,
     progress: Any,
+    rank: int,
+    world: int,
+    barrier: Any,
 ) -> dict[str, Any]:
     from safetensors.torch import save_file
 
@@ -176,20 +197,16 @@ def _write_cache(
             raise ValueError(f"{folder} holds a cache made differently: " + "; ".join(diff))
         return old
     n = len(source)
-    shards, bad = [], []
-    for k, start in enumerate(range(0, n, shard_size)):
-        stop = min(n, start + shard_size)
+    ranges = [(k, start, min(n, start + shard_size)) for k, start in enumerate(range(0, n, shard_size))]
+    for k, start, stop in ranges:
         path = _shard_path(folder, k)
-        shards.append(path.name)
-        if (meta := _finished_shard(path, start, stop, ident)) is not None:  # before an interruption
-            bad += json.loads(meta["bad"])
-            continue
+        if k % world != rank or _finished_shard(path, start, stop, ident) is not None:
+            continue  # another process's, or finished before an interruption
         records = [source[i] for i in range(start, stop)]
         numbered = list(zip(range(start, stop), records, strict=True))
         shard_bad = [
             {"index": i, "key": r.key, "reason": r.reason} for i, r in numbered if isinstance(r, BadRecord)
         ]
-        bad += shard_bad
         good = [(i, r) for i, r in numbered if not isinstance(r, BadRecord)]
         fields: dict[str, list[torch.Tensor]] = {}
         backbone.eval()
@@ -212,11 +229,23 @@ def _write_cache(
         os.replace(tmp, path)  # a killed run leaves at most a .tmp file, never a partial shard
         if progress is not None:
             progress(stop, n)
-    index = {"identity": ident, "count": n, "shard_size": shard_size, "shards": shards, "bad": bad}
-    tmp = index_file.with_name(INDEX + ".tmp")
-    tmp.write_text(json.dumps(index, indent=2))
-    os.replace(tmp, index_file)
-    return index
+    if barrier is not None:
+        barrier()  # every process has written its shards
+    if rank == 0:
+        shards, bad = [], []
+        for k, start, stop in ranges:
+            path = _shard_path(folder, k)
+            if (meta := _finished_shard(path, start, stop, ident)) is None:
+                raise RuntimeError(f"{path} is missing or incomplete after every process finished")
+            shards.append(path.name)
+            bad += json.loads(meta["bad"])
+        index = {"identity": ident, "count": n, "shard_size": shard_size, "shards": shards, "bad": bad}
+        tmp = index_file.with_name(INDEX + ".tmp")
+        tmp.write_text(json.dumps(index, indent=2))
+        os.replace(tmp, index_file)
+    if barrier is not None:
+        barrier()  # the index is there
+    return json.loads(index_file.read_text())
 
 
 class CachedImageText:

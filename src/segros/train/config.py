@@ -171,6 +171,11 @@ class DataConfig(Section):
     i2t_batch_size: int | None = Field(None, ge=1)  # None: same as batch_size
     max_bad_share: float = Field(0.01, ge=0.0, le=1.0)
     shuffle: bool = True
+    # DataLoader worker processes per stream that read, decode and collate batches ahead of the step
+    # (segros.data.loader); None: 2 when the process has more than 2 CPU cores, else 0 (the main
+    # process reads; docs/data-loading.md has the measurements behind this default)
+    workers: int | None = Field(None, ge=0, le=64)
+    prefetch: int = Field(2, ge=1, le=64)  # chunks (of batch_size records) each worker reads ahead
     # a folder `segros cache` wrote for this backbone and this data (segros.data.cache): the
     # image-caption records come pre-encoded from it; None: encode the images every step
     cache: str | None = None

@@ -1,6 +1,7 @@
 """The backbone-agnostic training loop, on one CPU or many processes through ``accelerate``.
 
-Per optimizer step and micro-batch: collate records (``prepare_t2i``), read the grounding
+Per optimizer step and micro-batch: take the next collated batch (read and ``collate_t2i``'d in
+loader workers, :mod:`segros.data.loader`), encode it on the device (``encode_t2i``), read the grounding
 embeddings (``mode="ground"``), draw masking ratios from the backbone's schedule, build the
 supervision plan, and backpropagate ``recon + lambda * i2t`` (Eq. 13). Every random draw of
 SeGroS comes from one seeded ``torch.Generator`` per process; dropout uses the global RNG.
@@ -30,6 +31,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,7 @@ from segros.backbones.base import Backbone, I2TBatch, T2IBatch
 from segros.backbones.registry import build_backbone, resolve_checkpoint
 from segros.data.budget import BadRecordBudget
 from segros.data.cache import open_cache
+from segros.data.loader import collated_batches, default_workers
 from segros.data.sampling import RecordBatches, ShardedOrder, reshard_states
 from segros.data.sources import i2t_source, t2i_source
 from segros.data.streaming import streaming_batches
@@ -326,6 +329,23 @@ class Trainer:
                 self.i2t = RecordBatches(
                     i2t, order, d.i2t_batch_size or d.batch_size, BadRecordBudget(max_share=d.max_bad_share)
                 )
+        # what the loop reads: the same batches collated (text, pixels) in loader workers, or here
+        # with data.workers=0; self.t2i / self.i2t stay the record streams whose state is saved
+        self.workers = default_workers() if d.workers is None else d.workers
+        cat = partial(T2IBatch.cat, pad_id=backbone.pad_id)
+        self.t2i_batches = collated_batches(self.t2i, backbone.collate_t2i, cat, self.workers, d.prefetch)
+        self.i2t_batches = None
+        if self.i2t is not None:
+            cat = partial(I2TBatch.cat, pad_id=backbone.pad_id)
+            self.i2t_batches = collated_batches(self.i2t, backbone.collate_i2t, cat, self.workers, d.prefetch)
+        self.data_wait = self.data_wait_window = 0.0  # seconds the loop waited for batches (log)
+
+    def close_data(self) -> None:
+        """Stop the loader workers (the next step starts them again, from the saved position)."""
+        for batches in (self.t2i_batches, self.i2t_batches):
+            if batches is not None:
+                batches.close()
+        self._iterators = None
 
     # --- checkpoints ----------------------------------------------------------------------------
     def train_seconds(self) -> float:
@@ -435,12 +455,26 @@ class Trainer:
         plan = ground_and_plan(self.backbone, batch, self.plan_cfg, ratio, self.generator, model=self.model)
         return plan.to(self.accelerator.device)
 
+    def _next_batches(self, t2i_iter, i2t_iter) -> tuple[T2IBatch, I2TBatch | None]:
+        """The next collated CPU batches, timed as the loop's wait for data. The iterators yield
+        collated batches (``t2i_batches``); lists of records (``iter(self.t2i)``) are collated here."""
+        start = time.perf_counter()
+        t2i = next(t2i_iter)
+        t2i = self.backbone.collate_t2i(t2i) if isinstance(t2i, list) else t2i
+        i2t = next(i2t_iter) if i2t_iter else None
+        i2t = self.backbone.collate_i2t(i2t) if isinstance(i2t, list) else i2t
+        waited = time.perf_counter() - start
+        self.data_wait += waited
+        self.data_wait_window += waited
+        return t2i, i2t
+
     def _micro_batch(self, t2i_iter, i2t_iter) -> tuple[T2IBatch, SupervisionPlan, I2TBatch | None]:
         device = self.accelerator.device
-        batch = self.backbone.prepare_t2i(next(t2i_iter)).to(device)
+        batch, i2t = self._next_batches(t2i_iter, i2t_iter)
+        batch = self.backbone.encode_t2i(batch.to(device))  # the frozen encoders, on the device
         batch = self.backbone.drop_captions(batch, self.generator)  # classifier-free guidance training
         plan = self.plan_for(batch)
-        i2t = self.backbone.prepare_i2t(next(i2t_iter)).to(device) if i2t_iter else None
+        i2t = self.backbone.encode_i2t(i2t.to(device)) if i2t is not None else None
         return batch, plan, i2t
 
     def _all_finite(self, loss: torch.Tensor) -> bool:
@@ -464,7 +498,10 @@ class Trainer:
         cfg, acc = self.cfg, self.accelerator
         lam, accum = cfg.method.i2t_weight, cfg.optim.grad_accum
         if self._iterators is None:
-            self._iterators = (iter(self.t2i), iter(self.i2t) if self.i2t is not None else None)
+            self._iterators = (
+                iter(self.t2i_batches),
+                iter(self.i2t_batches) if self.i2t_batches is not None else None,
+            )
         out = StepOutput(losses={}, skipped=False)
         for micro in range(accum):
             # every micro-batch enters accumulate(), even after a bad one, so accelerate's count
@@ -510,11 +547,13 @@ class Trainer:
             "grad_norm": out.grad_norm,
             "steps_per_second": steps / max(seconds, 1e-9),
             "samples_per_second": samples / max(seconds, 1e-9),
+            "data_wait_share": self.data_wait_window / max(seconds, 1e-9),  # waiting for batches
             "data/bad_records": self.budget.bad_records,  # distinct records
             "data/skipped_reads": self.budget.bad,
             "train/skipped_steps": self.skipped_steps,
         }
         self.logger.scalars(scalars | out.grounding, self.step)
+        self.data_wait_window = 0.0
 
     def pictures(self, out: StepOutput) -> None:
         """The grounding panel of the step's batch and the application's pictures (main process;
@@ -628,6 +667,8 @@ class Trainer:
                 "bad_records": self.budget.bad_records,
                 "skipped_reads": self.budget.bad,
                 "seconds": round(result.seconds, 2),
+                "data_wait_share": round(self.data_wait / max(result.seconds, 1e-9), 4),
+                "data_workers": self.workers,
                 "total_seconds": round(result.total_seconds, 2),
                 "final_loss": result.losses[-1] if result.losses else None,
                 "processes": self.world,
@@ -637,6 +678,7 @@ class Trainer:
             }
             (self.out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
         self.accelerator.wait_for_everyone()  # every process is past the last collective
+        self.close_data()
         self._release_ddp()
         # finishes the trackers and destroys the process group, also when logging is off: a gloo group
         # left to the interpreter's exit sometimes aborts a process ("terminate called without an

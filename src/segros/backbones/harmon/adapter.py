@@ -265,7 +265,7 @@ class HarmonBackbone(Backbone):
         self.vae.load_state_dict({k: vae_state[k] for k in own})
 
     # --- data -------------------------------------------------------------------------------------
-    def encode_images(self, images: Sequence[Any]) -> ImageFields:
+    def pixel_fields(self, images: Sequence[Any]) -> ImageFields:
         pixels = square_batch(list(images), self.image_size)
         return {"images": pixels, "pixels": to_signed_unit(pixels)}  # the VAE runs in the forward
 
@@ -276,18 +276,19 @@ class HarmonBackbone(Backbone):
     def image_encoders(self) -> dict[str, Any]:
         return {"vae": self.vae}
 
-    def prepare_t2i(self, records: Sequence[Any]) -> T2IBatch:
+    def collate_t2i(self, records: Sequence[Any]) -> T2IBatch:
         text = T.encode_t2i(self.text_tokenizer, [r.caption for r in records], self.options.max_text_len)
-        return self.collate_t2i(records, **text)
+        return self.t2i_batch(records, **text)
 
-    def prepare_i2t(self, records: Sequence[Any]) -> I2TBatch:
+    def collate_i2t(self, records: Sequence[Any]) -> I2TBatch:
         """The question, header and answer after the image are ``text_ids``; the constant user
         header before it is ``extras["prefix_ids"]``, the image ``extras["pixels"]``."""
         images = stack_uint8([pad_square(r.image, self.image_size) for r in records])
         # Harmon is trained here on the first question-answer turn of each conversation
         turns = [r.turns[0] for r in records]
         text = T.encode_i2t(self.text_tokenizer, turns, self.options.max_text_len)
-        extras = {"pixels": to_signed_unit(images), "prefix_ids": text["prefix_ids"]}
+        prefix = text["prefix_ids"].expand(len(records), -1)  # one row per sample, as every extra
+        extras = {"pixels": to_signed_unit(images), "prefix_ids": prefix}
         return I2TBatch(text["tail_ids"], text["tail_mask"], text["answer_mask"], extras=extras)
 
     # --- encoders ---------------------------------------------------------------------------------
@@ -405,7 +406,7 @@ class HarmonBackbone(Backbone):
         visible = torch.zeros(x.shape[:2], dtype=torch.bool, device=device)
         _, z_enc = self.model.visual_features(x, visible, self.token_grid)
         z_enc = scale_gradient(z_enc, self.options.i2t_grad_scale)
-        prefix = batch.extras["prefix_ids"].to(device)
+        prefix = batch.extras["prefix_ids"][0].to(device)  # the same header on every row
         tail, tail_mask = batch.text_ids.to(device), batch.text_mask.to(device)
         embeds = torch.cat(
             [

@@ -244,7 +244,7 @@ class OpenUniBackbone(Backbone):
         return backbone
 
     # --- data -------------------------------------------------------------------------------------
-    def encode_images(self, images: Sequence[Any]) -> ImageFields:
+    def pixel_fields(self, images: Sequence[Any]) -> ImageFields:
         pixels = crop_square_batch(list(images), self.image_size)
         return {"images": pixels, "pixels": to_signed_unit(pixels)}  # encoders run in the forward
 
@@ -257,16 +257,17 @@ class OpenUniBackbone(Backbone):
         return {"vae": self.vae, "vision_tower": self.mllm.model.vision_tower,
                 "projector": self.mllm.model.multi_modal_projector}  # fmt: skip
 
-    def prepare_t2i(self, records: Sequence[Any]) -> T2IBatch:
+    def collate_t2i(self, records: Sequence[Any]) -> T2IBatch:
         text = T.encode_t2i(self.text_tokenizer, [r.caption for r in records], self.options.max_text_len)
-        return self.collate_t2i(records, **text)
+        return self.t2i_batch(records, **text)
 
-    def prepare_i2t(self, records: Sequence[Any]) -> I2TBatch:
+    def collate_i2t(self, records: Sequence[Any]) -> I2TBatch:
         """Question and answer after the image tokens are ``text_ids``; the constant header before
         them ``extras["prefix_ids"]``, the image ``extras["pixels"]`` (padded square, as InternVL)."""
         images = stack_uint8([pad_square(r.image, self.image_size) for r in records])
         text = T.encode_i2t(self.text_tokenizer, [r.turns[0] for r in records], self.options.max_text_len)
-        extras = {"pixels": to_signed_unit(images), "prefix_ids": text["prefix_ids"]}
+        prefix = text["prefix_ids"].expand(len(records), -1)  # one row per sample, as every extra
+        extras = {"pixels": to_signed_unit(images), "prefix_ids": prefix}
         return I2TBatch(text["tail_ids"], text["tail_mask"], text["answer_mask"], extras=extras)
 
     # --- encoders ---------------------------------------------------------------------------------
@@ -391,7 +392,7 @@ class OpenUniBackbone(Backbone):
         reached (lambda = 0 on OpenUni); it measures the understanding the MLLM keeps."""
         vit = self._vit(batch)
         B = vit.shape[0]
-        prefix = batch.extras["prefix_ids"].to(self.device)
+        prefix = batch.extras["prefix_ids"][0].to(self.device)  # the same header on every row
         tail, tail_mask = batch.text_ids.to(self.device), batch.text_mask.to(self.device)
         embeds = torch.cat(
             [self.embed_text(prefix).expand(B, -1, -1), vit.to(self.llm.dtype), self.embed_text(tail)], dim=1

@@ -251,10 +251,11 @@ class ShowoBackbone(Backbone):
         return self.model.embed_tokens.weight.device
 
     def _encode(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, H, W, 3) uint8 -> (B, N) MAGVIT-v2 codes, on the tokenizer's device, returned on CPU."""
+        """(B, H, W, 3) uint8 -> (B, N) MAGVIT-v2 codes, on the tokenizer's device, returned on the
+        images' device."""
         device = next(self.vq.parameters()).device
         pixels = to_signed_unit(images.to(device))  # Normalize(0.5, 0.5)
-        return self.vq.get_code(pixels).cpu()
+        return self.vq.get_code(pixels).to(images.device)
 
     def _clip_pixels(self, images: Sequence[Any]) -> torch.Tensor:
         """CLIP's transform: short side to the tower's size, centre crop, CLIP mean/std, with the
@@ -263,32 +264,32 @@ class ShowoBackbone(Backbone):
         pixels = square_batch(images, size, crop="transformers").permute(0, 3, 1, 2).float() / 255.0
         return (pixels - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
 
-    def _image_fields(self, raw: Sequence[Any]) -> ImageFields:
-        images = square_batch(raw, self.image_size)
-        out = {"images": images, "codes": self._encode(images)}
+    def pixel_fields(self, images: Sequence[Any]) -> ImageFields:
+        raw = list(images)
+        out = {"images": square_batch(raw, self.image_size)}
         if self.clip is not None:
             out["clip_pixels"] = self._clip_pixels(raw)
         return out
 
-    def encode_images(self, images: Sequence[Any]) -> ImageFields:
-        return self._image_fields(list(images))
+    def encode_pixels(self, fields: ImageFields) -> ImageFields:
+        return {**fields, "codes": self._encode(fields["images"])}
 
     def image_encoders(self) -> dict[str, Any]:
         return {"vq": self.vq, **({"clip": self.clip} if self.clip is not None else {})}
 
-    def prepare_t2i(self, records: Sequence[Any]) -> T2IBatch:
+    def collate_t2i(self, records: Sequence[Any]) -> T2IBatch:
         captions = [r.caption for r in records]
         text = t2i_prompt(self.text_tokenizer, self.vocab, captions, self.options.max_text_len)
         # caption_stopword: caption tokens of function words (whole words)
-        return self.collate_t2i(records, text["ids"], text["mask"], text["caption"], text["stopword"])
+        return self.t2i_batch(records, text["ids"], text["mask"], text["caption"], text["stopword"])
 
-    def prepare_i2t(self, records: Sequence[Any]) -> I2TBatch:
+    def collate_i2t(self, records: Sequence[Any]) -> I2TBatch:
         # the first question-answer turn of each LLaVA conversation
         text = mmu_text(
             self.text_tokenizer, self.vocab, [r.turns[0] for r in records], self.options.max_text_len
         )
-        fields = self._image_fields([r.image for r in records])
-        del fields["images"]  # codes (and CLIP pixels) only
+        # the pixels (and CLIP pixels); encode_i2t replaces "images" by their codes
+        fields = self.pixel_fields([r.image for r in records])
         return I2TBatch(text["ids"], text["mask"], text["answer"], extras=fields)
 
     # --- the SeGroS seam --------------------------------------------------------------------

@@ -187,23 +187,27 @@ class TinyBackbone(Backbone):
         return self.model.cfg
 
     # --- data -------------------------------------------------------------------------------
-    def encode_images(self, images: Sequence[Any]) -> ImageFields:
-        pixels = square_batch(list(images), self.options.image_size, NEAREST)
-        return {"images": pixels, "codes": self.image_tokenizer.encode(pixels)}
+    def pixel_fields(self, images: Sequence[Any]) -> ImageFields:
+        return {"images": square_batch(list(images), self.options.image_size, NEAREST)}
+
+    def encode_pixels(self, fields: ImageFields) -> ImageFields:
+        """The patch codes; the codebook is a CPU tensor (a nearest-row search), so it runs there and
+        the codes go back to the pixels' device."""
+        pixels = fields["images"]
+        return {**fields, "codes": self.image_tokenizer.encode(pixels).to(pixels.device)}
 
     def image_encoders(self) -> dict[str, Any]:
         return {"image_tokenizer": self.image_tokenizer.codebook}
 
-    def prepare_t2i(self, records: Sequence[Any]) -> T2IBatch:
+    def collate_t2i(self, records: Sequence[Any]) -> T2IBatch:
         text = self.text_tokenizer.batch([r.caption for r in records], self.cfg.max_text_len)
-        return self.collate_t2i(records, text["ids"], text["mask"], text["caption"])
+        return self.t2i_batch(records, text["ids"], text["mask"], text["caption"])
 
-    def prepare_i2t(self, records: Sequence[Any]) -> I2TBatch:
+    def collate_i2t(self, records: Sequence[Any]) -> I2TBatch:
         images = square_batch([r.image for r in records], self.options.image_size, NEAREST)
         # TinyUMM trains on the first question-answer turn of each conversation.
         qa = self.text_tokenizer.question_answer([r.turns[0] for r in records], self.cfg.max_text_len)
-        codes = self.image_tokenizer.encode(images)
-        return I2TBatch(qa["ids"], qa["mask"], qa["answer"], extras={"codes": codes})
+        return I2TBatch(qa["ids"], qa["mask"], qa["answer"], extras={"images": images})  # codes: encode_i2t
 
     # --- the SeGroS seam --------------------------------------------------------------------
     def _code_embeddings(self, codes: torch.Tensor) -> torch.Tensor:
