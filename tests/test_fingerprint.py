@@ -60,7 +60,8 @@ def test_fingerprint_makes_no_copy_of_the_model(tmp_path):
         model = torch.nn.ModuleList(torch.nn.Linear(2000, 2000) for _ in range(25))  # 100M weights
         before = peak_rss_bytes()
         names, digests = fingerprint(model)
-        print(json.dumps({"growth": peak_rss_bytes() - before, "n": sum(p.numel() for p in model.parameters())}))
+        n = sum(p.numel() for p in model.parameters())
+        print(json.dumps({"growth": peak_rss_bytes() - before, "n": n}))
         """
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
