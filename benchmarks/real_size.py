@@ -19,7 +19,7 @@ of ``segros`` and saves, each run in its own process so that its peak resident m
 process resumes the SeGroS run for one step and saves; a fourth exports it (LoRA: ``segros export
 --merge``; full fine-tuning: the checkpoint loaded and written as a model folder).
 
-    python benchmarks/real_size.py                      # the real sizes, on the CPU (slow, ~14 GB peak)
+    python benchmarks/real_size.py                      # real sizes, CPU: 26 min, 16 GiB peak here
     python benchmarks/real_size.py --device cuda        # the same on a GPU, + tokens/s and segros/sft
     python benchmarks/real_size.py --tiny               # the tiny sizes (what the tests run)
     python benchmarks/real_size.py --backbones harmon --image-size 128 --batch 1
