@@ -54,7 +54,9 @@ from segros.supervision import ground_and_plan, sample_ratio
 from segros.train import checkpoint as ckpt
 from segros.train import engines, lora
 from segros.train.config import TrainConfig, dump_config
+from segros.train.fingerprint import fingerprint, is_sharded
 from segros.train.logger import PictureCallback, RunLogger
+from segros.train.memory import peak_memory
 from segros.train.stopping import EXIT_CODES, StopSignals
 
 log = logging.getLogger(__name__)
@@ -484,13 +486,26 @@ class Trainer:
         )
         return self.accelerator.reduce(bad, "sum").item() == 0
 
-    def params_in_sync(self) -> bool:
-        """Whether every process holds the same weights (the DDP invariant); trivially true under
-        FSDP and ZeRO-3, where each process holds only its shard and no replica to compare."""
-        if engines.is_fsdp(self.engine) or self.engine == "zero3":
-            return True
-        sums = self.accelerator.gather(_checksum(self.backbone).unsqueeze(0))
-        return bool((sums == sums[0]).all())
+    def params_in_sync(self) -> bool | None:
+        """Whether every process holds the same weights, bit for bit (the DDP invariant); None when
+        the engine shards them (each process holds a different part). Hashes tensor by tensor
+        (:mod:`segros.train.fingerprint`): no copy of the model is made."""
+        if engines.is_fsdp(self.engine) or self.engine == "zero3" or is_sharded(self.backbone):
+            return None
+        names, digests = fingerprint(self.backbone)
+        every = self.accelerator.gather(digests.to(self.accelerator.device).unsqueeze(0)).cpu()
+        differ = (every != every[0]).any(0)
+        if differ.any():
+            named = [n for n, d in zip(names, differ.tolist(), strict=True) if d]
+            log.error("parameters that differ between processes (first 10): %s", named[:10])
+        return not bool(differ.any())
+
+    def peak_memory(self) -> dict[str, float]:
+        """Peak memory (MiB) of the most demanding process (:mod:`segros.train.memory`)."""
+        mine = peak_memory(self.accelerator.device)
+        values = torch.tensor([list(mine.values())], dtype=torch.float64, device=self.accelerator.device)
+        peaks = self.accelerator.gather(values).amax(0).tolist()
+        return {k: round(v, 1) for k, v in zip(mine, peaks, strict=True)}
 
     def train_step(self) -> StepOutput:
         """One optimizer step: ``optim.grad_accum`` micro-batches (plan, loss, backward), then
@@ -657,7 +672,8 @@ class Trainer:
         if self.budget.bad:
             log.warning("skipped bad records: %s", self.budget.summary())
         in_sync = self.params_in_sync()
-        if not in_sync:
+        peaks = self.peak_memory()
+        if in_sync is False:
             log.error("parameters differ between processes: the distributed set-up is broken")
         if self.accelerator.is_main_process:
             summary = {
@@ -673,6 +689,7 @@ class Trainer:
                 "final_loss": result.losses[-1] if result.losses else None,
                 "processes": self.world,
                 "params_in_sync": in_sync,
+                **peaks,
                 "lora_rank": self.cfg.lora.rank if self.lora else 0,
                 **lora.parameter_counts(self.backbone),
             }
@@ -685,13 +702,6 @@ class Trainer:
         # active exception") after its run has finished
         self.accelerator.end_training()
         return result
-
-
-def _checksum(model: torch.nn.Module) -> torch.Tensor:
-    """Two position-sensitive sums over every parameter: equal weights give equal checksums."""
-    flat = torch.cat([p.detach().double().flatten() for p in model.parameters()])
-    ramp = torch.linspace(1.0, 2.0, flat.numel(), dtype=torch.float64, device=flat.device)
-    return torch.stack([flat.sum(), (flat * ramp).sum()])
 
 
 def grounding_stats(plan: SupervisionPlan) -> dict[str, float]:
