@@ -10,7 +10,8 @@ new peak minus the resident set before it:
 - ``first_step``: gradients and AdamW's two moments appear (expected ~3x the trained weights);
 - ``step``: a steady-state step (activations only);
 - ``save``: ``Trainer.save`` (model, optimizer, scheduler and per-process state);
-- ``resume``: ``Trainer._resume`` loading that checkpoint into the live model and optimizer;
+- ``resume``: ``Trainer._resume`` of a new Trainer loading that checkpoint (expected: the
+  optimizer's own state, 2x the trained weights for AdamW, and no copy of the model);
 - ``finish``: ``Trainer.finish`` (the weight fingerprint across processes, the summary).
 
     python benchmarks/memory_audit.py [--hidden 1024] [--layers 8]
@@ -21,6 +22,7 @@ Prints one JSON object; sizes in MiB and as a multiple of the fp32 weights.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 import tempfile
@@ -79,6 +81,11 @@ def audit(hidden: int, layers: int, out: Path) -> dict:
     growth["first_step"] = peak_growth(trainer.train_step)
     growth["step"] = peak_growth(trainer.train_step)
     growth["save"] = peak_growth(trainer.save)
+    # as a resumed run meets it: a new Trainer (no optimizer state yet) loads the checkpoint; what
+    # it may add is the optimizer's own state (AdamW: two moments, 2x the trained weights)
+    del trainer
+    gc.collect()
+    trainer = Trainer(validate(raw), out / "run")
     growth["resume"] = peak_growth(trainer._resume)
     start = time.perf_counter()
     growth["finish"] = peak_growth(lambda: trainer.finish(TrainResult(out / "run", trainer.step), 0.0))

@@ -280,10 +280,10 @@ def load_model_and_optimizer(
         if client is None:
             raise ValueError(f"--resume: DeepSpeed could not load {folder / 'deepspeed'}")
         return
-    weights = load_file(str(folder / "model.safetensors"))
     optim_state = torch.load(folder / "optimizer.pt", weights_only=True)
     by_name = isinstance(next(iter(optim_state["state"]), 0), str)
     if is_fsdp(engine) or by_name:
+        weights = load_file(str(folder / "model.safetensors"))
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,
             set_model_state_dict,
@@ -296,8 +296,63 @@ def load_model_and_optimizer(
         set_model_state_dict(model, weights, options=options)
         set_optimizer_state_dict(model, _inner(optimizer), optim_state, options=options)
     else:
-        acc.unwrap_model(model).load_state_dict(weights)
+        copy_weights_into(acc.unwrap_model(model), folder / "model.safetensors")
         optimizer.load_state_dict(optim_state)
+
+
+def copy_weights_into(module: torch.nn.Module, path: Path) -> None:
+    """Load a ``model.safetensors`` into ``module`` as ``load_state_dict(strict=True)`` would, but
+    without a second copy of the model in memory: each tensor's bytes are read from the file straight
+    into the parameter's own storage (safetensors' layout: an 8-byte header length, a JSON header
+    of dtype, shape and byte offsets, then the raw little-endian data). A tensor that cannot take
+    bytes in place (on a GPU, not contiguous, another dtype) goes through one tensor-sized buffer."""
+    import json
+    import struct
+
+    from safetensors import safe_open
+
+    own = module.state_dict(keep_vars=True)
+    with open(path, "rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        header = {k: v for k, v in json.loads(f.read(length)).items() if k != "__metadata__"}
+        missing, unexpected = sorted(set(own) - set(header)), sorted(set(header) - set(own))
+        if missing or unexpected:
+            raise RuntimeError(
+                f"{path} does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
+        slow = []
+        with torch.no_grad():
+            for name, meta in header.items():
+                target = own[name].data
+                if list(target.shape) != list(meta["shape"]):
+                    raise RuntimeError(
+                        f"{path}: {name} has shape {tuple(meta['shape'])}, the model {tuple(target.shape)}"
+                    )
+                start, stop = meta["data_offsets"]
+                in_place = (
+                    target.device.type == "cpu"
+                    and target.is_contiguous()
+                    and _SAFETENSORS_DTYPES.get(meta["dtype"]) == target.dtype
+                    and stop - start == target.numel() * target.element_size()
+                )
+                if not in_place:
+                    slow.append(name)
+                    continue
+                if target.numel():
+                    f.seek(8 + length + start)
+                    if f.readinto(memoryview(target.view(-1).view(torch.uint8).numpy())) != stop - start:
+                        raise RuntimeError(f"{path} is cut short in {name}")
+    if slow:
+        with safe_open(str(path), "pt") as f, torch.no_grad():
+            for name in slow:
+                own[name].copy_(f.get_tensor(name))
+
+
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}  # fmt: skip
 
 
 def _inner(optimizer: Any) -> torch.optim.Optimizer:
