@@ -10,6 +10,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_engines import launch_env  # noqa: F401  (the fixture of the FSDP2 case)
 from train_helpers import tiny_config
 
 from segros.backbones.registry import load_backbone
@@ -204,3 +205,34 @@ def test_export_with_ema_weights(ema_run, tmp_path):
     card = ModelCard.load(out / "README.md")
     assert card.data.to_dict()["segros"]["weights"] == "ema"
     assert f"EMA of the trained weights (decay {DECAY})" in card.text
+
+
+# --- FSDP2: each process averages its shards; gathered at save, cut again at resume -------------
+def test_fsdp2_ema_of_the_shards_is_gathered_and_resumes_exactly(launch_env, tmp_path):  # noqa: F811
+    """Two processes over gloo (tests/test_engines.py's launcher; about 40 s). The EMA
+    saved at each step follows the formula from the previous one and the gathered weights, which
+    fails if a shard were averaged or gathered in the wrong place, and resuming from step 2 gives
+    step 3's EMA bit for bit."""
+    from test_engines import CONFIGS, accelerate, killed_after
+
+    steps = ["run.max_steps=3", "run.save_every=1", "run.keep_last=3", "optim.schedule_steps=3",
+             "run.picture_every=0", "run.progress=off", "logging.tensorboard=false",
+             f"optim.ema_decay={DECAY}"]  # fmt: skip
+    command = ["-m", "segros.cli", "train", "--config", str(CONFIGS["openuni"])]
+    run = tmp_path / "straight"
+    accelerate(launch_env, "fsdp2", *command, "--out", str(run), *steps)
+    folders = {k: run / "checkpoints" / f"step-{k}" for k in (1, 2, 3)}
+    assert ckpt.load_trainer_state(folders[3])["engine"] == "fsdp2"
+    ema = {k: load_file(str(f / EMA_FILE)) for k, f in folders.items()}
+    weights = {k: load_file(str(f / "model.safetensors")) for k, f in folders.items()}
+    assert ema[1] and set(ema[1]) < set(weights[1])  # the trainable parameters only, plain names
+    for k in (2, 3):
+        for name, value in ema[k].items():
+            assert value.shape == weights[k][name].shape, name
+            expected = DECAY * ema[k - 1][name] + (1 - DECAY) * weights[k][name]
+            torch.testing.assert_close(value, expected, rtol=0, atol=1e-6, msg=name)
+    resumed = killed_after(run, 2, tmp_path / "resumed")
+    accelerate(launch_env, "fsdp2", *command, "--out", str(resumed), "--resume", *steps)
+    again = load_file(str(resumed / "checkpoints/step-3" / EMA_FILE))
+    assert again.keys() == ema[3].keys()
+    assert all(torch.equal(again[n], ema[3][n]) for n in again)

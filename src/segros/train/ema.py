@@ -12,7 +12,9 @@ the whole module, frozen towers and buffers included (a second full model beside
 ``EMAModel`` subtracts the EMA from the weight on the EMA's device, so an EMA kept on the CPU
 while training on a GPU would have to be moved to the GPU every step; it also warms its decay up
 by a schedule of its own. Here only the trainable tensors are averaged, on the training device or
-(``optim.ema_device: cpu``) on the CPU, one parameter copied over at a time.
+(``optim.ema_device: cpu``) on the CPU, one parameter copied over at a time. Under FSDP2 each
+process averages the shards of the parameters it holds, and the shards are gathered into whole
+tensors when a checkpoint is saved (and cut again when it is resumed).
 
 The EMA is kept in float32 whatever the weights' dtype (a bf16 EMA with a decay of 0.9999 would
 not move), and saved beside the weights in every checkpoint as ``ema.safetensors``: plain
@@ -45,7 +47,7 @@ class WeightsEMA:
         self._update = get_ema_multi_avg_fn(decay)
         self.on_cpu = device == "cpu"
         self.tensors = {
-            name: p.detach().to("cpu" if self.on_cpu else p.device, torch.float32, copy=True)
+            name: _local(p).to("cpu" if self.on_cpu else p.device, torch.float32, copy=True)
             for name, p in params.items()
         }
 
@@ -53,7 +55,7 @@ class WeightsEMA:
     def reset(self) -> None:
         """Start the average over from the parameters' current values."""
         for name, p in self.params.items():
-            self.tensors[name].copy_(p.detach())
+            self.tensors[name].copy_(_local(p))
 
     def due(self, step: int) -> bool:
         """Whether the optimizer step numbered ``step`` (1-based) updates the EMA."""
@@ -65,22 +67,39 @@ class WeightsEMA:
         names = list(self.params)
         if self.on_cpu:  # one parameter on the CPU at a time, not a second copy of all of them
             for n in names:
-                self._update([self.tensors[n]], [self.params[n].detach().to("cpu", torch.float32)], None)
+                self._update([self.tensors[n]], [_local(self.params[n]).to("cpu", torch.float32)], None)
         else:
-            current = [self.params[n].detach().float() for n in names]  # no copy when float32
+            current = [_local(self.params[n]).float() for n in names]  # no copy when float32
             self._update([self.tensors[n] for n in names], current, None)
         self.updates += 1
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """The EMA tensors by plain parameter name, contiguous and on the CPU."""
-        return {name: t.detach().cpu().contiguous() for name, t in self.tensors.items()}
+    def state_dict(self, keep: bool = True) -> dict[str, torch.Tensor]:
+        """The whole EMA tensors by plain parameter name, contiguous and on the CPU. Under FSDP2
+        each process holds the EMA of its shards: they are gathered here, so every process must
+        call it (as the engine's weights are gathered for ``model.safetensors``); ``keep=False``
+        (the processes that do not write) returns nothing and holds no gathered tensor longer
+        than one parameter."""
+        state = {}
+        for name, t in self.tensors.items():
+            p = self.params[name]
+            if _is_dtensor(p):
+                from torch.distributed.tensor import DTensor
 
-    def save(self, folder: Path) -> Path:
+                whole = DTensor.from_local(
+                    t.to(p.device), p.device_mesh, p.placements, shape=p.shape, stride=p.stride()
+                )
+                t = whole.full_tensor()
+            if keep:
+                state[name] = t.detach().cpu().contiguous()
+        return state
+
+    def save(self, folder: Path, state: dict[str, torch.Tensor] | None = None) -> Path:
+        """Write ``state`` (default: :meth:`state_dict`) as ``folder/ema.safetensors``."""
         from safetensors.torch import save_file
 
         path = Path(folder) / EMA_FILE
         metadata = {"decay": repr(self.decay), "every": str(self.every), "updates": str(self.updates)}
-        save_file(self.state_dict(), str(path), metadata=metadata)
+        save_file(self.state_dict() if state is None else state, str(path), metadata=metadata)
         return path
 
     @torch.no_grad()
@@ -97,9 +116,27 @@ class WeightsEMA:
                 f"{missing[:5]}, not trained now: {extra[:5]}); was optim.freeze changed?"
             )
         for name, tensor in saved.items():
+            p = self.params[name]
+            if _is_dtensor(p):  # this process's shard of the whole tensor (every process read it)
+                from torch.distributed.tensor import distribute_tensor
+
+                whole = tensor.to(p.device)
+                tensor = distribute_tensor(whole, p.device_mesh, p.placements, src_data_rank=None).to_local()
             self.tensors[name].copy_(tensor)
         with safe_open(str(path), framework="pt") as f:
             self.updates = int((f.metadata() or {}).get("updates", 0))
+
+
+def _is_dtensor(t: torch.Tensor) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
+def _local(p: torch.Tensor) -> torch.Tensor:
+    """The part of a parameter this process holds: all of it, or its shard under FSDP2."""
+    p = p.detach()
+    return p.to_local() if _is_dtensor(p) else p
 
 
 def read_ema(folder: str | Path) -> dict[str, torch.Tensor]:

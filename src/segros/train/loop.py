@@ -305,15 +305,15 @@ class Trainer:
             )
 
     def _setup_ema(self) -> WeightsEMA | None:
-        """The EMA of the trainable weights when ``optim.ema_decay`` is set (segros.train.ema);
-        refused where each process holds only a shard of them (FSDP, ZeRO-3)."""
+        """The EMA of the trainable weights when ``optim.ema_decay`` is set (segros.train.ema;
+        under FSDP2 of each process's shards); refused under FSDP1 and ZeRO-3."""
         o = self.cfg.optim
         if o.ema_decay is None:
             return None
-        if engines.is_fsdp(self.engine) or self.engine == "zero3":
+        if self.engine in ("fsdp1", "zero3"):
             raise ValueError(
-                f"optim.ema_decay is not supported under {self.engine}, which shards the trainable weights "
-                "over the processes: train with DDP, ZeRO-1 or ZeRO-2, or without optim.ema_decay"
+                f"optim.ema_decay is not supported under {self.engine}, whose sharded weights it cannot "
+                "follow: train with FSDP2, DDP, ZeRO-1 or ZeRO-2, or without optim.ema_decay"
             )
         params = {name: p for name, p in self.backbone.named_parameters() if p.requires_grad}
         return WeightsEMA(params, o.ema_decay, device=o.ema_device, every=o.ema_every)
@@ -366,6 +366,7 @@ class Trainer:
         acc.wait_for_everyone()
         ckpt.save_rank_state(tmp, self.rank, self._rank_state())
         weights = engines.gathered_model_state(acc, self.model)  # sharded engines: the whole model
+        ema = self.ema.state_dict(keep=acc.is_main_process) if self.ema else None  # gathered (FSDP2)
         with ckpt.writing(tmp):
             engines.save_optimizer(acc, self.model, self.optimizer, tmp)
         final = None
@@ -379,7 +380,7 @@ class Trainer:
                 lora.save_adapter(self.backbone, tmp)  # peft's format, tmp/adapter
             if self.ema is not None:
                 with ckpt.writing(tmp):
-                    self.ema.save(tmp)  # tmp/ema.safetensors
+                    self.ema.save(tmp, ema)  # tmp/ema.safetensors
             ckpt.save_scheduler(tmp, self.scheduler)
         acc.wait_for_everyone()
         if acc.is_main_process:
