@@ -212,7 +212,7 @@ def test_fsdp2_ema_of_the_shards_is_gathered_and_resumes_exactly(launch_env, tmp
     """Two processes over gloo (tests/test_engines.py's launcher; about 40 s). The EMA
     saved at each step follows the formula from the previous one and the gathered weights, which
     fails if a shard were averaged or gathered in the wrong place, and resuming from step 2 gives
-    step 3's EMA bit for bit."""
+    step 3's EMA bit for bit; the checkpoint's EMA also loads on one process."""
     from test_engines import CONFIGS, accelerate, killed_after
 
     steps = ["run.max_steps=3", "run.save_every=1", "run.keep_last=3", "optim.schedule_steps=3",
@@ -236,3 +236,10 @@ def test_fsdp2_ema_of_the_shards_is_gathered_and_resumes_exactly(launch_env, tmp
     again = load_file(str(resumed / "checkpoints/step-3" / EMA_FILE))
     assert again.keys() == ema[3].keys()
     assert all(torch.equal(again[n], ema[3][n]) for n in again)
+    # on one process (no launcher) the gathered tensors load as they are
+    from segros.train.config import load_config
+
+    one = Trainer(load_config(CONFIGS["openuni"], steps), killed_after(run, 2, tmp_path / "one"), resume=True)
+    one._unlock_folder()
+    assert one.engine == "single" and one.ema.tensors.keys() == ema[2].keys()
+    assert all(torch.equal(one.ema.tensors[n], ema[2][n]) for n in ema[2])
