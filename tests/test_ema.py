@@ -180,6 +180,20 @@ def test_generate_with_ema_weights_differs_from_raw(ema_run, tmp_path):
     assert pictures["raw"] != pictures["ema"]
 
 
+def test_eval_checkpoint_with_ema_weights_says_so(ema_run, tmp_path):
+    from segros.data.shapes_prompts import load_prompts
+    from segros.eval.checkpoint import evaluate_checkpoint
+
+    records = load_prompts()[:2]
+    ema = evaluate_checkpoint(ema_run, tmp_path / "ema", records, samples=1, progress=False, weights="ema")
+    raw = evaluate_checkpoint(ema_run, tmp_path / "raw", records, samples=1, progress=False)
+    assert ema["weights"] == "ema" and raw["weights"] == "raw" and ema["images"] == raw["images"] == 2
+    pictures = [sorted(p.read_bytes() for p in (tmp_path / w).rglob("*.png")) for w in ("ema", "raw")]
+    assert pictures[0] != pictures[1]
+    again = evaluate_checkpoint(ema_run, tmp_path / "ema", records, samples=1, progress=False)
+    assert not again.get("reused") and again["weights"] == "raw"  # raw over an EMA evaluation: redone
+
+
 def test_an_evaluation_of_other_weights_is_not_reused(ema_run, tmp_path):
     from segros.eval.checkpoint import saved_evaluation
 
