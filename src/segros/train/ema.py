@@ -31,7 +31,6 @@ import torch
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 EMA_FILE = "ema.safetensors"
-WEIGHT_CHOICES = ("raw", "ema")
 
 
 class WeightsEMA:
