@@ -14,6 +14,9 @@ format.
 - ``hub``: a folder for ``huggingface_hub.upload_folder``: sharded safetensors with an index, the
   config and tokenizer files, and a model card (README.md, :mod:`segros.model_card`); segros's
   ``load_backbone`` reads it back. ``--push REPO`` uploads it when the Hub is reachable.
+
+``--weights ema`` writes, in any format, the run's EMA of the trained weights (``optim.ema_decay``;
+:mod:`segros.train.ema`) instead of the trained weights themselves.
 """
 
 from __future__ import annotations
@@ -39,6 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--push", metavar="REPO", default=None, help="--format hub: upload to this Hub repo")
     parser.add_argument("--private", action="store_true", help="--push: create the repo private")
+    parser.add_argument(
+        "--weights",
+        choices=("raw", "ema"),
+        default="raw",
+        help="export the trained weights (raw, default) or their EMA (ema: runs with optim.ema_decay)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,20 +73,21 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"--out {out} exists and is not empty")
-    backbone = load_backbone(folder)  # merges a LoRA adapter (segros.train.lora.merge_adapter)
+    # merges a LoRA adapter (segros.train.lora.merge_adapter); --weights ema: the EMA over the weights
+    backbone = load_backbone(folder, weights=args.weights)
     if fmt == "merged":
         backbone.save_pretrained(out)
         print(f"merged {folder} into {out}")
         return 0
     if fmt == "upstream":
         written = export_upstream(backbone, out)
-        manifest = {"source": str(folder), "backbone": backbone.name, **written}
+        manifest = {"source": str(folder), "backbone": backbone.name, "weights": args.weights, **written}
         (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
         print(f"wrote {', '.join(written['files'])} to {out} in upstream's layout")
         for what, where in written["references"].items():
             print(f"  upstream loads {what} separately: {where}")
         return 0
-    export_hub(backbone, folder, out, args.max_shard_size)
+    export_hub(backbone, folder, out, args.max_shard_size, weights=args.weights)
     print(f"wrote a Hub folder to {out} (sharded weights, config, README.md model card)")
     if args.push:
         return push(out, args.push, args.private)
@@ -100,13 +110,17 @@ def export_upstream(backbone: Any, out: Path) -> dict[str, Any]:
     return write_upstream(backbone, out)
 
 
-def export_hub(backbone: Any, checkpoint: Path, out: Path, max_shard_size: int | str = "5GB") -> None:
-    """``save_pretrained`` with sharded weights, plus README.md (:func:`segros.model_card.build_card`)."""
+def export_hub(
+    backbone: Any, checkpoint: Path, out: Path, max_shard_size: int | str = "5GB", weights: str = "raw"
+) -> None:
+    """``save_pretrained`` with sharded weights, plus README.md (:func:`segros.model_card.build_card`);
+    ``weights`` says which the backbone holds (``raw``, or ``ema``: recorded in the card)."""
     from segros.model_card import build_card, run_facts
 
     backbone.save_pretrained(out, max_shard_size=max_shard_size)
     config = json.loads((out / "config.json").read_text())
-    build_card(config, run_facts(Path(checkpoint))).save(str(out / "README.md"))
+    facts = run_facts(Path(checkpoint)) | {"weights": weights}
+    build_card(config, facts).save(str(out / "README.md"))
 
 
 def hub_unreachable() -> str | None:

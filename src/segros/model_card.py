@@ -35,7 +35,9 @@ def run_facts(checkpoint: Path) -> dict[str, Any]:
     facts: dict[str, Any] = {"segros_version": segros.__version__}
     state = checkpoint / "trainer_state.json"
     if state.is_file():
-        facts["step"] = json.loads(state.read_text()).get("step")
+        saved = json.loads(state.read_text())
+        facts["step"] = saved.get("step")
+        facts["ema_decay"] = saved.get("ema_decay")  # the run kept an EMA (optim.ema_decay)
     root = run_root(checkpoint)
     if root is None:
         return facts
@@ -101,6 +103,11 @@ def build_card(backbone_config: dict[str, Any], facts: dict[str, Any]) -> Any:
     # the weights training started from, as the run's config names them (a reloaded model's own
     # options no longer do: init_from is cleared when a segros folder is loaded)
     started = ((facts.get("config") or {}).get("model") or {}).get("init_from") or options.get("init_from")
+    # "raw": the trained weights; "ema": their exponential moving average (segros export --weights ema)
+    weights = facts.get("weights", "raw")
+    shown = "trained (raw)"
+    if weights == "ema":
+        shown = f"EMA of the trained weights (decay {facts.get('ema_decay')})"
     segros_meta = {
         "backbone": backbone,
         "method": method_name,
@@ -110,6 +117,7 @@ def build_card(backbone_config: dict[str, Any], facts: dict[str, Any]) -> Any:
         "model_options": options,
         "training_data": data,
         "step": facts.get("step"),
+        "weights": weights,
         "seed": facts.get("seed"),
         "version": facts["segros_version"],
         "evaluation": facts.get("evaluation", {}),
@@ -137,6 +145,7 @@ def build_card(backbone_config: dict[str, Any], facts: dict[str, Any]) -> Any:
         f"| base weights | `{started}` |",
         f"| training data | `{json.dumps(data)}` |",
         f"| steps | {facts.get('step')} |",
+        f"| weights | {shown} |",
         f"| seed | {facts.get('seed')} |",
         f"| segros version | {facts['segros_version']} |",
         "",

@@ -56,9 +56,12 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
-def load_backbone(path: str | Path, **overrides: Any) -> Backbone:
+def load_backbone(path: str | Path, weights: str = "raw", **overrides: Any) -> Backbone:
     """Load any backbone folder written by ``save_pretrained`` (its config.json names it);
     a run folder or its ``checkpoints/latest`` file works too.
+
+    ``weights="ema"`` puts the checkpoint's EMA of the trainable weights (``ema.safetensors``,
+    ``optim.ema_decay``) over the trained ones; a folder without one is a ``ValueError``.
 
     A weights file that is cut short or corrupt, or that does not fit the model, is a
     ``ValueError`` naming the file (safetensors alone says "incomplete metadata" and no path).
@@ -66,6 +69,8 @@ def load_backbone(path: str | Path, **overrides: Any) -> Backbone:
     """
     from segros.train.checkpoint import safetensors_problem
 
+    if weights not in ("raw", "ema"):
+        raise ValueError(f"weights must be 'raw' or 'ema', got {weights!r}")
     path = resolve_checkpoint(path)
     config = saved_config(path)
     if config is None:
@@ -73,9 +78,17 @@ def load_backbone(path: str | Path, **overrides: Any) -> Backbone:
             f"{path} has no config.json naming a backbone: not a segros checkpoint folder"
         )
     name = config["backbone"]
-    for weights in sorted([*Path(path).glob("*.safetensors"), *Path(path).glob("adapter/*.safetensors")]):
-        if problem := safetensors_problem(weights):
-            raise ValueError(f"cannot load checkpoint {path}: {weights}: {problem}")
+    if weights == "ema":
+        from segros.train.ema import EMA_FILE
+
+        if not (Path(path) / EMA_FILE).is_file():
+            raise ValueError(
+                f"{path} holds no EMA weights ({EMA_FILE}): it was trained without optim.ema_decay "
+                "(use --weights raw)"
+            )
+    for file in sorted([*Path(path).glob("*.safetensors"), *Path(path).glob("adapter/*.safetensors")]):
+        if problem := safetensors_problem(file):
+            raise ValueError(f"cannot load checkpoint {path}: {file}: {problem}")
     cls = backbone_class(name)
     try:
         backbone = cls.from_pretrained(path, **overrides)
@@ -83,6 +96,10 @@ def load_backbone(path: str | Path, **overrides: Any) -> Backbone:
 
         if has_adapter(path):
             backbone = merge_adapter(backbone, path)
+        if weights == "ema":
+            from segros.train.ema import load_ema_weights
+
+            load_ema_weights(backbone, path)
         return backbone
     except (FileNotFoundError, ValueError):
         raise

@@ -54,11 +54,12 @@ def saved_evaluation(
     samples: int,
     seed: int,
     decoding: dict[str, Any] | None = None,
+    weights: str = "raw",
 ) -> dict[str, Any] | None:
     """The summary ``folder`` holds if it is a finished evaluation of ``checkpoint`` with these
     settings (``prompts`` records, ``samples`` per prompt, sampling ``seed``, the
-    :func:`decoding_options`), else None. A summary written before decoding overrides existed
-    counts as one with the defaults."""
+    :func:`decoding_options`, the ``weights``: raw or EMA), else None. A summary written before
+    decoding overrides (or EMA weights) existed counts as one with the defaults."""
     from segros.backbones.registry import resolve_checkpoint
 
     summary_file = Path(folder) / "summary.json"
@@ -67,8 +68,9 @@ def saved_evaluation(
     saved = json.loads(summary_file.read_text())
     decoding = decoding or decoding_options()
     same = (saved.get("checkpoint"), saved.get("samples"), saved.get("seed"), saved.get("prompts"))
-    same += tuple(saved.get("decoding", {}).get(key) for key in decoding)
-    wanted = (str(resolve_checkpoint(resolve(checkpoint))), samples, seed, prompts, *decoding.values())
+    same += (saved.get("weights", "raw"), *(saved.get("decoding", {}).get(key) for key in decoding))
+    wanted = (str(resolve_checkpoint(resolve(checkpoint))), samples, seed, prompts, weights)
+    wanted += tuple(decoding.values())
     return saved if same == wanted else None
 
 
@@ -81,12 +83,14 @@ def evaluate_checkpoint(
     progress: bool = True,
     guidance_scale: float | None = None,
     steps: int | None = None,
+    weights: str = "raw",
 ) -> dict[str, Any]:
     """Generate and judge ``records`` (default: every evaluation prompt) with a checkpoint.
 
-    ``guidance_scale`` and ``steps`` override the backbone's decoding defaults (None: its own).
+    ``guidance_scale`` and ``steps`` override the backbone's decoding defaults (None: its own);
+    ``weights="ema"`` generates with the checkpoint's EMA weights (``load_backbone``).
     Returns ``{"overall", "tags", "images", "seen", "held_out", "checkpoint", "samples", "seed",
-    "decoding", "seconds"}``; ``reused: true`` when ``folder`` already held this evaluation.
+    "decoding", "weights", "seconds"}``; ``reused: true`` when ``folder`` already held this evaluation.
     """
     from segros.backbones.registry import load_backbone, resolve_checkpoint
     from segros.eval.generate import generate_folder, score_shapes_folder
@@ -95,13 +99,13 @@ def evaluate_checkpoint(
     checkpoint = resolve_checkpoint(resolve(checkpoint))
     folder = Path(folder)
     records = load_prompts() if records is None else records
-    saved = saved_evaluation(checkpoint, folder, len(records), samples, seed, decoding)
+    saved = saved_evaluation(checkpoint, folder, len(records), samples, seed, decoding, weights)
     if saved is not None:
         return saved | {"reused": True}
     summary_file = folder / "summary.json"
     shutil.rmtree(folder, ignore_errors=True)
     start = time.perf_counter()
-    backbone = load_backbone(checkpoint)
+    backbone = load_backbone(checkpoint, weights=weights)
     generate_folder(
         backbone, records, folder, samples_per_prompt=samples, seed=seed, progress=progress, options=decoding
     )
@@ -113,6 +117,7 @@ def evaluate_checkpoint(
         "seed": seed,
         "prompts": len(records),
         "decoding": decoding,
+        "weights": weights,
         "seconds": round(time.perf_counter() - start, 1),
     }
     tmp = summary_file.with_suffix(".json.tmp")

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 
+WEIGHTS_HELP = "the trained weights (raw, default) or their EMA (ema: runs with optim.ema_decay)"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
@@ -43,10 +45,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     c.add_argument("checkpoint", help="run folder, checkpoint folder, or 'pretrained' (the shipped TinyUMM)")
     c.add_argument("--samples", type=int, default=4, help="images per prompt (default: 4)")
     c.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    c.add_argument("--weights", choices=("raw", "ema"), default="raw", help=WEIGHTS_HELP)
     c.add_argument(
         "--out",
         default=None,
-        help="GenEval-layout folder (default: runs/eval/<name>-seed<S>[-g<G>][-steps<N>])",
+        help="GenEval-layout folder (default: runs/eval/<name>[-ema]-seed<S>[-g<G>][-steps<N>])",
     )
     c.add_argument(
         "--guidance",
@@ -85,11 +88,13 @@ def _checkpoint(args: argparse.Namespace) -> int:
         for tag, value in zip(("g", "steps"), decoding.values(), strict=True)
         if value is not None
     )
+    name += "-ema" if args.weights == "ema" else ""
     out = Path(args.out) if args.out else Path("runs") / "eval" / f"{name}-seed{args.seed}{suffix}"
     try:
         summary = evaluate_checkpoint(
-            path, out, samples=args.samples, seed=args.seed, progress=sys.stderr.isatty(), **decoding
-        )
+            path, out, samples=args.samples, seed=args.seed, progress=sys.stderr.isatty(),
+            weights=args.weights, **decoding,
+        )  # fmt: skip
     except (FileNotFoundError, ValueError) as err:
         return error(str(err))
     overrides = ", ".join(f"{k} {v:g}" for k, v in decoding.items() if v is not None)

@@ -18,6 +18,8 @@ from typing import Any
 
 from segros.eval.benchmarks import BENCHMARKS, DEFAULT_SAMPLES
 
+WEIGHTS_HELP = "the trained weights (raw, default) or their EMA (ema: runs with optim.ema_decay)"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="run folder, checkpoints/latest, or model folder")
@@ -28,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--samples", type=int, default=None, help="images per prompt (default 4; WISE: 1, what it scores)"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--weights", choices=("raw", "ema"), default="raw", help=WEIGHTS_HELP)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--limit", type=int, default=None, help="only the first N prompts (a quick look)")
     parser.add_argument("--guidance-scale", type=float, default=None, help="default: the backbone's")
@@ -64,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     records = records[: args.limit] if args.limit else records
     try:
-        backbone = load_backbone(args.checkpoint)
+        backbone = load_backbone(args.checkpoint, weights=args.weights)
     except (FileNotFoundError, ValueError) as e:
         print(f"segros generate: error: {e}", file=sys.stderr)
         return 2 if isinstance(e, FileNotFoundError) else 1  # a wrong path vs a broken checkpoint

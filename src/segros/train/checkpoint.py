@@ -9,6 +9,8 @@ Layout of ``OUT/checkpoints/step-<N>/``:
   process, DDP: ``optimizer.state_dict()``; FSDP: the full state keyed by parameter name), or
   ``deepspeed/state/`` (DeepSpeed's own files, one optimizer partition per process);
 - ``scheduler.pt``: the learning-rate schedule's state;
+- ``ema.safetensors`` (with ``optim.ema_decay``): the EMA of the trainable weights, plain names
+  (:mod:`segros.train.ema`);
 - ``rank-<r>.pt``: per process, the plan generator, the global torch RNG (dropout) and the
   data position and bad-record counts (ranks skip bad records independently);
 - ``trainer_state.json``: step, world size, engine, counters; written last, it marks completeness.
@@ -163,6 +165,8 @@ def _missing_files(folder: Path, state: dict[str, Any]) -> str | None:
             )
         else:
             needed.append("optimizer.pt")
+        if "ema_decay" in state:  # the run kept an EMA of its weights (segros.train.ema)
+            needed.append("ema.safetensors")
         for name in needed:
             if not (folder / name).is_file():
                 return f"{name} is missing (a {engine} checkpoint of {world} processes)"

@@ -229,6 +229,18 @@ class OptimConfig(Section):
     # parameter (biases, norm scales), as MAE/MAR/Harmon's optimiser does
     no_decay: list[str] = []
     no_decay_1d: bool = False
+    # an exponential moving average of the trainable weights, saved as ema.safetensors in every
+    # checkpoint (segros.train.ema; None: off). ema_device: where it is kept (cpu saves accelerator
+    # memory); ema_every: update it every N optimizer steps (each update still uses ema_decay)
+    ema_decay: float | None = Field(None, gt=0.0, lt=1.0)
+    ema_device: Literal["same", "cpu"] = "same"
+    ema_every: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _ema(self) -> OptimConfig:
+        if self.ema_decay is None and (self.ema_device != "same" or self.ema_every != 1):
+            raise ValueError("optim.ema_device and optim.ema_every have no effect without optim.ema_decay")
+        return self
 
 
 class LoraConfig(Section):
@@ -283,6 +295,15 @@ class TrainConfig(Section):
         from segros.backbones.registry import options_schema
 
         return options_schema(self.model.get("name", "tiny"))(**self.model)
+
+    @model_validator(mode="after")
+    def _ema_without_lora(self) -> TrainConfig:
+        if self.optim.ema_decay is not None and self.lora is not None and self.lora.enabled:
+            raise ValueError(
+                "optim.ema_decay with LoRA is not supported: the EMA averages the full trainable "
+                "weights; train without lora.rank, or without optim.ema_decay"
+            )
+        return self
 
 
 def _format(error: ValidationError, prefix: str = "") -> str:

@@ -54,6 +54,7 @@ from segros.supervision import ground_and_plan, sample_ratio
 from segros.train import checkpoint as ckpt
 from segros.train import engines, lora
 from segros.train.config import TrainConfig, dump_config
+from segros.train.ema import WeightsEMA
 from segros.train.fingerprint import fingerprint, is_sharded
 from segros.train.logger import PictureCallback, RunLogger
 from segros.train.memory import peak_memory
@@ -196,6 +197,7 @@ class Trainer:
         try:
             self.backbone = self._setup_model()
             self._setup_optimizer()
+            self.ema = self._setup_ema()
             self.plan_cfg = cfg.method.plan_config()
             self.generator = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + self.rank)
             self._setup_data()
@@ -307,6 +309,20 @@ class Trainer:
                 f"{acc.gradient_accumulation_steps}; make them agree"
             )
 
+    def _setup_ema(self) -> WeightsEMA | None:
+        """The EMA of the trainable weights when ``optim.ema_decay`` is set (segros.train.ema;
+        under FSDP2 of each process's shards); refused under FSDP1 and ZeRO-3."""
+        o = self.cfg.optim
+        if o.ema_decay is None:
+            return None
+        if self.engine in ("fsdp1", "zero3"):
+            raise ValueError(
+                f"optim.ema_decay is not supported under {self.engine}, whose sharded weights it cannot "
+                "follow: train with FSDP2, DDP, ZeRO-1 or ZeRO-2, or without optim.ema_decay"
+            )
+        params = {name: p for name, p in self.backbone.named_parameters() if p.requires_grad}
+        return WeightsEMA(params, o.ema_decay, device=o.ema_device, every=o.ema_every)
+
     def _setup_data(self) -> None:
         """The image-caption stream (from images or a ``segros cache``) and, when the I2T term is
         on, the image-to-text stream; each sharded over processes without duplication."""
@@ -372,6 +388,7 @@ class Trainer:
         acc.wait_for_everyone()
         ckpt.save_rank_state(tmp, self.rank, self._rank_state())
         weights = engines.gathered_model_state(acc, self.model)  # sharded engines: the whole model
+        ema = self.ema.state_dict(keep=acc.is_main_process) if self.ema else None  # gathered (FSDP2)
         with ckpt.writing(tmp):
             engines.save_optimizer(acc, self.model, self.optimizer, tmp)
         final = None
@@ -383,6 +400,9 @@ class Trainer:
             del weights
             if self.lora:
                 lora.save_adapter(self.backbone, tmp)  # peft's format, tmp/adapter
+            if self.ema is not None:
+                with ckpt.writing(tmp):
+                    self.ema.save(tmp, ema)  # tmp/ema.safetensors
             ckpt.save_scheduler(tmp, self.scheduler)
         acc.wait_for_everyone()
         if acc.is_main_process:
@@ -392,6 +412,7 @@ class Trainer:
                 "engine": self.engine,
                 "skipped_steps": self.skipped_steps,
                 "train_seconds": round(self.train_seconds(), 2),  # across resumes
+                **({"ema_decay": self.ema.decay, "ema_every": self.ema.every} if self.ema else {}),
             }
             final = ckpt.finish(self.out_dir, tmp, self.step, state, self.cfg.run.keep_last)
         acc.wait_for_everyone()
@@ -414,11 +435,23 @@ class Trainer:
         if self.lora:
             lora.load_adapter(self.accelerator.unwrap_model(self.model), folder)
         ckpt.load_scheduler(folder, self.scheduler)
+        self._resume_ema(folder, state)
         self._load_rank_state(folder, int(state["world_size"]))
         self.step = int(state["step"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
         self.seconds_before = float(state.get("train_seconds", 0.0))
         log.info("resumed from %s at step %d", folder, self.step)
+
+    def _resume_ema(self, folder: Path, state: dict[str, Any]) -> None:
+        """The checkpoint's EMA, exactly; from the resumed weights (with a warning) when it has none."""
+        if self.ema is None:
+            if "ema_decay" in state:
+                log.warning("--resume: %s holds EMA weights; optim.ema_decay is off: they end here", folder)
+        elif "ema_decay" in state:
+            self.ema.load(folder)
+        else:
+            log.warning("--resume: %s holds no EMA weights; the EMA starts from its weights now", folder)
+            self.ema.reset()
 
     def _load_rank_state(self, folder: Path, saved_world: int) -> None:
         """This process's generators and data position. With the number of processes it was saved
@@ -544,6 +577,9 @@ class Trainer:
                 norm = acc.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
                 out.grad_norm = engines.grad_norm(norm)
             self.optimizer.step()
+            # not after a step fp16's gradient scaler skipped (inf gradients): nothing was updated
+            if self.ema is not None and self.ema.due(self.step + 1) and not self.optimizer.step_was_skipped:
+                self.ema.update()
             self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.step += 1
