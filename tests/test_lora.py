@@ -14,7 +14,7 @@ from train_helpers import tiny_config, tiny_model_section
 
 from segros.backbones.registry import build_backbone, load_backbone
 from segros.cli import main
-from segros.train import lora
+from segros.backbones import lora
 from segros.train.config import ConfigError, load_config, validate
 from segros.train.loop import Trainer, train
 
