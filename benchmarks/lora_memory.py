@@ -17,15 +17,15 @@ import json
 import torch
 from torch import nn
 
+from segros.backbones import lora
 from segros.backbones.harmon.adapter import HarmonBackbone
 from segros.backbones.harmon.model import Harmon, HarmonConfig
-from segros.train import lora
 
 ADAM_BYTES = 8  # exp_avg + exp_avg_sq, float32
 
 
 class _Holder(nn.Module):
-    """What :func:`segros.train.lora.apply` needs of a backbone: ``model`` and ``lora_targets``."""
+    """What :func:`segros.backbones.lora.apply` needs of a backbone: ``model`` and ``lora_targets``."""
 
     lora_targets = HarmonBackbone.lora_targets
 

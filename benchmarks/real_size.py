@@ -187,8 +187,8 @@ def _stacks(name: str, backbone: Any, batch: int) -> list[tuple[int, int, int, b
 def meta_count(name: str, cfg: Any) -> dict[str, Any]:
     """Parameters trained / total, weight bytes and the analytic estimate, from a model built on
     the meta device exactly as the trainer builds it (LoRA and freezing applied): no memory used."""
+    from segros.backbones import lora
     from segros.backbones.registry import build_backbone
-    from segros.train import lora
     from segros.train.loop import freeze
 
     with torch.device("meta"):
@@ -273,9 +273,9 @@ def export_stage(name: str, work: Path) -> dict:
     import argparse as ap
 
     from segros import export
+    from segros.backbones.lora import has_adapter
     from segros.backbones.registry import load_backbone
     from segros.train.checkpoint import latest_checkpoint
-    from segros.train.lora import has_adapter
     from segros.train.memory import peak_rss_bytes
 
     folder = latest_checkpoint(work / "segros")

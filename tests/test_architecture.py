@@ -1,13 +1,17 @@
 """The package's layering, read from the source with ``ast`` (nothing is imported):
 
-- no import cycle among the modules of ``segros``, counting every import statement, also those
-  inside functions and under ``TYPE_CHECKING``;
+- every module has a layer in the table of ``docs/design.md`` ("## Layers"), and no import goes
+  up a layer (to a later row of that table), counting every import statement, also those inside
+  functions and under ``TYPE_CHECKING``;
+- no import cycle among the modules of ``segros``, nor among its packages (``segros.data``,
+  ``segros.train``, ... and each top-level module as one node);
 - the application layer ``segros.apps`` is imported only from inside it (``segros.cli`` names
   its command modules as strings, so it imports nothing of it either);
 - no module is named like a standard-library module (``segros/inspect.py`` shadowed ``inspect``);
 - every document a source file cites (``docs/design.md``, ``PROVENANCE.md``, ...) exists.
 
-Run as a script (``python tests/test_architecture.py``) it prints the graph's size and any cycle.
+Run as a script (``python tests/test_architecture.py``) it prints the graph's size, every upward
+import and any cycle.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import sys
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
+DESIGN = SRC.parent / "docs" / "design.md"
 APPS = "segros.apps"
 
 
@@ -59,6 +64,64 @@ def import_graph(known: dict[str, Path] | None = None) -> dict[str, set[str]]:
                 if owner is not None and owner != name:
                     graph[name].add(owner)
     return graph
+
+
+def layer_table(text: str | None = None) -> list[tuple[str, list[str]]]:
+    """``(layer, dotted module prefixes)`` of each row of the table under ``## Layers`` in
+    docs/design.md, lowest layer first. A row's second column names paths under ``src/segros``
+    in backticks: ``grounding.py`` (a module), ``data/`` (a package and all in it),
+    ``__init__.py`` (the package ``segros`` itself)."""
+    text = DESIGN.read_text() if text is None else text
+    section = text.split("\n## Layers\n", 1)[1].split("\n## ", 1)[0]
+    rows = []
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if not line.startswith("|") or len(cells) < 2 or set(cells[0]) <= {"-"} or cells[0] == "layer":
+            continue
+        paths = re.findall(r"`([^`]+)`", cells[1])
+        rows.append((cells[0], [_dotted(path) for path in paths]))
+    return rows
+
+
+def _dotted(path: str) -> str:
+    """``train/cli.py`` -> ``segros.train.cli``; ``data/`` -> ``segros.data``;
+    ``__init__.py`` -> ``segros``."""
+    parts = [p for p in path.removesuffix(".py").split("/") if p and p != "__init__"]
+    return ".".join(["segros", *parts])
+
+
+def layer_of(names: list[str], table: list[tuple[str, list[str]]]) -> dict[str, int]:
+    """Module -> index of its row in ``table``: the row naming it or the package it is in, the
+    most specific path deciding. Modules no row names are left out."""
+    out = {}
+    for name in names:
+        best = max(
+            ((len(prefix), row) for row, (_, prefixes) in enumerate(table) for prefix in prefixes
+             if name == prefix or name.startswith(prefix + ".")),
+            default=None,
+        )  # fmt: skip
+        if best is not None:
+            out[name] = best[1]
+    return out
+
+
+def upward_imports(graph: dict[str, set[str]], layer: dict[str, int]) -> list[tuple[str, str]]:
+    """``(importer, imported)`` for every import of a module in a higher layer than the importer
+    (a module without a layer is the other test's failure, not this one's)."""
+    placed = {a: {b for b in targets if b in layer} for a, targets in graph.items() if a in layer}
+    return sorted((a, b) for a, targets in placed.items() for b in targets if layer[b] > layer[a])
+
+
+def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """The module graph with each package of ``segros`` (and each top-level module) as one node."""
+
+    def node(name: str) -> str:
+        return ".".join(name.split(".")[:2])
+
+    out: dict[str, set[str]] = {node(name): set() for name in graph}
+    for name, targets in graph.items():
+        out[node(name)] |= {node(t) for t in targets if node(t) != node(name)}
+    return out
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -115,6 +178,46 @@ def test_no_import_cycle_in_the_package():
     assert cycles(graph) == []
 
 
+def test_the_layer_checks_find_what_they_look_for():
+    text = "# Design\n## Layers\n\n| layer | modules |\n|---|---|\n"
+    table = layer_table(text + "| low | `a.py`, `p/` |\n| high | `p/top.py` |\n\n## Next\n")
+    assert table == [("low", ["segros.a", "segros.p"]), ("high", ["segros.p.top"])]
+    names = ["segros.a", "segros.p.x", "segros.p.top", "segros.stray"]
+    layer = layer_of(names, table)
+    assert layer == {"segros.a": 0, "segros.p.x": 0, "segros.p.top": 1}
+    graph = {"segros.a": {"segros.p.top"}, "segros.p.x": {"segros.a"}, "segros.p.top": {"segros.p.x"}}
+    assert upward_imports(graph, layer) == [("segros.a", "segros.p.top")]
+    # a -> p.q and p.r -> a: no cycle among modules, but the packages a and p import each other
+    split = {"segros.a": {"segros.p.q"}, "segros.p.q": set(), "segros.p.r": {"segros.a"}}
+    assert cycles(split) == [] and cycles(package_graph(split)) == [["segros.a", "segros.p"]]
+
+
+def test_every_module_has_a_layer_and_every_row_names_modules():
+    known = modules()
+    table = layer_table()
+    assert [name for name, _ in table][:2] == ["core", "storage"] and len(table) >= 6
+    assert sorted(set(known) - set(layer_of(list(known), table))) == []
+    named = [prefix for _, prefixes in table for prefix in prefixes]
+    assert sorted(p for p in named if p not in known) == []  # every path in the table exists
+    assert len(named) == len(set(named))
+
+
+def test_no_import_goes_up_a_layer():
+    """Imports inside functions count: a lazy import is still a dependency."""
+    graph = import_graph()
+    table = layer_table()
+    layer = layer_of(list(graph), table)
+    up = upward_imports(graph, layer)
+    assert [f"{a} ({table[layer[a]][0]}) imports {b} ({table[layer[b]][0]})" for a, b in up] == []
+
+
+def test_no_import_cycle_among_packages():
+    packages = package_graph(import_graph())
+    assert {"segros.data", "segros.backbones", "segros.train", "segros.eval"} <= set(packages)
+    assert "segros.backbones" in packages["segros.train"]  # the package edges were read
+    assert cycles(packages) == []
+
+
 def test_nothing_below_the_application_layer_imports_it():
     graph = import_graph()
     within = {t for name, targets in graph.items() if name.startswith(APPS + ".") for t in targets}
@@ -149,7 +252,19 @@ def test_every_document_the_source_cites_is_in_the_repository():
 
 if __name__ == "__main__":
     graph = import_graph()
+    table = layer_table()
+    layer = layer_of(list(graph), table)
     print(f"{len(graph)} modules, {sum(map(len, graph.values()))} import edges inside segros")
+    for row, (name, _) in enumerate(table):
+        print(f"layer {row} {name}: {sum(v == row for v in layer.values())} modules")
+    for name in sorted(set(graph) - set(layer)):
+        print("no layer:", name)
+    up = upward_imports(graph, layer)
+    for a, b in up:
+        print(f"upward: {a} ({table[layer[a]][0]}) -> {b} ({table[layer[b]][0]})")
+    print("upward imports:", len(up))
     for component in cycles(graph):
-        print("cycle:", " -> ".join(component))
-    print("cycles:", len(cycles(graph)))
+        print("module cycle:", " -> ".join(component))
+    for component in cycles(package_graph(graph)):
+        print("package cycle:", " -> ".join(component))
+    print(f"cycles: {len(cycles(graph))} among modules, {len(cycles(package_graph(graph)))} among packages")

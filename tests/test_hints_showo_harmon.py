@@ -199,8 +199,6 @@ def test_showo_caption_stopwords_line_up_with_the_left_padded_caption(showo):
     # the short caption is left-padded: its one stopword is the first caption token, after t2i, bos
     first = int((ids[1] == showo.vocab.pad).sum()) + 2
     assert stop[1].nonzero().flatten().tolist() == [first] and valid[1, first]
-    assert g.content_valid("english").sum(1).tolist() == [5, 2]
-    assert torch.equal(g.content_valid("none"), valid)
 
 
 def test_showo_stopwords_of_sub_word_tokens_are_whole_words(showo):
@@ -329,7 +327,6 @@ def test_harmon_caption_stopwords_line_up_with_the_caption(harmon):
     # the template's "an" (Generate an image:) is a function word but never a caption token
     assert "an" in tok.convert_ids_to_tokens(ids[0].tolist())
     assert tok.convert_ids_to_tokens(ids[1][stop[1]].tolist()) == ["a"]
-    assert g.content_valid("english").sum(1).tolist() == [5, 2]
 
 
 def test_harmon_stopwords_of_sub_word_tokens_are_whole_words():

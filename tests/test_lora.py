@@ -12,9 +12,9 @@ import torch
 from safetensors.torch import load_file
 from train_helpers import tiny_config, tiny_model_section
 
+from segros.backbones import lora
 from segros.backbones.registry import build_backbone, load_backbone
 from segros.cli import main
-from segros.train import lora
 from segros.train.config import ConfigError, load_config, validate
 from segros.train.loop import Trainer, train
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from segros.losses import i2t_loss, masked_cross_entropy, masked_mse, total_loss
+from segros.losses import i2t_loss, masked_cross_entropy, total_loss
 
 
 def test_cross_entropy_reads_only_weighted_positions():
@@ -24,13 +24,6 @@ def test_cross_entropy_reads_only_weighted_positions():
     changed = logits.detach().clone()
     changed[1, 0] += 5.0
     torch.testing.assert_close(masked_cross_entropy(changed, targets, weight), loss.detach())
-
-
-def test_mse_per_token_mean_then_weighted_mean():
-    pred = torch.zeros(1, 3, 2)
-    target = torch.tensor([[[1.0, 1.0], [2.0, 0.0], [9.0, 9.0]]])
-    weight = torch.tensor([[1.0, 1.0, 0.0]])
-    assert masked_mse(pred, target, weight).item() == pytest.approx((1.0 + 2.0) / 2)
 
 
 def test_no_targets_gives_zero_not_nan():
@@ -60,5 +53,3 @@ def test_total_is_recon_plus_lambda_i2t():
 def test_shape_errors():
     with pytest.raises(ValueError, match="weight"):
         masked_cross_entropy(torch.randn(1, 3, 4), torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 2))
-    with pytest.raises(ValueError, match="differ"):
-        masked_mse(torch.randn(1, 3, 2), torch.randn(1, 3, 3), torch.ones(1, 3))

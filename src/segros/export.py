@@ -61,8 +61,8 @@ def run(args: argparse.Namespace) -> int:
     if args.push and fmt != "hub":
         print("segros export: --push needs --format hub", file=sys.stderr)
         return 2
+    from segros.backbones.lora import has_adapter
     from segros.backbones.registry import load_backbone, resolve_checkpoint
-    from segros.train.lora import has_adapter
 
     folder = resolve_checkpoint(args.run)
     if fmt == "merged" and not has_adapter(folder):
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"--out {out} exists and is not empty")
-    # merges a LoRA adapter (segros.train.lora.merge_adapter); --weights ema: the EMA over the weights
+    # merges a LoRA adapter (segros.backbones.lora.merge_adapter); --weights ema: the EMA over the weights
     backbone = load_backbone(folder, weights=args.weights)
     if fmt == "merged":
         backbone.save_pretrained(out)

@@ -1,10 +1,11 @@
-"""Loss terms of SeGroS (paper Eqs. 13-17), weighted by a supervision plan.
+"""Loss terms of SeGroS (paper Eqs. 2, 13, 15), weighted by a supervision plan.
 
-The reconstruction loss is the backbone's own: cross-entropy over code ids for discrete
-tokens (Show-o, Eq. 15) or a per-token MSE for continuous latents / diffusion noise (Harmon,
-Eq. 17). Both read only the plan's targets through ``weight`` and are normalised by the weight
-sum, so a batch with many masked tokens does not outweigh one with few. The image-to-text term
-is next-token NLL on answer tokens only (Eq. 2).
+The reconstruction loss is the backbone's own: here the cross-entropy over code ids for
+discrete tokens (Show-o, Eq. 15); continuous backbones compute theirs in their adapter
+(Harmon's diffusion loss at the targets, Eq. 17; see docs/design.md). It reads only the plan's
+targets through ``weight`` and is normalised by the weight sum, so a batch with many masked
+tokens does not outweigh one with few. The image-to-text term is next-token NLL on answer
+tokens only (Eq. 2).
 """
 
 from __future__ import annotations
@@ -37,18 +38,6 @@ def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, weight: to
         raise ValueError(f"logits {tuple(logits.shape)} do not match targets {tuple(targets.shape)}")
     nll = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none")
     return _weighted_mean(nll.view_as(weight), weight)
-
-
-def masked_mse(prediction: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Eq. 17: per-token mean squared error over channels, averaged over weighted positions.
-
-    ``prediction`` and ``target`` are ``(B, N, C)``; ``weight`` is ``(B, N)``.
-    """
-    if prediction.shape != target.shape:
-        raise ValueError(f"prediction {tuple(prediction.shape)} and target {tuple(target.shape)} differ")
-    _check_weight("weight", weight, prediction.shape[:2])
-    per_token = (prediction.float() - target.float()).pow(2).mean(-1)
-    return _weighted_mean(per_token, weight)
 
 
 def i2t_loss(logits: torch.Tensor, tokens: torch.Tensor, answer_mask: torch.Tensor) -> torch.Tensor:

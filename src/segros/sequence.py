@@ -63,11 +63,6 @@ class PackedLayout:
         start = self.num_hints + self.text_len
         return slice(start, start + self.num_image)
 
-    def additive_mask(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """(B, 1, S, S): 0 where allowed, -inf elsewhere; an ``attn_mask`` for SDPA."""
-        mask = torch.zeros(self.allowed.shape, dtype=dtype, device=self.allowed.device)
-        return mask.masked_fill_(~self.allowed, float("-inf")).unsqueeze(1)
-
 
 def pack_layout(
     num_hints: int,

@@ -291,12 +291,6 @@ class GroundingInputs:
             text_stopword=None if stopword is None else stopword & batch.caption_mask,
         )
 
-    def content_valid(self, text_stopwords: str) -> torch.Tensor:
-        """``text_valid`` without stopwords when ``text_stopwords == "english"`` (see grounding)."""
-        from segros.grounding import content_tokens
-
-        return content_tokens(self.text_valid, self.text_stopword, text_stopwords)
-
 
 class Backbone(nn.Module, ABC):
     """Base class of every UMM adapter (tiny, Show-o, Harmon, OpenUni, ...)."""

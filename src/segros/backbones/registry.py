@@ -15,6 +15,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from segros.backbones.base import Backbone, saved_config
+from segros.backbones.lora import has_adapter, merge_adapter
+from segros.storage import EMA_FILE, latest_checkpoint, load_ema_weights, safetensors_problem
 
 BACKBONES: dict[str, str] = {
     "tiny": "segros.backbones.tiny.adapter:TinyBackbone",
@@ -47,8 +49,6 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if path.is_file() and path.name == "latest":
         return path.parent / path.read_text().strip()
     if path.is_dir() and not (path / "config.json").is_file() and (path / "checkpoints").is_dir():
-        from segros.train.checkpoint import latest_checkpoint
-
         # the newest one as it is: a broken one is named by load_backbone, not silently replaced
         found = latest_checkpoint(path, verify=False)
         if found is not None:
@@ -67,8 +67,6 @@ def load_backbone(path: str | Path, weights: str = "raw", **overrides: Any) -> B
     ``ValueError`` naming the file (safetensors alone says "incomplete metadata" and no path).
     A LoRA run's checkpoint (an ``adapter/`` folder beside the base weights) loads merged.
     """
-    from segros.train.checkpoint import safetensors_problem
-
     if weights not in ("raw", "ema"):
         raise ValueError(f"weights must be 'raw' or 'ema', got {weights!r}")
     path = resolve_checkpoint(path)
@@ -78,27 +76,20 @@ def load_backbone(path: str | Path, weights: str = "raw", **overrides: Any) -> B
             f"{path} has no config.json naming a backbone: not a segros checkpoint folder"
         )
     name = config["backbone"]
-    if weights == "ema":
-        from segros.train.ema import EMA_FILE
-
-        if not (Path(path) / EMA_FILE).is_file():
-            raise ValueError(
-                f"{path} holds no EMA weights ({EMA_FILE}): it was trained without optim.ema_decay "
-                "(use --weights raw)"
-            )
+    if weights == "ema" and not (Path(path) / EMA_FILE).is_file():
+        raise ValueError(
+            f"{path} holds no EMA weights ({EMA_FILE}): it was trained without optim.ema_decay "
+            "(use --weights raw)"
+        )
     for file in sorted([*Path(path).glob("*.safetensors"), *Path(path).glob("adapter/*.safetensors")]):
         if problem := safetensors_problem(file):
             raise ValueError(f"cannot load checkpoint {path}: {file}: {problem}")
     cls = backbone_class(name)
     try:
         backbone = cls.from_pretrained(path, **overrides)
-        from segros.train.lora import has_adapter, merge_adapter
-
         if has_adapter(path):
             backbone = merge_adapter(backbone, path)
         if weights == "ema":
-            from segros.train.ema import load_ema_weights
-
             load_ema_weights(backbone, path)
         return backbone
     except (FileNotFoundError, ValueError):

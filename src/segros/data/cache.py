@@ -130,7 +130,7 @@ def _finished_shard(path: Path, start: int, stop: int, ident: dict[str, Any]) ->
     """The metadata of a whole shard written for these records and this identity, else None."""
     from safetensors import safe_open
 
-    from segros.train.checkpoint import safetensors_problem
+    from segros.storage import safetensors_problem
 
     if not path.is_file() or safetensors_problem(path):
         return None

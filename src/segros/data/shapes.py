@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from segros.eval.geneval import COLORS, RELATIONS, relative_position
+from segros.data.geneval_prompts import COLORS, RELATIONS, relative_position
 
 # --- the world's vocabulary ----------------------------------------------------------------------
 

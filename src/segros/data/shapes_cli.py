@@ -56,9 +56,9 @@ def _render_eval(args: argparse.Namespace) -> int:
     import numpy as np
     from PIL import Image
 
+    from segros.data.geneval_prompts import write_prompt_metadata
     from segros.data.shapes import BACKGROUND, COLORS, UnsupportedPromptError, render, render_prompt
     from segros.data.shapes_prompts import load_prompts
-    from segros.eval.geneval import write_prompt_metadata
 
     derangement = dict(zip(COLORS, COLORS[3:] + COLORS[:3], strict=True))
     records = load_prompts(args.prompts)

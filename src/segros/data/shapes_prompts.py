@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from segros.data.geneval_prompts import RELATIONS, read_prompts, write_prompts
 from segros.data.shapes import (
     COLORS,
     NUMBERS,
@@ -43,7 +44,6 @@ from segros.data.shapes import (
     is_held_out_pair,
     is_held_out_relation,
 )
-from segros.eval.geneval import RELATIONS, read_prompts, write_prompts
 
 PROMPTS_FILE = "shapes_eval_prompts.jsonl"
 # The fixed prompts ShapesWorld runs draw as sample pictures while training (segros train on

@@ -18,25 +18,30 @@ Layouts:
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-TAGS: tuple[str, ...] = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
-COLORS: tuple[str, ...] = (
-    "red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white",
-)  # fmt: skip
-RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
+# GenEval's vocabulary and prompt files live in the data layer (ShapesWorld is built from them);
+# they are scored with here and stay importable from here.
+from segros.data.geneval_prompts import COLORS as COLORS
+from segros.data.geneval_prompts import POSITION_THRESHOLD as POSITION_THRESHOLD
+from segros.data.geneval_prompts import RELATIONS as RELATIONS
+from segros.data.geneval_prompts import TAGS as TAGS
+from segros.data.geneval_prompts import json_lines as json_lines
+from segros.data.geneval_prompts import prompt_folder as prompt_folder
+from segros.data.geneval_prompts import read_prompts as read_prompts
+from segros.data.geneval_prompts import relative_position as relative_position
+from segros.data.geneval_prompts import write_prompt_metadata as write_prompt_metadata
+from segros.data.geneval_prompts import write_prompts as write_prompts
 
 # Upstream defaults (``evaluate_images.py`` options): confidence threshold, stricter threshold for
-# the counting tag, detections kept per class, and the position threshold of the relation test.
+# the counting tag and detections kept per class (the relation test's is POSITION_THRESHOLD).
 THRESHOLD = 0.3
 COUNTING_THRESHOLD = 0.9
 MAX_OBJECTS = 16
-POSITION_THRESHOLD = 0.1
 
 
 @dataclass(frozen=True)
@@ -51,39 +56,6 @@ class Detection:
     def to_json(self) -> list[float]:
         """Upstream ``details`` format: the box followed by the score."""
         return [float(v) for v in self.box] + [float(self.confidence)]
-
-
-def relative_position(
-    box_a: Iterable[float], box_b: Iterable[float], threshold: float = POSITION_THRESHOLD
-) -> set[str]:
-    """Relations of box A relative to box B; mirrors upstream ``relative_position``.
-
-    The centre offset A - B is shrunk towards zero by ``threshold * (size_a + size_b)`` on each
-    axis, divided by the length of the unshrunk offset, and a relation holds when that axis'
-    component is beyond 0.5 (image y grows downwards, so negative dy is "above").
-    """
-    ax0, ay0, ax1, ay1 = (float(v) for v in list(box_a)[:4])
-    bx0, by0, bx1, by1 = (float(v) for v in list(box_b)[:4])
-    offset = ((ax0 + ax1) / 2 - (bx0 + bx1) / 2, (ay0 + ay1) / 2 - (by0 + by1) / 2)
-    dims = (abs(ax1 - ax0) + abs(bx1 - bx0), abs(ay1 - ay0) + abs(by1 - by0))
-    revised = [
-        max(abs(o) - threshold * d, 0.0) * math.copysign(1.0, o) if o != 0 else 0.0
-        for o, d in zip(offset, dims, strict=True)
-    ]
-    if all(abs(r) < 1e-3 for r in revised):
-        return set()
-    norm = math.hypot(*offset)
-    dx, dy = revised[0] / norm, revised[1] / norm
-    relations = set()
-    if dx < -0.5:
-        relations.add("left of")
-    if dx > 0.5:
-        relations.add("right of")
-    if dy < -0.5:
-        relations.add("above")
-    if dy > 0.5:
-        relations.add("below")
-    return relations
 
 
 def select_detections(
@@ -216,51 +188,6 @@ def summarize(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
 
 
 # --- folder layout -------------------------------------------------------------------------------
-
-
-def json_lines(
-    lines: Iterable[str], source: str | Path, error: type[Exception] = ValueError
-) -> Iterator[tuple[int, dict[str, Any]]]:
-    """``(line number, record)`` of every non-blank JSONL line; a line that is not a JSON object
-    raises ``error`` naming ``source`` and the line."""
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise error(f"{source}:{n}: not a JSON line ({e.msg})") from None
-        if not isinstance(record, dict):
-            raise error(f"{source}:{n}: not a JSON object")
-        yield n, record
-
-
-def read_prompts(path: str | Path) -> list[dict[str, Any]]:
-    """Read a GenEval metadata JSONL (one record per line, blank lines skipped).
-
-    A line that is not a JSON object is a ``ValueError`` naming the file and line."""
-    with open(path, encoding="utf-8") as fp:
-        return [record for _, record in json_lines(fp, path)]
-
-
-def write_prompts(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
-    """Write metadata records as JSONL, one per line."""
-    with open(path, "w", encoding="utf-8") as fp:
-        for rec in records:
-            fp.write(json.dumps(rec) + "\n")
-
-
-def prompt_folder(root: str | Path, index: int) -> Path:
-    """``<root>/<index:05d>``, the folder GenEval expects for prompt ``index``."""
-    return Path(root) / f"{index:05d}"
-
-
-def write_prompt_metadata(root: str | Path, index: int, metadata: dict[str, Any]) -> Path:
-    """Create ``<root>/<index:05d>/samples/`` and write the record to ``metadata.jsonl``."""
-    folder = prompt_folder(root, index)
-    (folder / "samples").mkdir(parents=True, exist_ok=True)
-    (folder / "metadata.jsonl").write_text(json.dumps(metadata) + "\n", encoding="utf-8")
-    return folder
 
 
 def iter_images(root: str | Path) -> Iterator[tuple[Path, dict[str, Any]]]:

@@ -23,7 +23,8 @@ is read back with safetensors or ``torch.load(weights_only=True)``: no pickled c
 executed (except DeepSpeed's own files, which DeepSpeed reads itself, unpickling them: resume
 only from DeepSpeed checkpoints you wrote). :func:`latest_checkpoint` checks that the files of a
 checkpoint are intact (not cut short) and falls back to the newest intact one, saying which it
-skipped and why.
+skipped and why; it and the other reading functions are :mod:`segros.storage`'s, offered here
+under their old names.
 """
 
 from __future__ import annotations
@@ -32,10 +33,7 @@ import errno
 import json
 import logging
 import os
-import re
 import shutil
-import struct
-import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,15 +41,19 @@ from typing import Any
 
 import torch
 
+# the layout's reading side (which folders are complete, which files are whole, the newest intact
+# checkpoint) is storage's, so that loading a model needs no trainer; it is offered here too
+from segros.storage import COMPLETE_MARKER as COMPLETE_MARKER
+from segros.storage import STEP_DIR as STEP_DIR
+from segros.storage import checkpoint_problem as checkpoint_problem
+from segros.storage import checkpoints_dir as checkpoints_dir
+from segros.storage import complete_checkpoints as complete_checkpoints
+from segros.storage import is_complete as is_complete
+from segros.storage import latest_checkpoint as latest_checkpoint
+from segros.storage import safetensors_problem as safetensors_problem
+from segros.storage import torch_file_problem as torch_file_problem
+
 log = logging.getLogger(__name__)
-
-STEP_DIR = re.compile(r"^step-(\d+)$")
-COMPLETE_MARKER = "trainer_state.json"
-
-
-def checkpoints_dir(out_dir: str | Path) -> Path:
-    return Path(out_dir) / "checkpoints"
-
 
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
@@ -59,151 +61,6 @@ def _write_atomic(path: Path, text: str) -> None:
     with open(tmp) as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
-
-
-def is_complete(folder: Path) -> bool:
-    return (folder / COMPLETE_MARKER).is_file() and (folder / "model.safetensors").is_file()
-
-
-def complete_checkpoints(out_dir: str | Path) -> list[tuple[int, Path]]:
-    """(step, folder) of every complete checkpoint, oldest first."""
-    root = checkpoints_dir(out_dir)
-    found = []
-    for child in root.glob("step-*") if root.is_dir() else []:
-        match = STEP_DIR.match(child.name)
-        if match and is_complete(child):
-            found.append((int(match.group(1)), child))
-    return sorted(found)
-
-
-# --- integrity ---------------------------------------------------------------------------------
-
-
-def safetensors_problem(path: Path) -> str | None:
-    """Why ``path`` is not a whole safetensors file (cut short, corrupt header), or None.
-
-    Reads only the header: the file must be exactly 8 bytes of header length, the JSON header,
-    and the tensor data the header describes, which is what ``safetensors`` itself requires
-    (it reports a short file as "incomplete metadata", without the path).
-    """
-    try:
-        size = path.stat().st_size
-        with path.open("rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                return f"{path.name} is cut short ({size} bytes; not even a safetensors header)"
-            (n,) = struct.unpack("<Q", head)
-            if 8 + n > size:
-                return f"{path.name} is cut short ({size} bytes; its header alone needs {8 + n})"
-            header = json.loads(f.read(n))
-    except OSError as e:
-        return f"cannot read {path.name}: {e}"
-    except (ValueError, UnicodeDecodeError) as e:
-        return f"{path.name} has a corrupt safetensors header ({e})"
-    if not isinstance(header, dict):
-        return f"{path.name} has a corrupt safetensors header (not a JSON object)"
-    try:
-        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
-    except (TypeError, KeyError, IndexError, ValueError):
-        return f"{path.name} has a corrupt safetensors header (bad data_offsets)"
-    expected = 8 + n + end
-    if size < expected:
-        return f"{path.name} is cut short ({size} bytes of the {expected} its header describes)"
-    if size > expected:
-        return f"{path.name} has {size - expected} bytes after the tensor data its header describes"
-    return None
-
-
-def torch_file_problem(path: Path) -> str | None:
-    """Why a ``torch.save`` file is not whole (its zip directory, at the very end, is missing)."""
-    try:
-        with zipfile.ZipFile(path):
-            return None
-    except OSError as e:
-        return f"cannot read {path.name}: {e}"
-    except zipfile.BadZipFile:
-        return f"{path.name} is cut short or corrupt (not a complete torch.save archive)"
-
-
-def checkpoint_problem(folder: Path) -> str | None:
-    """Why a checkpoint folder cannot be resumed from (a missing or cut-short file), or None.
-
-    Checks every ``*.safetensors`` (and LoRA ``adapter/``) and ``*.pt`` file in the folder (and
-    DeepSpeed's under ``deepspeed/``), that every process's files are there, and the trainer
-    state; cheap (headers and zip directories only, no tensor data is read).
-    """
-    try:
-        state = json.loads((folder / COMPLETE_MARKER).read_text())
-    except (OSError, ValueError) as e:
-        return f"{COMPLETE_MARKER} is unreadable ({e})"
-    if not (folder / "model.safetensors").is_file():
-        return "model.safetensors is missing"
-    if problem := _missing_files(folder, state):
-        return problem
-    for path in sorted([*folder.glob("*.safetensors"), *folder.glob("adapter/*.safetensors")]):
-        if problem := safetensors_problem(path):
-            return problem
-    for path in sorted([*folder.glob("*.pt"), *folder.glob("deepspeed/*/*.pt")]):
-        if problem := torch_file_problem(path):
-            return problem
-    return None
-
-
-def _missing_files(folder: Path, state: dict[str, Any]) -> str | None:
-    """The first file the engine that wrote ``folder`` must have left there and did not."""
-    world = int(state.get("world_size", 1)) if isinstance(state, dict) else 1
-    engine = str(state.get("engine", "ddp")) if isinstance(state, dict) else "ddp"
-    if "step" in state:  # trainer checkpoints (a bare model folder has no optimizer)
-        needed = [f"rank-{r}.pt" for r in range(world)] + ["scheduler.pt"]
-        if engine.startswith("zero"):
-            ds = "deepspeed/state"
-            needed += [f"{ds}/zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(world)]
-            needed += (
-                [f"{ds}/zero_pp_rank_{r}_mp_rank_00_model_states.pt" for r in range(world)]
-                if engine == "zero3"
-                else [f"{ds}/mp_rank_00_model_states.pt"]
-            )
-        else:
-            needed.append("optimizer.pt")
-        if "ema_decay" in state:  # the run kept an EMA of its weights (segros.train.ema)
-            needed.append("ema.safetensors")
-        for name in needed:
-            if not (folder / name).is_file():
-                return f"{name} is missing (a {engine} checkpoint of {world} processes)"
-    return None
-
-
-def latest_checkpoint(out_dir: str | Path, verify: bool = True) -> Path | None:
-    """The folder ``latest`` names, or (if that is missing or broken) the newest complete one.
-
-    With ``verify`` (the default; what ``--resume`` uses) a checkpoint whose files are cut short
-    or corrupt is skipped with a warning naming it and the file, and the newest intact one is
-    returned instead.
-    """
-    root = checkpoints_dir(out_dir)
-    pointer = root / "latest"
-    candidates: list[Path] = []
-    if pointer.is_file():
-        folder = root / pointer.read_text().strip()
-        if is_complete(folder):
-            candidates.append(folder)
-        else:
-            log.warning(
-                "checkpoints/latest names %s, which is incomplete; using the newest complete one", folder
-            )
-    candidates += [
-        folder for _, folder in reversed(complete_checkpoints(out_dir)) if folder not in candidates
-    ]
-    skipped: list[Path] = []
-    for folder in candidates:
-        problem = checkpoint_problem(folder) if verify else None
-        if problem is None:
-            if skipped:
-                log.warning("using %s, the newest intact checkpoint", folder)
-            return folder
-        log.warning("skipping checkpoint %s: %s", folder, problem)
-        skipped.append(folder)
-    return None
 
 
 # --- writing --------------------------------------------------------------------------------------

@@ -244,7 +244,7 @@ class OptimConfig(Section):
 
 
 class LoraConfig(Section):
-    """LoRA adapters through peft (segros.train.lora); ``rank: 0`` or ``lora: null`` is off."""
+    """LoRA adapters through peft (segros.backbones.lora); ``rank: 0`` or ``lora: null`` is off."""
 
     rank: int = Field(0, ge=0)  # 0: off (full fine-tuning)
     alpha: float | None = Field(None, gt=0.0)  # None: alpha = rank (scale 1)

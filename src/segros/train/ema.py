@@ -19,7 +19,7 @@ tensors when a checkpoint is saved (and cut again when it is resumed).
 The EMA is kept in float32 whatever the weights' dtype (a bf16 EMA with a decay of 0.9999 would
 not move), and saved beside the weights in every checkpoint as ``ema.safetensors``: plain
 parameter names as in ``model.safetensors``, only the trainable ones. Reading it back is a plain
-copy, so a resumed run continues with bit-identical EMA weights. :func:`load_ema_weights` puts
+copy, so a resumed run continues with bit-identical EMA weights. :func:`segros.storage.load_ema_weights` puts
 them over a loaded model (``segros generate / eval checkpoint / export --weights ema``).
 """
 
@@ -30,7 +30,10 @@ from pathlib import Path
 import torch
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
-EMA_FILE = "ema.safetensors"
+# the file's name and reading it back are storage's (a loaded model reads it without the trainer)
+from segros.storage import EMA_FILE as EMA_FILE
+from segros.storage import load_ema_weights as load_ema_weights
+from segros.storage import read_ema as read_ema
 
 
 class WeightsEMA:
@@ -136,30 +139,3 @@ def _local(p: torch.Tensor) -> torch.Tensor:
     """The part of a parameter this process holds: all of it, or its shard under FSDP2."""
     p = p.detach()
     return p.to_local() if _is_dtensor(p) else p
-
-
-def read_ema(folder: str | Path) -> dict[str, torch.Tensor]:
-    """The EMA tensors a checkpoint folder holds; a clear error when it has none."""
-    from safetensors.torch import load_file
-
-    path = Path(folder) / EMA_FILE
-    if not path.is_file():
-        raise ValueError(
-            f"{folder} holds no EMA weights ({EMA_FILE}): it was trained without optim.ema_decay "
-            "(use --weights raw)"
-        )
-    return load_file(str(path))
-
-
-@torch.no_grad()
-def load_ema_weights(model: torch.nn.Module, folder: str | Path) -> int:
-    """Copy the EMA tensors of checkpoint ``folder`` over ``model``'s parameters of the same
-    names (the trainable ones; frozen ones keep their saved weights). Returns how many."""
-    saved = read_ema(folder)
-    params = dict(model.named_parameters())
-    unknown = sorted(set(saved) - set(params))
-    if unknown:
-        raise ValueError(f"{Path(folder) / EMA_FILE} names parameters the model does not have: {unknown[:5]}")
-    for name, tensor in saved.items():
-        params[name].copy_(tensor)
-    return len(saved)

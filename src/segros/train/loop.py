@@ -39,6 +39,7 @@ import torch
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
+from segros.backbones import lora
 from segros.backbones.base import Backbone, I2TBatch, T2IBatch
 from segros.backbones.registry import build_backbone, resolve_checkpoint
 from segros.data.budget import BadRecordBudget
@@ -52,7 +53,7 @@ from segros.plan import SupervisionPlan
 from segros.runlock import FolderInUseError, FolderLock, lock_folder
 from segros.supervision import ground_and_plan, sample_ratio
 from segros.train import checkpoint as ckpt
-from segros.train import engines, lora
+from segros.train import engines
 from segros.train.config import TrainConfig, dump_config
 from segros.train.ema import WeightsEMA
 from segros.train.fingerprint import fingerprint, is_sharded
@@ -274,7 +275,7 @@ class Trainer:
         with engines.whole_model_construction(self.accelerator):  # ZeRO-3 would partition it now
             backbone = build_backbone(options)
         self.lora = cfg.lora is not None and cfg.lora.enabled
-        if self.lora:  # adapters on the transformer; all else frozen (segros.train.lora)
+        if self.lora:  # adapters on the transformer; all else frozen (segros.backbones.lora)
             lora.apply_section(backbone, cfg.lora)
         freeze(backbone, cfg.optim.freeze)
         if cfg.run.compile:
