@@ -281,8 +281,10 @@ def export_stage(name: str, work: Path) -> dict:
     folder = latest_checkpoint(work / "segros")
     out = work / "exported"
     start = time.perf_counter()
-    if has_adapter(folder):  # `segros export --merge RUN --out DIR`
-        export.run(ap.Namespace(run=str(work / "segros"), out=str(out), merge=True))
+    if has_adapter(folder):  # `segros export --merge RUN --out DIR`, parsed as the command parses it
+        parser = ap.ArgumentParser()
+        export.add_arguments(parser)
+        export.run(parser.parse_args([str(work / "segros"), "--out", str(out), "--merge"]))
     else:
         load_backbone(folder).save_pretrained(out)
     peaks = {"peak_rss_mib": peak_rss_bytes() / MIB}

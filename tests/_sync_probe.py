@@ -14,7 +14,7 @@ from segros.train.loop import Trainer
 acc = Accelerator(cpu=True)
 torch.manual_seed(0)
 model = torch.nn.Sequential(torch.nn.Linear(64, 300), torch.nn.GELU(), torch.nn.Linear(300, 7))
-holder = SimpleNamespace(backbone=model, accelerator=acc)
+holder = SimpleNamespace(backbone=model, accelerator=acc, engine="ddp")  # the Trainer fields it reads
 equal = Trainer.params_in_sync(holder)
 if acc.process_index == 1:
     with torch.no_grad():
