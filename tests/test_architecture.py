@@ -7,6 +7,9 @@
   ``segros.train``, ... and each top-level module as one node);
 - the application layer ``segros.apps`` is imported only from inside it (``segros.cli`` names
   its command modules as strings, so it imports nothing of it either);
+- no module of the model layer (``segros.backbones``) imports ShapesWorld (``segros.data.shapes``
+  and its sibling modules): a model takes its words and fitting images from a named corpus
+  (``segros.data.corpora``), so it holds no data source;
 - no module is named like a standard-library module (``segros/inspect.py`` shadowed ``inspect``);
 - every document a source file cites (``docs/design.md``, ``PROVENANCE.md``, ...) exists.
 
@@ -228,6 +231,47 @@ def test_nothing_below_the_application_layer_imports_it():
         if not (name == APPS or name.startswith(APPS + "."))
     }
     assert {name: found for name, found in below.items() if found} == {}
+
+
+WORLD = "segros.data.shapes"
+MODELS = "segros.backbones"
+
+
+def world_imports(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
+    """``(importer, imported)`` for every import of ShapesWorld (``segros.data.shapes`` or a
+    ``segros.data.shapes_*`` module) by a module of ``segros.backbones``."""
+    return sorted(
+        (name, target)
+        for name, targets in graph.items()
+        if name == MODELS or name.startswith(MODELS + ".")
+        for target in targets
+        if target == WORLD or target.startswith(WORLD + ".") or target.startswith(WORLD + "_")
+    )
+
+
+def test_the_world_check_finds_a_function_local_import(tmp_path):
+    files = {
+        "segros/__init__.py": "",
+        "segros/data/__init__.py": "",
+        "segros/data/shapes.py": "def vocabulary(): return []\n",
+        "segros/data/corpora.py": "from segros.data.shapes import vocabulary\n",
+        "segros/backbones/__init__.py": "",
+        "segros/backbones/good.py": "from segros.data import corpora\n",
+        "segros/backbones/bad.py": "def f():\n    from segros.data import shapes\n    return shapes\n",
+    }
+    for path, text in files.items():
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text(text)
+    graph = import_graph(modules(tmp_path))
+    assert world_imports(graph) == [("segros.backbones.bad", WORLD)]
+
+
+def test_no_backbone_imports_shapesworld():
+    """Function-local imports count: the tiny tokenizers' words and images come from
+    ``segros.data.corpora``, which the config names (``model.corpus``, ``model.tokenizer``)."""
+    graph = import_graph()
+    assert "segros.data.corpora" in graph["segros.backbones.tiny.adapter"]  # the backbones were read
+    assert world_imports(graph) == []
 
 
 def test_no_module_is_named_like_a_standard_library_module():
