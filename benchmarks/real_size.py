@@ -122,7 +122,7 @@ def raw_config(name: str, preset: str, args: argparse.Namespace, tokenizer: Path
     batch, steps and preset; everything else (precision, optimizer, checkpointing) as shipped."""
     from segros.train.config import read_config
 
-    raw = read_config(REPO / CONFIGS[name])[0]  # with its base: files merged
+    raw = read_config(CONFIGS[name])[0]  # the shipped file (segros/configs), its base: files merged
     model = raw["model"]
     model.update(init_from=None, tokenizer=str(tokenizer), image_size=args.image_size[name])
     if name == "showo":  # the VQ variant: no CLIP tower to download or to build

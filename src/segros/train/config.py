@@ -26,6 +26,7 @@ from segros._checks import SettingError, SettingTypeError, check_choice, check_r
 from segros.grounding import GroundingConfig
 from segros.plan import DROP_LOSS_RATIO, PRESETS, PlanConfig, preset
 from segros.schedules import SCHEDULES
+from segros.shipped import CONFIGS
 from segros.train.config_files import ConfigFileError, Origins, forget, resolve
 
 
@@ -374,14 +375,26 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return out
 
 
+def find_config(path: str | Path) -> Path:
+    """``path``; or, for a relative ``configs/...`` path that does not exist here, the package's own
+    copy (segros/configs, :data:`segros.shipped.CONFIGS`), so the README's commands run from a
+    clone and from an installed package alike, and a file of that name here wins."""
+    path = Path(path)
+    if path.exists() or path.is_absolute() or path.parts[:1] != ("configs",):
+        return path
+    shipped = CONFIGS.joinpath(*path.parts[1:])
+    return shipped if shipped.is_file() else path
+
+
 def read_config(path: str | Path) -> tuple[dict[str, Any], Origins]:
     """A config file merged with its ``base:`` chain (unvalidated), and the base file each key
     came from (keys the file itself sets are not listed: errors there need no file name)."""
+    own = find_config(path)
     try:
-        raw, origins = resolve(path)
+        raw, origins = resolve(own)
     except ConfigFileError as e:
-        raise ConfigError(str(e)) from None
-    own = Path(path)
+        shipped = " (nor among the shipped configs)" if Path(path).parts[:1] == ("configs",) else ""
+        raise ConfigError(f"{e}{shipped}") from None
     return raw, {k: f for k, f in origins.items() if f != own}
 
 
