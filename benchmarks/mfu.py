@@ -63,7 +63,7 @@ def main() -> None:
     overrides += [f"model.size={args.size}"] if args.size else []
     overrides += ["run.compile=true"] if args.compile else []  # the trainer's own switch
     overrides += [f"data.workers={args.workers}"] if args.workers is not None else []
-    cfg = load_config(RECIPES / "demo-pretrain.yaml", overrides)
+    cfg = load_config(RECIPES / "pretrain.yaml", overrides)
     with tempfile.TemporaryDirectory() as out:
         trainer = Trainer(cfg, out)
         # the trainer's own streams: collated in loader workers when data.workers > 0

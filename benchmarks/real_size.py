@@ -47,7 +47,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 GIB = 2**30
@@ -121,7 +120,9 @@ def make_tokenizer(name: str, folder: Path, tiny: bool) -> Path:
 def raw_config(name: str, preset: str, args: argparse.Namespace, tokenizer: Path, steps: int) -> dict:
     """The shipped config of ``name`` with random weights, ShapesWorld data and this benchmark's
     batch, steps and preset; everything else (precision, optimizer, checkpointing) as shipped."""
-    raw = yaml.safe_load((REPO / CONFIGS[name]).read_text())
+    from segros.train.config import read_config
+
+    raw = read_config(CONFIGS[name])[0]  # the shipped file (segros/configs), its base: files merged
     model = raw["model"]
     model.update(init_from=None, tokenizer=str(tokenizer), image_size=args.image_size[name])
     if name == "showo":  # the VQ variant: no CLIP tower to download or to build

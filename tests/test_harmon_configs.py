@@ -1,7 +1,6 @@
 """The Harmon configs validate (no weights are loaded) and carry the paper's Table 7 values; the
 README's ablation overrides validate too; the trainer and ``segros inspect`` run a tiny Harmon."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,10 +10,11 @@ from PIL import Image
 
 from segros.cli import main
 from segros.schedules import sample_mask_ratio
+from segros.shipped import CONFIGS as SHIPPED
 from segros.train.config import load_config
 from segros.train.loop import Trainer
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "harmon"
+CONFIGS = SHIPPED / "harmon"
 TABLE7 = {"0.5b": (3000, 96), "1.5b": (5000, 48)}  # steps, batch; lr 1e-5, wd .01, warm-up 500, accum 2
 METHODS = ("sft", "reca", "segros", "segros_droploss")
 

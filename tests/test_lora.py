@@ -5,7 +5,6 @@ the merged model (``load_backbone``, ``segros export --merge``) gives the unmerg
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +14,7 @@ from train_helpers import tiny_config, tiny_model_section
 from segros.backbones import lora
 from segros.backbones.registry import build_backbone, load_backbone
 from segros.cli import main
+from segros.shipped import CONFIGS as SHIPPED
 from segros.train.config import ConfigError, load_config, validate
 from segros.train.loop import Trainer, train
 
@@ -175,7 +175,7 @@ def test_export_without_an_adapter_is_a_clear_error(small_tokenizer, tmp_path, c
 
 def test_the_command_line_run_of_the_issue(tmp_path, capsys):
     """``segros train --config configs/tiny/segros.yaml --max-steps 3 lora.rank=4``, then --resume."""
-    config = Path(__file__).resolve().parents[1] / "configs/tiny/segros.yaml"
+    config = SHIPPED / "tiny" / "segros.yaml"
     quiet = ["run.progress=false", "logging.tensorboard=false", "run.picture_every=0"]
     out = tmp_path / "run"
     argv = ["train", "--config", str(config), "--out", str(out), "--max-steps", "3", "lora.rank=4", *quiet]

@@ -25,12 +25,13 @@ from segros.backbones.openuni.adapter import OpenUniBackbone, OpenUniOptions
 from segros.cli import main
 from segros.data.sources import ShapesImageText
 from segros.plan import preset
+from segros.shipped import CONFIGS as SHIPPED
 from segros.supervision import ground_and_plan, sample_ratio
 from segros.train.config import ConfigError, load_config
 from segros.train.loop import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs" / "openuni"
+CONFIGS = SHIPPED / "openuni"
 TINY = CONFIGS / "tiny-segros.yaml"
 B = 3
 
@@ -253,7 +254,7 @@ def test_knobs_that_do_nothing_on_openuni_are_refused(override, key):
 
 def test_the_same_knobs_are_fine_on_a_masking_backbone():
     load_config(
-        ROOT / "configs" / "harmon" / "segros-0.5b.yaml",
+        SHIPPED / "harmon" / "segros-0.5b.yaml",
         ["method.seen_pick=top", "method.mask_schedule=uniform"],
     )
 

@@ -15,10 +15,11 @@ from segros.backbones.registry import load_backbone
 from segros.backbones.showo.adapter import ShowoBackbone, ShowoOptions
 from segros.cli import main
 from segros.data.shapes import ShapesWorld
+from segros.shipped import CONFIGS as SHIPPED
 from segros.train.config import load_config, validate
 from segros.train.loop import train
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "showo"
+CONFIGS = SHIPPED / "showo"
 
 
 @pytest.mark.parametrize("res", [256, 512])

@@ -39,6 +39,23 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(small_tokenizer, tmp_pa
     assert any(not torch.equal(w_start[n], w_full[n]) for n in w_full)
 
 
+def test_resume_onto_another_lr_schedule_says_so(small_tokenizer, tmp_path, caplog):
+    """--max-steps 3 then --max-steps 6 --resume re-plans the cosine schedule over 6 steps: not the
+    uninterrupted run of either length, so the resume warns and names the setting that keeps it."""
+    train(tiny_config(small_tokenizer, "run.max_steps=3", "run.save_every=3"), tmp_path)
+    state = json.loads((tmp_path / "checkpoints/step-3/trainer_state.json").read_text())
+    assert state["schedule_steps"] == 3
+    with caplog.at_level("WARNING", logger="segros.train.loop"):
+        Trainer(tiny_config(small_tokenizer, "run.max_steps=6"), tmp_path, resume=True)
+    assert "lr schedule of 3 steps, this run plans 6" in caplog.text
+    assert "optim.schedule_steps=3" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="segros.train.loop"):
+        same = tiny_config(small_tokenizer, "run.max_steps=6", "optim.schedule_steps=3")
+        Trainer(same, tmp_path, resume=True)
+    assert "lr schedule" not in caplog.text
+
+
 def test_checkpoint_layout_and_keep_last(small_tokenizer, tmp_path):
     train(tiny_config(small_tokenizer, "run.max_steps=8", "run.save_every=2", "run.keep_last=2"), tmp_path)
     root = tmp_path / "checkpoints"

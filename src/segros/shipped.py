@@ -1,4 +1,4 @@
-"""Files shipped inside the package: the pretrained TinyUMM and the demo's training recipes."""
+"""Files shipped inside the package: the pretrained TinyUMM and the training configs (the demo's too)."""
 
 from __future__ import annotations
 
@@ -7,5 +7,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent
 #: the pretrained TinyUMM every demo method starts from (PROVENANCE.md beside it)
 PRETRAINED_TINY = PACKAGE / "assets" / "tiny-pretrained"
-#: demo-pretrain.yaml and demo-finetune.yaml
-RECIPES = PACKAGE / "recipes"
+#: every config of the README and the paper's tables, one folder per backbone (their one home; a
+#: ``--config configs/...`` path that does not exist in the working directory is read from here)
+CONFIGS = PACKAGE / "configs"
+#: the demo's recipes: pretrain.yaml (the shipped TinyUMM) and finetune.yaml (every demo method)
+RECIPES = CONFIGS / "demo"

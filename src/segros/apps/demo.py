@@ -4,7 +4,7 @@ Stages (each timed):
 
 1. the pretrained TinyUMM every method starts from: the checkpoint shipped in the package
    (``segros/assets/tiny-pretrained``, provenance next to it), else trained by ``segros pretrain``
-   (``segros/recipes/demo-pretrain.yaml``: coarse captions);
+   (``configs/demo/pretrain.yaml``: coarse captions);
 2. fine-tuning data: a finite ShapesWorld training set drawn as the pretrained model sees scenes,
    with dense compositional captions, written once to the cache and reused;
 3. fine-tuning that checkpoint with ``sft``, ``reca`` and ``segros`` (same steps, data order and
@@ -175,7 +175,7 @@ def pretrained_checkpoint(out: Path, steps: int | None) -> Path:
     overrides = ["run.progress=auto"] + (
         [f"run.max_steps={steps}", f"run.save_every={steps}"] if steps else []
     )
-    return train_to_end(load_config(RECIPES / "demo-pretrain.yaml", overrides), run_dir, shapes_pictures())
+    return train_to_end(load_config(RECIPES / "pretrain.yaml", overrides), run_dir, shapes_pictures())
 
 
 def finetune_config(
@@ -196,7 +196,7 @@ def finetune_config(
     ]
     if steps:
         overrides += [f"run.max_steps={steps}", f"run.save_every={steps}", "run.picture_every=0"]
-    return load_config(RECIPES / "demo-finetune.yaml", overrides)
+    return load_config(RECIPES / "finetune.yaml", overrides)
 
 
 def eval_prompts(per_tag: int | None) -> list[dict[str, Any]]:

@@ -1,6 +1,6 @@
 """``segros pretrain``: train the TinyUMM the demo starts from, and record how it was made.
 
-Runs ``segros/recipes/demo-pretrain.yaml`` (plain SFT from scratch on ShapesWorld) and, with
+Runs ``configs/demo/pretrain.yaml`` (plain SFT from scratch on ShapesWorld) and, with
 ``--export DIR``, copies the final weights, config and image tokenizer there with a
 ``PROVENANCE.md`` (command, steps, wall time, versions, SHA-256 of the weights). That is how the
 checkpoint shipped in ``segros/assets/tiny-pretrained`` was made: training on a CPU is
@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     overrides = list(args.overrides) + ([f"run.max_steps={args.max_steps}"] if args.max_steps else [])
-    cfg = load_config(RECIPES / "demo-pretrain.yaml", overrides)
+    cfg = load_config(RECIPES / "pretrain.yaml", overrides)
     start = time.perf_counter()
     if args.resume and ckpt.latest_checkpoint(args.out) is None:
         raise FileNotFoundError(f"--resume: no complete checkpoint under {ckpt.checkpoints_dir(args.out)}")
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
             "# Provenance of this pretrained TinyUMM",
             "",
             f"- command: `{command}`",
-            f"- recipe: `segros/recipes/demo-pretrain.yaml` with overrides {overrides or 'none'}",
+            f"- recipe: `configs/demo/pretrain.yaml` with overrides {overrides or 'none'}",
             f"- steps: {step} (batch {cfg.data.batch_size} + {cfg.data.i2t_batch_size} image-to-text), "
             f"seed {cfg.run.seed}",
             f"- wall time: {seconds:.0f} s of training, {platform.machine()}, "

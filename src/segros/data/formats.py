@@ -60,16 +60,10 @@ def open_image_text(
                 f"missing: {', '.join(p.name for p in missing[:3])}{', ...' if len(missing) > 3 else ''}"
             )
     else:
-        path = Path(names[0])
-        if not path.exists() and hf.looks_like_hub_id(names[0]):
-            cached = hf.cached_hub_repo(names[0])  # offline: the download in the hub cache
-            if cached is None:
-                return hf.open_hf(names[0], image_key, caption_key, split, cache_dir)
-            path = cached
-        if not path.exists():
-            raise FileNotFoundError(f"data source not found: {path}")
+        path = hf.local_source(names[0])
+        if path is None:  # a hub id, loaded from the hub
+            return hf.open_hf(names[0], image_key, caption_key, split, cache_dir)
         if path.is_dir():
-            path = hf.hub_snapshot(path) or path
             if hf.is_saved_dataset(path):
                 return hf.open_hf(str(path), image_key, caption_key, split, cache_dir)
             paths = listed_files(path)

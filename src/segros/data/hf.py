@@ -166,6 +166,22 @@ def cached_hub_repo(spec: str) -> Path | None:
     return folder if hub_snapshot(folder) is not None else None
 
 
+def local_source(name: str) -> Path | None:
+    """Where a single ``data.path`` entry lives on this machine: the path itself (a hub cache
+    folder given directly becomes its newest snapshot), the hub cache's snapshot of a hub id when
+    the hub is off, or None for a hub id to load from the hub. A path that is neither raises
+    ``FileNotFoundError``."""
+    path = Path(name)
+    if not path.exists() and looks_like_hub_id(name):
+        cached = cached_hub_repo(name)  # offline: the download in the hub cache
+        if cached is None:
+            return None
+        path = cached
+    if not path.exists():
+        raise FileNotFoundError(f"data source not found: {path}")
+    return (hub_snapshot(path) or path) if path.is_dir() else path
+
+
 def pick_split(loaded: Any, split: str, where: str) -> Any:
     """One split of a DatasetDict (or the dataset itself)."""
     from datasets import DatasetDict, IterableDatasetDict

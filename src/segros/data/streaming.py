@@ -154,16 +154,10 @@ def open_stream(spec: Any, split: str = "train", cache_dir: str | None = None) -
     hf._quiet()
     names = expand(spec)
     if not is_multi(spec) and not is_url(names[0]):
-        path = Path(names[0])
-        if not path.exists() and hf.looks_like_hub_id(names[0]):
-            cached = hf.cached_hub_repo(names[0])  # offline: the download in the hub cache
-            if cached is None:
-                return hf.load_repo(names[0], split, cache_dir, streaming=True), None
-            path = cached
-        if not path.exists():
-            raise FileNotFoundError(f"data source not found: {path}")
+        path = hf.local_source(names[0])
+        if path is None:  # a hub id, streamed from the hub
+            return hf.load_repo(names[0], split, cache_dir, streaming=True), None
         if path.is_dir():
-            path = hf.hub_snapshot(path) or path
             if hf.is_saved_dataset(path):
                 ds = hf.load_saved(path, split)
                 return ds.to_iterable_dataset(num_shards=min(len(ds), 64)), path

@@ -5,7 +5,9 @@ any SeGroS knob; its keys are generated from :class:`~segros.plan.PlanConfig` an
 :class:`~segros.grounding.GroundingConfig`, which validate them), ``data``, ``optim``, ``lora``
 (low-rank adapters through peft; off by default), ``run``, ``logging``. Command-line overrides
 ``key.path=value`` go through the same validation, so ``method.hint_ratio=2`` fails exactly like
-the same typo in the file would.
+the same typo in the file would. A file may start from others (``base: ../segros-256.yaml``) and
+state only what differs (segros.train.config_files: deep merge, chains, cycles refused); the
+merged config is validated as one, and an error in a value a base set names that base.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from segros._checks import SettingError, SettingTypeError, check_choice, check_r
 from segros.grounding import GroundingConfig
 from segros.plan import DROP_LOSS_RATIO, PRESETS, PlanConfig, preset
 from segros.schedules import SCHEDULES
+from segros.shipped import CONFIGS
+from segros.train.config_files import ConfigFileError, Origins, forget, resolve
 
 
 class ConfigError(ValueError):
@@ -306,29 +310,42 @@ class TrainConfig(Section):
         return self
 
 
-def _format(error: ValidationError, prefix: str = "") -> str:
+def _where(keys: tuple[str, ...], origins: Origins | None) -> str:
+    """`` (in base.yaml)`` when a base file (not the file given, not an override) set ``keys``."""
+    if not origins:
+        return ""
+    for n in range(len(keys), 0, -1):  # the value itself, or the list / mapping it sits in
+        if keys[:n] in origins:
+            return f" (in {origins[keys[:n]]})"
+    below = sorted({str(f) for k, f in origins.items() if k[: len(keys)] == keys})
+    return f" (keys from {', '.join(below)})" if below else ""
+
+
+def _format(error: ValidationError, prefix: str = "", origins: Origins | None = None) -> str:
     lines = []
     for e in error.errors():
         setting = (e.get("ctx") or {}).get("setting")  # a method knob the core refused
         loc = [str(p) for p in e["loc"]] + ([setting] if setting else [])
-        path = ".".join([prefix] * bool(prefix) + loc)
+        keys = [prefix] * bool(prefix) + loc
         got = f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict) else ""
-        lines.append(f"  {path or '<root>'}: {e['msg']}{got}")
+        where = _where(tuple(keys), origins)
+        lines.append(f"  {'.'.join(keys) or '<root>'}: {e['msg']}{got}{where}")
     return "invalid config:\n" + "\n".join(lines)
 
 
-def validate(raw: dict[str, Any]) -> TrainConfig:
-    """Validate a raw config dict (all sections, including the backbone's)."""
+def validate(raw: dict[str, Any], origins: Origins | None = None) -> TrainConfig:
+    """Validate a raw config dict (all sections, including the backbone's). ``origins``: the
+    base file each key came from (segros.train.config_files), named in the error messages."""
     if not isinstance(raw, dict):
         raise ConfigError(f"a config must be a mapping of sections, got {type(raw).__name__}")
     try:
         cfg = TrainConfig(**raw)
     except ValidationError as e:
-        raise ConfigError(_format(e)) from None
+        raise ConfigError(_format(e, origins=origins)) from None
     try:
         cfg.model = cfg.model_options().model_dump()
     except ValidationError as e:
-        raise ConfigError(_format(e, "model")) from None
+        raise ConfigError(_format(e, "model", origins)) from None
     except ValueError as e:  # unknown backbone name
         raise ConfigError(f"invalid config:\n  model.name: {e}") from None
     from segros.backbones.registry import backbone_class
@@ -358,18 +375,35 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return out
 
 
+def find_config(path: str | Path) -> Path:
+    """``path``; or, for a relative ``configs/...`` path that does not exist here, the package's own
+    copy (segros/configs, :data:`segros.shipped.CONFIGS`), so the README's commands run from a
+    clone and from an installed package alike, and a file of that name here wins."""
+    path = Path(path)
+    if path.exists() or path.is_absolute() or path.parts[:1] != ("configs",):
+        return path
+    shipped = CONFIGS.joinpath(*path.parts[1:])
+    return shipped if shipped.is_file() else path
+
+
+def read_config(path: str | Path) -> tuple[dict[str, Any], Origins]:
+    """A config file merged with its ``base:`` chain (unvalidated), and the base file each key
+    came from (keys the file itself sets are not listed: errors there need no file name)."""
+    own = find_config(path)
+    try:
+        raw, origins = resolve(own)
+    except ConfigFileError as e:
+        shipped = " (nor among the shipped configs)" if Path(path).parts[:1] == ("configs",) else ""
+        raise ConfigError(f"{e}{shipped}") from None
+    return raw, {k: f for k, f in origins.items() if f != own}
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
-    """Read a YAML file (or start from defaults), apply overrides, validate."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path} is not valid YAML: {e}") from None
-    return validate(apply_overrides(raw, overrides or []))
+    """Read a YAML file and its ``base:`` files (or start from defaults), apply overrides, validate."""
+    raw, origins = read_config(path) if path is not None else ({}, {})
+    for item in overrides or []:  # an overridden key no longer comes from a base
+        forget(origins, tuple(item.partition("=")[0].strip().split(".")))
+    return validate(apply_overrides(raw, overrides or []), origins)
 
 
 def dump_config(cfg: TrainConfig) -> str:

@@ -287,7 +287,7 @@ class Trainer:
         o, acc = self.cfg.optim, self.accelerator
         groups = param_groups(self.backbone, o.weight_decay, o.no_decay, o.no_decay_1d)
         optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
-        total = o.schedule_steps or self.cfg.run.max_steps
+        total = self.schedule_steps = o.schedule_steps or self.cfg.run.max_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: lr_factor(s, o.warmup_steps, total, o.schedule, o.min_lr_ratio)
         )
@@ -411,6 +411,7 @@ class Trainer:
                 "step": self.step,
                 "world_size": self.world,
                 "engine": self.engine,
+                "schedule_steps": self.schedule_steps,  # the lr schedule's length (see _resume)
                 "skipped_steps": self.skipped_steps,
                 "train_seconds": round(self.train_seconds(), 2),  # across resumes
                 **({"ema_decay": self.ema.decay, "ema_every": self.ema.every} if self.ema else {}),
@@ -438,6 +439,14 @@ class Trainer:
         ckpt.load_scheduler(folder, self.scheduler)
         self._resume_ema(folder, state)
         self._load_rank_state(folder, int(state["world_size"]))
+        planned = state.get("schedule_steps")
+        if planned is not None and int(planned) != self.schedule_steps:
+            log.warning(
+                "--resume: %s was trained on an lr schedule of %d steps, this run plans %d "
+                "(run.max_steps / optim.schedule_steps): from here the learning rate differs from an "
+                "uninterrupted run of either length; set optim.schedule_steps=%d to keep the first",
+                folder, int(planned), self.schedule_steps, int(planned),
+            )  # fmt: skip
         self.step = int(state["step"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
         self.seconds_before = float(state.get("train_seconds", 0.0))
