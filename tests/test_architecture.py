@@ -7,11 +7,14 @@
   ``segros.train``, ... and each top-level module as one node);
 - the application layer ``segros.apps`` is imported only from inside it (``segros.cli`` names
   its command modules as strings, so it imports nothing of it either);
+- no module of the model layer (``segros.backbones``) imports ShapesWorld (``segros.data.shapes``
+  and its sibling modules): a model takes its words and fitting images from a named corpus
+  (``segros.data.corpora``), so it holds no data source;
 - no module is named like a standard-library module (``segros/inspect.py`` shadowed ``inspect``);
 - every document a source file cites (``docs/design.md``, ``PROVENANCE.md``, ...) exists.
 
 Run as a script (``python tests/test_architecture.py``) it prints the graph's size, every upward
-import and any cycle.
+import, any cycle and any backbone importing ShapesWorld.
 """
 
 from __future__ import annotations
@@ -230,6 +233,47 @@ def test_nothing_below_the_application_layer_imports_it():
     assert {name: found for name, found in below.items() if found} == {}
 
 
+WORLD = "segros.data.shapes"
+MODELS = "segros.backbones"
+
+
+def world_imports(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
+    """``(importer, imported)`` for every import of ShapesWorld (``segros.data.shapes`` or a
+    ``segros.data.shapes_*`` module) by a module of ``segros.backbones``."""
+    return sorted(
+        (name, target)
+        for name, targets in graph.items()
+        if name == MODELS or name.startswith(MODELS + ".")
+        for target in targets
+        if target == WORLD or target.startswith(WORLD + ".") or target.startswith(WORLD + "_")
+    )
+
+
+def test_the_world_check_finds_a_function_local_import(tmp_path):
+    files = {
+        "segros/__init__.py": "",
+        "segros/data/__init__.py": "",
+        "segros/data/shapes.py": "def vocabulary(): return []\n",
+        "segros/data/corpora.py": "from segros.data.shapes import vocabulary\n",
+        "segros/backbones/__init__.py": "",
+        "segros/backbones/good.py": "from segros.data import corpora\n",
+        "segros/backbones/bad.py": "def f():\n    from segros.data import shapes\n    return shapes\n",
+    }
+    for path, text in files.items():
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text(text)
+    graph = import_graph(modules(tmp_path))
+    assert world_imports(graph) == [("segros.backbones.bad", WORLD)]
+
+
+def test_no_backbone_imports_shapesworld():
+    """Function-local imports count: the tiny tokenizers' words and images come from
+    ``segros.data.corpora``, which the config names (``model.corpus``, ``model.tokenizer``)."""
+    graph = import_graph()
+    assert "segros.data.corpora" in graph["segros.backbones.tiny.adapter"]  # the backbones were read
+    assert world_imports(graph) == []
+
+
 def test_no_module_is_named_like_a_standard_library_module():
     clash = [name for name in modules() if name.rpartition(".")[2] in sys.stdlib_module_names]
     assert clash == []
@@ -268,3 +312,5 @@ if __name__ == "__main__":
     for component in cycles(package_graph(graph)):
         print("package cycle:", " -> ".join(component))
     print(f"cycles: {len(cycles(graph))} among modules, {len(cycles(package_graph(graph)))} among packages")
+    for a, b in world_imports(graph):
+        print(f"model imports ShapesWorld: {a} -> {b}")

@@ -188,3 +188,19 @@ def test_bf16_weights_train_and_generate(harmon_tokenizer):
     (terms["recon"] + terms["i2t"]).backward()
     assert terms["recon"].dtype == torch.float32 and math.isfinite(float(terms["recon"].detach()))
     assert model.generate(["a red circle"], torch.Generator().manual_seed(0)).dtype == torch.uint8
+
+
+def test_the_tiny_tokenizer_holds_the_words_of_the_named_corpus(monkeypatch):
+    """Without ``model.tokenizer`` the tiny Harmon's word-level tokenizer is built from the words
+    ``model.corpus`` names (segros.data.corpora), not from a data source the model knows."""
+    from corpus_helpers import TOY_WORDS, toy_corpus
+
+    from segros.backbones.harmon.adapter import HarmonBackbone, HarmonOptions
+    from segros.data import corpora
+
+    monkeypatch.setitem(corpora.CORPORA, "toy", toy_corpus([(0, 0, 0)]))
+    toy = HarmonBackbone.build(HarmonOptions(size="tiny", image_size=64, corpus="toy"))
+    vocab = toy.text_tokenizer.get_vocab()
+    shapes = HarmonBackbone.build(HarmonOptions(size="tiny", image_size=64)).text_tokenizer.get_vocab()
+    assert set(TOY_WORDS) <= set(vocab) and "circle" not in vocab
+    assert "circle" in shapes and not set(TOY_WORDS) & set(shapes)

@@ -300,3 +300,18 @@ def test_two_gloo_processes_train_openuni_in_sync(tmp_path):
     assert summary["processes"] == 2 and summary["params_in_sync"] is True and summary["step"] == 2
     states = [torch.load(tmp_path / "checkpoints/step-2" / f"rank-{r}.pt", weights_only=True) for r in (0, 1)]
     assert not torch.equal(states[0]["generator"], states[1]["generator"])  # each rank its own plans
+
+
+def test_the_tiny_tokenizer_holds_the_words_of_the_named_corpus(monkeypatch):
+    """Without ``model.tokenizer`` the tiny OpenUni's word-level tokenizer is built from the words
+    ``model.corpus`` names (segros.data.corpora), not from a data source the model knows."""
+    from corpus_helpers import TOY_WORDS, toy_corpus
+
+    from segros.data import corpora
+
+    monkeypatch.setitem(corpora.CORPORA, "toy", toy_corpus([(0, 0, 0)]))
+    toy = OpenUniBackbone.build(OpenUniOptions(size="tiny", image_size=32, corpus="toy"))
+    vocab = toy.text_tokenizer.get_vocab()
+    shapes = OpenUniBackbone.build(OpenUniOptions(size="tiny", image_size=32)).text_tokenizer.get_vocab()
+    assert set(TOY_WORDS) <= set(vocab) and "circle" not in vocab
+    assert "circle" in shapes and not set(TOY_WORDS) & set(shapes)

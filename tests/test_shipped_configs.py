@@ -1,6 +1,7 @@
 """Every config file resolves to exactly the config it gave before the files were shrunk to
 their differences (``base:``): tests/data/resolved_configs.json was dumped from the pre-change
-files by the loader of that time."""
+files by the loader of that time, plus options added since with their defaults (``model.corpus:
+shapes`` for tiny, Harmon and OpenUni)."""
 
 import json
 from pathlib import Path

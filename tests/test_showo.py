@@ -321,3 +321,20 @@ def test_bf16_weights_as_deepspeed_casts_them(showo_tokenizer):
         loss = bb.reconstruction_loss(batch, plan) + bb.i2t_loss(i2t_batch(bb))
     assert torch.isfinite(loss)
     assert bb.generate(["a red star"], torch.Generator().manual_seed(0), steps=1).shape == (1, 32, 32, 3)
+
+
+
+def test_a_words_tokenizer_holds_the_words_and_questions_of_the_named_corpus(monkeypatch):
+    """``model.tokenizer: <corpus>-words`` builds the word-level tokenizer from that corpus of
+    segros.data.corpora (``shapes-words``: ShapesWorld's); a hub id is not mistaken for one."""
+    from corpus_helpers import TOY_WORDS, toy_corpus
+
+    from segros.backbones.showo import checkpoints as ckpt
+    from segros.data import corpora
+
+    monkeypatch.setitem(corpora.CORPORA, "toy", toy_corpus([(0, 0, 0)]))
+    bb = tiny_backbone("toy-words")
+    vocab = bb.text_tokenizer.get_vocab()
+    assert {*TOY_WORDS, "or"} <= set(vocab) and "circle" not in vocab
+    assert "circle" in ckpt.load_tokenizer("shapes-words").get_vocab()
+    assert ckpt.word_corpus("shapes-words") == "shapes" and ckpt.word_corpus("someone/toy-words") is None

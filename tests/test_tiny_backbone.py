@@ -1,6 +1,7 @@
 """What is TinyUMM's own behind the contract (tests/test_backbone_contract.py runs the rest): one
 shared embedding table for grounding, code targets, the word tokenizer, loading run folders."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -78,3 +79,43 @@ def test_load_backbone_accepts_a_run_folder_and_its_latest_pointer(small_tokeniz
             assert torch.equal(a, b), name
     with pytest.raises(FileNotFoundError, match="config.json"):
         load_backbone(tmp_path / "nowhere")
+
+
+def test_a_fresh_model_takes_its_words_and_tokenizer_from_the_named_corpus(tmp_path, monkeypatch):
+    """TinyUMM knows no data source: the config's ``model.corpus`` picks the words of its text
+    tokenizer and the images its patch tokenizer is fitted on (and cached under the corpus's
+    name); an unknown corpus is refused when the options are read."""
+    from corpus_helpers import TOY_WORDS, toy_corpus
+    from pydantic import ValidationError
+
+    from segros.backbones.tiny.adapter import QUESTION_WORDS
+    from segros.data import corpora
+
+    colours = [(200, 10, 10), (10, 200, 10), (10, 10, 200)]
+    monkeypatch.setitem(corpora.CORPORA, "toy", toy_corpus(colours))
+    monkeypatch.setenv("SEGROS_CACHE", str(tmp_path))
+    options = TinyOptions(corpus="toy", image_size=16, tokens_per_side=4, num_codes=8)
+    model = TinyBackbone.from_options(options)
+    assert model.text_tokenizer.words == [*TOY_WORDS, *QUESTION_WORDS]
+    tiles = {tuple(np.full((4, 4, 3), c, dtype=np.uint8).reshape(-1)) for c in colours}
+    rows = {tuple(row) for row in (model.image_tokenizer.codebook * 255).round().to(torch.uint8).tolist()}
+    assert rows == tiles  # every code is one of the toy corpus's flat tiles, and each is a code
+    cached = "tiny-image-tokenizer-16px-patch4-8codes-seed0-toy.safetensors"
+    assert [p.name for p in tmp_path.iterdir()] == [cached]
+    with pytest.raises(ValidationError, match="built-in corpora are shapes"):
+        TinyOptions(corpus="nowhere")
+
+
+def test_a_checkpoint_saved_before_corpora_had_names_loads_unchanged(backbone, tmp_path):
+    """A config.json whose options predate ``model.corpus`` (like the shipped model's) loads with the
+    saved words and weights; the corpus then reads as ``shapes``."""
+    import json
+
+    backbone.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["options"].pop("corpus") == "shapes"
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    loaded = load_backbone(tmp_path)
+    assert loaded.options.corpus == "shapes" and loaded.text_tokenizer.words == backbone.text_tokenizer.words
+    for (name, a), (_, b) in zip(backbone.state_dict().items(), loaded.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name

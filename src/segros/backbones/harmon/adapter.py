@@ -71,6 +71,8 @@ from segros.backbones.harmon.model import Harmon, HarmonConfig, scale_gradient
 from segros.backbones.harmon.vae import AutoencoderKL
 from segros.backbones.hub import MissingCheckpointError, resolve_files
 from segros.backbones.images import pad_square, square_batch, stack_uint8, to_signed_unit
+from segros.data.corpora import CorpusName
+from segros.data.corpora import words as corpus_words
 from segros.losses import i2t_loss
 from segros.plan import SupervisionPlan
 from segros.sequence import IMAGE, pack_layout
@@ -91,6 +93,8 @@ class HarmonOptions(BackboneOptions):
     checkpoint_file: str | None = None  # in init_from; default harmon_{size}.pth (e.g. harmon_1.5b-o.pth)
     vae: str | None = None  # folder / hub id with kl16.ckpt; default: init_from
     tokenizer: str | None = None  # folder / hub id; default Qwen/Qwen2.5-{size}-Instruct (tiny: built-in)
+    # tiny without a tokenizer: the corpus (segros.data.corpora) whose words the built-in one holds
+    corpus: CorpusName = "shapes"
     image_size: int = Field(512, ge=32, le=2048)  # Harmon trains and samples at 512 px
     max_text_len: int = Field(128, ge=8, le=4096)
     diffusion_batch_mul: int = Field(4, ge=1, le=64)
@@ -221,7 +225,9 @@ class HarmonBackbone(Backbone):
     def build(cls, options: HarmonOptions) -> HarmonBackbone:
         """Random weights (``init_from`` None) or the upstream release."""
         source = options.init_from
-        tokenizer = load_tokenizer(options.tokenizer or QWEN_TOKENIZERS.get(options.size), options.size)
+        tokenizer = load_tokenizer(
+            options.tokenizer or QWEN_TOKENIZERS.get(options.size), options.size, corpus_words(options.corpus)
+        )
         cfg = HarmonConfig.for_size(options.size)
         if not source:
             return cls(cfg, tokenizer, options)
@@ -498,15 +504,14 @@ def _unwrap(state: Any) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_tokenizer(source: str | None, size: str = "tiny") -> Any:
-    """``AutoTokenizer`` from a folder or hub id (files looked up through :func:`resolve_files`)."""
+def load_tokenizer(source: str | None, size: str = "tiny", words: Sequence[str] | None = None) -> Any:
+    """``AutoTokenizer`` from a folder or hub id (files looked up through :func:`resolve_files`);
+    with no source, for ``tiny``, a word-level tokenizer over ``words`` (smoke runs, no download)."""
     from transformers import AutoTokenizer
 
     if not source:
-        if size == "tiny":  # smoke runs: a word-level tokenizer over ShapesWorld's words, no download
-            from segros.data.shapes import vocabulary
-
-            return T.word_level_tokenizer(vocabulary())
+        if size == "tiny" and words is not None:
+            return T.word_level_tokenizer(words)
         raise ValueError(f"model.tokenizer is required for size {size!r} (a folder with tokenizer.json)")
     files = resolve_files(source, TOKENIZER_FILES, "Qwen tokenizer", "model.tokenizer",
                           optional=["vocab.json", "merges.txt", "special_tokens_map.json"])  # fmt: skip

@@ -53,6 +53,8 @@ from segros.backbones.images import crop_square_batch, pad_square, stack_uint8, 
 from segros.backbones.openuni import arch as A
 from segros.backbones.openuni import text as T
 from segros.backbones.openuni import weights as W
+from segros.data.corpora import CorpusName
+from segros.data.corpora import words as corpus_words
 from segros.losses import i2t_loss
 from segros.plan import SupervisionPlan
 from segros.sequence import IMAGE, pack_layout
@@ -77,6 +79,8 @@ class OpenUniOptions(BackboneOptions):
     sana: str | None = None
     vae: str | None = None
     tokenizer: str | None = None  # default: the MLLM's folder; tiny: a built-in word-level one
+    # tiny without a tokenizer: the corpus (segros.data.corpora) whose words the built-in one holds
+    corpus: CorpusName = "shapes"
     image_size: int = Field(512, ge=32, le=2048)
     max_text_len: int = Field(128, ge=8, le=4096)  # upstream's max_length for T2I prompts
     train_transformer: bool = True  # SANA trained (upstream fine-tuning: freeze_transformer=False)
@@ -172,7 +176,7 @@ class OpenUniBackbone(Backbone):
     def build(cls, options: OpenUniOptions) -> OpenUniBackbone:
         """Random weights (``init_from`` None) or the upstream release (:func:`weights.gather`)."""
         if not options.init_from:
-            tokenizer = load_tokenizer(options.tokenizer, options.size)
+            tokenizer = load_tokenizer(options.tokenizer, options.size, corpus_words(options.corpus))
             return cls(default_architecture(options.size, tokenizer), tokenizer, options)
         return cls.load_upstream(options)
 
@@ -582,18 +586,18 @@ def default_architecture(size: str, tokenizer: Any) -> dict[str, Any]:
     return A.architecture(size)
 
 
-def load_tokenizer(source: str | None, size: str) -> Any:
+def load_tokenizer(source: str | None, size: str, words: Sequence[str] | None = None) -> Any:
     """The InternVL3 tokenizer (``AutoTokenizer`` from a folder or hub id), or for ``tiny`` without
-    one a word-level tokenizer over ShapesWorld's vocabulary (no download)."""
+    one a word-level tokenizer over ``words`` (no download)."""
     from transformers import AutoTokenizer
 
     if not source:
         if size != "tiny":
             source = A.RELEASES[size]["mllm"]
+        elif words is None:
+            raise ValueError("model.tokenizer is required for size 'tiny' without a word list")
         else:
-            from segros.data.shapes import vocabulary
-
-            return T.word_level_tokenizer(vocabulary())
+            return T.word_level_tokenizer(words)
     if not Path(source).expanduser().is_dir():
         from segros.backbones.hub import resolve_files
 

@@ -104,7 +104,8 @@ class ShowoOptions(BackboneOptions):
     # checkpoint folder; null: random weights of ``arch``
     init_from: str | None = "showlab/show-o"
     magvit: str = "showlab/magvitv2"  # hub id or folder with pytorch_model.safetensors
-    # hub id or folder with the Phi-1.5 tokenizer files; "shapes-words": a built-in word-level one
+    # hub id or folder with the Phi-1.5 tokenizer files; "<corpus>-words" (e.g. "shapes-words"): a
+    # built-in word-level one over that corpus of segros.data.corpora
     tokenizer: str = "microsoft/phi-1_5"
     clip: str = "openai/clip-vit-large-patch14-336"  # CLIP variants only
     arch: ShowoArch = ShowoArch()

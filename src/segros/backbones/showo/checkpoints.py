@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from segros.backbones.hub import MissingCheckpointError, resolve_files
+from segros.data import corpora
 
 UPSTREAM_WEIGHTS = "pytorch_model.safetensors"
 TOKENIZER_FILES = (
@@ -75,21 +77,20 @@ def magvit_weights(source: str) -> Path:
 
 
 WORD_TOKENIZER = "shapes-words"  # model.tokenizer of tiny smoke runs: built in, no download
+WORDS_SUFFIX = "-words"  # model.tokenizer "<corpus>-words": a word-level tokenizer over a built-in corpus
 
 
-def word_level_tokenizer() -> Any:
-    """A word-level tokenizer over ShapesWorld's captions and questions with Phi-1.5's
-    ``<|endoftext|>`` as bos and eos: the ``AutoTokenizer`` path of the real one, no download."""
+def word_level_tokenizer(words: Iterable[str], questions: Iterable[str] = ()) -> Any:
+    """A word-level tokenizer over ``words`` and the words of ``questions`` (a corpus's captions
+    and image-to-text questions) with Phi-1.5's ``<|endoftext|>`` as bos and eos: the
+    ``AutoTokenizer`` path of the real one, no download."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from segros.data.shapes import vocabulary
-    from segros.data.sources import SHAPES_QUESTIONS
-
-    words = {w for q in SHAPES_QUESTIONS for w in q.split()} | set(vocabulary())
-    words |= {"user", "assistant", ":", "what", "is", "this", ".", ","}
+    vocabulary = {w for q in questions for w in q.split()} | set(words)
+    vocabulary |= {"user", "assistant", ":", "what", "is", "this", ".", ","}
     vocab = {"<|endoftext|>": 0, "[UNK]": 1}
-    for w in sorted(words):
+    for w in sorted(vocabulary):
         vocab.setdefault(w, len(vocab))
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tok.normalizer = normalizers.Lowercase()
@@ -100,13 +101,20 @@ def word_level_tokenizer() -> Any:
     )  # fmt: skip
 
 
+def word_corpus(source: str) -> str | None:
+    """The corpus a ``model.tokenizer`` of the form ``<corpus>-words`` names (``shapes-words``:
+    ``shapes``), or None for a hub id or folder."""
+    name = source.removesuffix(WORDS_SUFFIX)
+    return name if source.endswith(WORDS_SUFFIX) and name in corpora.CORPORA else None
+
+
 def load_tokenizer(source: str) -> Any:
     """The Phi-1.5 text tokenizer (``model.tokenizer``), left padding as upstream sets it;
-    ``shapes-words``: :func:`word_level_tokenizer`."""
+    ``<corpus>-words`` (``shapes-words``): :func:`word_level_tokenizer` over that corpus."""
     from transformers import AutoTokenizer
 
-    if source == WORD_TOKENIZER:
-        return word_level_tokenizer()
+    if corpus := word_corpus(source):
+        return word_level_tokenizer(corpora.words(corpus), corpora.questions(corpus))
     files = resolve_files(
         source, ["tokenizer_config.json"], "Phi-1.5 tokenizer", "model.tokenizer", optional=TOKENIZER_FILES
     )

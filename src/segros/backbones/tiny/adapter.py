@@ -25,20 +25,23 @@ from pydantic import Field
 from segros.backbones.base import Backbone, BackboneOptions, GroundingInputs, I2TBatch, ImageFields, T2IBatch
 from segros.backbones.images import NEAREST, square_batch
 from segros.backbones.sampling import gumbel_noise, sample_categorical
-from segros.backbones.tiny.image_tokenizer import PatchTokenizer
+from segros.backbones.tiny.image_tokenizer import PatchTokenizer, fit_on_images
 from segros.backbones.tiny.model import SIZES, TinyConfig, TinyUMM
 from segros.backbones.tiny.text_tokenizer import WordTokenizer
+from segros.data.corpora import CorpusName, training_images
+from segros.data.corpora import words as corpus_words
 from segros.losses import i2t_loss, masked_cross_entropy
 from segros.plan import SupervisionPlan
 from segros.sequence import IMAGE, pack_layout
 from segros.shipped import PRETRAINED_TINY
 
-# Words of the image-to-text questions, on top of the ShapesWorld vocabulary.
+# Words of the image-to-text questions, on top of the corpus's words (model.corpus).
 QUESTION_WORDS = "what is shown describe this picture image how many are there where which color".split()
 
 
 SHIPPED_TOKENIZER = PRETRAINED_TINY / "image_tokenizer.safetensors"
-SHIPPED_LAYOUT = "grid"  # the ShapesWorld layout the shipped tokenizer was fitted on
+SHIPPED_LAYOUT = "grid"  # the layout of the scenes the shipped tokenizer was fitted on
+SHIPPED_CORPUS = "shapes"  # ... and their corpus
 
 
 def cache_dir() -> Path:
@@ -47,29 +50,40 @@ def cache_dir() -> Path:
 
 
 def tokenizer_cache_path(
-    image_size: int, num_codes: int, tokens_per_side: int = 8, seed: int = 0, layout: str = "free"
+    image_size: int,
+    num_codes: int,
+    tokens_per_side: int = 8,
+    seed: int = 0,
+    layout: str = "free",
+    corpus: str = "shapes",
 ) -> Path:
-    """Where :func:`cached_shapes_tokenizer` keeps the tokenizer fitted with these arguments."""
+    """Where :func:`cached_tokenizer` keeps the tokenizer fitted with these arguments (the
+    ``shapes`` names are the ones used before corpora had names, so old caches still hit)."""
     patch = image_size // tokens_per_side
     name = f"tiny-image-tokenizer-{image_size}px-patch{patch}-{num_codes}codes-seed{seed}"
+    name += "" if corpus == "shapes" else f"-{corpus}"
     return cache_dir() / (name + ("" if layout == "free" else f"-{layout}") + ".safetensors")
 
 
-def cached_shapes_tokenizer(
-    image_size: int, num_codes: int, tokens_per_side: int = 8, seed: int = 0, layout: str = "free"
+def cached_tokenizer(
+    image_size: int,
+    num_codes: int,
+    tokens_per_side: int = 8,
+    seed: int = 0,
+    layout: str = "free",
+    corpus: str = "shapes",
 ) -> PatchTokenizer:
-    """The patch tokenizer fitted on ShapesWorld training scenes, fitted once and cached.
+    """The patch tokenizer fitted on the training images of ``corpus`` (a name in
+    :mod:`segros.data.corpora`, drawn with ``layout``), fitted once and cached.
 
     Fitting is deterministic in its arguments, so the cache only saves time (about a minute).
     """
-    from segros.backbones.tiny.image_tokenizer import fit_on_shapes
-
-    path = tokenizer_cache_path(image_size, num_codes, tokens_per_side, seed, layout)
+    path = tokenizer_cache_path(image_size, num_codes, tokens_per_side, seed, layout, corpus)
     if path.is_file():
         return PatchTokenizer.load(path)
     # The pretrained model shipped in the package was made with the default tokenizer (this
     # function with seed 0): reuse its copy rather than fitting the same thing again.
-    if SHIPPED_TOKENIZER.is_file() and seed == 0 and layout == SHIPPED_LAYOUT:
+    if SHIPPED_TOKENIZER.is_file() and seed == 0 and layout == SHIPPED_LAYOUT and corpus == SHIPPED_CORPUS:
         shipped = PatchTokenizer.load(SHIPPED_TOKENIZER)
         if (shipped.image_size, shipped.patch, shipped.num_codes) == (
             image_size,
@@ -78,9 +92,8 @@ def cached_shapes_tokenizer(
         ):
             return shipped
     patch = image_size // tokens_per_side
-    tokenizer = fit_on_shapes(
-        image_size=image_size, num_codes=num_codes, seed=seed, patch=patch, layout=layout
-    )
+    images = training_images(corpus, image_size, seed, layout=layout, cells=image_size // patch)
+    tokenizer = fit_on_images(images, patch, num_codes=num_codes, seed=seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     tokenizer.save(tmp)
@@ -97,9 +110,12 @@ class TinyOptions(BackboneOptions):
     # evaluation renderings at 0.97 with the judge (8 px patches at 64 px reach only 0.60)
     image_size: int = Field(32, ge=16, le=256)
     tokens_per_side: int = Field(8, ge=2, le=64)
-    image_tokenizer: str | None = None  # .safetensors; None: fit on ShapesWorld (cached)
-    # the ShapesWorld layout the tokenizer is fitted on when image_tokenizer is None; "grid" snaps
-    # objects to the patches (docs/miniature.md), cells per side = tokens_per_side
+    # the built-in corpus (segros.data.corpora) whose words make the text tokenizer and whose
+    # training images the image tokenizer is fitted on when image_tokenizer is None
+    corpus: CorpusName = "shapes"
+    image_tokenizer: str | None = None  # .safetensors; None: fit on the corpus's images (cached)
+    # the layout of the corpus's scenes the tokenizer is fitted on when image_tokenizer is None;
+    # "grid" snaps objects to the patches (docs/miniature.md), cells per side = tokens_per_side
     shapes_layout: Literal["free", "grid"] = "free"
     num_codes: int = Field(4096, ge=2, le=65536)
     max_text_len: int = Field(48, ge=4, le=512)
@@ -158,20 +174,22 @@ class TinyBackbone(Backbone):
             folder = Path(options.init_from)
             missing = [f for f in ("config.json", *cls.saved_files) if not (folder / f).is_file()]
             raise FileNotFoundError(f"{folder} is not a TinyUMM checkpoint: missing {', '.join(missing)}")
-        from segros.data.shapes import vocabulary
-
         if options.image_tokenizer:
             image_tokenizer = PatchTokenizer.load(options.image_tokenizer)
         else:
-            image_tokenizer = cached_shapes_tokenizer(
-                options.image_size, options.num_codes, options.tokens_per_side, layout=options.shapes_layout
+            image_tokenizer = cached_tokenizer(
+                options.image_size,
+                options.num_codes,
+                options.tokens_per_side,
+                layout=options.shapes_layout,
+                corpus=options.corpus,
             )
         if image_tokenizer.image_size != options.image_size:
             raise ValueError(
                 f"model.image_tokenizer was fitted for {image_tokenizer.image_size} px images "
                 f"but model.image_size is {options.image_size}"
             )
-        text_tokenizer = WordTokenizer([*vocabulary(), *QUESTION_WORDS])
+        text_tokenizer = WordTokenizer([*corpus_words(options.corpus), *QUESTION_WORDS])
         model_cfg = TinyConfig(
             text_vocab=len(text_tokenizer),
             num_codes=image_tokenizer.num_codes,
