@@ -210,5 +210,8 @@ def test_under_torchrun_a_refusal_ends_every_rank(small_tokenizer, tmp_path):
     ours = [line for line in done.stderr.splitlines() if line.startswith("segros train:")]
     assert len(ours) == 1 and ours[0].startswith(f"segros train: error: {out} is in use by pid {holder.pid}")
     assert done.returncode != 0
-    assert len(re.findall(r"exitcode\s*: 1 ", done.stderr)) == 2  # torchrun's report: both ranks exited 1
+    # torchrun's report: a rank exited 1 (refused); the other exited 1 too, or was ended by torchrun's
+    # own SIGTERM (-15) when it lost the race with the launcher's teardown, never anything else
+    codes = re.findall(r"exitcode\s*:\s*(-?\d+)", done.stderr)
+    assert "1" in codes and set(codes) <= {"1", "-15"}, codes
     assert not (out / "config.yaml").exists()
