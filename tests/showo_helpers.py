@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from segros.backbones.showo.adapter import ShowoBackbone, ShowoOptions
+from segros.backbones.showo.checkpoints import word_level_tokenizer
 from segros.data.shapes import vocabulary
 from segros.data.sources import SHAPES_QUESTIONS
 
@@ -28,23 +29,10 @@ TINY_CLIP = {"hidden_size": 16, "num_layers": 2, "num_heads": 2, "intermediate_s
 
 
 def save_word_tokenizer(folder: Path) -> Path:
-    """A WordLevel tokenizer over ShapesWorld words with Phi-1.5's <|endoftext|> as bos and eos."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    words = {w for q in SHAPES_QUESTIONS for w in q.split()} | set(vocabulary())
-    words |= {"user", "assistant", ":", "what", "is", "this", ".", ","}
-    vocab = {"<|endoftext|>": 0, "[UNK]": 1}
-    for w in sorted(words):
-        vocab.setdefault(w, len(vocab))
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="[UNK]"
-    )
+    """The built-in ``shapes-words`` tokenizer (a WordLevel tokenizer over ShapesWorld's words with
+    Phi-1.5's <|endoftext|> as bos and eos), saved as a tokenizer folder."""
     folder.mkdir(parents=True, exist_ok=True)
-    fast.save_pretrained(str(folder))
+    word_level_tokenizer(vocabulary(), SHAPES_QUESTIONS).save_pretrained(str(folder))
     return folder
 
 

@@ -62,10 +62,7 @@ def read_benchmark_prompts(path: str | Path, benchmark: Benchmark) -> list[dict[
         lines = json_lines(text.splitlines(), path, PromptFileError)
         records = [_checked(record, f"{path}:{n}") for n, record in lines]
     elif benchmark == "dpg":
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise PromptFileError(f"{path}: not JSON ({e.msg} at line {e.lineno})") from None
+        items = _json(text, path)
         if not isinstance(items, dict):
             raise PromptFileError(f'{path}: expected {{"<item_id>.txt": prompt, ...}}')
         records = [
@@ -87,13 +84,18 @@ def read_benchmark_prompts(path: str | Path, benchmark: Benchmark) -> list[dict[
     return records
 
 
+def _json(text: str, path: Path) -> Any:
+    """A benchmark's JSON prompt file, or a ``PromptFileError`` naming the file and the line."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise PromptFileError(f"{path}: not JSON ({e.msg} at line {e.lineno})") from None
+
+
 def _wise_records(text: str, path: Path) -> list[dict[str, Any]]:
     """WISE's ``data/*.json``: a list of ``{"prompt_id": int, "Prompt": str, "Explanation": str,
     "Subcategory": str, ...}``; ``key`` is the prompt id (the image is ``<prompt_id>.png``)."""
-    try:
-        items = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise PromptFileError(f"{path}: not JSON ({e.msg} at line {e.lineno})") from None
+    items = _json(text, path)
     if not isinstance(items, list):
         raise PromptFileError(f'{path}: expected a JSON list of {{"prompt_id": ..., "Prompt": ...}} records')
     records, seen = [], set()
