@@ -162,7 +162,7 @@ def _ground_columns(
     # Eq. 3: P_jk = exp(S_jk / tau) / sum_k' exp(S_jk' / tau);  Eq. 4: s_intra_k = sum_j P_jk
     text_inv_norm, s_intra = _text_softmax(gram, valid, shift, tau, dtype)
     # Eq. 5: Q_ij = exp(A_ij / tau) / sum_j' exp(A_ij' / tau);  Eq. 6: s_inter_j = sum_i Q_ij;
-    # with Eq. 10's exponentials exp(A_ij / tau) and denominators sum_i exp(A_ij / tau) (up to a factor)
+    # and Eq. 10's exponentials and their denominators sum_i exp(A_ij / tau) (each times exp(-1 / tau))
     expo, s_inter, col_sums = _exponentials(product, zi_norm, text_inv_norm, shift, tau)
     _check_finite(text_emb, image_emb, zi_norm, s_intra, s_inter)
     return _filter_and_map(s_intra, s_inter, expo, col_sums, valid, cfg, slots, xi)  # Eqs. 7-12
@@ -180,9 +180,9 @@ def _filter_and_map(
 ) -> Grounding:
     """Steps 4-6: importance Omega (Eq. 7), kept tokens w (Eqs. 8-9), the map (Eqs. 10-11), noise (12).
 
-    ``expo`` (B, N, L) is exp(A / tau) times a factor per column and ``col_sums`` its column sums,
-    so the factor cancels in Eq. 10 (:func:`_exponentials`); ``slots`` and ``noise`` are
-    :func:`_draws`'s.
+    ``expo`` (B, N, L) is exp((A - 1) / tau), 0 in the columns of tokens that are not valid, and
+    ``col_sums`` its column sums (:func:`_exponentials`): the constant exp(-1 / tau) cancels in
+    Eq. 10. ``slots`` and ``noise`` are :func:`_draws`'s.
     """
     importance = text_importance(s_intra, s_inter, valid, cfg.text_filter)  # Eq. 7
     # Eqs. 8-9: w_j = 1 for the top K = max(1, floor(rho L)) tokens by Omega (every token for "none")
