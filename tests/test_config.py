@@ -107,3 +107,70 @@ def test_data_path_with_shapes_source_is_an_error_naming_both_keys():
     assert "data.path" in message and "data.source" in message
     files = load_config(None, ["data.source=files", "data.path=/data/my-images"])
     assert files.data.path == "/data/my-images"
+
+
+def test_a_parquet_run_has_no_shapes_keys_and_a_shapes_run_has_them_under_data_shapes(tmp_path):
+    """ShapesWorld's options live under data.shapes, present only when a stream is ShapesWorld."""
+    from segros.shipped import CONFIGS
+
+    def keys(node, prefix=""):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                yield f"{prefix}{k}"
+                yield from keys(v, f"{prefix}{k}.")
+
+    parquet = load_config(CONFIGS / "showo" / "segros-256.yaml", ["data.path=/data/shards/*.parquet"])
+    dumped = yaml.safe_load(dump_config(parquet))
+    assert dumped["data"]["path"] == "/data/shards/*.parquet" and parquet.data.shapes is None
+    assert [k for k in keys(dumped) if "shapes" in k] == []
+    own = load_config(write(tmp_path, {"data": {"source": "files", "path": "x.parquet", "i2t": "none"}}))
+    # (the tiny backbone's own model.shapes_layout, the layout its tokenizer is fitted on, is a
+    # model option: only the data section is checked here)
+    assert [k for k in keys(yaml.safe_load(dump_config(own))["data"]) if "shapes" in k] == []
+    # ShapesWorld as the image-to-text stream of a files run: its options are there again
+    mixed = load_config(None, ["data.source=files", "data.path=x.parquet", "data.shapes.seed=5"])
+    assert mixed.data.shapes.seed == 5 and mixed.data.i2t == "shapes"
+    shapes = yaml.safe_load(dump_config(load_config(None, ["data.shapes.layout=grid"])))["data"]["shapes"]
+    assert shapes["layout"] == "grid" and shapes["seed"] == 0 and shapes["web_noise"]["relation"] == 0.3
+    with pytest.raises(ConfigError, match=r"data\.shapes is set but neither"):
+        load_config(None, ["data.source=files", "data.path=x", "data.i2t=none", "data.shapes.seed=5"])
+
+
+@pytest.mark.parametrize(
+    "old, new, value",
+    [
+        ("shapes_seed", "seed", 7),
+        ("shapes_scenes", "scenes", 11),
+        ("shapes_layout", "layout", "grid"),
+        ("shapes_caption_style", "caption_style", "coarse"),
+        ("shapes_coarse_color_rate", "coarse_color_rate", 0.25),
+        ("shapes_coarse_relation_rate", "coarse_relation_rate", 0.5),
+        ("shapes_kind_weights", "kind_weights", (1.0, 1.0, 1.0, 5.0, 1.0)),
+        ("shapes_i2t_caption_style", "i2t_caption_style", "dense"),
+    ],
+)
+def test_old_shapes_keys_still_read_with_a_warning_naming_the_new_key(tmp_path, old, new, value):
+    from segros.train.config import OldKeyWarning
+
+    yaml_value = list(value) if isinstance(value, tuple) else value
+    with pytest.warns(OldKeyWarning, match=rf"data\.{old} is now data\.shapes\.{new}"):
+        from_file = load_config(write(tmp_path, {"data": {old: yaml_value}}))
+    with pytest.warns(OldKeyWarning, match=rf"data\.shapes\.{new}"):
+        from_override = load_config(None, [f"data.{old}={yaml_value}"])
+    assert getattr(from_file.data.shapes, new) == getattr(from_override.data.shapes, new) == value
+    assert from_file == load_config(None, [f"data.shapes.{new}={yaml_value}"])
+    assert old not in yaml.safe_load(dump_config(from_file))["data"]
+
+
+def test_old_web_noise_keys_merge_under_the_new_ones_and_the_new_key_wins(tmp_path):
+    from segros.train.config import OldKeyWarning
+
+    data = {"shapes_web_noise": {"relation": 0.9, "omit": 0.6}, "shapes": {"web_noise": {"relation": 0.2}}}
+    with pytest.warns(OldKeyWarning, match=r"data\.shapes_web_noise is now data\.shapes\.web_noise"):
+        cfg = load_config(write(tmp_path, {"data": data}))
+    assert cfg.data.shapes.web_noise.relation == 0.2 and cfg.data.shapes.web_noise.omit == 0.6
+    with pytest.warns(OldKeyWarning):
+        over = load_config(None, ["data.shapes_web_noise.relation=0.7"])
+    assert over.data.shapes.web_noise.relation == 0.7
+    with pytest.warns(OldKeyWarning), pytest.raises(ConfigError, match=r"data\.shapes\.seed"):
+        load_config(None, ["data.shapes_seed=1000000"])  # a validation seed: named by its new key

@@ -15,11 +15,21 @@ from __future__ import annotations
 import copy
 import dataclasses
 import typing
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, create_model, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    create_model,
+    model_serializer,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from segros._checks import SettingError, SettingTypeError, check_choice, check_ratio
@@ -118,7 +128,7 @@ MethodConfig = create_model(
 
 
 class WebNoiseConfig(Section):
-    """``data.shapes_web_noise``: the rates of the ``web`` caption style (segros.data.shapes.WebNoise,
+    """``data.shapes.web_noise``: the rates of the ``web`` caption style (segros.data.shapes.WebNoise,
     which documents each; defaults equal its own)."""
 
     detailed: float = Field(0.35, ge=0.0, le=1.0)
@@ -127,6 +137,85 @@ class WebNoiseConfig(Section):
     relation: float = Field(0.3, ge=0.0, le=1.0)
     wrong: float = Field(0.1, ge=0.0, le=1.0)
     paraphrase: float = Field(0.5, ge=0.0, le=1.0)
+
+
+CaptionStyle = Literal["mixed", "geneval", "dense", "coarse", "web"]
+
+
+class ShapesConfig(Section):
+    """``data.shapes``: how the ShapesWorld streams are drawn. Present only when a stream is
+    ShapesWorld (``data.source`` or ``data.i2t`` is ``shapes``), so a Parquet run has none."""
+
+    seed: int = 0
+    scenes: int = Field(1_000_000, ge=1)  # distinct scenes the stream draws from
+    # object placement (grid: snapped to the tiny tokenizer's patches, cells per side = the model's
+    # token grid) and caption distribution (coarse for pretraining, mixed / dense for fine-tuning;
+    # docs/miniature.md)
+    layout: Literal["free", "grid"] = "free"
+    caption_style: CaptionStyle = "mixed"
+    # coarse captions only: the chance a named object comes with its colour (the shipped TinyUMM was
+    # pretrained at 0.5; 0 leaves colour to the fine-tuning captions, docs/miniature.md)
+    coarse_color_rate: float = Field(0.5, ge=0.0, le=1.0)
+    # coarse captions only: the chance a position scene's caption states its relation (the shipped
+    # TinyUMM: 0.1, so 1.7 % of pretraining captions; docs/miniature.md)
+    coarse_relation_rate: float = Field(0.1, ge=0.0, le=1.0)
+    # relative weights of the scene kinds single_object, two_object, counting, position, scene (None:
+    # equal, as the shipped TinyUMM was pretrained; [1, 1, 1, 5, 1]: five scenes in nine are position)
+    kind_weights: tuple[float, float, float, float, float] | None = None
+    # web captions only: loose, sometimes wrong alt-text for pretraining (docs/miniature.md)
+    web_noise: WebNoiseConfig = Field(default_factory=WebNoiseConfig)
+    # caption style of the image-to-text task (None: caption_style). Real UMMs learn understanding
+    # from dense captions while their generation sees coarse web text
+    i2t_caption_style: CaptionStyle | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ShapesConfig:
+        from segros.data.shapes import VALIDATION_SEEDS, kind_probabilities
+        from segros.data.sources import I2T_SEED_OFFSET
+
+        if self.kind_weights is not None:
+            kind_probabilities(self.kind_weights)  # non-negative, not all zero
+        if {self.seed, self.seed + I2T_SEED_OFFSET} & set(VALIDATION_SEEDS):
+            raise ValueError(
+                f"data.shapes.seed {self.seed} would draw (for its text-to-image or image-to-text "
+                f"stream, seed + {I2T_SEED_OFFSET}) from the validation seeds {VALIDATION_SEEDS} "
+                "that segros validate keeps unseen: pick another seed"
+            )
+        return self
+
+
+# data keys before ShapesWorld's options moved under data.shapes (issue 29): still read, with a warning
+OLD_SHAPES_KEYS = {f"shapes_{name}": name for name in ShapesConfig.model_fields}
+
+
+class OldKeyWarning(FutureWarning):
+    """A config key that still reads under an old name; the message names the current one."""
+
+
+def _merge(old: Any, new: Any) -> Any:
+    """``new`` over ``old`` (mappings merged key by key): the current key wins over an old one."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return {**old, **{k: _merge(old.get(k), v) for k, v in new.items()}}
+    return new
+
+
+def _moved_shapes_keys(data: dict[str, Any]) -> dict[str, Any]:
+    """A raw ``data:`` section with every old ``shapes_*`` key moved under ``shapes:``."""
+    old = [k for k in data if k in OLD_SHAPES_KEYS]
+    if not old:
+        return data
+    out = {k: v for k, v in data.items() if k not in OLD_SHAPES_KEYS}
+    moved = {OLD_SHAPES_KEYS[k]: data[k] for k in old}
+    for k in old:
+        warnings.warn(
+            f"data.{k} is now data.shapes.{OLD_SHAPES_KEYS[k]}: the old key still reads, rename it",
+            OldKeyWarning,
+            stacklevel=2,
+        )
+    current = out.get("shapes")
+    if current is None or isinstance(current, dict):  # else: the bad value's own error stands
+        out["shapes"] = _merge(moved, current or {})
+    return out
 
 
 class DataConfig(Section):
@@ -147,28 +236,10 @@ class DataConfig(Section):
     # large to hold, compressed tars and URLs. Resume stays exact (docs/data.md)
     streaming: bool = False
     shuffle_buffer: int = Field(1000, ge=0)  # streaming with shuffle: examples shuffled in memory
-    shapes_seed: int = 0
-    shapes_scenes: int = Field(1_000_000, ge=1)  # distinct scenes the stream draws from
-    # ShapesWorld's object placement (grid: snapped to the tiny tokenizer's patches, cells per side =
-    # the model's token grid) and caption distribution (coarse for pretraining, mixed / dense for
-    # fine-tuning; docs/miniature.md)
-    shapes_layout: Literal["free", "grid"] = "free"
-    shapes_caption_style: Literal["mixed", "geneval", "dense", "coarse", "web"] = "mixed"
-    # coarse captions only: the chance a named object comes with its colour (the shipped TinyUMM was
-    # pretrained at 0.5; 0 leaves colour to the fine-tuning captions, docs/miniature.md)
-    shapes_coarse_color_rate: float = Field(0.5, ge=0.0, le=1.0)
-    # coarse captions only: the chance a position scene's caption states its relation (the shipped
-    # TinyUMM: 0.1, so 1.7 % of pretraining captions; docs/miniature.md)
-    shapes_coarse_relation_rate: float = Field(0.1, ge=0.0, le=1.0)
-    # relative weights of the scene kinds single_object, two_object, counting, position, scene (None:
-    # equal, as the shipped TinyUMM was pretrained; [1, 1, 1, 5, 1]: five scenes in nine are position)
-    shapes_kind_weights: tuple[float, float, float, float, float] | None = None
-    # web captions only: loose, sometimes wrong alt-text for pretraining (docs/miniature.md)
-    shapes_web_noise: WebNoiseConfig = Field(default_factory=WebNoiseConfig)
+    # ShapesWorld's options, when data.source or data.i2t is shapes (filled with the defaults then);
+    # None otherwise, and left out of the resolved config
+    shapes: ShapesConfig | None = None
     i2t: Literal["shapes", "llava", "none"] = "shapes"
-    # caption style of the ShapesWorld image-to-text task (None: shapes_caption_style). Real UMMs
-    # learn understanding from dense captions while their generation sees coarse web text
-    shapes_i2t_caption_style: Literal["mixed", "geneval", "dense", "coarse", "web"] | None = None
     i2t_path: str | None = None  # LLaVA JSON
     i2t_image_root: str | None = None
     batch_size: int = Field(16, ge=1)
@@ -184,6 +255,24 @@ class DataConfig(Section):
     # image-caption records come pre-encoded from it; None: encode the images every step
     cache: str | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _shapes_section(cls, data: Any) -> Any:
+        """Old ``shapes_*`` keys moved under ``shapes``; ``shapes`` filled in when a stream is
+        ShapesWorld, and refused when none is (it would be ignored)."""
+        if not isinstance(data, dict):
+            return data
+        data = _moved_shapes_keys(data)
+        used = data.get("source", "shapes") == "shapes" or data.get("i2t", "shapes") == "shapes"
+        if used and data.get("shapes") is None:
+            data = {**data, "shapes": {}}
+        elif not used and data.get("shapes") is not None:
+            raise ValueError(
+                "data.shapes is set but neither data.source nor data.i2t is 'shapes', so nothing "
+                "would read it: drop data.shapes"
+            )
+        return data
+
     @model_validator(mode="after")
     def _paths(self) -> DataConfig:
         if self.source != "shapes" and not self.path:
@@ -193,27 +282,20 @@ class DataConfig(Section):
                 f"data.path ({self.path}) is set but data.source is 'shapes', which ignores it: "
                 "set data.source=files to train on it, or drop data.path"
             )
-        if self.shapes_kind_weights is not None:
-            from segros.data.shapes import kind_probabilities
-
-            kind_probabilities(self.shapes_kind_weights)  # non-negative, not all zero
         if self.streaming and (self.source != "files" or self.cache):
             raise ValueError(
                 "data.streaming reads data.path as a stream: it needs data.source=files and no data.cache"
             )
-        if self.source == "shapes":
-            from segros.data.shapes import VALIDATION_SEEDS
-            from segros.data.sources import I2T_SEED_OFFSET
-
-            if {self.shapes_seed, self.shapes_seed + I2T_SEED_OFFSET} & set(VALIDATION_SEEDS):
-                raise ValueError(
-                    f"data.shapes_seed {self.shapes_seed} would draw (for its text-to-image or image-to-text "
-                    f"stream, seed + {I2T_SEED_OFFSET}) from the validation seeds {VALIDATION_SEEDS} "
-                    "that segros validate keeps unseen: pick another seed"
-                )
         if self.i2t == "llava" and not (self.i2t_path and self.i2t_image_root):
             raise ValueError("data.i2t_path and data.i2t_image_root are required for data.i2t='llava'")
         return self
+
+    @model_serializer(mode="wrap")
+    def _without_unused_shapes(self, handler: Any) -> dict[str, Any]:
+        out = handler(self)
+        if out.get("shapes", ...) is None:  # not a ShapesWorld run: no ShapesWorld keys at all
+            del out["shapes"]
+        return out
 
 
 class OptimConfig(Section):
