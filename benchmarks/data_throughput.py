@@ -105,12 +105,13 @@ def measure(model: dict, path: Path, workers: int, batch: int, steps: int, out: 
     trainer = Trainer(validate(raw), out)
     for _ in range(3):
         trainer.train_step()
-    wait0, t0 = trainer.data_wait, time.perf_counter()
+    wait0, t0 = trainer.report.data_wait, time.perf_counter()
     for _ in range(steps):
         trainer.train_step()
     seconds = time.perf_counter() - t0
     trainer.close_data()
-    return {"steps_per_second": steps / seconds, "data_wait_share": (trainer.data_wait - wait0) / seconds}
+    waited = trainer.report.data_wait - wait0
+    return {"steps_per_second": steps / seconds, "data_wait_share": waited / seconds}
 
 
 def main() -> None:
