@@ -128,7 +128,6 @@ class TinyOptions(BackboneOptions):
     # scale of the annealed Gumbel noise on the unmasking order (Show-o's name; MaskGIT's choice
     # temperature); 0: unmask strictly the most confident codes
     generation_temperature: float = Field(0.0, ge=0.0)
-    renamed = {"sample_temperature": "temperature", "choice_temperature": "generation_temperature"}
 
 
 class TinyBackbone(Backbone):
