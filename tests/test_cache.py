@@ -148,7 +148,7 @@ def test_two_processes_write_the_one_process_cache(small_tokenizer, tmp_path):
         (tmp_path / f"{i}.png").write_bytes(CORRUPT if i == 6 else png_bytes(pixels(i, (20, 24))))
         lines.append(json.dumps({"image": f"{i}.png", "caption": f"a red circle {i}"}))
     (tmp_path / "m.jsonl").write_text("\n".join(lines) + "\n")
-    raw = _raw("tiny", None, small_tokenizer, "data.source=files", f"data.path={tmp_path / 'm.jsonl'}")
+    raw = _raw("tiny", None, small_tokenizer, "data.source=files", f"data.files.path={tmp_path / 'm.jsonl'}")
     config = tmp_path / "c.yaml"
     config.write_text(json.dumps(raw))
     args = ["cache", "--config", str(config), "--shard-size", "4"]

@@ -81,6 +81,7 @@ def _resolved_plan(config_file: Path) -> dict[str, Any] | None:
 
 def _data_names(data: dict[str, Any]) -> dict[str, Any]:
     """The training data as the config names it (source, path(s), split, columns)."""
+    data = {**data, **(data.get("files") or {})}  # data.files.path (data.path in configs of before)
     keys = ("source", "path", "split", "image_column", "caption_column", "i2t", "i2t_path")
     names = {k: data[k] for k in keys if data.get(k) is not None}
     # ShapesWorld's seed: data.shapes.seed (data.shapes_seed in configs saved before it moved)

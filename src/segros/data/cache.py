@@ -46,9 +46,11 @@ from segros.runlock import lock_folder
 
 INDEX = "index.json"
 FORMAT = 1
-DATA_KEYS = ("source", "path", "image_column", "caption_column")
-# ShapesWorld's options (data.shapes.<name>), part of the identity when the records are ShapesWorld's;
-# the index stores them flat, under the names they had before data.shapes, so older caches still match
+# The data keys of the identity. The index stores them flat, under the names they had before the
+# source's options moved under data.files / data.shapes, so older caches still match.
+# the files' options (data.files.<name>), when the records are files
+FILES_KEYS = ("path", "image_column", "caption_column")
+# ShapesWorld's options (data.shapes.<name>, stored as shapes_<name>), when the records are ShapesWorld's
 SHAPES_KEYS = (
     "seed",
     "scenes",
@@ -58,9 +60,9 @@ SHAPES_KEYS = (
     "coarse_relation_rate",
     "kind_weights",
 )
-# Data keys added later: part of the identity only when set away from their default, so caches
+# Files keys added later: part of the identity only when set away from their default, so caches
 # written before them still match a run that leaves them alone.
-LATER_DATA_KEYS = {"split": "train"}
+LATER_FILES_KEYS = {"split": "train"}
 
 
 @dataclass
@@ -94,8 +96,17 @@ def identity(backbone: Any, data: Any, model_name: str) -> dict[str, Any]:
         "image_size": int(backbone.image_size),
         "token_grid": list(backbone.token_grid),
         "encoders": {name: _digest(enc) for name, enc in sorted(backbone.image_encoders().items())},
-        "data": {k: _as_json(getattr(data, k)) for k in DATA_KEYS} | _shapes_keys(data) | _later_keys(data),
+        "data": {"source": data.source} | _files_keys(data) | _shapes_keys(data),
     }
+
+
+def _files_keys(data: Any) -> dict[str, Any]:
+    files = getattr(data, "files", None) if data.source == "files" else None
+    if files is None:
+        return {}
+    keys = {k: _as_json(getattr(files, k)) for k in FILES_KEYS}
+    later = {k: getattr(files, k) for k in LATER_FILES_KEYS}
+    return keys | {k: v for k, v in later.items() if v != LATER_FILES_KEYS[k]}
 
 
 def _shapes_keys(data: Any) -> dict[str, Any]:
@@ -108,24 +119,30 @@ def _shapes_keys(data: Any) -> dict[str, Any]:
     return keys
 
 
-def _later_keys(data: Any) -> dict[str, Any]:
-    later = {k: getattr(data, k, default) for k, default in LATER_DATA_KEYS.items()}
-    return {k: v for k, v in later.items() if v != LATER_DATA_KEYS[k]}
-
-
 def _as_json(value: Any) -> Any:
     """``value`` as it reads back from the index's JSON (a tuple comes back as a list)."""
     return list(value) if isinstance(value, tuple) else value
 
 
 def _mismatch(want: dict[str, Any], got: dict[str, Any]) -> list[str]:
-    """What differs between this run's identity and a cache's, named as config keys. A cache of
-    files written before data.shapes carries ShapesWorld keys its records never depended on."""
+    """What differs between this run's identity and a cache's, named as config keys. A cache
+    written before data.files / data.shapes carries the other source's keys (at their defaults),
+    which its records never depended on: they are left out of the comparison."""
     got = copy.deepcopy(got)
-    stored = got.get("data", {})
-    for key in [k for k in stored if k.startswith("shapes_") and k not in want.get("data", {})]:
+    stored, wanted = got.get("data", {}), want.get("data", {})
+    other = [k for k in stored if (k in FILES_KEYS or k.startswith("shapes_")) and k not in wanted]
+    for key in other:
         del stored[key]
-    return [d.replace("data.shapes_", "data.shapes.", 1) for d in _differences(want, got)]
+    names = [d.replace("data.shapes_", "data.shapes.", 1) for d in _differences(want, got)]
+    return [_files_name(d) for d in names]
+
+
+def _files_name(difference: str) -> str:
+    """``data.files.path: ...`` as ``data.files.path: ...`` (the index's flat names, the config's keys)."""
+    for key in (*FILES_KEYS, *LATER_FILES_KEYS):
+        if difference.startswith(f"data.{key}:"):
+            return f"data.files.{difference.removeprefix('data.')}"
+    return difference
 
 
 def _differences(want: dict[str, Any], got: dict[str, Any], prefix: str = "") -> list[str]:

@@ -3,7 +3,7 @@
 These sources are map-style (see :mod:`segros.data.sampling`): ShapesWorld is streamed by index
 (scene ``i`` is a pure function of the seed and ``i``), files are read by the readers in
 :mod:`segros.data.readers` (Hugging Face datasets by :mod:`segros.data.hf`), conversations by
-:mod:`segros.data.llava`. With ``data.streaming`` the image-caption data is an iterable source
+:mod:`segros.data.llava`. With ``data.files.streaming`` the image-caption data is an iterable source
 instead, batched by :mod:`segros.data.streaming`.
 """
 
@@ -113,13 +113,14 @@ def t2i_source(data: Any, backbone: Any) -> Any:
     if data.source == "shapes":
         args, world = _shapes_args(data, backbone)
         return ShapesImageText(*args, **world)
-    if data.streaming:
+    files = data.files
+    if files.streaming:
         raise ValueError(
-            "data.streaming: a streamed source has no records by index (segros cache needs them); "
-            "leave data.streaming off to cache data.path"
+            "data.files.streaming: a streamed source has no records by index (segros cache needs them); "
+            "leave data.files.streaming off to cache data.files.path"
         )
     return open_image_text(
-        data.path, data.image_column, data.caption_column, split=data.split, cache_dir=data.hf_cache_dir
+        files.path, files.image_column, files.caption_column, split=files.split, cache_dir=files.hf_cache_dir
     )
 
 

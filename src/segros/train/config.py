@@ -184,8 +184,43 @@ class ShapesConfig(Section):
         return self
 
 
-# data keys before ShapesWorld's options moved under data.shapes (issue 29): still read, with a warning
-OLD_SHAPES_KEYS = {f"shapes_{name}": name for name in ShapesConfig.model_fields}
+class FilesConfig(Section):
+    """``data.files``: where and how the image-caption files are read. Present only when
+    ``data.source`` is ``files``, so a ShapesWorld run has none."""
+
+    # a folder with .txt captions, a JSON(L) manifest, Parquet file(s), WebDataset tar shard(s) or a
+    # Hugging Face dataset (folder or hub id), recognised from what the path holds (segros.data.formats,
+    # docs/data.md): a path, a glob, brace ranges (shard-{000..099}.tar), patterns joined by ::, or a
+    # list of them
+    path: str | list[str]
+    # the columns (fields) to read; when a table lacks the named one, the first of the names the
+    # paper's datasets use is taken (segros.data.hf.IMAGE_COLUMNS / CAPTION_COLUMNS, docs/data.md)
+    image_column: str = "image"
+    caption_column: str = "caption"
+    split: str = "train"  # of a Hugging Face dataset with several
+    hf_cache_dir: str | None = None  # where datasets keeps its Arrow copies (None: its default cache)
+    # read the path as a stream (datasets' IterableDataset; segros.data.streaming): for shards too
+    # large to hold, compressed tars and URLs. Resume stays exact (docs/data.md)
+    streaming: bool = False
+    shuffle_buffer: int = Field(1000, ge=0)  # streaming with shuffle: examples shuffled in memory
+
+
+# data keys of before the source's options moved under data.shapes / data.files (issue 29): still
+# read, with a warning naming the new key. {old key: (section, new key)}
+OLD_DATA_KEYS = {f"shapes_{name}": ("shapes", name) for name in ShapesConfig.model_fields}
+OLD_DATA_KEYS |= {name: ("files", name) for name in FilesConfig.model_fields}
+_SECTIONS: dict[str, type[Section]] = {"shapes": ShapesConfig, "files": FilesConfig}
+
+
+def _is_default(section: str, name: str, value: Any) -> bool:
+    """Whether an old key holds its field's default (as every resolved config saved before did,
+    for the source it did not read): leaving it out changes nothing."""
+    field = _SECTIONS[section].model_fields[name]
+    if field.is_required():  # data.path: None in a config that read no files
+        return value is None
+    default = field.get_default(call_default_factory=True)
+    default = default.model_dump() if isinstance(default, BaseModel) else default
+    return value == default
 
 
 class OldKeyWarning(FutureWarning):
@@ -199,43 +234,34 @@ def _merge(old: Any, new: Any) -> Any:
     return new
 
 
-def _moved_shapes_keys(data: dict[str, Any]) -> dict[str, Any]:
-    """A raw ``data:`` section with every old ``shapes_*`` key moved under ``shapes:``."""
-    old = [k for k in data if k in OLD_SHAPES_KEYS]
+def _moved_data_keys(data: dict[str, Any]) -> dict[str, Any]:
+    """A raw ``data:`` section with every old key moved under its section (``shapes`` / ``files``);
+    one holding its default is dropped, so that a resolved config saved before still reads."""
+    old = [k for k in data if k in OLD_DATA_KEYS]
     if not old:
         return data
-    out = {k: v for k, v in data.items() if k not in OLD_SHAPES_KEYS}
-    moved = {OLD_SHAPES_KEYS[k]: data[k] for k in old}
+    out = {k: v for k, v in data.items() if k not in OLD_DATA_KEYS}
+    renames = ", ".join(f"data.{k} is now data.{'.'.join(OLD_DATA_KEYS[k])}" for k in old)
+    warnings.warn(f"old config keys still read, rename them: {renames}", OldKeyWarning, stacklevel=2)
+    moved: dict[str, dict[str, Any]] = {}
     for k in old:
-        warnings.warn(
-            f"data.{k} is now data.shapes.{OLD_SHAPES_KEYS[k]}: the old key still reads, rename it",
-            OldKeyWarning,
-            stacklevel=2,
-        )
-    current = out.get("shapes")
-    if current is None or isinstance(current, dict):  # else: the bad value's own error stands
-        out["shapes"] = _merge(moved, current or {})
+        section, name = OLD_DATA_KEYS[k]
+        if not _is_default(section, name, data[k]):
+            moved.setdefault(section, {})[name] = data[k]
+    for section, values in moved.items():
+        current = out.get(section)
+        if current is None or isinstance(current, dict):  # else: the bad value's own error stands
+            out[section] = _merge(values, current or {})
     return out
 
 
 class DataConfig(Section):
-    # shapes: ShapesWorld streamed; files: a folder with .txt captions, a JSON(L) manifest, Parquet
-    # file(s), WebDataset tar shard(s) or a Hugging Face dataset (folder or hub id), recognised from
-    # data.path (segros.data.readers, docs/data.md)
+    # shapes: ShapesWorld streamed (its options: data.shapes); files: image-caption files (where and
+    # how to read them: data.files)
     source: Literal["shapes", "files"] = "shapes"
-    # for source=files: a path, a glob, brace ranges (shard-{000..099}.tar), patterns joined by ::,
-    # or a list of them
-    path: str | list[str] | None = None
-    # the columns (fields) to read; when a table lacks the named one, the first of the names the
-    # paper's datasets use is taken (segros.data.hf.IMAGE_COLUMNS / CAPTION_COLUMNS, docs/data.md)
-    image_column: str = "image"
-    caption_column: str = "caption"
-    split: str = "train"  # of a Hugging Face dataset with several
-    hf_cache_dir: str | None = None  # where datasets keeps its Arrow copies (None: its default cache)
-    # read data.path as a stream (datasets' IterableDataset; segros.data.streaming): for shards too
-    # large to hold, compressed tars and URLs. Resume stays exact (docs/data.md)
-    streaming: bool = False
-    shuffle_buffer: int = Field(1000, ge=0)  # streaming with shuffle: examples shuffled in memory
+    # the files' options, required for data.source=files; None otherwise, and left out of the
+    # resolved config
+    files: FilesConfig | None = None
     # ShapesWorld's options, when data.source or data.i2t is shapes (filled with the defaults then);
     # None otherwise, and left out of the resolved config
     shapes: ShapesConfig | None = None
@@ -257,13 +283,14 @@ class DataConfig(Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _shapes_section(cls, data: Any) -> Any:
-        """Old ``shapes_*`` keys moved under ``shapes``; ``shapes`` filled in when a stream is
-        ShapesWorld, and refused when none is (it would be ignored)."""
+    def _source_sections(cls, data: Any) -> Any:
+        """Old keys moved under ``shapes`` / ``files``; ``shapes`` filled in when a stream is
+        ShapesWorld; either section refused when nothing would read it."""
         if not isinstance(data, dict):
             return data
-        data = _moved_shapes_keys(data)
-        used = data.get("source", "shapes") == "shapes" or data.get("i2t", "shapes") == "shapes"
+        data = _moved_data_keys(data)
+        source = data.get("source", "shapes")
+        used = source == "shapes" or data.get("i2t", "shapes") == "shapes"
         if used and data.get("shapes") is None:
             data = {**data, "shapes": {}}
         elif not used and data.get("shapes") is not None:
@@ -271,30 +298,41 @@ class DataConfig(Section):
                 "data.shapes is set but neither data.source nor data.i2t is 'shapes', so nothing "
                 "would read it: drop data.shapes"
             )
+        files = data.get("files")
+        if source == "files" and files is None:
+            raise ValueError("data.files.path is required for data.source='files'")
+        if source == "shapes" and files is not None:
+            given = files.items() if isinstance(files, dict) else ()
+            named = ", ".join(f"data.files.{k}" + f" ({v})" * (k == "path") for k, v in given) or "data.files"
+            raise ValueError(
+                f"{named} is set but data.source is 'shapes', which ignores it: "
+                "set data.source=files to read the files, or drop data.files"
+            )
         return data
 
     @model_validator(mode="after")
     def _paths(self) -> DataConfig:
-        if self.source != "shapes" and not self.path:
-            raise ValueError("data.path is required for data.source='files'")
-        if self.source == "shapes" and self.path:
+        if self.files is not None and not self.files.path:
+            raise ValueError("data.files.path is required for data.source='files'")
+        if self.streaming and self.cache:
             raise ValueError(
-                f"data.path ({self.path}) is set but data.source is 'shapes', which ignores it: "
-                "set data.source=files to train on it, or drop data.path"
-            )
-        if self.streaming and (self.source != "files" or self.cache):
-            raise ValueError(
-                "data.streaming reads data.path as a stream: it needs data.source=files and no data.cache"
+                "data.files.streaming reads data.files.path as a stream: it needs no data.cache"
             )
         if self.i2t == "llava" and not (self.i2t_path and self.i2t_image_root):
             raise ValueError("data.i2t_path and data.i2t_image_root are required for data.i2t='llava'")
         return self
 
+    @property
+    def streaming(self) -> bool:
+        """Whether the image-caption files are read as a stream (``data.files.streaming``)."""
+        return self.files is not None and self.files.streaming
+
     @model_serializer(mode="wrap")
-    def _without_unused_shapes(self, handler: Any) -> dict[str, Any]:
+    def _without_unused_sections(self, handler: Any) -> dict[str, Any]:
         out = handler(self)
-        if out.get("shapes", ...) is None:  # not a ShapesWorld run: no ShapesWorld keys at all
-            del out["shapes"]
+        for section in ("files", "shapes"):  # a source's keys only in a run that reads it
+            if out.get(section, ...) is None:
+                del out[section]
         return out
 
 
