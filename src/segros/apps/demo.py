@@ -194,10 +194,10 @@ def finetune_config(
         f"run.seed={seed}",
         f"model.init_from={pretrained}",
         "data.source=files",
-        f"data.path={data / 'data.jsonl'}",
+        f"data.files.path={data / 'data.jsonl'}",
         # the image-to-text term reads ShapesWorld scenes drawn like the model's (world_of)
-        f"data.shapes_layout={layout}",
-        f"data.shapes_caption_style={FINETUNE_CAPTIONS}",
+        f"data.shapes.layout={layout}",
+        f"data.shapes.caption_style={FINETUNE_CAPTIONS}",
         "run.progress=auto",
     ]
     if steps:

@@ -49,7 +49,7 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import save_file
 from torch import nn
 
@@ -171,8 +171,6 @@ class BackboneOptions(BaseModel):
     ``Options`` subclasses it with its own (and narrows ``name`` to its registry name)."""
 
     model_config = ConfigDict(extra="forbid")
-    #: earlier names of options, still read from configs and saved checkpoints: {old: current}
-    renamed: ClassVar[dict[str, str]] = {}
 
     name: str
     # a folder save_pretrained wrote (reloaded, see Backbone.reload_options), or what the adapter's
@@ -181,21 +179,6 @@ class BackboneOptions(BaseModel):
     # probability that a training caption is replaced by the empty prompt, so the model learns the
     # unconditional branch of classifier-free guidance (Show-o's cond_dropout_prob)
     caption_dropout: float = Field(0.1, ge=0.0, le=1.0)
-
-    @classmethod
-    def current_names(cls, values: dict[str, Any]) -> dict[str, Any]:
-        """``values`` with every renamed option under its current name (the current one wins)."""
-        out = dict(values)
-        for old, new in cls.renamed.items():
-            if old in out:
-                value = out.pop(old)
-                out.setdefault(new, value)
-        return out
-
-    @model_validator(mode="before")
-    @classmethod
-    def _renamed_options(cls, data: Any) -> Any:
-        return cls.current_names(data) if isinstance(data, dict) and cls.renamed else data
 
 
 def saved_config(folder: str | Path) -> dict[str, Any] | None:
@@ -630,8 +613,14 @@ class Backbone(nn.Module, ABC):
             raise FileNotFoundError(
                 f"{folder} is not a complete {cls.name} checkpoint: missing {', '.join(missing)}"
             )
-        saved = cls.Options.current_names(config["options"])
-        options = cls.Options(**{**saved, **cls.Options.current_names(overrides), "init_from": None})
+        unknown = sorted(set(config["options"]) - set(cls.Options.model_fields))
+        if unknown:  # e.g. an option renamed since (docs/design.md lists the renames)
+            raise ValueError(
+                f"{folder / 'config.json'} has options the {cls.name} backbone does not know: "
+                f"{', '.join(unknown)} (saved by an older segros? docs/design.md, 'Saved option names', "
+                "lists the renamed ones: rename them in that file)"
+            )
+        options = cls.Options(**{**config["options"], **overrides, "init_from": None})
         return cls.from_saved(folder, config, options)
 
     @classmethod

@@ -142,7 +142,6 @@ class TinyOptions(BackboneOptions):
     # "understanding", the clean image as the understanding path reads it: RecA conditions on the
     # understanding encoder's features, a view of the image that is not the target itself
     hint_source: Literal["codes", "understanding"] = "codes"
-    renamed = {"sample_temperature": "temperature", "choice_temperature": "generation_temperature"}
 
 
 class TinyBackbone(Backbone):
