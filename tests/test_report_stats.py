@@ -47,3 +47,17 @@ def test_report_pairs_models_seed_by_seed_and_marks_intervals_excluding_zero():
     assert row["overall"].endswith("*") and row["overall"].startswith("+3.0")
     sft = dict(zip(header, next(r for r in rows if r[0] == "sft - pretrained"), strict=True))
     assert not sft["position"].endswith("*")  # +5, -1, +11: the interval covers zero
+
+
+def test_demo_ablations_flag_runs_all_or_the_named_ones():
+    import argparse
+
+    from segros.apps import demo
+
+    parser = argparse.ArgumentParser()
+    demo.add_arguments(parser)
+    assert parser.parse_args([]).ablations is None
+    assert parser.parse_args(["--ablations"]).ablations == []
+    assert parser.parse_args(["--ablations", "segros_eta0"]).ablations == ["segros_eta0"]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--ablations", "segros_nonsense"])
