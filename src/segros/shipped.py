@@ -7,8 +7,11 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent
 #: the pretrained TinyUMM every demo method starts from (PROVENANCE.md beside it)
 PRETRAINED_TINY = PACKAGE / "assets" / "tiny-pretrained"
+#: the earlier shipped TinyUMM, pretrained on clean coarse captions (docs/miniature.md)
+PRETRAINED_TINY_COARSE = PACKAGE / "assets" / "tiny-pretrained-coarse"
 #: every config of the README and the paper's tables, one folder per backbone (their one home; a
 #: ``--config configs/...`` path that does not exist in the working directory is read from here)
 CONFIGS = PACKAGE / "configs"
-#: the demo's recipes: pretrain.yaml (the shipped TinyUMM) and finetune.yaml (every demo method)
+#: the demo's recipes: pretrain.yaml (the shipped TinyUMM), pretrain-coarse.yaml (the earlier one) and
+#: finetune.yaml (every demo method)
 RECIPES = CONFIGS / "demo"
