@@ -20,7 +20,8 @@ import pytest
 import torch
 from train_helpers import tiny_model_section
 
-from segros.backbones.base import BackboneOptions, I2TBatch, T2IBatch, saved_config
+from segros.backbones.base import BackboneOptions, I2TBatch, T2IBatch
+from segros.backbones.files import saved_config
 from segros.backbones.registry import BACKBONES, backbone_class, build_backbone, load_backbone
 from segros.data.sources import ShapesConversations, ShapesImageText
 from segros.plan import PRESETS, SupervisionPlan

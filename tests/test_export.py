@@ -25,13 +25,13 @@ from test_showo_checkpoints import _upstream_folders, expected_showo
 from train_helpers import tiny_config
 
 from segros.backbones.harmon.model import Harmon, HarmonConfig
-from segros.backbones.harmon.release import upstream_state as harmon_upstream
+from segros.backbones.harmon.weights import upstream_state as harmon_upstream
 from segros.backbones.openuni import weights as W
 from segros.backbones.openuni.adapter import OpenUniBackbone, OpenUniOptions
 from segros.backbones.registry import load_backbone
 from segros.backbones.showo.adapter import ShowoBackbone, ShowoOptions
-from segros.backbones.showo.checkpoints import upstream_state as showo_upstream
 from segros.backbones.showo.model import Showo, ShowoConfig
+from segros.backbones.showo.weights import upstream_state as showo_upstream
 from segros.cli import main
 from segros.data.sources import ShapesImageText
 from segros.plan import preset
