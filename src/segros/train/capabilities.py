@@ -41,7 +41,7 @@ def refused_knobs(method: Any, capabilities: Capabilities, backbone: str) -> dic
             refused["preset"] = f"{why}; segros_droploss is segros here: use preset segros"
     if not capabilities.trains_image_to_text and method.i2t_weight > 0:
         refused["i2t_weight"] = (
-            f"the {backbone} backbone's image-to-text loss trains nothing (capabilities: "
+            f"the {backbone} backbone trains nothing with its image-to-text loss (capabilities: "
             "trains_image_to_text=False, its understanding model is frozen): set i2t_weight 0"
         )
     return refused
