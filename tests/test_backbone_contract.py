@@ -102,6 +102,14 @@ def test_the_class_declares_the_contract(name):
     assert set(cls.Options.renamed.values()) <= fields and not set(cls.Options.renamed) & fields
     assert cls.mask_schedule in SCHEDULES and cls.lora_targets
     assert cls.prompt_padding in ("left", "right") and "model.safetensors" in cls.saved_files
+    # FSDP2 (fully_shard) swaps an instance's class for a subclass of (FSDPModule, cls): the
+    # contract's mixins must leave nn.Module's instance layout as it is
+    from torch import nn
+    from torch.distributed.fsdp import FSDPModule
+
+    instance = cls.__new__(cls)
+    nn.Module.__init__(instance)
+    instance.__class__ = type(f"FSDP{cls.__name__}", (FSDPModule, cls), {})
 
 
 def test_old_option_names_are_read_as_the_current_ones():

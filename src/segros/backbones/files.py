@@ -127,6 +127,8 @@ class BackboneFiles(ABC):
     (``from_options``, ``from_pretrained``, ``save_pretrained``) and the adapter's hooks
     (``build``, ``from_upstream``, ``from_saved``, ``architecture``, ``save_components``)."""
 
+    __slots__ = ()  # a mixin of an nn.Module: adds no instance layout (FSDP2 swaps the class)
+
     #: the registry name (``model.name``), written as ``backbone`` into a saved ``config.json``
     name: ClassVar[str]
     #: the pydantic schema of the config's ``model:`` section

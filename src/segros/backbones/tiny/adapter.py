@@ -21,7 +21,16 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
-from segros.backbones.base import Backbone, BackboneOptions, Capabilities, GroundingInputs, I2TBatch, T2IBatch
+from segros.backbones.base import (
+    Backbone,
+    BackboneOptions,
+    Capabilities,
+    GroundingInputs,
+    I2TBatch,
+    PlanHints,
+    T2IBatch,
+    hinted_layout,
+)
 from segros.backbones.files import load_weights
 from segros.backbones.image_cache import ImageFields
 from segros.backbones.images import NEAREST, square_batch
@@ -187,37 +196,23 @@ class TinyBackbone(Backbone):
         return ids, torch.ones_like(ids, dtype=torch.bool)
 
     def _image_logits(
-        self,
-        ids: torch.Tensor,
-        mask: torch.Tensor,
-        image_ids: torch.Tensor,
-        hints: torch.Tensor | None = None,
-        hint_idx: torch.Tensor | None = None,
-        hint_position: str = "prefix",
-        hint_valid: torch.Tensor | None = None,
+        self, ids: torch.Tensor, mask: torch.Tensor, image_ids: torch.Tensor, hints: PlanHints | None = None
     ) -> torch.Tensor:
-        """Code logits (B, N, K) at the image slots of ``[hints | text | image]`` (Fig. 6); the
-        hint arguments are :meth:`plan_hints`' (none: generation)."""
-        K = 0 if hints is None else hints.shape[1]
-        position = hint_position if K else "prefix"
-        layout = pack_layout(
-            K,
-            mask,
-            image_ids.shape[1],
-            hint_idx=hint_idx if K else None,
-            hint_position=position,
-            hint_valid=hint_valid if K else None,
-        )
+        """Code logits (B, N, K) at the image slots of ``[hints | text | image]`` (Fig. 6); ``hints``
+        from :meth:`plan_hints` (None: generation)."""
+        K = 0 if hints is None else hints.count
+        position = hints.position if K else "prefix"
+        layout = hinted_layout(hints, mask, image_ids.shape[1])
         positions = layout.position_ids
         if self.cfg.image_positions == "fixed":  # slot i keeps id max_text_len + i (model.py)
             positions = positions.clone()
             positions[:, layout.image] = self._image_slot_ids(image_ids.shape[1], positions.device)
             if position == "slot" and K:
-                positions[:, :K] = self._image_slot_ids(image_ids.shape[1], positions.device)[hint_idx]
+                positions[:, :K] = self._image_slot_ids(image_ids.shape[1], positions.device)[hints.idx]
         if position == "prefix" and K:  # -K..-1 -> the hints' own range of the position table
             positions = torch.where(positions < 0, positions + K + self.cfg.hint_position_base, positions)
         parts = [self.model.embed(ids), self.model.embed(image_ids)]
-        tokens = torch.cat([hints, *parts] if K else parts, dim=1)
+        tokens = torch.cat([hints.embeddings, *parts] if K else parts, dim=1)
         hidden = self.model.hidden(tokens, layout.segment, positions, layout.allowed)
         lo = self.cfg.code_offset
         return self.model.logits(hidden[:, layout.image], lo, lo + self.cfg.num_codes)
@@ -230,7 +225,7 @@ class TinyBackbone(Backbone):
         codes = batch.extras["codes"]
         ids, mask = self.condition(batch, plan.text_condition)
         image_ids = torch.where(plan.seen, codes + self.cfg.code_offset, self.cfg.mask_id)  # Sec. 3.4
-        logits = self._image_logits(ids, mask, image_ids, **self.plan_hints(batch, plan))
+        logits = self._image_logits(ids, mask, image_ids, self.plan_hints(batch, plan))
         return masked_cross_entropy(logits, codes, plan.loss_weight)  # Eq. 15
 
     def i2t_loss(self, batch: I2TBatch) -> torch.Tensor:
