@@ -228,7 +228,9 @@ class Backbone(nn.Module, BackboneFiles, PromptConditioning, ImageCache, Compile
     storage (:class:`~segros.backbones.files.BackboneFiles`), the conditioning prompt and caption
     dropout (:class:`~segros.backbones.conditioning.PromptConditioning`), image fields and the
     cache (:class:`~segros.backbones.image_cache.ImageCache`) and the compile units
-    (:class:`~segros.backbones.compile_units.CompileUnits`).
+    (:class:`~segros.backbones.compile_units.CompileUnits`). ``nn.Module`` stays the first base and
+    the mixins declare ``__slots__ = ()``: FSDP2 swaps an instance's class for a subclass of
+    ``(FSDPModule, cls)``, which needs the instance layout to be ``nn.Module``'s.
     """
 
     # name, Options, reload_options, saved_files: see BackboneFiles
