@@ -58,7 +58,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from segros.backbones.batch_rows import BatchMethods
@@ -111,8 +111,6 @@ class BackboneOptions(BaseModel):
     ``Options`` subclasses it with its own (and narrows ``name`` to its registry name)."""
 
     model_config = ConfigDict(extra="forbid")
-    #: earlier names of options, still read from configs and saved checkpoints: {old: current}
-    renamed: ClassVar[dict[str, str]] = {}
 
     name: str
     # a folder save_pretrained wrote (reloaded, see Backbone.reload_options), or what the adapter's
@@ -121,21 +119,6 @@ class BackboneOptions(BaseModel):
     # probability that a training caption is replaced by the empty prompt, so the model learns the
     # unconditional branch of classifier-free guidance (Show-o's cond_dropout_prob)
     caption_dropout: float = Field(0.1, ge=0.0, le=1.0)
-
-    @classmethod
-    def current_names(cls, values: dict[str, Any]) -> dict[str, Any]:
-        """``values`` with every renamed option under its current name (the current one wins)."""
-        out = dict(values)
-        for old, new in cls.renamed.items():
-            if old in out:
-                value = out.pop(old)
-                out.setdefault(new, value)
-        return out
-
-    @model_validator(mode="before")
-    @classmethod
-    def _renamed_options(cls, data: Any) -> Any:
-        return cls.current_names(data) if isinstance(data, dict) and cls.renamed else data
 
 
 def gather_tokens(feats: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

@@ -102,7 +102,6 @@ class HarmonOptions(BackboneOptions):
     cfg_schedule: Literal["constant", "linear"] = "constant"
     temperature: float = Field(1.0, gt=0.0)  # DiffLoss sampling temperature (upstream's name)
     diffusion_steps: int = Field(100, ge=1, le=1000)
-    renamed = {"grad_checkpointing": "gradient_checkpointing"}
 
 
 # --- images ---------------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """TinyUMM behind the backbone protocol: data preparation, the SeGroS seam, generation, storage.
 
 Hints are the clean code embeddings at the plan's positions (as for Show-o's VQ variants),
-prepended in the Fig. 6 layout. With ``hint_position=prefix`` (default) they take position ids of a
+or, with ``model.hint_source=understanding`` (the demo's RecA), the clean image as the model's
+understanding path reads it (final hidden states of an image-only image-to-text pass, no
+gradient), prepended in the Fig. 6 layout. With ``hint_position=prefix`` (default) they take position ids of a
 range of their own, numbered by their order, so a hint says *what* is in the image, not *where*,
 and text and image keep exactly their generation-time positions; ``slot`` gives each hint its
 image slot's position (an ablation: the model can then copy a hinted target from distance 0).
@@ -29,6 +31,7 @@ from segros.backbones.base import (
     I2TBatch,
     PlanHints,
     T2IBatch,
+    gather_tokens,
     hinted_layout,
 )
 from segros.backbones.files import load_weights
@@ -72,7 +75,10 @@ class TinyOptions(BackboneOptions):
     # scale of the annealed Gumbel noise on the unmasking order (Show-o's name; MaskGIT's choice
     # temperature); 0: unmask strictly the most confident codes
     generation_temperature: float = Field(0.0, ge=0.0)
-    renamed = {"sample_temperature": "temperature", "choice_temperature": "generation_temperature"}
+    # what a hint carries: "codes", the clean image-token embeddings (the paper's visual hints), or
+    # "understanding", the clean image as the understanding path reads it: RecA conditions on the
+    # understanding encoder's features, a view of the image that is not the target itself
+    hint_source: Literal["codes", "understanding"] = "codes"
 
 
 class TinyBackbone(Backbone):
@@ -88,6 +94,7 @@ class TinyBackbone(Backbone):
             "guidance_scale",
             "temperature",
             "generation_temperature",
+            "hint_source",
         }
     )
     saved_files = ("model.safetensors", "image_tokenizer.safetensors")
@@ -183,7 +190,26 @@ class TinyBackbone(Backbone):
         )
 
     def hint_embeddings(self, batch: T2IBatch, hint_idx: torch.Tensor) -> torch.Tensor:
-        return self._code_embeddings(batch.extras["codes"].gather(1, hint_idx))
+        codes = batch.extras["codes"]
+        if self.options.hint_source == "understanding" and hint_idx.shape[1]:
+            return gather_tokens(self.understanding_features(codes), hint_idx)
+        return self._code_embeddings(codes.gather(1, hint_idx))
+
+    @torch.no_grad()
+    def understanding_features(self, codes: torch.Tensor) -> torch.Tensor:
+        """(B, N, dim) the clean image as the image-to-text path reads it: the final hidden states
+        at the image slots of an image-only pass (bidirectional, the image's image-to-text position
+        ids). TinyUMM has no separate understanding encoder; this pass is its counterpart of the
+        SigLIP / CLIP features RecA conditions on, held fixed within a step (no gradient), as
+        those encoders are."""
+        B, N = codes.shape
+        segment = torch.full((N,), IMAGE, device=codes.device)
+        if self.cfg.image_positions == "fixed":
+            positions = self._image_slot_ids(N, codes.device)
+        else:
+            positions = torch.arange(N, device=codes.device)
+        allowed = torch.ones(1, N, N, dtype=torch.bool, device=codes.device)
+        return self.model.hidden(self._code_embeddings(codes), segment, positions.expand(B, -1), allowed)
 
     @property
     def pad_id(self) -> int:
