@@ -118,9 +118,8 @@ def code_probabilities(
 ) -> torch.Tensor:
     """(S, cells) the model's probability of ``code[s]`` at every image slot of sample s."""
     text = backbone.text_tokenizer.batch(captions, backbone.cfg.max_text_len)
-    no_hints = torch.zeros(len(captions), 0, backbone.cfg.dim)
     with torch.no_grad():
-        probs = backbone._image_logits(no_hints, text["ids"], text["mask"], image_ids).softmax(-1)
+        probs = backbone._image_logits(text["ids"], text["mask"], image_ids).softmax(-1)
     return probs.gather(-1, code.view(-1, 1, 1).expand(-1, probs.shape[1], 1)).squeeze(-1)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from segros.backbones.showo.adapter import ShowoBackbone, ShowoOptions
-from segros.backbones.showo.checkpoints import word_level_tokenizer
+from segros.backbones.showo.text import word_level_tokenizer
 from segros.data.shapes import vocabulary
 from segros.data.sources import SHAPES_QUESTIONS
 

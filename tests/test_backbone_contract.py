@@ -20,7 +20,8 @@ import pytest
 import torch
 from train_helpers import tiny_model_section
 
-from segros.backbones.base import BackboneOptions, I2TBatch, T2IBatch, saved_config
+from segros.backbones.base import BackboneOptions, Capabilities, I2TBatch, T2IBatch
+from segros.backbones.files import saved_config
 from segros.backbones.registry import BACKBONES, backbone_class, build_backbone, load_backbone
 from segros.data.sources import ShapesConversations, ShapesImageText
 from segros.plan import PRESETS, SupervisionPlan
@@ -303,6 +304,22 @@ def test_text_condition_decides_whether_the_caption_is_read(backbone, batch):
     assert recon(backbone, batch, reca) == recon(backbone, swapped(batch), reca)
     sft = make_plan(backbone, batch, "sft")
     assert recon(backbone, batch, sft) != recon(backbone, swapped(batch), sft)
+
+
+def test_declared_capabilities_hold_for_the_model(backbone, batch, i2t):
+    """``capabilities`` is what the config layer trusts to refuse knobs, so it must be true: a
+    token-masking backbone's loss depends on which tokens are seen, a non-masking one's does not;
+    the image-to-text loss reaches a trainable weight exactly when it is declared to train."""
+    caps = backbone.capabilities
+    assert isinstance(caps, Capabilities)
+    plan = make_plan(backbone, batch, "sft")
+    assert 0 < int(plan.seen.sum()) < plan.seen.numel()
+    moved = dataclasses.replace(  # other tokens seen (same count per sample), targets moved along
+        plan, seen=plan.seen.roll(1, dims=1), loss_weight=plan.loss_weight.roll(1, dims=1)
+    )
+    same = torch.allclose(recon(backbone, batch, plan), recon(backbone, batch, moved), atol=1e-6)
+    assert same != caps.masks_tokens
+    assert backbone.i2t_loss(i2t).requires_grad == caps.trains_image_to_text
 
 
 def test_dropped_captions_become_the_empty_prompt(backbone, batch):

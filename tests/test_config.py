@@ -107,3 +107,24 @@ def test_data_path_with_shapes_source_is_an_error_naming_both_keys():
     assert "data.path" in message and "data.source" in message
     files = load_config(None, ["data.source=files", "data.path=/data/my-images"])
     assert files.data.path == "/data/my-images"
+
+
+def test_method_knobs_are_checked_against_each_capability_on_its_own():
+    """The config layer reads a backbone's declared Capabilities, not its name: a masking model
+    whose image-to-text loss trains nothing refuses i2t_weight only; a non-masking one that trains
+    it refuses the masking knobs only; a model with both refuses nothing."""
+    from segros.backbones.base import Capabilities
+    from segros.train.capabilities import refused_knobs
+
+    method = load_config(
+        None, ["method.seen_pick=top", "method.mask_schedule=uniform", "method.i2t_weight=0.5"]
+    ).method
+    frozen_i2t = Capabilities(masks_tokens=True, trains_image_to_text=False, generation="masked")
+    assert set(refused_knobs(method, frozen_i2t, "x")) == {"i2t_weight"}
+    no_masks = Capabilities(masks_tokens=False, trains_image_to_text=True, generation="flow")
+    refused = refused_knobs(method, no_masks, "x")
+    assert set(refused) == {"seen_pick", "mask_schedule"} and "masks_tokens=False" in refused["seen_pick"]
+    both = Capabilities(masks_tokens=True, trains_image_to_text=True, generation="masked-autoregressive")
+    assert refused_knobs(method, both, "x") == {}
+    with pytest.raises(ValueError, match="generation must be one of"):
+        Capabilities(masks_tokens=True, trains_image_to_text=True, generation="autoregressive")

@@ -24,14 +24,15 @@ from test_openuni_checkpoints import UPSTREAM, meta_backbone, openuni_pth_shapes
 from test_showo_checkpoints import _upstream_folders, expected_showo
 from train_helpers import tiny_config
 
+from segros.backbones.files import unwrap
 from segros.backbones.harmon.model import Harmon, HarmonConfig
-from segros.backbones.harmon.release import upstream_state as harmon_upstream
+from segros.backbones.harmon.weights import upstream_state as harmon_upstream
 from segros.backbones.openuni import weights as W
 from segros.backbones.openuni.adapter import OpenUniBackbone, OpenUniOptions
 from segros.backbones.registry import load_backbone
 from segros.backbones.showo.adapter import ShowoBackbone, ShowoOptions
-from segros.backbones.showo.checkpoints import upstream_state as showo_upstream
 from segros.backbones.showo.model import Showo, ShowoConfig
+from segros.backbones.showo.weights import upstream_state as showo_upstream
 from segros.cli import main
 from segros.data.sources import ShapesImageText
 from segros.plan import preset
@@ -154,7 +155,7 @@ def test_openuni_round_trip(tmp_path):
     back.mllm.load_state_dict(bb.mllm.state_dict())  # the frozen parts upstream loads from their repos
     back.vae.load_state_dict(bb.vae.state_dict())
     assert not torch.equal(back.meta_queries, bb.meta_queries)
-    routed, unknown = W.route_openuni(W.unwrap(state, "pth"))
+    routed, unknown = W.route_openuni(unwrap(state, "pth"))
     assert unknown == [] and back.load_state_dict(routed, strict=False).unexpected_keys == []
     for key, value in bb.state_dict().items():
         assert torch.equal(back.state_dict()[key], value), key

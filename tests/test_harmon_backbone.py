@@ -9,7 +9,7 @@ import torch
 from harmon_helpers import i2t_records, records, tiny_backbone
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from segros.backbones.harmon.adapter import diffusion_loss
+from segros.backbones.harmon.diffloss import diffusion_loss
 from segros.plan import preset
 from segros.supervision import ground_and_plan, sample_ratio
 

@@ -20,7 +20,7 @@ from harmon_helpers import tiny_backbone as tiny_harmon
 from PIL import Image
 from showo_helpers import tiny_backbone as tiny_showo
 
-from segros.backbones.showo.prompting import Vocab, extend_tokenizer, t2i_prompt, tokenize_captions
+from segros.backbones.showo.text import Vocab, extend_tokenizer, t2i_prompt, tokenize_captions
 from segros.data.readers import ImageTextRecord
 from segros.data.sources import ShapesImageText
 from segros.plan import SupervisionPlan, preset
@@ -97,7 +97,7 @@ def _showo_logits(bb, batch, plan, hints=None, hint_idx=None) -> torch.Tensor:
     image_ids = torch.where(plan.seen, batch.extras["codes"] + v.code_offset, v.mask)
     with torch.no_grad():
         return bb.image_logits(
-            hints, bb.hint_slots(hint_idx), ids, mask, image_ids, plan.hint_position, plan.hint_valid()
+            ids, mask, image_ids, hints, hint_idx, plan.hint_position, plan.hint_valid()
         )
 
 

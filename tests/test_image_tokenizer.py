@@ -192,7 +192,7 @@ def test_tiny_default_tokenizer_round_trip_keeps_judge_score(tmp_path, monkeypat
     """The tokenizer TinyUMM uses by default (32 px, 4 px patches, 8x8 tokens, 4096 codes; the
     copy shipped with the pretrained model) keeps the judge score >= 0.95 (1 sample per prompt;
     4 samples per prompt measured 0.971)."""
-    from segros.backbones.tiny.adapter import cached_tokenizer
+    from segros.backbones.tiny.image_tokenizer import cached_tokenizer
 
     monkeypatch.setenv("SEGROS_CACHE", str(tmp_path))  # nothing cached: the shipped copy is used
     tok = cached_tokenizer(32, 4096)

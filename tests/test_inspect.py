@@ -96,7 +96,7 @@ def test_inspect_without_checkpoint_uses_an_untrained_tiny_model(
 ):
     # The default model fits its tokenizer once and caches it (about a minute, tested in
     # test_image_tokenizer.py); here the cache entry is the session's small tokenizer.
-    from segros.backbones.tiny.adapter import tokenizer_cache_path
+    from segros.backbones.tiny.image_tokenizer import tokenizer_cache_path
 
     monkeypatch.setenv("SEGROS_CACHE", str(tmp_path / "cache"))
     cached = tokenizer_cache_path(32, 4096)

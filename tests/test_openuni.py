@@ -248,7 +248,8 @@ def test_table7_configs_validate_without_weights(method, tag):
     ],
 )
 def test_knobs_that_do_nothing_on_openuni_are_refused(override, key):
-    with pytest.raises(ConfigError, match=rf"method\.{key}: OpenUni"):
+    capability = "trains_image_to_text" if key == "i2t_weight" else "masks_tokens"
+    with pytest.raises(ConfigError, match=rf"method\.{key}: the openuni backbone .*\b{capability}=False"):
         load_config(CONFIGS / "segros-1.6b.yaml", [override])
 
 

@@ -13,7 +13,7 @@ from qwen_helpers import qwen2_layer_shapes
 from safetensors.torch import save_file
 
 from segros.backbones.hub import MissingCheckpointError
-from segros.backbones.openuni import arch as A
+from segros.backbones.openuni import model as A
 from segros.backbones.openuni import text as T
 from segros.backbones.openuni import weights as W
 from segros.backbones.openuni.adapter import OpenUniBackbone, OpenUniOptions

@@ -53,7 +53,7 @@ def test_every_word_and_length_of_the_fine_tuning_captions_occurs_in_web_caption
 
 
 def test_web_words_are_in_a_fresh_tinyumms_tokenizer():
-    from segros.backbones.tiny.adapter import QUESTION_WORDS
+    from segros.backbones.tiny.text import QUESTION_WORDS
 
     assert set(WEB_WORDS) <= set(vocabulary()) | set(QUESTION_WORDS)  # no <unk> when pretraining on web
 

@@ -13,7 +13,7 @@ import torch
 from showo_helpers import tiny_backbone
 
 from segros.backbones.registry import load_backbone
-from segros.backbones.showo.prompting import NEW_TOKENS
+from segros.backbones.showo.text import NEW_TOKENS
 from segros.data.sources import ShapesConversations, ShapesImageText
 from segros.plan import SupervisionPlan, preset
 from segros.supervision import ground_and_plan, sample_ratio
@@ -329,12 +329,12 @@ def test_a_words_tokenizer_holds_the_words_and_questions_of_the_named_corpus(mon
     segros.data.corpora (``shapes-words``: ShapesWorld's); a hub id is not mistaken for one."""
     from corpus_helpers import TOY_WORDS, toy_corpus
 
-    from segros.backbones.showo import checkpoints as ckpt
+    from segros.backbones.showo import text
     from segros.data import corpora
 
     monkeypatch.setitem(corpora.CORPORA, "toy", toy_corpus([(0, 0, 0)]))
     bb = tiny_backbone("toy-words")
     vocab = bb.text_tokenizer.get_vocab()
     assert {*TOY_WORDS, "or"} <= set(vocab) and "circle" not in vocab
-    assert "circle" in ckpt.load_tokenizer("shapes-words").get_vocab()
-    assert ckpt.word_corpus("shapes-words") == "shapes" and ckpt.word_corpus("someone/toy-words") is None
+    assert "circle" in text.load_tokenizer("shapes-words").get_vocab()
+    assert text.word_corpus("shapes-words") == "shapes" and text.word_corpus("someone/toy-words") is None

@@ -7,7 +7,7 @@ import torch
 
 from segros.backbones.registry import load_backbone
 from segros.backbones.tiny.adapter import TinyBackbone, TinyOptions
-from segros.backbones.tiny.text_tokenizer import WordTokenizer
+from segros.backbones.tiny.text import WordTokenizer
 from segros.data.sources import ShapesImageText
 from segros.plan import make_plan, preset
 
@@ -88,7 +88,7 @@ def test_a_fresh_model_takes_its_words_and_tokenizer_from_the_named_corpus(tmp_p
     from corpus_helpers import TOY_WORDS, toy_corpus
     from pydantic import ValidationError
 
-    from segros.backbones.tiny.adapter import QUESTION_WORDS
+    from segros.backbones.tiny.text import QUESTION_WORDS
     from segros.data import corpora
 
     colours = [(200, 10, 10), (10, 200, 10), (10, 10, 200)]

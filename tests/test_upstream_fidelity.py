@@ -71,9 +71,9 @@ def test_showo_generation_keeps_upstream_masked_counts(showo, monkeypatch):
     seen = []
     real = showo.image_logits
 
-    def spy(hints, slots, ids, mask, image_ids, *args, **kwargs):
+    def spy(ids, mask, image_ids, *args, **kwargs):
         seen.append((image_ids == showo.vocab.mask).sum(-1).tolist())
-        return real(hints, slots, ids, mask, image_ids, *args, **kwargs)
+        return real(ids, mask, image_ids, *args, **kwargs)
 
     monkeypatch.setattr(showo, "image_logits", spy)
     showo.generate_tokens(["a red circle", "two blue squares"], torch.Generator().manual_seed(0), steps=3)

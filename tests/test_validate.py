@@ -19,7 +19,8 @@ from scipy.stats import binomtest
 from train_helpers import tiny_model_section
 
 from segros.backbones.registry import backbone_class, build_backbone, load_backbone
-from segros.backbones.tiny.adapter import SHIPPED_TOKENIZER, TinyBackbone
+from segros.backbones.tiny.adapter import TinyBackbone
+from segros.backbones.tiny.image_tokenizer import SHIPPED_TOKENIZER
 from segros.cli import main
 from segros.data.shapes import (
     COLORS,

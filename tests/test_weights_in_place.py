@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from segros.backbones.base import plain_state
+from segros.backbones.files import plain_state
 from segros.train.engines import copy_weights_into
 
 

@@ -98,9 +98,9 @@ def export_upstream(backbone: Any, out: Path) -> dict[str, Any]:
     """Write ``backbone`` in its upstream release layout (the inverse of each adapter's loader,
     kept beside it); returns ``{"files": [...], "references": {part: folder or hub id}}``."""
     if backbone.name == "showo":
-        from segros.backbones.showo.checkpoints import write_upstream
+        from segros.backbones.showo.weights import write_upstream
     elif backbone.name == "harmon":
-        from segros.backbones.harmon.release import write_upstream
+        from segros.backbones.harmon.weights import write_upstream
     elif backbone.name == "openuni":
         from segros.backbones.openuni.weights import write_upstream
     else:

@@ -254,7 +254,7 @@ def _run_stages(
     quick: bool,
 ) -> Path:
     """The stages of :func:`run_demo`, with its seeds locked."""
-    from segros.backbones.tiny.adapter import cache_dir
+    from segros.backbones.tiny.image_tokenizer import cache_dir
     from segros.train import checkpoint as ckpt
     from segros.train.loop import train_to_end
 

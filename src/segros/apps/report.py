@@ -118,7 +118,7 @@ def sample_grid(
 
 def decoding_settings(checkpoint: Path) -> str:
     """The sampler settings a TinyUMM checkpoint decodes with, as the report states them."""
-    from segros.backbones.base import saved_config
+    from segros.backbones.files import saved_config
     from segros.backbones.registry import options_schema, resolve_checkpoint
 
     config = saved_config(resolve_checkpoint(checkpoint))

@@ -14,7 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from segros.backbones.base import Backbone, saved_config
+from segros.backbones.base import Backbone
+from segros.backbones.files import saved_config
 from segros.backbones.lora import has_adapter, merge_adapter
 from segros.storage import EMA_FILE, latest_checkpoint, load_ema_weights, safetensors_problem
 

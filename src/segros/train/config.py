@@ -349,9 +349,11 @@ def validate(raw: dict[str, Any], origins: Origins | None = None) -> TrainConfig
     except ValueError as e:  # unknown backbone name
         raise ConfigError(f"invalid config:\n  model.name: {e}") from None
     from segros.backbones.registry import backbone_class
+    from segros.train.capabilities import refused_knobs
 
     # method knobs this backbone would silently ignore (e.g. masking knobs on a non-masking model)
-    refused = backbone_class(cfg.model["name"]).refused_method_knobs(cfg.method)
+    name = cfg.model["name"]
+    refused = refused_knobs(cfg.method, backbone_class(name).capabilities, name)
     if refused:
         raise ConfigError("invalid config:\n" + "\n".join(f"  method.{k}: {v}" for k, v in refused.items()))
     return cfg

@@ -44,7 +44,6 @@ backbone's state dict is exactly the Harmon model's (``model.llm.*``, ``model.ma
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -57,31 +56,26 @@ from safetensors.torch import load_file, save_file
 from segros.backbones.base import (
     Backbone,
     BackboneOptions,
+    Capabilities,
     GroundingInputs,
     I2TBatch,
-    ImageFields,
     T2IBatch,
     gather_tokens,
-    plain_state,
 )
+from segros.backbones.files import load_weights, plain_state
 from segros.backbones.harmon import text as T
-from segros.backbones.harmon.diffloss import DiffLoss
+from segros.backbones.harmon import weights as W
+from segros.backbones.harmon.diffloss import diffusion_loss
 from segros.backbones.harmon.mar import check_equal_visible, mask_by_order, random_orders
 from segros.backbones.harmon.model import Harmon, HarmonConfig, scale_gradient
 from segros.backbones.harmon.vae import AutoencoderKL
-from segros.backbones.hub import MissingCheckpointError, resolve_files
+from segros.backbones.image_cache import ImageFields
 from segros.backbones.images import pad_square, square_batch, stack_uint8, to_signed_unit
 from segros.data.corpora import CorpusName
 from segros.data.corpora import words as corpus_words
 from segros.losses import i2t_loss
 from segros.plan import SupervisionPlan
 from segros.sequence import IMAGE, pack_layout
-
-log = logging.getLogger(__name__)
-
-QWEN_TOKENIZERS = {"0.5b": "Qwen/Qwen2.5-0.5B-Instruct", "1.5b": "Qwen/Qwen2.5-1.5B-Instruct"}
-TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json"]
-VAE_FILE = "kl16.ckpt"
 
 
 class HarmonOptions(BackboneOptions):
@@ -122,34 +116,6 @@ def _eval_mode(module: torch.nn.Module) -> Iterator[None]:
         module.train(was)
 
 
-# --- the loss -------------------------------------------------------------------------------------
-
-
-def diffusion_loss(
-    diffloss: DiffLoss,
-    z: torch.Tensor,
-    target: torch.Tensor,
-    weight: torch.Tensor,
-    batch_mul: int,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Eq. 17 on the plan's targets: the DiffLoss of every token with ``weight > 0``, each repeated
-    ``batch_mul`` times, weighted by ``weight`` and normalised by its sum.
-
-    ``z`` (B, N, D) is the MAR decoder output, ``target`` (B, N, C) the clean latents. Tokens of
-    weight 0 (seen, or dropped by drop-loss) never reach the head, so they cannot change the loss.
-    Equals upstream's ``(loss * mask).sum() / mask.sum()`` over the repeated rows for 0/1 weights.
-    """
-    rows = weight > 0
-    if not bool(rows.any()):
-        return z.sum() * 0.0  # keeps every parameter in the graph
-    w = weight[rows].float()
-    zs, ts = z[rows], target[rows]
-    per_row = diffloss(ts.repeat(batch_mul, 1), zs.repeat(batch_mul, 1), generator)
-    per_token = per_row.view(batch_mul, -1).mean(0)
-    return (per_token * w).sum() / w.sum()
-
-
 # --- the backbone ---------------------------------------------------------------------------------
 
 
@@ -178,6 +144,9 @@ class HarmonBackbone(Backbone):
     block_classes = ("Block",)  # the MAR encoder and decoder blocks; Qwen2 names its own
     mask_schedule = "truncnorm"
     mask_per_batch = True
+    capabilities = Capabilities(
+        masks_tokens=True, trains_image_to_text=True, generation="masked-autoregressive"
+    )
 
     def __init__(self, cfg: HarmonConfig, tokenizer: Any, options: HarmonOptions) -> None:
         super().__init__()
@@ -216,59 +185,22 @@ class HarmonBackbone(Backbone):
         self._vae[0]._apply(fn, recurse)
         return self
 
-    @property
-    def device(self) -> torch.device:
-        return self.model.mar.fake_latent.device
-
     # --- construction -----------------------------------------------------------------------------
     @classmethod
     def build(cls, options: HarmonOptions) -> HarmonBackbone:
-        """Random weights (``init_from`` None) or the upstream release."""
-        source = options.init_from
-        tokenizer = load_tokenizer(
-            options.tokenizer or QWEN_TOKENIZERS.get(options.size), options.size, corpus_words(options.corpus)
-        )
-        cfg = HarmonConfig.for_size(options.size)
-        if not source:
-            return cls(cfg, tokenizer, options)
-        ckpt_name = options.checkpoint_file or f"harmon_{options.size}.pth"
-        found, errors = {}, []
-        for src, files, what, key in (
-            (source, [ckpt_name], f"Harmon-{options.size} checkpoint", "model.init_from"),
-            (options.vae or source, [VAE_FILE], "Harmon KL-16 VAE", "model.vae"),
-        ):
-            try:
-                found |= resolve_files(src, files, what, key)
-            except MissingCheckpointError as err:
-                errors.append(str(err))
-        if errors:
-            raise MissingCheckpointError("\n".join(errors))
-        backbone = cls(cfg, tokenizer, options)
-        backbone.load_upstream(found[ckpt_name], found[VAE_FILE])
-        return backbone
+        """Random weights of ``size``."""
+        return cls(HarmonConfig.for_size(options.size), _tokenizer(options), options)
 
-    def load_upstream(self, harmon_pth: str | Path, kl16_ckpt: str | Path) -> None:
-        """Load the released ``harmon_*.pth`` (flat state dict of ``Harmon``) and ``kl16.ckpt``
-        (``{"model": state dict}``), both with ``weights_only=True``. Missing keys other than the
-        tied ``llm.lm_head.weight`` are an error; ``vae.*`` and unknown keys are ignored (logged)."""
-        state = _unwrap(torch.load(harmon_pth, map_location="cpu", weights_only=True))
-        state = {k.removeprefix("module."): v for k, v in state.items() if not k.startswith("vae.")}
-        result = self.model.load_state_dict(state, strict=False)
-        tied = {"llm.lm_head.weight"} if self.model.llm.config.tie_word_embeddings else set()
-        missing = [k for k in result.missing_keys if k not in tied]
-        if missing:
-            raise ValueError(f"{harmon_pth} lacks {len(missing)} Harmon weights, e.g. {missing[:5]}")
-        if result.unexpected_keys:
-            log.warning("%s: ignored %d unknown keys, e.g. %s", harmon_pth, len(result.unexpected_keys),
-                        result.unexpected_keys[:5])  # fmt: skip
-        if tied:
-            self.model.llm.tie_weights()
-        vae_state = _unwrap(torch.load(kl16_ckpt, map_location="cpu", weights_only=True))
-        own = self.vae.state_dict()
-        missing = [k for k in own if k not in vae_state]
-        if missing:
-            raise ValueError(f"{kl16_ckpt} lacks {len(missing)} VAE weights, e.g. {missing[:5]}")
-        self.vae.load_state_dict({k: vae_state[k] for k in own})
+    @classmethod
+    def from_upstream(cls, source: str, options: HarmonOptions) -> HarmonBackbone:
+        """The released ``harmon_<size>.pth`` in ``source`` (``wusize/harmon`` or a folder) and
+        ``kl16.ckpt`` (``model.vae``, default ``source``), both located before anything is built
+        (:func:`weights.release_files`), then loaded by :func:`weights.load_release`."""
+        tokenizer = _tokenizer(options)
+        harmon_pth, kl16_ckpt = W.release_files(source, options.vae, options.checkpoint_file, options.size)
+        backbone = cls(HarmonConfig.for_size(options.size), tokenizer, options)
+        W.load_release(backbone.model, backbone.vae, harmon_pth, kl16_ckpt)
+        return backbone
 
     # --- data -------------------------------------------------------------------------------------
     def pixel_fields(self, images: Sequence[Any]) -> ImageFields:
@@ -485,34 +417,15 @@ class HarmonBackbone(Backbone):
 
     @classmethod
     def from_saved(cls, folder: Path, config: dict[str, Any], options: HarmonOptions) -> HarmonBackbone:
-        tokenizer = load_tokenizer(str(folder / "tokenizer"))
+        tokenizer = T.load_tokenizer(str(folder / "tokenizer"))
         backbone = cls(HarmonConfig.from_dict(config["model"]), tokenizer, options)
-        from segros.backbones.base import load_weights
-
         backbone.load_state_dict(load_weights(folder))
         backbone.vae.load_state_dict(load_file(str(folder / "vae.safetensors")))
         return backbone
 
 
-def _unwrap(state: Any) -> dict[str, torch.Tensor]:
-    """The state dict inside a checkpoint (``{"model": ...}`` / ``{"state_dict": ...}`` or flat)."""
-    for key in ("model", "state_dict", "module"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict) and len(state) <= 4:
-            return state[key]
-    if not isinstance(state, dict):
-        raise ValueError(f"expected a state dict, got {type(state).__name__}")
-    return state
-
-
-def load_tokenizer(source: str | None, size: str = "tiny", words: Sequence[str] | None = None) -> Any:
-    """``AutoTokenizer`` from a folder or hub id (files looked up through :func:`resolve_files`);
-    with no source, for ``tiny``, a word-level tokenizer over ``words`` (smoke runs, no download)."""
-    from transformers import AutoTokenizer
-
-    if not source:
-        if size == "tiny" and words is not None:
-            return T.word_level_tokenizer(words)
-        raise ValueError(f"model.tokenizer is required for size {size!r} (a folder with tokenizer.json)")
-    files = resolve_files(source, TOKENIZER_FILES, "Qwen tokenizer", "model.tokenizer",
-                          optional=["vocab.json", "merges.txt", "special_tokens_map.json"])  # fmt: skip
-    return AutoTokenizer.from_pretrained(str(files["tokenizer.json"].parent))
+def _tokenizer(options: HarmonOptions) -> Any:
+    """The Qwen2.5 tokenizer of ``options`` (``model.tokenizer``, default the size's), or for
+    ``tiny`` without one the built-in word-level one over the corpus's words."""
+    source = options.tokenizer or T.QWEN_TOKENIZERS.get(options.size)
+    return T.load_tokenizer(source, options.size, corpus_words(options.corpus))

@@ -320,3 +320,29 @@ class DiffLoss(nn.Module):
             noise = _randn((z.shape[0], self.in_channels), generator, z.device)
             net = self.net
         return self.gen_diffusion.p_sample_loop(net, noise, z, temperature, generator)
+
+
+# --- the loss on a plan's targets ------------------------------------------------------------
+def diffusion_loss(
+    diffloss: DiffLoss,
+    z: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor,
+    batch_mul: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Eq. 17 on the plan's targets: the DiffLoss of every token with ``weight > 0``, each repeated
+    ``batch_mul`` times, weighted by ``weight`` and normalised by its sum.
+
+    ``z`` (B, N, D) is the MAR decoder output, ``target`` (B, N, C) the clean latents. Tokens of
+    weight 0 (seen, or dropped by drop-loss) never reach the head, so they cannot change the loss.
+    Equals upstream's ``(loss * mask).sum() / mask.sum()`` over the repeated rows for 0/1 weights.
+    """
+    rows = weight > 0
+    if not bool(rows.any()):
+        return z.sum() * 0.0  # keeps every parameter in the graph
+    w = weight[rows].float()
+    zs, ts = z[rows], target[rows]
+    per_row = diffloss(ts.repeat(batch_mul, 1), zs.repeat(batch_mul, 1), generator)
+    per_token = per_row.view(batch_mul, -1).mean(0)
+    return (per_token * w).sum() / w.sum()

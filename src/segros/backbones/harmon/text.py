@@ -1,4 +1,5 @@
-"""Harmon's chat prompts, tokenised with caption masks (docs/upstream/harmon.md section 5).
+"""Harmon's text: the Qwen2.5 tokenizer (or a built-in word-level one) and its chat prompts,
+tokenised with caption masks (docs/upstream/harmon.md section 5).
 
 Text-to-image prompts are ``<|im_start|>user\\nGenerate an image: {caption}<|im_end|>\\n
 <|im_start|>assistant\\n``; the classifier-free-guidance prompt is the same template around
@@ -24,7 +25,11 @@ from typing import Any
 import torch
 
 from segros.backbones import prompts
+from segros.backbones.hub import resolve_files
 from segros.backbones.prompts import encode_captions, right_pad
+
+QWEN_TOKENIZERS = {"0.5b": "Qwen/Qwen2.5-0.5B-Instruct", "1.5b": "Qwen/Qwen2.5-1.5B-Instruct"}
+TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json"]
 
 USER, ASSISTANT, END = "<|im_start|>user\n", "<|im_start|>assistant\n", "<|im_end|>"
 T2I_PREFIX = USER + "Generate an image: "
@@ -74,3 +79,17 @@ def word_level_tokenizer(words: Sequence[str], folder: str | Path | None = None)
     as the real Qwen tokenizer, with no download. Template words are always in the vocabulary.
     """
     return prompts.word_level_tokenizer([END, "<|im_start|>", "<|endoftext|>", "[UNK]"], words, folder)
+
+
+def load_tokenizer(source: str | None, size: str = "tiny", words: Sequence[str] | None = None) -> Any:
+    """``AutoTokenizer`` from a folder or hub id (files looked up through :func:`resolve_files`);
+    with no source, for ``tiny``, a word-level tokenizer over ``words`` (smoke runs, no download)."""
+    from transformers import AutoTokenizer
+
+    if not source:
+        if size == "tiny" and words is not None:
+            return word_level_tokenizer(words)
+        raise ValueError(f"model.tokenizer is required for size {size!r} (a folder with tokenizer.json)")
+    files = resolve_files(source, TOKENIZER_FILES, "Qwen tokenizer", "model.tokenizer",
+                          optional=["vocab.json", "merges.txt", "special_tokens_map.json"])  # fmt: skip
+    return AutoTokenizer.from_pretrained(str(files["tokenizer.json"].parent))

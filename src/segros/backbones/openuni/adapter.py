@@ -21,7 +21,7 @@ DiT denoising DC-AE latents with flow matching. How the plan maps onto it (paper
 - Loss: OpenUni is no masking model. Nothing is corrupted and the loss is upstream's flow matching
   on the whole latent (uniform t, ``x_t = (1 - s) x_0 + s e``, velocity target ``e - x_0``); a
   plan's ``seen``, ``loss_weight`` and ``mask_ratio`` are not read. The config refuses the knobs
-  that only set them (:meth:`OpenUniBackbone.refused_method_knobs`).
+  that only set them: its ``capabilities`` say it masks no tokens (:mod:`segros.train.capabilities`).
 - The MLLM is always frozen (upstream ``freeze_lmm=True``), so there is no I2T training
   (lambda = 0, Table 7); ``i2t_loss`` is the frozen MLLM's answer NLL, for evaluation only.
 - Generation: queries read out for ``[prompts; "Generate an image."]``, DPM-Solver++ (SANA's
@@ -37,20 +37,22 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, Field
+from pydantic import Field
 from torch import nn
 
 from segros.backbones.base import (
     Backbone,
     BackboneOptions,
+    Capabilities,
     GroundingInputs,
     I2TBatch,
-    ImageFields,
     T2IBatch,
     gather_tokens,
 )
+from segros.backbones.files import load_exact, load_weights, unwrap
+from segros.backbones.image_cache import ImageFields
 from segros.backbones.images import crop_square_batch, pad_square, stack_uint8, to_signed_unit
-from segros.backbones.openuni import arch as A
+from segros.backbones.openuni import model as A
 from segros.backbones.openuni import text as T
 from segros.backbones.openuni import weights as W
 from segros.data.corpora import CorpusName
@@ -107,6 +109,8 @@ class OpenUniBackbone(Backbone):
     saved_files = ("model.safetensors", "tokenizer")
     lora_targets = ("to_q", "to_k", "to_v", "to_out.0")  # SANA's self- and cross-attention
     mask_schedule = "cosine"  # drawn by the trainer, never read: the loss covers the whole latent
+    # nothing is masked (flow matching on the whole latent) and the MLLM is frozen (lambda = 0)
+    capabilities = Capabilities(masks_tokens=False, trains_image_to_text=False, generation="flow")
 
     def __init__(self, arch: dict[str, Any], tokenizer: Any, options: OpenUniOptions) -> None:
         from diffusers import AutoencoderDC, FlowMatchEulerDiscreteScheduler, SanaTransformer2DModel
@@ -129,13 +133,13 @@ class OpenUniBackbone(Backbone):
         conn_cfg = SiglipVisionConfig(**arch["connector"])
         conn_cfg._attn_implementation = "sdpa"
         self.connector = SiglipEncoder(conn_cfg)
-        _init_connector(self.connector)
+        A.init_connector(self.connector)
         self.model = SanaTransformer2DModel.from_config(arch["sana"])  # the trained transformer
         self.projector = nn.Linear(H, self.model.config.caption_channels)
         Q = arch["num_queries"]
         self.meta_queries = nn.Parameter(torch.randn(Q, H) / math.sqrt(H))  # upstream: N(0, 1/sqrt(H))
         self.vae = AutoencoderDC.from_config(arch["vae"]).requires_grad_(False).eval()
-        self.train_scheduler = FlowMatchEulerDiscreteScheduler.from_config(_flow_config(arch["scheduler"]))
+        self.train_scheduler = FlowMatchEulerDiscreteScheduler.from_config(A.flow_config(arch["scheduler"]))
         self.model.requires_grad_(options.train_transformer)
         if options.gradient_checkpointing:
             self.model.enable_gradient_checkpointing()
@@ -163,10 +167,6 @@ class OpenUniBackbone(Backbone):
         return self
 
     @property
-    def device(self) -> torch.device:
-        return self.meta_queries.device
-
-    @property
     def llm(self) -> nn.Module:
         """The MLLM's language model body (a ``Qwen2Model``: no head), upstream's ``llm.model``."""
         return self.mllm.model.language_model
@@ -174,18 +174,16 @@ class OpenUniBackbone(Backbone):
     # --- construction -----------------------------------------------------------------------------
     @classmethod
     def build(cls, options: OpenUniOptions) -> OpenUniBackbone:
-        """Random weights (``init_from`` None) or the upstream release (:func:`weights.gather`)."""
-        if not options.init_from:
-            tokenizer = load_tokenizer(options.tokenizer, options.size, corpus_words(options.corpus))
-            return cls(default_architecture(options.size, tokenizer), tokenizer, options)
-        return cls.load_upstream(options)
+        """Random weights of ``size``."""
+        tokenizer = T.load_tokenizer(options.tokenizer, options.size, corpus_words(options.corpus))
+        return cls(default_architecture(options.size, tokenizer), tokenizer, options)
 
     @classmethod
-    def load_upstream(cls, options: OpenUniOptions) -> OpenUniBackbone:
-        """Build from upstream's files: the MLLM folder (original or HF InternVL format), the SANA
-        folder (``transformer/``, ``scheduler/``), the DC-AE folder and the ``.pth``, each found by
-        :func:`weights.gather`; every missing file is named at once, before anything is built."""
-        source = options.init_from
+    def from_upstream(cls, source: str, options: OpenUniOptions) -> OpenUniBackbone:
+        """Build from upstream's files: the ``.pth`` in ``source`` (``wusize/openuni`` or a folder),
+        the MLLM folder (original or HF InternVL format), the SANA folder (``transformer/``,
+        ``scheduler/``) and the DC-AE folder, each found by :func:`weights.gather`; every missing
+        file is named at once, before anything is built."""
         release = A.RELEASES.get(options.size)
         if release is None and not (
             options.mllm and options.sana and options.vae and options.checkpoint_file
@@ -204,31 +202,31 @@ class OpenUniBackbone(Backbone):
         }
         sources["tokenizer"] = options.tokenizer or sources["mllm"]
         files = W.gather(sources, W.checkpoint_file(source, pth))
-        tokenizer = load_tokenizer(str(files["tokenizer"]), options.size)
+        tokenizer = T.load_tokenizer(str(files["tokenizer"]), options.size)
         image_token = int(tokenizer.convert_tokens_to_ids(T.IMG_CONTEXT))
         mllm_config = files["mllm_config"]
         mllm_state = W.read_safetensors(files["mllm_files"])
         if W.is_original_internvl(mllm_state):
-            mllm_arch = W.internvl_config(mllm_config, image_token)
+            mllm_arch = A.internvl_config(*W.hf_internvl_parts(mllm_config), image_token)
             mllm_state = W.internvl_to_hf(mllm_state)
         else:  # an HF-format copy: its config.json is InternVLConfig's already
             mllm_arch = {k: v for k, v in mllm_config.items() if not k.startswith(("_", "architectures"))}
         template = default_architecture(options.size, tokenizer)
         arch = {
             "mllm": mllm_arch,
-            "sana": _plain_config(files["sana_config"]),
-            "vae": _plain_config(files["vae_config"]),
-            "scheduler": _plain_config(files["scheduler"]),
+            "sana": W.plain_config(files["sana_config"]),
+            "vae": W.plain_config(files["vae_config"]),
+            "scheduler": W.plain_config(files["scheduler"]),
             "connector": template["connector"],
             "num_queries": template["num_queries"],
         }
-        pth_state = W.unwrap(torch.load(files["pth"], map_location="cpu", weights_only=True), files["pth"])
+        pth_state = unwrap(torch.load(files["pth"], map_location="cpu", weights_only=True), files["pth"])
         if "meta_queries" in pth_state:
             arch["num_queries"] = int(pth_state["meta_queries"].shape[0])
         backbone = cls(arch, tokenizer, options)
-        _load_exact(backbone.mllm, _hf_names(mllm_state), f"{sources['mllm']} (InternVL3)")
-        _load_exact(backbone.model, W.read_safetensors(files["sana_files"]), f"{sources['sana']} (SANA)")
-        _load_exact(backbone.vae, W.read_safetensors(files["vae_files"]), f"{sources['vae']} (DC-AE)")
+        load_exact(backbone.mllm, W.hf_names(mllm_state), f"{sources['mllm']} (InternVL3)")
+        load_exact(backbone.model, W.read_safetensors(files["sana_files"]), f"{sources['sana']} (SANA)")
+        load_exact(backbone.vae, W.read_safetensors(files["vae_files"]), f"{sources['vae']} (DC-AE)")
         routed, unknown = W.route_openuni(pth_state)
         if unknown:
             raise ValueError(f"{files['pth']}: {len(unknown)} keys of no OpenUni part, e.g. {unknown[:5]}")
@@ -388,7 +386,7 @@ class OpenUniBackbone(Backbone):
         x0 = self._latents(batch)
         ids, text_mask = self.condition(batch, plan.text_condition)
         cond = self.caption_states(ids, text_mask, **self.plan_hints(batch, plan))
-        return flow_matching_loss(self.model, self.train_scheduler, x0, cond)
+        return A.flow_matching_loss(self.model, self.train_scheduler, x0, cond)
 
     def i2t_loss(self, batch: I2TBatch) -> torch.Tensor:
         """NLL of the answer tokens (Eq. 2) by the frozen MLLM: ``<img>`` + image tokens + ``</img>``
@@ -409,32 +407,6 @@ class OpenUniBackbone(Backbone):
         ).last_hidden_state
         logits = self.mllm.lm_head(hidden[:, start:])
         return i2t_loss(logits, tail, batch.answer_mask.to(self.device))
-
-    @classmethod
-    def refused_method_knobs(cls, method: BaseModel) -> dict[str, str]:
-        """Method keys that would do nothing on OpenUni, set in a config: nothing is masked, so no
-        token is 'seen' (``seen_pick``), every latent carries the flow-matching loss
-        (``loss_targets``, ``loss_target_ratio``, preset ``segros_droploss``) and no masking ratio is
-        drawn for anything (``mask_schedule``, ``mask_per_batch``); the MLLM is frozen, so lambda
-        must be 0 (``i2t_weight``, Table 7)."""
-        why_mask = "OpenUni masks no tokens: its flow-matching loss covers the whole latent"
-        refused = {}
-        given = method.model_fields_set
-        if getattr(method, "seen_pick", None) is not None:
-            refused["seen_pick"] = f"{why_mask}, so no token is kept visible; leave seen_pick unset"
-        for knob in ("mask_schedule", "mask_per_batch"):
-            if getattr(method, knob, None) is not None:
-                refused[knob] = f"{why_mask}, so no masking ratio is used; leave {knob} unset"
-        if getattr(method, "loss_targets", None) == "top" or "loss_target_ratio" in given:
-            key = "loss_targets" if getattr(method, "loss_targets", None) == "top" else "loss_target_ratio"
-            refused[key] = f"{why_mask}; drop-loss targets do not exist here"
-        if getattr(method, "preset", None) == "segros_droploss":
-            refused["preset"] = f"{why_mask}; segros_droploss is segros here: use preset segros"
-        if getattr(method, "i2t_weight", 0.0) > 0:
-            refused["i2t_weight"] = (
-                "OpenUni's MLLM is frozen, so the I2T loss trains nothing: set i2t_weight 0 (Table 7)"
-            )
-        return refused
 
     # --- generation -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -496,87 +468,10 @@ class OpenUniBackbone(Backbone):
 
     @classmethod
     def from_saved(cls, folder: Path, config: dict[str, Any], options: OpenUniOptions) -> OpenUniBackbone:
-        tokenizer = load_tokenizer(str(folder / "tokenizer"), options.size)
+        tokenizer = T.load_tokenizer(str(folder / "tokenizer"), options.size)
         backbone = cls(config["arch"], tokenizer, options)
-        from segros.backbones.base import load_weights
-
         backbone.load_state_dict(load_weights(folder))
         return backbone
-
-
-# --- pieces -----------------------------------------------------------------------------------------
-def flow_matching_loss(
-    transformer: nn.Module, scheduler: Any, x0: torch.Tensor, cond: torch.Tensor
-) -> torch.Tensor:
-    """Upstream's ``diff_loss``: t uniform over the train scheduler's 1000 steps (weighting "none"),
-    ``x_t = (1 - s) x_0 + s e`` (rectified flow), the DiT predicts the velocity ``e - x_0``; mean
-    squared error per sample in float32, then the batch mean. Noise and t from the global RNG."""
-    B = x0.shape[0]
-    noise = torch.randn_like(x0)
-    u = torch.rand(B)  # diffusers' compute_density_for_timestep_sampling("none")
-    idx = (u * scheduler.config.num_train_timesteps).long()
-    t = scheduler.timesteps[idx].to(x0.device)
-    sigma = scheduler.sigmas[idx].to(x0.device, x0.dtype).view(B, *[1] * (x0.dim() - 1))
-    x_t = (1.0 - sigma) * x0 + sigma * noise
-    dtype = next(transformer.parameters()).dtype
-    pred = transformer(
-        hidden_states=x_t.to(dtype), encoder_hidden_states=cond.to(dtype), timestep=t, return_dict=False
-    )[0]
-    target = noise - x0
-    return ((pred.float() - target.float()) ** 2).reshape(B, -1).mean(1).mean()
-
-
-def _init_connector(connector: nn.Module) -> None:
-    """Upstream's connector initialisation (``modeling_connector.py`` ``_init_weights``):
-    Xavier-uniform attention and MLP weights, zero attention biases, MLP biases N(0, 1e-6)."""
-    for layer in connector.layers:
-        for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj,
-                     layer.self_attn.out_proj):  # fmt: skip
-            nn.init.xavier_uniform_(proj.weight)
-            nn.init.zeros_(proj.bias)
-        for fc in (layer.mlp.fc1, layer.mlp.fc2):
-            nn.init.xavier_uniform_(fc.weight)
-            nn.init.normal_(fc.bias, std=1e-6)
-
-
-def _flow_config(scheduler: dict[str, Any]) -> dict[str, Any]:
-    """The train scheduler's arguments: upstream loads ``FlowMatchEulerDiscreteScheduler`` from
-    SANA's DPM-Solver config, of which only ``num_train_timesteps`` is an argument it takes
-    (``flow_shift`` is not its ``shift``), so it trains with shift 1."""
-    return {"num_train_timesteps": scheduler.get("num_train_timesteps", 1000), "shift": 1.0}
-
-
-def _plain_config(config: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in config.items() if not k.startswith("_")}
-
-
-def _hf_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """An HF-format InternVL state dict under transformers 5 names (older files say
-    ``language_model.model.`` / ``vision_tower.`` / ``multi_modal_projector.`` at the top level)."""
-    out = {}
-    for k, v in state.items():
-        if k.startswith(("vision_tower.", "multi_modal_projector.")):
-            k = "model." + k
-        elif k.startswith("language_model.model."):
-            k = "model.language_model." + k.removeprefix("language_model.model.")
-        elif k.startswith("language_model.lm_head."):
-            k = k.removeprefix("language_model.")
-        out[k] = v
-    return out
-
-
-def _load_exact(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
-    """``load_state_dict`` that names missing and unexpected keys and shape mismatches."""
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    extra = sorted(set(state) - set(own))
-    shapes = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or extra or shapes:
-        parts = [f"missing {len(missing)} (e.g. {missing[:3]})" if missing else "",
-                 f"unexpected {len(extra)} (e.g. {extra[:3]})" if extra else "",
-                 f"other shapes {shapes[:3]}" if shapes else ""]  # fmt: skip
-        raise ValueError(f"{what}: the weights do not fit: {'; '.join(p for p in parts if p)}")
-    module.load_state_dict(state)
 
 
 def default_architecture(size: str, tokenizer: Any) -> dict[str, Any]:
@@ -584,24 +479,3 @@ def default_architecture(size: str, tokenizer: Any) -> dict[str, Any]:
     if size == "tiny":
         return A.tiny_architecture(len(tokenizer), int(tokenizer.convert_tokens_to_ids(T.IMG_CONTEXT)))
     return A.architecture(size)
-
-
-def load_tokenizer(source: str | None, size: str, words: Sequence[str] | None = None) -> Any:
-    """The InternVL3 tokenizer (``AutoTokenizer`` from a folder or hub id), or for ``tiny`` without
-    one a word-level tokenizer over ``words`` (no download)."""
-    from transformers import AutoTokenizer
-
-    if not source:
-        if size != "tiny":
-            source = A.RELEASES[size]["mllm"]
-        elif words is None:
-            raise ValueError("model.tokenizer is required for size 'tiny' without a word list")
-        else:
-            return T.word_level_tokenizer(words)
-    if not Path(source).expanduser().is_dir():
-        from segros.backbones.hub import resolve_files
-
-        found = resolve_files(source, ["tokenizer_config.json"], "InternVL3 tokenizer", "model.tokenizer",
-                              optional=W.TOKENIZER_OPTIONAL)  # fmt: skip
-        source = str(found["tokenizer_config.json"].parent)
-    return AutoTokenizer.from_pretrained(str(Path(source).expanduser()))

@@ -1,4 +1,5 @@
-"""OpenUni's prompts, tokenised with caption masks (docs/upstream/openuni.md section 3).
+"""OpenUni's text: the InternVL3 tokenizer (or a built-in word-level one) and its prompts,
+tokenised with caption masks (docs/upstream/openuni.md section 3).
 
 Text-to-image: ``<|im_start|>user\\nGenerate an image: {caption}<|im_end|>\\n<|im_start|>assistant\\n<img>``
 (upstream's ``INSTRUCTION`` around ``GENERATION``, then ``IMG_START_TOKEN``); the classifier-free
@@ -23,6 +24,8 @@ from typing import Any
 import torch
 
 from segros.backbones import prompts
+from segros.backbones.hub import resolve_files
+from segros.backbones.openuni.model import RELEASES
 from segros.backbones.prompts import encode_captions, right_pad
 
 USER, ASSISTANT, END = "<|im_start|>user\n", "<|im_start|>assistant\n", "<|im_end|>"
@@ -78,3 +81,32 @@ def word_level_tokenizer(words: Sequence[str], folder: str | Path | None = None)
     real tokenizer (offsets, added specials) with no download. Saved to ``folder`` when given.
     """
     return prompts.word_level_tokenizer(SPECIALS, words, folder)
+
+
+# --- the tokenizer (model.tokenizer) ---------------------------------------------------------------
+TOKENIZER_OPTIONAL = [
+    "tokenizer.json",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "special_tokens_map.json",
+]
+
+
+def load_tokenizer(source: str | None, size: str, words: Sequence[str] | None = None) -> Any:
+    """The InternVL3 tokenizer (``AutoTokenizer`` from a folder or hub id), or for ``tiny`` without
+    one a word-level tokenizer over ``words`` (no download)."""
+    from transformers import AutoTokenizer
+
+    if not source:
+        if size != "tiny":
+            source = RELEASES[size]["mllm"]
+        elif words is None:
+            raise ValueError("model.tokenizer is required for size 'tiny' without a word list")
+        else:
+            return word_level_tokenizer(words)
+    if not Path(source).expanduser().is_dir():
+        found = resolve_files(source, ["tokenizer_config.json"], "InternVL3 tokenizer", "model.tokenizer",
+                              optional=TOKENIZER_OPTIONAL)  # fmt: skip
+        source = str(found["tokenizer_config.json"].parent)
+    return AutoTokenizer.from_pretrained(str(Path(source).expanduser()))

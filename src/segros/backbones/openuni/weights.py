@@ -21,7 +21,10 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
+from segros.backbones.files import plain_state
 from segros.backbones.hub import MissingCheckpointError, resolve_files
+from segros.backbones.openuni.model import RELEASES
+from segros.backbones.openuni.text import TOKENIZER_OPTIONAL
 
 # original InternVL key -> HF key (the first rule that matches renames it)
 _VIT, _VIT_HF = r"^vision_model\.encoder\.layers\.(\d+)\.", r"model.vision_tower.encoder.layer.\1."
@@ -82,12 +85,12 @@ _QWEN2_KEYS = (
 )  # fmt: skip
 
 
-def internvl_config(original: dict[str, Any], image_token_id: int) -> dict[str, Any]:
-    """``InternVLConfig`` arguments from an original InternVL ``config.json`` (``InternVLChatConfig``:
-    ``vision_config`` of ``InternVisionConfig``, ``llm_config`` of ``Qwen2Config``). Only what OpenUni
-    runs is supported: Qwen2 LLM, last ViT layer, pixel-shuffle v2."""
-    from segros.backbones.openuni.arch import internvl_config as build
-
+def hf_internvl_parts(original: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The HF vision and text configs (the arguments of
+    :func:`segros.backbones.openuni.model.internvl_config`) of an original InternVL ``config.json``
+    (``InternVLChatConfig``: ``vision_config`` of ``InternVisionConfig``, ``llm_config`` of
+    ``Qwen2Config``). Only what OpenUni runs is supported: Qwen2 LLM, last ViT layer, pixel-shuffle
+    v2."""
     vision, llm = original["vision_config"], dict(original["llm_config"])
     arch = (llm.get("architectures") or ["?"])[0]
     if arch != "Qwen2ForCausalLM":
@@ -114,20 +117,31 @@ def internvl_config(original: dict[str, Any], image_token_id: int) -> dict[str, 
         "use_mean_pooling": True,
     }
     text = {"model_type": "qwen2", **{k: llm[k] for k in _QWEN2_KEYS if k in llm}}
-    return build(hf_vision, text, image_token_id)
+    return hf_vision, text
+
+
+def hf_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An HF-format InternVL state dict under transformers 5 names (older files say
+    ``language_model.model.`` / ``vision_tower.`` / ``multi_modal_projector.`` at the top level)."""
+    out = {}
+    for k, v in state.items():
+        if k.startswith(("vision_tower.", "multi_modal_projector.")):
+            k = "model." + k
+        elif k.startswith("language_model.model."):
+            k = "model.language_model." + k.removeprefix("language_model.model.")
+        elif k.startswith("language_model.lm_head."):
+            k = k.removeprefix("language_model.")
+        out[k] = v
+    return out
+
+
+def plain_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A diffusers ``config.json`` without its ``_class_name`` / ``_diffusers_version`` entries."""
+    return {k: v for k, v in config.items() if not k.startswith("_")}
+
 
 
 # --- the .pth: trained parts by upstream attribute name -------------------------------------------
-def unwrap(state: Any, source: Any) -> dict[str, torch.Tensor]:
-    """The flat state dict inside a checkpoint (xtuner's ``guess_load_checkpoint``: an optional
-    ``state_dict`` key; DeepSpeed's ``module.`` prefix dropped)."""
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{source} does not hold a state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in state.items()}
-
-
 def route_openuni(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Upstream ``OpenUniInternVL3SANAHF`` keys -> segros keys (``transformer.`` -> ``model.``,
     ``lmm.`` -> ``mllm.`` in HF names, ``vae.`` kept, ``meta_queries`` / ``connector.`` / ``projector.``
@@ -227,13 +241,6 @@ def gather(sources: dict[str, str], pth: str) -> dict[str, Any]:
     return out
 
 
-TOKENIZER_OPTIONAL = [
-    "tokenizer.json",
-    "vocab.json",
-    "merges.txt",
-    "added_tokens.json",
-    "special_tokens_map.json",
-]
 
 
 # --- the inverse: the trained parts as upstream's .pth ---------------------------------------------
@@ -255,8 +262,6 @@ def upstream_pth_state(state: dict[str, torch.Tensor], with_transformer: bool) -
 
 def pth_name(size: str, stage: str) -> str:
     """The release's ``.pth`` name of a size and stage (tiny models: ``openuni_tiny_<stage>.pth``)."""
-    from segros.backbones.openuni.arch import RELEASES
-
     release = RELEASES.get(size)
     return release["checkpoint"].format(stage=stage) if release else f"openuni_{size}_{stage}.pth"
 
@@ -266,9 +271,6 @@ def write_upstream(backbone: Any, out: Path) -> dict[str, Any]:
     repos (InternVL3, SANA, DC-AE), by the folder or hub id the model came from: referenced, not
     copied. SANA is exported only if it was trained (``train_transformer``); otherwise upstream's
     original SANA is what the file goes with."""
-    from segros.backbones.base import plain_state
-    from segros.backbones.openuni.arch import RELEASES
-
     out.mkdir(parents=True, exist_ok=True)
     options = backbone.options
     stage = "blip3o60k" if options.train_transformer else "text2image23m"

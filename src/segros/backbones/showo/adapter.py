@@ -50,21 +50,24 @@ from segros._checks import check_choice
 from segros.backbones.base import (
     Backbone,
     BackboneOptions,
+    Capabilities,
     GroundingInputs,
     I2TBatch,
-    ImageFields,
     T2IBatch,
     gather_tokens,
 )
+from segros.backbones.files import load_exact, load_weights
+from segros.backbones.image_cache import ImageFields
 from segros.backbones.images import square_batch, to_signed_unit
 from segros.backbones.sampling import gumbel_noise, sample_categorical
-from segros.backbones.showo import checkpoints as ckpt
+from segros.backbones.showo import weights as W
 from segros.backbones.showo.magvit2 import MagvitConfig, MAGVITv2
 from segros.backbones.showo.model import CLIP_MEAN, CLIP_STD, ClipConfig, ClipTower, Showo, ShowoConfig
-from segros.backbones.showo.prompting import (
+from segros.backbones.showo.text import (
     Vocab,
     empty_prompt,
     extend_tokenizer,
+    load_tokenizer,
     mmu_text,
     t2i_prompt,
 )
@@ -144,6 +147,7 @@ class ShowoBackbone(Backbone):
     lora_targets = ("q_proj", "k_proj", "v_proj", "dense")  # Phi attention
     prompt_padding = "left"  # upstream left-pads the prompt to max_text_len + 1
     mask_schedule = "cosine"  # Show-o: gamma = cos(pi/2 u), one ratio per sample
+    capabilities = Capabilities(masks_tokens=True, trains_image_to_text=True, generation="masked")
 
     def __init__(
         self,
@@ -182,10 +186,8 @@ class ShowoBackbone(Backbone):
     # --- construction -------------------------------------------------------------------------
     @classmethod
     def build(cls, options: ShowoOptions) -> ShowoBackbone:
-        """Published weights (``init_from`` a hub id or folder) or random ``arch``."""
-        if options.init_from:
-            return cls._from_upstream(options)
-        tokenizer = extend_tokenizer(ckpt.load_tokenizer(options.tokenizer))
+        """Random weights of ``arch``."""
+        tokenizer = extend_tokenizer(load_tokenizer(options.tokenizer))
         magvit_cfg = MagvitConfig(**options.arch.magvit)
         clip_cfg = ClipConfig(**options.arch.clip) if options.arch.clip is not None else None
         showo_cfg = ShowoConfig(
@@ -198,27 +200,29 @@ class ShowoBackbone(Backbone):
         return cls(showo_cfg, magvit_cfg, clip_cfg, tokenizer, options)
 
     @classmethod
-    def _from_upstream(cls, options: ShowoOptions) -> ShowoBackbone:
-        """A published Show-o: every file is located first, so a missing one stops before any load."""
-        config, weights = ckpt.upstream_showo(options.init_from)
-        vq_weights = ckpt.magvit_weights(options.magvit)
-        tokenizer = extend_tokenizer(ckpt.load_tokenizer(options.tokenizer))
+    def from_upstream(cls, source: str, options: ShowoOptions) -> ShowoBackbone:
+        """A published Show-o (``source``: ``showlab/show-o*`` or a folder of its files) with
+        MAGVIT-v2, the Phi-1.5 tokenizer and, for the CLIP variants, CLIP-ViT (:mod:`.weights`):
+        every file is located first, so a missing one stops before any load."""
+        config, weights = W.upstream_showo(source)
+        vq_weights = W.magvit_weights(options.magvit)
+        tokenizer = extend_tokenizer(load_tokenizer(options.tokenizer))
         clip_cfg, clip_state = None, None
         if config.get("w_clip_vit"):
-            clip_config, clip_weights = ckpt.clip_files(options.clip)
-            clip_cfg = _clip_config(json.loads(clip_config.read_text()))
-            clip_state = ckpt.clip_vision_state(ckpt.read_weights(clip_weights))
+            clip_config, clip_weights = W.clip_files(options.clip)
+            clip_cfg = W.clip_config(json.loads(clip_config.read_text()))
+            clip_state = W.clip_vision_state(W.read_weights(clip_weights))
         magvit_cfg = MagvitConfig(
             **{**options.arch.magvit, "z_channels": int(math.log2(config.get("codebook_size", 8192)))}
         )
         expected_tokens = (options.image_size // magvit_cfg.stride) ** 2
         if config.get("num_vq_tokens", expected_tokens) != expected_tokens:
             raise ValueError(
-                f"{options.init_from} was trained on {config['num_vq_tokens']} image tokens but "
+                f"{source} was trained on {config['num_vq_tokens']} image tokens but "
                 f"model.image_size={options.image_size} gives {expected_tokens}; set model.image_size"
             )
         showo_cfg = ShowoConfig(
-            **ckpt.llm_sizes(ckpt.weight_shapes(weights)),
+            **W.llm_sizes(W.weight_shapes(weights)),
             vocab_size=config["vocab_size"],
             w_clip_vit=bool(config.get("w_clip_vit")),
             clip_hidden_size=(clip_cfg or ClipConfig()).hidden_size,
@@ -231,10 +235,10 @@ class ShowoBackbone(Backbone):
                 f"{config['llm_vocab_size']}"
             )
         backbone = _build_empty(cls, showo_cfg, magvit_cfg, clip_cfg, tokenizer, options)
-        ckpt.load_exact(backbone.model, load_file(str(weights)), f"Show-o weights {weights}")
-        ckpt.load_exact(backbone.vq, load_file(str(vq_weights)), f"MAGVIT-v2 weights {vq_weights}")
+        _load_assigned(backbone.model, load_file(str(weights)), f"Show-o weights {weights}")
+        _load_assigned(backbone.vq, load_file(str(vq_weights)), f"MAGVIT-v2 weights {vq_weights}")
         if backbone.clip is not None:
-            ckpt.load_exact(backbone.clip.tower, clip_state, f"CLIP weights from {options.clip}")
+            _load_assigned(backbone.clip.tower, clip_state, f"CLIP weights from {options.clip}")
         return backbone._finish_loading()
 
     def _finish_loading(self) -> ShowoBackbone:
@@ -247,10 +251,6 @@ class ShowoBackbone(Backbone):
         return self
 
     # --- data -----------------------------------------------------------------------------------
-    @property
-    def _device(self) -> torch.device:
-        return self.model.embed_tokens.weight.device
-
     def _encode(self, images: torch.Tensor) -> torch.Tensor:
         """(B, H, W, 3) uint8 -> (B, N) MAGVIT-v2 codes, on the tokenizer's device, returned on the
         images' device."""
@@ -335,23 +335,27 @@ class ShowoBackbone(Backbone):
 
     def image_logits(
         self,
-        hints: torch.Tensor,
-        hint_slots: torch.Tensor | None,
         text_ids: torch.Tensor,
         text_mask: torch.Tensor,
         image_ids: torch.Tensor,
+        hints: torch.Tensor | None = None,
+        hint_idx: torch.Tensor | None = None,
         hint_position: str = "prefix",
         hint_valid: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits (B, N, V) at the image slots of ``[hints | prompt | soi image eoi]`` (Fig. 6).
+        """Logits (B, N, V) at the image slots of ``[hints | prompt | soi image eoi]`` (Fig. 6); the
+        hint arguments are :meth:`plan_hints`' (none: generation).
 
         ``hint_position``: ``"prefix"`` numbers the hints ``-K .. -1``; ``"slot"`` gives hint ``k`` the
-        id of image slot ``hint_slots[:, k]`` (``P + 1 + slot``). Text and image always keep
-        upstream's ``0 .. P + N + 1``. ``hint_valid`` (B, K) bool drops hints per sample (padding).
+        id of the image slot it came from (:meth:`hint_slots` of ``hint_idx``, ``P + 1 + slot``).
+        Text and image always keep upstream's ``0 .. P + N + 1``. ``hint_valid`` (B, K) bool drops
+        hints per sample (padding).
         """
         check_choice("hint_position", hint_position, HINT_POSITIONS)
-        B, K = hints.shape[:2]
-        P, N = text_ids.shape[1], image_ids.shape[1]
+        B, P, N = text_ids.shape[0], text_ids.shape[1], image_ids.shape[1]
+        if hints is None:
+            hints = self.model.embed_tokens.weight.new_zeros(B, 0, self.model.cfg.hidden_size)
+        K = hints.shape[1]
         v = self.vocab
         # soi .. eoi form Show-o's bidirectional span; its position ids are replaced below by
         # upstream's arange over the left-padded prompt (pack_layout counts real tokens only)
@@ -364,10 +368,10 @@ class ShowoBackbone(Backbone):
         positions = torch.arange(P + N + 2, device=tokens.device).expand(B, -1)
         if hint_position == "prefix" or K == 0:
             hint_pos = layout.position_ids[:, :K].to(tokens.device)  # -K .. -1
-        elif hint_slots is None:
-            raise ValueError("hint_position='slot' needs hint_slots")
+        elif hint_idx is None:
+            raise ValueError("hint_position='slot' needs hint_idx")
         else:
-            hint_pos = P + 1 + hint_slots.to(tokens.device)
+            hint_pos = P + 1 + self.hint_slots(hint_idx).to(tokens.device)
         positions = torch.cat([hint_pos, positions], dim=1)
         hidden = self.model.hidden(tokens, layout.allowed, positions)
         start = K + P + 1  # hints shift every index the loss reads by K
@@ -376,17 +380,8 @@ class ShowoBackbone(Backbone):
     def reconstruction_loss(self, batch: T2IBatch, plan: SupervisionPlan) -> torch.Tensor:
         codes, v = batch.extras["codes"], self.vocab
         ids, mask = self.condition(batch, plan.text_condition)
-        hints = self.hint_embeddings(batch, plan.hint_idx)
         image_ids = torch.where(plan.seen, codes + v.code_offset, v.mask)  # Sec. 3.4
-        logits = self.image_logits(
-            hints,
-            self.hint_slots(plan.hint_idx),
-            ids,
-            mask,
-            image_ids,
-            hint_position=plan.hint_position,
-            hint_valid=plan.hint_valid(),
-        )
+        logits = self.image_logits(ids, mask, image_ids, **self.plan_hints(batch, plan))
         if self.options.loss_vocab == "codes":
             logits = logits[..., v.code_offset : v.code_offset + v.codebook_size]
             loss = masked_cross_entropy(logits, codes, plan.loss_weight)  # Eq. 15
@@ -450,20 +445,18 @@ class ShowoBackbone(Backbone):
         """(B, N) code ids by MaskGIT decoding with classifier-free guidance (upstream t2i_generate)."""
         w = self.options.guidance_scale if guidance_scale is None else guidance_scale
         steps = steps or self.options.generation_steps
-        v, device = self.vocab, self._device
+        v, device = self.vocab, self.device
         B, N, K = len(prompts), self.num_tokens, v.codebook_size
         ids = t2i_prompt(self.text_tokenizer, v, list(prompts), self.options.max_text_len)["ids"].to(device)
         mask = ids != v.pad
         if w > 0:
             ids, mask = self.with_empty_prompt(ids, mask)
         rows = ids.shape[0]
-        no_hints = self.model.embed_tokens.weight.new_zeros(rows, 0, self.model.cfg.hidden_size)
-        no_slots = torch.zeros(rows, 0, dtype=torch.long, device=device)
         image_ids = torch.full((B, N), v.mask, dtype=torch.long, device=device)
         temperature = self.options.generation_temperature
         sampled = torch.zeros(B, N, dtype=torch.long, device=device)
         for step in range(steps):
-            logits = self.image_logits(no_hints, no_slots, ids, mask, image_ids.repeat(rows // B, 1))
+            logits = self.image_logits(ids, mask, image_ids.repeat(rows // B, 1))
             logits = logits[..., v.code_offset : v.code_offset + K].float()
             if w > 0:
                 logits = (1 + w) * logits[:B] - w * logits[B:]  # MUSE-style guidance
@@ -518,21 +511,14 @@ class ShowoBackbone(Backbone):
         backbone = _build_empty(
             cls, showo_cfg, MagvitConfig(**config["magvit"]), clip_cfg, tokenizer, options
         )
-        from segros.backbones.base import load_weights
-
-        ckpt.load_exact(backbone, load_weights(folder), str(folder / "model.safetensors"))
+        _load_assigned(backbone, load_weights(folder), str(folder / "model.safetensors"))
         return backbone._finish_loading()
 
 
-def _clip_config(raw: dict[str, Any]) -> ClipConfig:
-    """Our :class:`ClipConfig` from a published CLIP ``config.json`` (full CLIP or vision-only)."""
-    vision = raw.get("vision_config", raw)
-    fields = ("hidden_size", "intermediate_size", "image_size", "patch_size")
-    return ClipConfig(
-        **{k: vision[k] for k in fields if k in vision},
-        num_layers=vision.get("num_hidden_layers", 24),
-        num_heads=vision.get("num_attention_heads", 16),
-    )
+def _load_assigned(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    """:func:`load_exact` into a module built on the meta device (:func:`_build_empty`), leaving out
+    the keys Show-o recomputes (:data:`weights.RECOMPUTED`)."""
+    load_exact(module, state, what, ignore=W.RECOMPUTED, assign=True)
 
 
 def _build_empty(cls: type[ShowoBackbone], *args: Any) -> ShowoBackbone:

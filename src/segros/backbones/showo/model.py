@@ -8,7 +8,7 @@ forces ``qk_layernorm=True``) and whose ``lm_head`` is untied and has a bias; th
 and ``CLIPVisionModel`` are used, configured to those shapes.
 
 Show-o gives every call a ready 4-D attention mask and explicit position ids (:meth:`Showo.hidden`);
-nothing here decides the layout (see :mod:`segros.backbones.showo.prompting`).
+nothing here decides the layout (see :mod:`segros.backbones.showo.text`).
 """
 
 from __future__ import annotations

@@ -14,7 +14,6 @@ learns the empty prompt through caption dropout.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -22,83 +21,19 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
-from segros.backbones.base import Backbone, BackboneOptions, GroundingInputs, I2TBatch, ImageFields, T2IBatch
+from segros.backbones.base import Backbone, BackboneOptions, Capabilities, GroundingInputs, I2TBatch, T2IBatch
+from segros.backbones.files import load_weights
+from segros.backbones.image_cache import ImageFields
 from segros.backbones.images import NEAREST, square_batch
 from segros.backbones.sampling import gumbel_noise, sample_categorical
-from segros.backbones.tiny.image_tokenizer import PatchTokenizer, fit_on_images
+from segros.backbones.tiny.image_tokenizer import PatchTokenizer, cached_tokenizer
 from segros.backbones.tiny.model import SIZES, TinyConfig, TinyUMM
-from segros.backbones.tiny.text_tokenizer import WordTokenizer
-from segros.data.corpora import CorpusName, training_images
+from segros.backbones.tiny.text import QUESTION_WORDS, WordTokenizer
+from segros.data.corpora import CorpusName
 from segros.data.corpora import words as corpus_words
 from segros.losses import i2t_loss, masked_cross_entropy
 from segros.plan import SupervisionPlan
 from segros.sequence import IMAGE, pack_layout
-from segros.shipped import PRETRAINED_TINY
-
-# Words of the image-to-text questions, on top of the corpus's words (model.corpus).
-QUESTION_WORDS = "what is shown describe this picture image how many are there where which color".split()
-
-
-SHIPPED_TOKENIZER = PRETRAINED_TINY / "image_tokenizer.safetensors"
-SHIPPED_LAYOUT = "grid"  # the layout of the scenes the shipped tokenizer was fitted on
-SHIPPED_CORPUS = "shapes"  # ... and their corpus
-
-
-def cache_dir() -> Path:
-    """Where fitted assets are cached: ``$SEGROS_CACHE`` or ``~/.cache/segros``."""
-    return Path(os.environ.get("SEGROS_CACHE", "~/.cache/segros")).expanduser()
-
-
-def tokenizer_cache_path(
-    image_size: int,
-    num_codes: int,
-    tokens_per_side: int = 8,
-    seed: int = 0,
-    layout: str = "free",
-    corpus: str = "shapes",
-) -> Path:
-    """Where :func:`cached_tokenizer` keeps the tokenizer fitted with these arguments (the
-    ``shapes`` names are the ones used before corpora had names, so old caches still hit)."""
-    patch = image_size // tokens_per_side
-    name = f"tiny-image-tokenizer-{image_size}px-patch{patch}-{num_codes}codes-seed{seed}"
-    name += "" if corpus == "shapes" else f"-{corpus}"
-    return cache_dir() / (name + ("" if layout == "free" else f"-{layout}") + ".safetensors")
-
-
-def cached_tokenizer(
-    image_size: int,
-    num_codes: int,
-    tokens_per_side: int = 8,
-    seed: int = 0,
-    layout: str = "free",
-    corpus: str = "shapes",
-) -> PatchTokenizer:
-    """The patch tokenizer fitted on the training images of ``corpus`` (a name in
-    :mod:`segros.data.corpora`, drawn with ``layout``), fitted once and cached.
-
-    Fitting is deterministic in its arguments, so the cache only saves time (about a minute).
-    """
-    path = tokenizer_cache_path(image_size, num_codes, tokens_per_side, seed, layout, corpus)
-    if path.is_file():
-        return PatchTokenizer.load(path)
-    # The pretrained model shipped in the package was made with the default tokenizer (this
-    # function with seed 0): reuse its copy rather than fitting the same thing again.
-    if SHIPPED_TOKENIZER.is_file() and seed == 0 and layout == SHIPPED_LAYOUT and corpus == SHIPPED_CORPUS:
-        shipped = PatchTokenizer.load(SHIPPED_TOKENIZER)
-        if (shipped.image_size, shipped.patch, shipped.num_codes) == (
-            image_size,
-            image_size // tokens_per_side,
-            num_codes,
-        ):
-            return shipped
-    patch = image_size // tokens_per_side
-    images = training_images(corpus, image_size, seed, layout=layout, cells=image_size // patch)
-    tokenizer = fit_on_images(images, patch, num_codes=num_codes, seed=seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tokenizer.save(tmp)
-    os.replace(tmp, path)  # atomic: a killed fit never leaves a half-written cache entry
-    return tokenizer
 
 
 class TinyOptions(BackboneOptions):
@@ -150,6 +85,7 @@ class TinyBackbone(Backbone):
     lora_targets = ("qkv", "proj", "mlp.0", "mlp.2")  # attention and MLP linears
     block_classes = ("Block",)
     mask_schedule = "cosine"  # Show-o / MaskGIT, per sample
+    capabilities = Capabilities(masks_tokens=True, trains_image_to_text=True, generation="masked")
 
     def __init__(
         self,
@@ -169,11 +105,8 @@ class TinyBackbone(Backbone):
     # --- construction -------------------------------------------------------------------------
     @classmethod
     def build(cls, options: TinyOptions) -> TinyBackbone:
-        """A fresh model; TinyUMM has no upstream release, so ``init_from`` must be a segros folder."""
-        if options.init_from:
-            folder = Path(options.init_from)
-            missing = [f for f in ("config.json", *cls.saved_files) if not (folder / f).is_file()]
-            raise FileNotFoundError(f"{folder} is not a TinyUMM checkpoint: missing {', '.join(missing)}")
+        """A fresh model. TinyUMM has no upstream release (the base ``from_upstream`` refuses), so
+        ``init_from`` must be a segros folder."""
         if options.image_tokenizer:
             image_tokenizer = PatchTokenizer.load(options.image_tokenizer)
         else:
@@ -255,32 +188,36 @@ class TinyBackbone(Backbone):
 
     def _image_logits(
         self,
-        hints: torch.Tensor,
         ids: torch.Tensor,
         mask: torch.Tensor,
         image_ids: torch.Tensor,
-        plan: SupervisionPlan | None = None,
+        hints: torch.Tensor | None = None,
+        hint_idx: torch.Tensor | None = None,
+        hint_position: str = "prefix",
+        hint_valid: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Code logits (B, N, K) at the image slots of ``[hints | text | image]`` (Fig. 6)."""
-        K = hints.shape[1]
-        position = plan.hint_position if plan is not None and K else "prefix"
+        """Code logits (B, N, K) at the image slots of ``[hints | text | image]`` (Fig. 6); the
+        hint arguments are :meth:`plan_hints`' (none: generation)."""
+        K = 0 if hints is None else hints.shape[1]
+        position = hint_position if K else "prefix"
         layout = pack_layout(
             K,
             mask,
             image_ids.shape[1],
-            hint_idx=plan.hint_idx if plan is not None and K else None,
+            hint_idx=hint_idx if K else None,
             hint_position=position,
-            hint_valid=plan.hint_valid() if plan is not None and K else None,
+            hint_valid=hint_valid if K else None,
         )
         positions = layout.position_ids
         if self.cfg.image_positions == "fixed":  # slot i keeps id max_text_len + i (model.py)
             positions = positions.clone()
             positions[:, layout.image] = self._image_slot_ids(image_ids.shape[1], positions.device)
             if position == "slot" and K:
-                positions[:, :K] = self._image_slot_ids(image_ids.shape[1], positions.device)[plan.hint_idx]
+                positions[:, :K] = self._image_slot_ids(image_ids.shape[1], positions.device)[hint_idx]
         if position == "prefix" and K:  # -K..-1 -> the hints' own range of the position table
             positions = torch.where(positions < 0, positions + K + self.cfg.hint_position_base, positions)
-        tokens = torch.cat([hints, self.model.embed(ids), self.model.embed(image_ids)], dim=1)
+        parts = [self.model.embed(ids), self.model.embed(image_ids)]
+        tokens = torch.cat([hints, *parts] if K else parts, dim=1)
         hidden = self.model.hidden(tokens, layout.segment, positions, layout.allowed)
         lo = self.cfg.code_offset
         return self.model.logits(hidden[:, layout.image], lo, lo + self.cfg.num_codes)
@@ -292,9 +229,8 @@ class TinyBackbone(Backbone):
     def reconstruction_loss(self, batch: T2IBatch, plan: SupervisionPlan) -> torch.Tensor:
         codes = batch.extras["codes"]
         ids, mask = self.condition(batch, plan.text_condition)
-        hints = self.hint_embeddings(batch, plan.hint_idx)
         image_ids = torch.where(plan.seen, codes + self.cfg.code_offset, self.cfg.mask_id)  # Sec. 3.4
-        logits = self._image_logits(hints, ids, mask, image_ids, plan)
+        logits = self._image_logits(ids, mask, image_ids, **self.plan_hints(batch, plan))
         return masked_cross_entropy(logits, codes, plan.loss_weight)  # Eq. 15
 
     def i2t_loss(self, batch: I2TBatch) -> torch.Tensor:
@@ -325,16 +261,15 @@ class TinyBackbone(Backbone):
         and re-masks the rest on a cosine schedule; logits use classifier-free guidance."""
         scale = self.options.guidance_scale if guidance_scale is None else guidance_scale
         steps = steps or self.options.generation_steps
-        device = self.model.embed.weight.device
+        device = self.device
         B, N = len(prompts), self.num_tokens
         text = self.text_tokenizer.batch(list(prompts), self.cfg.max_text_len)
         ids, mask = self.with_empty_prompt(text["ids"].to(device), text["mask"].to(device))
-        no_hints = torch.zeros(2 * B, 0, self.cfg.dim, device=device)
         codes = torch.zeros(B, N, dtype=torch.long, device=device)
         known = torch.zeros(B, N, dtype=torch.bool, device=device)
         for step in range(steps):
             image_ids = torch.where(known, codes + self.cfg.code_offset, self.cfg.mask_id)
-            logits = self._image_logits(no_hints, ids, mask, image_ids.repeat(2, 1)).float()
+            logits = self._image_logits(ids, mask, image_ids.repeat(2, 1)).float()
             cond, uncond = logits[:B], logits[B:]
             guided = uncond + (1.0 + scale) * (cond - uncond) if scale > 0 else cond
             # sample only where the code is still unknown
@@ -375,7 +310,5 @@ class TinyBackbone(Backbone):
             PatchTokenizer.load(folder / "image_tokenizer.safetensors"),
             options,
         )
-        from segros.backbones.base import load_weights
-
         backbone.load_state_dict(load_weights(folder))
         return backbone

@@ -41,13 +41,17 @@ colour decode exactly in any colour, which is what the held-out pairings need.
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["PatchTokenizer", "fit_on_images"]
+from segros.data.corpora import training_images
+from segros.shipped import PRETRAINED_TINY
+
+__all__ = ["PatchTokenizer", "cached_tokenizer", "fit_on_images"]
 
 FORMAT = "segros.patch_tokenizer"
 VERSION = "1"
@@ -335,3 +339,66 @@ def fit_on_images(
     stack = torch.from_numpy(np.stack(list(itertools.islice(images, num_images))))
     generator = torch.Generator().manual_seed(seed)
     return PatchTokenizer.fit(stack, num_codes, patch, generator, iterations, palette_swap=palette_swap)
+
+
+# --- fitted once on a corpus, cached (what model.image_tokenizer: null loads) ------------------
+SHIPPED_TOKENIZER = PRETRAINED_TINY / "image_tokenizer.safetensors"
+SHIPPED_LAYOUT = "grid"  # the layout of the scenes the shipped tokenizer was fitted on
+SHIPPED_CORPUS = "shapes"  # ... and their corpus
+
+
+def cache_dir() -> Path:
+    """Where fitted assets are cached: ``$SEGROS_CACHE`` or ``~/.cache/segros``."""
+    return Path(os.environ.get("SEGROS_CACHE", "~/.cache/segros")).expanduser()
+
+
+def tokenizer_cache_path(
+    image_size: int,
+    num_codes: int,
+    tokens_per_side: int = 8,
+    seed: int = 0,
+    layout: str = "free",
+    corpus: str = "shapes",
+) -> Path:
+    """Where :func:`cached_tokenizer` keeps the tokenizer fitted with these arguments (the
+    ``shapes`` names are the ones used before corpora had names, so old caches still hit)."""
+    patch = image_size // tokens_per_side
+    name = f"tiny-image-tokenizer-{image_size}px-patch{patch}-{num_codes}codes-seed{seed}"
+    name += "" if corpus == "shapes" else f"-{corpus}"
+    return cache_dir() / (name + ("" if layout == "free" else f"-{layout}") + ".safetensors")
+
+
+def cached_tokenizer(
+    image_size: int,
+    num_codes: int,
+    tokens_per_side: int = 8,
+    seed: int = 0,
+    layout: str = "free",
+    corpus: str = "shapes",
+) -> PatchTokenizer:
+    """The patch tokenizer fitted on the training images of ``corpus`` (a name in
+    :mod:`segros.data.corpora`, drawn with ``layout``), fitted once and cached.
+
+    Fitting is deterministic in its arguments, so the cache only saves time (about a minute).
+    """
+    path = tokenizer_cache_path(image_size, num_codes, tokens_per_side, seed, layout, corpus)
+    if path.is_file():
+        return PatchTokenizer.load(path)
+    # The pretrained model shipped in the package was made with the default tokenizer (this
+    # function with seed 0): reuse its copy rather than fitting the same thing again.
+    if SHIPPED_TOKENIZER.is_file() and seed == 0 and layout == SHIPPED_LAYOUT and corpus == SHIPPED_CORPUS:
+        shipped = PatchTokenizer.load(SHIPPED_TOKENIZER)
+        if (shipped.image_size, shipped.patch, shipped.num_codes) == (
+            image_size,
+            image_size // tokens_per_side,
+            num_codes,
+        ):
+            return shipped
+    patch = image_size // tokens_per_side
+    images = training_images(corpus, image_size, seed, layout=layout, cells=image_size // patch)
+    tokenizer = fit_on_images(images, patch, num_codes=num_codes, seed=seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tokenizer.save(tmp)
+    os.replace(tmp, path)  # atomic: a killed fit never leaves a half-written cache entry
+    return tokenizer

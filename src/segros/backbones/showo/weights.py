@@ -1,4 +1,6 @@
-"""Finding and reading Show-o's published files: the LLM, MAGVIT-v2, the Phi-1.5 tokenizer, CLIP-ViT.
+"""Show-o's published files: finding and reading the LLM, MAGVIT-v2 and CLIP-ViT weights (what
+``ShowoBackbone.from_upstream`` loads), and writing a segros Show-o back in that layout (export).
+The Phi-1.5 tokenizer is :mod:`segros.backbones.showo.text`'s.
 
 Every lookup goes through :func:`segros.backbones.hub.resolve_files`, so a folder or a hub id both
 work, and an offline machine without the files stops at once naming them and the config key to set.
@@ -15,25 +17,17 @@ from __future__ import annotations
 
 import fnmatch
 import json
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file
-from torch import nn
 
+from segros.backbones.files import plain_state
 from segros.backbones.hub import MissingCheckpointError, resolve_files
-from segros.data import corpora
+from segros.backbones.showo.model import ClipConfig
 
 UPSTREAM_WEIGHTS = "pytorch_model.safetensors"
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "vocab.json",
-    "merges.txt",
-    "special_tokens_map.json",
-    "added_tokens.json",
-)
 # Keys a published file may hold that this code recomputes rather than stores.
 RECOMPUTED = ("*rotary_emb.inv_freq", "*quantize.embedding", "*quantize.power_vals")
 
@@ -76,51 +70,6 @@ def magvit_weights(source: str) -> Path:
     return resolve_files(source, [UPSTREAM_WEIGHTS], "MAGVIT-v2 tokenizer", "model.magvit")[UPSTREAM_WEIGHTS]
 
 
-WORD_TOKENIZER = "shapes-words"  # model.tokenizer of tiny smoke runs: built in, no download
-WORDS_SUFFIX = "-words"  # model.tokenizer "<corpus>-words": a word-level tokenizer over a built-in corpus
-
-
-def word_level_tokenizer(words: Iterable[str], questions: Iterable[str] = ()) -> Any:
-    """A word-level tokenizer over ``words`` and the words of ``questions`` (a corpus's captions
-    and image-to-text questions) with Phi-1.5's ``<|endoftext|>`` as bos and eos: the
-    ``AutoTokenizer`` path of the real one, no download."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocabulary = {w for q in questions for w in q.split()} | set(words)
-    vocabulary |= {"user", "assistant", ":", "what", "is", "this", ".", ","}
-    vocab = {"<|endoftext|>": 0, "[UNK]": 1}
-    for w in sorted(vocabulary):
-        vocab.setdefault(w, len(vocab))
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="[UNK]",
-        padding_side="left",
-    )  # fmt: skip
-
-
-def word_corpus(source: str) -> str | None:
-    """The corpus a ``model.tokenizer`` of the form ``<corpus>-words`` names (``shapes-words``:
-    ``shapes``), or None for a hub id or folder."""
-    name = source.removesuffix(WORDS_SUFFIX)
-    return name if source.endswith(WORDS_SUFFIX) and name in corpora.CORPORA else None
-
-
-def load_tokenizer(source: str) -> Any:
-    """The Phi-1.5 text tokenizer (``model.tokenizer``), left padding as upstream sets it;
-    ``<corpus>-words`` (``shapes-words``): :func:`word_level_tokenizer` over that corpus."""
-    from transformers import AutoTokenizer
-
-    if corpus := word_corpus(source):
-        return word_level_tokenizer(corpora.words(corpus), corpora.questions(corpus))
-    files = resolve_files(
-        source, ["tokenizer_config.json"], "Phi-1.5 tokenizer", "model.tokenizer", optional=TOKENIZER_FILES
-    )
-    return AutoTokenizer.from_pretrained(str(files["tokenizer_config.json"].parent), padding_side="left")
-
-
 def clip_files(source: str) -> tuple[Path, Path]:
     """(config.json, weights) of the CLIP vision encoder (``model.clip``)."""
     files = resolve_files(
@@ -146,26 +95,22 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(str(path), map_location="cpu", weights_only=True)
 
 
+def clip_config(raw: dict[str, Any]) -> ClipConfig:
+    """Our :class:`ClipConfig` from a published CLIP ``config.json`` (full CLIP or vision-only)."""
+    vision = raw.get("vision_config", raw)
+    fields = ("hidden_size", "intermediate_size", "image_size", "patch_size")
+    return ClipConfig(
+        **{k: vision[k] for k in fields if k in vision},
+        num_layers=vision.get("num_hidden_layers", 24),
+        num_heads=vision.get("num_attention_heads", 16),
+    )
+
+
 def clip_vision_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The vision tower of a full CLIP checkpoint (``vision_model.*``), with that prefix removed
     (transformers 5 names ``CLIPVisionModel``'s parameters without it)."""
     prefix = "vision_model."
     return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-
-
-def load_exact(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
-    """Load ``state`` into ``module`` (assigning tensors, so meta-initialised modules work), failing
-    on any missing or unexpected key except those this code recomputes (:data:`RECOMPUTED`)."""
-    expected = module.state_dict()
-    missing = [k for k in expected if k not in state and not _recomputed(k)]
-    unexpected = [k for k in state if k not in expected and not _recomputed(k)]
-    wrong = [k for k in state if k in expected and tuple(state[k].shape) != tuple(expected[k].shape)]
-    if missing or unexpected or wrong:
-        raise ValueError(
-            f"{what}: the weights do not match the model: missing {missing[:8]}, unexpected "
-            f"{unexpected[:8]}, wrong shapes {[(k, tuple(state[k].shape)) for k in wrong[:8]]}"
-        )
-    module.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False, assign=True)
 
 
 def _recomputed(key: str) -> bool:
@@ -180,7 +125,7 @@ def upstream_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The ``Showo`` module's weights under upstream's names, from a segros Show-o model state dict
     (``ShowoBackbone.model``). segros keeps upstream's attribute names (``showo.*`` for Phi with its
     head, ``mm_projector.*`` for the CLIP variants), so this is the identity on those keys and
-    drops anything else (what :func:`load_exact` reads back one to one)."""
+    drops anything else (what :func:`~segros.backbones.files.load_exact` reads back one to one)."""
     return {k: v for k, v in state.items() if k.startswith(UPSTREAM_PREFIXES) and not _recomputed(k)}
 
 
@@ -207,8 +152,6 @@ def write_upstream(backbone: Any, out: Path) -> dict[str, Any]:
     ``showlab/show-o*`` folders; returns what upstream loads separately (MAGVIT-v2, the Phi-1.5
     tokenizer, CLIP), by the folder or hub id the model was built from: referenced, not copied."""
     from safetensors.torch import save_file
-
-    from segros.backbones.base import plain_state
 
     out.mkdir(parents=True, exist_ok=True)
     save_file(plain_state(upstream_state(backbone.model.state_dict())), str(out / UPSTREAM_WEIGHTS),

@@ -18,6 +18,8 @@ import torch
 PAD, BOS, EOS, UNK, SEP = "<pad>", "<bos>", "<eos>", "<unk>", "<sep>"
 SPECIALS = (PAD, BOS, EOS, UNK, SEP)
 WORD = re.compile(r"[a-z]+|[0-9]+")
+# Words of the image-to-text questions, on top of the corpus's words (model.corpus).
+QUESTION_WORDS = "what is shown describe this picture image how many are there where which color".split()
 
 
 class WordTokenizer:

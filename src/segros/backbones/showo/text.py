@@ -1,4 +1,5 @@
-"""Show-o's token layout: the joint vocabulary, the T2I prompt and the MMU (image-to-text) prompt.
+"""Show-o's text: the Phi-1.5 tokenizer (or a built-in word-level one), the joint vocabulary, the
+T2I prompt and the MMU (image-to-text) prompt.
 
 Facts from upstream ``training/prompting_utils.py`` (Show-o commit 45a5a2de):
 
@@ -21,12 +22,14 @@ off the fast tokenizer's character offsets (a slow tokenizer: off its decoding).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from segros.backbones.hub import resolve_files
+from segros.data import corpora
 from segros.stopwords import token_stopwords
 
 PAD_TOKEN = "[PAD]"
@@ -42,6 +45,61 @@ NEW_TOKENS = (
     "<|lvg|>",
 )
 NUM_NEW_SPECIAL_TOKENS = 1 + len(NEW_TOKENS)  # 10 in upstream's YAML (num_new_special_tokens)
+
+
+# --- the text tokenizer: Phi-1.5's (model.tokenizer), or a word-level one over a built-in corpus ---
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.json",
+    "merges.txt",
+    "special_tokens_map.json",
+    "added_tokens.json",
+)
+
+
+WORD_TOKENIZER = "shapes-words"  # model.tokenizer of tiny smoke runs: built in, no download
+WORDS_SUFFIX = "-words"  # model.tokenizer "<corpus>-words": a word-level tokenizer over a built-in corpus
+
+
+def word_level_tokenizer(words: Iterable[str], questions: Iterable[str] = ()) -> Any:
+    """A word-level tokenizer over ``words`` and the words of ``questions`` (a corpus's captions
+    and image-to-text questions) with Phi-1.5's ``<|endoftext|>`` as bos and eos: the
+    ``AutoTokenizer`` path of the real one, no download."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocabulary = {w for q in questions for w in q.split()} | set(words)
+    vocabulary |= {"user", "assistant", ":", "what", "is", "this", ".", ","}
+    vocab = {"<|endoftext|>": 0, "[UNK]": 1}
+    for w in sorted(vocabulary):
+        vocab.setdefault(w, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="[UNK]",
+        padding_side="left",
+    )  # fmt: skip
+
+
+def word_corpus(source: str) -> str | None:
+    """The corpus a ``model.tokenizer`` of the form ``<corpus>-words`` names (``shapes-words``:
+    ``shapes``), or None for a hub id or folder."""
+    name = source.removesuffix(WORDS_SUFFIX)
+    return name if source.endswith(WORDS_SUFFIX) and name in corpora.CORPORA else None
+
+
+def load_tokenizer(source: str) -> Any:
+    """The Phi-1.5 text tokenizer (``model.tokenizer``), left padding as upstream sets it;
+    ``<corpus>-words`` (``shapes-words``): :func:`word_level_tokenizer` over that corpus."""
+    from transformers import AutoTokenizer
+
+    if corpus := word_corpus(source):
+        return word_level_tokenizer(corpora.words(corpus), corpora.questions(corpus))
+    files = resolve_files(
+        source, ["tokenizer_config.json"], "Phi-1.5 tokenizer", "model.tokenizer", optional=TOKENIZER_FILES
+    )
+    return AutoTokenizer.from_pretrained(str(files["tokenizer_config.json"].parent), padding_side="left")
 
 
 def extend_tokenizer(tokenizer: Any) -> Any:

@@ -1,4 +1,5 @@
-"""OpenUni's architectures as plain dicts of the libraries' config arguments.
+"""OpenUni's network: its architectures as plain dicts of the libraries' config arguments, the
+connector's initialisation and the flow-matching loss.
 
 One dict per released variant (``b-512`` = OpenUni-B-512, ``l-512`` = OpenUni-L-512) and a tiny
 random one for tests and CPU smoke runs. Each names the arguments of the classes segros builds
@@ -13,6 +14,9 @@ from __future__ import annotations
 
 import copy
 from typing import Any
+
+import torch
+from torch import nn
 
 # --- InternVL3 (MLLM): InternViT-300M-448px + Qwen2.5 LLM, in transformers' HF format ----------
 _INTERNVIT_300M = {
@@ -260,3 +264,45 @@ def vit_grid(mllm: dict[str, Any]) -> int:
     """Understanding tokens per side: ViT patches per side, halved by the pixel shuffle."""
     vision = mllm["vision_config"]
     return int(vision["image_size"] // vision["patch_size"] * mllm["downsample_ratio"])
+
+
+# --- the trained parts and the loss ------------------------------------------------------------
+def init_connector(connector: nn.Module) -> None:
+    """Upstream's connector initialisation (``modeling_connector.py`` ``_init_weights``):
+    Xavier-uniform attention and MLP weights, zero attention biases, MLP biases N(0, 1e-6)."""
+    for layer in connector.layers:
+        for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj,
+                     layer.self_attn.out_proj):  # fmt: skip
+            nn.init.xavier_uniform_(proj.weight)
+            nn.init.zeros_(proj.bias)
+        for fc in (layer.mlp.fc1, layer.mlp.fc2):
+            nn.init.xavier_uniform_(fc.weight)
+            nn.init.normal_(fc.bias, std=1e-6)
+
+
+def flow_config(scheduler: dict[str, Any]) -> dict[str, Any]:
+    """The train scheduler's arguments: upstream loads ``FlowMatchEulerDiscreteScheduler`` from
+    SANA's DPM-Solver config, of which only ``num_train_timesteps`` is an argument it takes
+    (``flow_shift`` is not its ``shift``), so it trains with shift 1."""
+    return {"num_train_timesteps": scheduler.get("num_train_timesteps", 1000), "shift": 1.0}
+
+
+def flow_matching_loss(
+    transformer: nn.Module, scheduler: Any, x0: torch.Tensor, cond: torch.Tensor
+) -> torch.Tensor:
+    """Upstream's ``diff_loss``: t uniform over the train scheduler's 1000 steps (weighting "none"),
+    ``x_t = (1 - s) x_0 + s e`` (rectified flow), the DiT predicts the velocity ``e - x_0``; mean
+    squared error per sample in float32, then the batch mean. Noise and t from the global RNG."""
+    B = x0.shape[0]
+    noise = torch.randn_like(x0)
+    u = torch.rand(B)  # diffusers' compute_density_for_timestep_sampling("none")
+    idx = (u * scheduler.config.num_train_timesteps).long()
+    t = scheduler.timesteps[idx].to(x0.device)
+    sigma = scheduler.sigmas[idx].to(x0.device, x0.dtype).view(B, *[1] * (x0.dim() - 1))
+    x_t = (1.0 - sigma) * x0 + sigma * noise
+    dtype = next(transformer.parameters()).dtype
+    pred = transformer(
+        hidden_states=x_t.to(dtype), encoder_hidden_states=cond.to(dtype), timestep=t, return_dict=False
+    )[0]
+    target = noise - x0
+    return ((pred.float() - target.float()) ** 2).reshape(B, -1).mean(1).mean()
