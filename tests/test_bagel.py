@@ -22,6 +22,7 @@ import torch
 from segros.backbones.bagel import model as M
 from segros.backbones.bagel import vae as V
 from segros.backbones.bagel.adapter import BagelBackbone, BagelOptions
+from segros.backbones.registry import load_backbone
 from segros.cli import main
 from segros.data.sources import ShapesConversations, ShapesImageText
 from segros.plan import preset
@@ -329,7 +330,7 @@ def test_7b_configs_hold_recas_bagel_recipe_and_validate_without_weights(method)
     ],
 )
 def test_knobs_that_do_nothing_on_bagel_are_refused(override, key):
-    with pytest.raises(ConfigError, match=rf"method\.{key}: BAGEL"):
+    with pytest.raises(ConfigError, match=rf"method\.{key}: the bagel backbone masks no image tokens"):
         load_config(CONFIGS / "segros-7b.yaml", [override])
 
 
@@ -386,6 +387,16 @@ def test_segros_train_resume_inspect_and_generate_on_the_tiny_config(tmp_path, c
           "--out", str(tmp_path / "gen"), "--samples", "2"])  # fmt: skip
     images = sorted((tmp_path / "gen" / "00000" / "samples").glob("*.png"))
     assert len(images) == 2 and Image.open(images[0]).size == (32, 32)
+    # the trained model in BAGEL's release layout, read back through from_upstream
+    main(["export", str(run), "--format", "upstream", "--out", str(tmp_path / "release")])
+    assert {"ema.safetensors", "ae.safetensors", "llm_config.json"} <= {
+        p.name for p in (tmp_path / "release").iterdir()
+    }
+    trained = load_backbone(run)
+    again = BagelBackbone.from_options(
+        BagelOptions(**{**trained.options.model_dump(), "init_from": str(tmp_path / "release")})
+    )
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in trained.state_dict().items())
 
 
 def test_two_gloo_processes_train_bagel_in_sync(tmp_path):

@@ -66,7 +66,7 @@ def tiny() -> BagelBackbone:
 
 
 def test_a_tiny_release_in_upstreams_layout_loads_bit_identically(tiny, tmp_path):
-    tiny.save_release(tmp_path)
+    W.write_upstream(tiny, tmp_path)
     for name in (
         "llm_config.json",
         "vit_config.json",
@@ -99,7 +99,7 @@ def test_a_tiny_release_in_upstreams_layout_loads_bit_identically(tiny, tmp_path
 
 
 def test_a_release_that_does_not_fit_is_refused_by_name(tiny, tmp_path):
-    tiny.save_release(tmp_path)
+    W.write_upstream(tiny, tmp_path)
     ema = load_file(str(tmp_path / "ema.safetensors"))
     ema["llm2vae.weight"] = ema["llm2vae.weight"][:, :-1].contiguous()
     del ema["connector.fc2.bias"]

@@ -15,7 +15,8 @@ plan maps onto it (docs section 7):
   left out of the pack. RecA (``hint_pick: all``, no text) is then exactly RecA's BAGEL sample.
 - Loss: upstream's flow matching on every latent patch (logit-normal t, ``timestep_shift``,
   velocity ``e - x_0``, per-token channel mean); nothing is masked, so a plan's ``seen`` and
-  ``loss_weight`` are not read (the config refuses the knobs that only set them).
+  ``loss_weight`` are not read (its ``capabilities`` say it masks no tokens, so the config layer
+  refuses the knobs that only set them).
 - I2T: ``[ViT image split | question and answer splits]`` through the understanding expert and
   ``lm_head`` (Eq. 2, weighted by the config's lambda).
 - Generation: Euler over ``linspace(1, 0, steps)`` with the inference shift, guidance against no
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from segros.backbones.bagel import model as M
 from segros.backbones.bagel import text as T
@@ -38,13 +39,14 @@ from segros.backbones.bagel import weights as W
 from segros.backbones.base import (
     Backbone,
     BackboneOptions,
+    Capabilities,
     GroundingInputs,
     I2TBatch,
-    ImageFields,
     T2IBatch,
     gather_tokens,
-    load_weights,
 )
+from segros.backbones.files import load_exact, load_weights
+from segros.backbones.image_cache import ImageFields
 from segros.backbones.images import crop_square_batch, pad_square, stack_uint8, to_signed_unit
 from segros.data.corpora import CorpusName
 from segros.data.corpora import words as corpus_words
@@ -89,6 +91,9 @@ class BagelBackbone(Backbone):
     # the generation expert's attention (LoRA for alignment fine-tuning leaves understanding alone)
     lora_targets = ("q_proj_moe_gen", "k_proj_moe_gen", "v_proj_moe_gen", "o_proj_moe_gen")
     block_classes = ("MoTDecoderLayer",)
+    # flow matching on every latent patch (nothing masked); the I2T loss trains the understanding
+    # path unless a config sets freeze_und (RecA's recipe, with i2t_weight 0)
+    capabilities = Capabilities(masks_tokens=False, trains_image_to_text=True, generation="flow")
     mask_schedule = "cosine"  # drawn by the trainer, never read: the loss covers the whole latent
 
     def __init__(self, arch: dict[str, Any], tokenizer: Any, options: BagelOptions) -> None:
@@ -123,15 +128,9 @@ class BagelBackbone(Backbone):
         self.vae.eval()
         return self
 
-    @property
-    def device(self) -> torch.device:
-        return self.model.vae2llm.weight.device
-
     # --- construction ------------------------------------------------------------------------
     @classmethod
     def build(cls, options: BagelOptions) -> BagelBackbone:
-        if options.init_from:
-            return cls.from_upstream(options)
         if options.size == "tiny":
             tokenizer = T.load_tokenizer(options.tokenizer) if options.tokenizer else \
                 T.word_level_tokenizer(corpus_words(options.corpus))  # fmt: skip
@@ -141,21 +140,15 @@ class BagelBackbone(Backbone):
         return cls(W.PUBLISHED, T.load_tokenizer(options.tokenizer), options)
 
     @classmethod
-    def from_upstream(cls, options: BagelOptions) -> BagelBackbone:
+    def from_upstream(cls, source: str, options: BagelOptions) -> BagelBackbone:
         """A release folder loaded without renaming: ``ema.safetensors`` into the model, the FLUX
         ``ae.safetensors`` into the VAE (both exactly: every key, every shape)."""
-        arch, state, vae_state = W.read_release(options.init_from)
-        tokenizer = T.load_tokenizer(options.tokenizer or options.init_from)
+        arch, state, vae_state = W.read_release(source)
+        tokenizer = T.load_tokenizer(options.tokenizer or source)
         backbone = cls(arch, tokenizer, options)
-        load_exact(backbone.model, state, f"{options.init_from}/{W.EMA_FILE}")
-        load_exact(backbone.vae, vae_state, f"{options.init_from}/{W.AE_FILE}")
+        load_exact(backbone.model, state, f"{source}/{W.EMA_FILE}")
+        load_exact(backbone.vae, vae_state, f"{source}/{W.AE_FILE}")
         return backbone
-
-    def save_release(self, folder: str | Path) -> None:
-        """This model as a release folder in upstream's layout (for BAGEL's own inference code)."""
-        W.write_release(
-            folder, self.arch, self.model.state_dict(), self.vae.state_dict(), self.text_tokenizer
-        )
 
     # --- data --------------------------------------------------------------------------------
     def pixel_fields(self, images: Sequence[Any]) -> ImageFields:
@@ -296,23 +289,6 @@ class BagelBackbone(Backbone):
         logits = self.model.language_model.lm_head(rows)
         return i2t_loss(logits, ids, batch.answer_mask.to(self.device) & mask)
 
-    @classmethod
-    def refused_method_knobs(cls, method: BaseModel) -> dict[str, str]:
-        """Knobs that would do nothing: no token is masked or kept visible, every latent patch
-        carries the flow-matching loss, and no masking ratio is used."""
-        why = "BAGEL masks no tokens: its flow-matching loss covers every latent patch"
-        refused = {}
-        if getattr(method, "seen_pick", None) is not None:
-            refused["seen_pick"] = f"{why}, so no token is kept visible; leave seen_pick unset"
-        for knob in ("mask_schedule", "mask_per_batch"):
-            if getattr(method, knob, None) is not None:
-                refused[knob] = f"{why}, so no masking ratio is used; leave {knob} unset"
-        if getattr(method, "loss_targets", None) == "top" or "loss_target_ratio" in method.model_fields_set:
-            refused["loss_target_ratio"] = f"{why}; drop-loss targets do not exist here"
-        if getattr(method, "preset", None) == "segros_droploss":
-            refused["preset"] = f"{why}; segros_droploss is segros here: use preset segros"
-        return refused
-
     # --- generation --------------------------------------------------------------------------
     @torch.no_grad()
     def generate_tokens(
@@ -379,16 +355,3 @@ class BagelBackbone(Backbone):
         backbone = cls(config["arch"], T.load_tokenizer(folder / "tokenizer"), options)
         backbone.load_state_dict(load_weights(folder))
         return backbone
-
-
-def load_exact(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
-    """``load_state_dict`` that names missing and unexpected keys and shape mismatches."""
-    own = module.state_dict()
-    missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    shapes = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or extra or shapes:
-        raise ValueError(
-            f"{what}: the weights do not fit: missing {missing[:3]}, unexpected {extra[:3]}, "
-            f"other shapes {shapes[:3]}"
-        )
-    module.load_state_dict(state)

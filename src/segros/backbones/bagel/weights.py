@@ -5,7 +5,8 @@ A release folder holds ``llm_config.json``, ``vit_config.json``, ``ema.safetenso
 :class:`~segros.backbones.bagel.model.BagelNet`'s keys exactly), ``ae.safetensors`` (FLUX's
 autoencoder in its original LDM key layout, which diffusers' converter maps onto ``AutoencoderKL``)
 and the tokenizer files. ``read_release`` loads it without renaming; ``write_release`` writes one
-(tiny random releases for the tests, or a segros-trained model for upstream's own inference code).
+(tiny random releases for the tests), and ``write_upstream`` a trained backbone (``segros export
+--format upstream``: the folder BAGEL's own inference code and RecA's scripts read).
 """
 
 from __future__ import annotations
@@ -167,3 +168,11 @@ def write_release(folder: str | Path, arch: dict[str, Any], model_state: dict[st
         str(folder / AE_FILE),
     )
     tokenizer.save_pretrained(str(folder))
+
+
+def write_upstream(backbone: Any, out: Path) -> dict[str, Any]:
+    """Write ``backbone`` as a release folder in ``out``: everything upstream reads, no references."""
+    write_release(
+        out, backbone.arch, backbone.model.state_dict(), backbone.vae.state_dict(), backbone.text_tokenizer
+    )
+    return {"files": sorted(p.name for p in Path(out).iterdir()), "references": {}}
