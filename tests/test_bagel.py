@@ -154,6 +154,31 @@ def test_experts_route_by_token_and_nothing_sees_the_noise(backbone):
     )
 
 
+def test_samples_of_a_pack_do_not_see_each_other(backbone):
+    """Attention runs sample by sample: a sample's hidden states are those it has packed alone."""
+    ids = backbone.ids
+    lat, vit = torch.randn(8, 64), torch.randn(4, 32)
+
+    def packed(*samples):
+        p = M.Packer(ids["start"], ids["end"])
+        for s in samples:
+            s(p.sample())
+        return p.build()
+
+    def first(p):
+        return p.image(M.VIT, torch.arange(4)).text([1, 5, 6, 0]).image(M.VAE, torch.arange(4), noisy=True)
+
+    def second(p):
+        return p.text([1, 7, 0]).image(M.VAE, torch.arange(4), noisy=True)
+
+    t = torch.full((8,), 0.3)
+    with torch.no_grad():
+        both = backbone.model(packed(first, second), vit, lat, t)
+        alone = backbone.model(packed(first), vit, lat[:4], t[:4])
+        other = backbone.model(packed(second), None, lat[4:], t[4:])
+    assert torch.allclose(both, torch.cat([alone, other]), atol=1e-5)
+
+
 def test_latent_patches_and_fixed_tables_are_upstreams():
     x = torch.randn(2, 16, 6, 4)
     p = 2

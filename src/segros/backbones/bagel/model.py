@@ -35,12 +35,18 @@ class Pack:
     text_ids: torch.Tensor  # (S,) token ids, 0 where the token is an image token
     kind: torch.Tensor  # (S,) TEXT / VIT / VAE
     position_ids: torch.Tensor  # (S,) rope ids: consecutive in text, one per image split
-    mask: torch.Tensor  # (S, S) bool, True where a query may attend to a key
+    masks: list[torch.Tensor]  # per sample (n_i, n_i) bool, True where a query may attend to a key
     sample: torch.Tensor  # (S,) the sample each token belongs to
     vit_pos: torch.Tensor  # (n_vit,) flattened grid positions of the ViT tokens, in sequence order
     vae_pos: torch.Tensor  # (n_vae,) flattened grid positions of the latent tokens
     noisy: torch.Tensor  # (n_vae,) bool: the latent token is in a noise split (carries the loss)
     text_slots: list[list[int]]  # per sample, the sequence index of each text token added by text()
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """(S, S) the whole pack's mask: the samples' masks on the diagonal (samples never see each
+        other). Attention runs sample by sample, so this is never built in the forward."""
+        return torch.block_diag(*self.masks).bool()
 
     @property
     def vit_index(self) -> torch.Tensor:
@@ -114,18 +120,21 @@ class Packer:
         split = torch.tensor(self.splits, **long)
         mode = torch.tensor(self.modes, **long)[split]
         sample = torch.tensor(self.samples, **long)
-        order = torch.arange(len(self.ids), device=device)
-        same_sample = sample[:, None] == sample[None, :]
-        earlier = (split[None, :] < split[:, None]) & (mode[None, :] != NOISE)
-        within = (split[None, :] == split[:, None]) & (
-            (mode[:, None] != CAUSAL) | (order[None, :] <= order[:, None])
-        )
+        masks = []
+        for b in range(len(self.text_slots)):  # a sample's tokens are contiguous
+            s, m = split[sample == b], mode[sample == b]
+            order = torch.arange(len(s), device=device)
+            earlier = (s[None, :] < s[:, None]) & (m[None, :] != NOISE)
+            within = (s[None, :] == s[:, None]) & (
+                (m[:, None] != CAUSAL) | (order[None, :] <= order[:, None])
+            )
+            masks.append(earlier | within)
         empty = torch.zeros(0, **long)
         return Pack(
             text_ids=torch.tensor(self.ids, **long),
             kind=torch.tensor(self.kinds, **long),
             position_ids=torch.tensor(self.rope, **long),
-            mask=same_sample & (earlier | within),
+            masks=masks,
             sample=sample,
             vit_pos=torch.cat(self.vit_pos).to(device) if self.vit_pos else empty,
             vae_pos=torch.cat(self.vae_pos).to(device) if self.vae_pos else empty,
@@ -236,7 +245,8 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
 # --- the mixture-of-transformers decoder ---------------------------------------------------------
 class MoTAttention(nn.Module):
     """Qwen2 attention with qk-norm, every projection and norm twice (``*_moe_gen``: the generation
-    expert's); one softmax over the whole packed sequence under the pack's mask."""
+    expert's); attention runs sample by sample under each sample's mask (upstream's
+    ``nested_attention_masks`` path), so memory grows with the longest sample, not the pack."""
 
     def __init__(self, cfg: dict[str, Any]) -> None:
         super().__init__()
@@ -252,7 +262,7 @@ class MoTAttention(nn.Module):
             setattr(self, f"k_norm{suffix}", Qwen2RMSNorm(self.head_dim, eps=eps))
 
     def forward(
-        self, x: torch.Tensor, und: torch.Tensor, gen: torch.Tensor, rope: tuple, mask: torch.Tensor
+        self, x: torch.Tensor, und: torch.Tensor, gen: torch.Tensor, rope: tuple, masks: list[torch.Tensor]
     ) -> torch.Tensor:
         S = x.shape[0]
         q = routed(x, und, gen, self.q_proj, self.q_proj_moe_gen).view(S, self.heads, self.head_dim)
@@ -260,10 +270,14 @@ class MoTAttention(nn.Module):
         v = routed(x, und, gen, self.v_proj, self.v_proj_moe_gen).view(S, self.kv, self.head_dim)
         q = rotate(routed(q, und, gen, self.q_norm, self.q_norm_moe_gen), *rope)
         k = rotate(routed(k, und, gen, self.k_norm, self.k_norm_moe_gen), *rope)
-        out = F.scaled_dot_product_attention(
-            q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
-            attn_mask=mask[None, None], enable_gqa=True,
-        )[0].transpose(0, 1).reshape(S, -1)  # fmt: skip
+        q, k, v = q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)  # (heads, S, head_dim)
+        outs, start = [], 0
+        for mask in masks:
+            part = slice(start, start + mask.shape[0])
+            qkv = (t[None, :, part] for t in (q, k, v))
+            outs.append(F.scaled_dot_product_attention(*qkv, attn_mask=mask[None, None], enable_gqa=True)[0])
+            start = part.stop
+        out = torch.cat(outs, dim=1).transpose(0, 1).reshape(S, -1)
         return routed(out, und, gen, self.o_proj, self.o_proj_moe_gen)
 
 
@@ -281,10 +295,10 @@ class MoTDecoderLayer(nn.Module):
             setattr(self, name + "_moe_gen", Qwen2RMSNorm(H, eps=eps))
 
     def forward(
-        self, x: torch.Tensor, und: torch.Tensor, gen: torch.Tensor, rope: tuple, mask: torch.Tensor
+        self, x: torch.Tensor, und: torch.Tensor, gen: torch.Tensor, rope: tuple, masks: list[torch.Tensor]
     ) -> torch.Tensor:
         h = routed(x, und, gen, self.input_layernorm, self.input_layernorm_moe_gen)
-        x = x + self.self_attn(h, und, gen, rope, mask)
+        x = x + self.self_attn(h, und, gen, rope, masks)
         h = routed(x, und, gen, self.post_attention_layernorm, self.post_attention_layernorm_moe_gen)
         return x + routed(h, und, gen, self.mlp, self.mlp_moe_gen)
 
@@ -319,16 +333,16 @@ class LanguageModel(nn.Module):
         return emb.cos(), emb.sin()
 
     def forward(
-        self, x: torch.Tensor, gen_mask: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor
+        self, x: torch.Tensor, gen_mask: torch.Tensor, position_ids: torch.Tensor, masks: list[torch.Tensor]
     ) -> torch.Tensor:
         und, gen = (~gen_mask).nonzero().squeeze(1), gen_mask.nonzero().squeeze(1)
         cos, sin = self.rope(position_ids)
         rope = (cos.to(x.dtype), sin.to(x.dtype))
         for layer in self.model.layers:
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(layer, x, und, gen, rope, mask, use_reentrant=False)
+                x = checkpoint(layer, x, und, gen, rope, masks, use_reentrant=False)
             else:
-                x = layer(x, und, gen, rope, mask)
+                x = layer(x, und, gen, rope, masks)
         return routed(x, und, gen, self.model.norm, self.model.norm_moe_gen)
 
 
@@ -418,4 +432,4 @@ class BagelNet(nn.Module):
         if latents is not None and latents.shape[0]:
             lat = self.vae2llm(latents.to(x.dtype)) + self.time_embedder(timesteps)
             x = x.index_copy(0, pack.vae_index, lat + self.latent_pos_embed(pack.vae_pos).to(x.dtype))
-        return self.language_model(x, pack.kind == VAE, pack.position_ids, pack.mask)
+        return self.language_model(x, pack.kind == VAE, pack.position_ids, pack.masks)
