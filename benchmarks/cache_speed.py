@@ -47,7 +47,7 @@ def raw_config(name: str, out: Path, batch: int, scenes: int) -> dict:
     return {
         "model": model,
         "method": {"preset": "segros", "i2t_weight": 0.0},
-        "data": {"source": "shapes", "batch_size": batch, "i2t": "none", "shapes_scenes": scenes},
+        "data": {"source": "shapes", "batch_size": batch, "i2t": "none", "shapes": {"scenes": scenes}},
         "run": {"seed": 0, "picture_every": 0, "progress": False},
         "logging": {"tensorboard": False},
     }

@@ -97,7 +97,7 @@ def measure(model: dict, path: Path, workers: int, batch: int, steps: int, out: 
     raw = {
         "model": model,
         "method": {"preset": "segros", "i2t_weight": 0.0},
-        "data": {"source": "files", "path": str(path), "batch_size": batch, "i2t": "none",
+        "data": {"source": "files", "files": {"path": str(path)}, "batch_size": batch, "i2t": "none",
                  "workers": workers},  # fmt: skip
         "run": {"seed": 0, "picture_every": 0, "progress": False},
         "logging": {"tensorboard": False},
@@ -105,12 +105,13 @@ def measure(model: dict, path: Path, workers: int, batch: int, steps: int, out: 
     trainer = Trainer(validate(raw), out)
     for _ in range(3):
         trainer.train_step()
-    wait0, t0 = trainer.data_wait, time.perf_counter()
+    wait0, t0 = trainer.report.data_wait, time.perf_counter()
     for _ in range(steps):
         trainer.train_step()
     seconds = time.perf_counter() - t0
     trainer.close_data()
-    return {"steps_per_second": steps / seconds, "data_wait_share": (trainer.data_wait - wait0) / seconds}
+    waited = trainer.report.data_wait - wait0
+    return {"steps_per_second": steps / seconds, "data_wait_share": waited / seconds}
 
 
 def main() -> None:
@@ -124,8 +125,8 @@ def main() -> None:
     paths = write_formats(out / "data", jpeg_records(args.images))
     rows, skipped = [], {}
     for name, path in paths.items():
-        try:  # as the trainer opens data.path (a reader added later is picked up here)
-            t2i_source(validate({"data": {"source": "files", "path": str(path)}}).data, None)
+        try:  # as the trainer opens data.files.path (a reader added later is picked up here)
+            t2i_source(validate({"data": {"source": "files", "files": {"path": str(path)}}}).data, None)
         except (ValueError, FileNotFoundError) as e:
             skipped[name] = f"not readable by this checkout's readers ({e})"
     for model_name in ("tiny", "showo", "harmon"):

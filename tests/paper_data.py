@@ -33,7 +33,7 @@ def hub_cache_repo(root: Path, repo_id: str) -> Path:
 def blip3o_60k(root: Path, shards: int = 3, per_shard: int = 12) -> Path:
     """BLIP3o-60k: WebDataset tar shards at the repository's top, each sample a ``.jpg`` and a
     ``.txt`` prompt, written by webdataset's TarWriter; in the hub cache layout. Returns the
-    ``datasets--BLIP3o--BLIP3o-60k`` folder (what ``data.path`` names)."""
+    ``datasets--BLIP3o--BLIP3o-60k`` folder (what ``data.files.path`` names)."""
     import webdataset as wds
 
     snapshot = hub_cache_repo(root, "BLIP3o/BLIP3o-60k")

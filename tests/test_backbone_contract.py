@@ -99,24 +99,40 @@ def test_the_class_declares_the_contract(name):
     assert {"name", "init_from", "caption_dropout", "image_size"} <= fields
     assert cls.Options.model_fields["name"].default == name
     assert cls.reload_options <= fields and not cls.reload_options & {"name", "init_from", "image_size"}
-    assert set(cls.Options.renamed.values()) <= fields and not set(cls.Options.renamed) & fields
     assert cls.mask_schedule in SCHEDULES and cls.lora_targets
     assert cls.prompt_padding in ("left", "right") and "model.safetensors" in cls.saved_files
+    # FSDP2 (fully_shard) swaps an instance's class for a subclass of (FSDPModule, cls): the
+    # contract's mixins must leave nn.Module's instance layout as it is
+    from torch import nn
+    from torch.distributed.fsdp import FSDPModule
+
+    instance = cls.__new__(cls)
+    nn.Module.__init__(instance)
+    instance.__class__ = type(f"FSDP{cls.__name__}", (FSDPModule, cls), {})
 
 
-def test_old_option_names_are_read_as_the_current_ones():
-    renamed = [(n, old, new) for n in NAMES for old, new in backbone_class(n).Options.renamed.items()]
-    assert renamed  # TinyUMM's and Harmon's earlier names
-    for name, old, new in renamed:
-        options = backbone_class(name).Options
-        default = options.model_fields[new].default
-        value = (not default) if isinstance(default, bool) else default + 1
-        assert getattr(options(**{old: value}), new) == value
-        # a saved old name loses against a current one given as an override
-        assert options.current_names({old: default, new: value}) == {new: value}
-    # one name per concept: no backbone still uses a name another one has retired
-    retired = {old for _, old, _ in renamed}
-    assert not any(retired & set(backbone_class(n).Options.model_fields) for n in NAMES)
+def test_the_shipped_model_saves_current_option_names_and_an_old_name_is_a_clear_error(tmp_path):
+    """The shipped TinyUMM's config.json uses today's option names (no rename shim reads old ones);
+    a folder saved with a retired name is refused, naming its file and the unknown option."""
+    import json
+    import shutil
+
+    from segros.shipped import PRETRAINED_TINY
+
+    shipped = PRETRAINED_TINY
+    options = json.loads((shipped / "config.json").read_text())["options"]
+    tiny = backbone_class("tiny")
+    assert set(options) <= set(tiny.Options.model_fields)
+    loaded = tiny.from_pretrained(shipped).options  # the shipped model loads, with its own values
+    assert (loaded.temperature, loaded.generation_temperature, loaded.size) == (0.7, 0.0, "small")
+    old = tmp_path / "old"
+    shutil.copytree(shipped, old)
+    config = json.loads((old / "config.json").read_text())
+    config["options"]["sample_temperature"] = config["options"].pop("temperature")
+    (old / "config.json").write_text(json.dumps(config))
+    unknown = r"config\.json has options the tiny backbone does not know: sample_temperature"
+    with pytest.raises(ValueError, match=unknown):
+        tiny.from_pretrained(old)
 
 
 # --- data and grounding ------------------------------------------------------------------------

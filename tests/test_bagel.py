@@ -267,14 +267,14 @@ def test_hints_are_a_clean_image_split_before_the_text(backbone, batch):
     plan = plan_for(backbone, batch, "segros")
     hints = backbone.plan_hints(batch, plan)
     ids, mask = backbone.condition(batch, True)
-    pack, vit = backbone.pack(ids, mask, hints["hints"], hints["hint_idx"], hints["hint_valid"])
+    pack, vit = backbone.pack(ids, mask, hints)
     K = plan.hint_idx.shape[1]
     first = pack.sample == 0
     kinds = pack.kind[first]
     assert kinds[0] == M.TEXT and (kinds[1 : K + 1] == M.VIT).all() and kinds[K + 1] == M.TEXT
     assert (pack.position_ids[first][: K + 2] == 0).all()  # one rope id, then the text from 1
     assert torch.equal(pack.vit_pos[:K], backbone.vit_pos[plan.hint_idx[0]])
-    assert torch.equal(vit[:K], hints["hints"][0])
+    assert torch.equal(vit[:K], hints.embeddings[0])
     assert pack.mask[first][:, first][K + 2 :, : K + 2].all()  # the text and latents see every hint
 
 

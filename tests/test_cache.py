@@ -24,7 +24,7 @@ def _raw(name, request, small_tokenizer, *overrides):
     raw = {
         "model": tiny_model_section(name, request, small_tokenizer),
         "method": {"preset": "segros"},
-        "data": {"source": "shapes", "batch_size": 4, "i2t": "shapes", "shapes_scenes": SCENES},
+        "data": {"source": "shapes", "batch_size": 4, "i2t": "shapes", "shapes": {"scenes": SCENES}},
         "optim": {"lr": 1e-3, "warmup_steps": 0},
         "run": {"max_steps": 3, "save_every": 3, "picture_every": 0, "log_every": 1, "progress": False},
         "logging": {"tensorboard": False},
@@ -64,14 +64,14 @@ def test_a_cache_made_with_another_encoder_or_data_is_refused(request, small_tok
         ValueError, match=r"another encoder or data: encoders\.vq: cache '[0-9a-f]+', this run"
     ):
         Trainer(validate(other), tmp_path / "a")
-    other = apply_overrides(raw, ["data.shapes_seed=3", f"data.cache={tmp_path / 'cache'}"])
-    with pytest.raises(ValueError, match=r"data\.shapes_seed: cache 0, this run 3"):
+    other = apply_overrides(raw, ["data.shapes.seed=3", f"data.cache={tmp_path / 'cache'}"])
+    with pytest.raises(ValueError, match=r"data\.shapes\.seed: cache 0, this run 3"):
         Trainer(validate(other), tmp_path / "b")
     # web captions at other rates than the cache's
-    web = apply_overrides(raw, ["data.shapes_caption_style=web"])
+    web = apply_overrides(raw, ["data.shapes.caption_style=web"])
     assert _cache(web, tmp_path / "web") == 0
-    other = apply_overrides(web, ["data.shapes_web_noise.wrong=0.3", f"data.cache={tmp_path / 'web'}"])
-    with pytest.raises(ValueError, match=r"data\.shapes_web_noise\.wrong: cache 0\.1, this run 0\.3"):
+    other = apply_overrides(web, ["data.shapes.web_noise.wrong=0.3", f"data.cache={tmp_path / 'web'}"])
+    with pytest.raises(ValueError, match=r"data\.shapes\.web_noise\.wrong: cache 0\.1, this run 0\.3"):
         Trainer(validate(other), tmp_path / "w")
     # another backbone entirely
     tiny = apply_overrides(_raw("tiny", request, small_tokenizer), [f"data.cache={tmp_path / 'cache'}"])
@@ -122,14 +122,14 @@ def test_a_killed_cache_run_resumes_and_training_never_reads_it_half_done(
 def test_a_cache_of_a_reweighted_world_is_read_back_by_the_same_weights_only(
     request, small_tokenizer, tmp_path
 ):
-    raw = _raw("tiny", request, small_tokenizer, "data.shapes_kind_weights=[1, 1, 1, 5, 1]")
+    raw = _raw("tiny", request, small_tokenizer, "data.shapes.kind_weights=[1, 1, 1, 5, 1]")
     assert _cache(raw, tmp_path / "cache") == 0
     # the weights are a tuple in the config and a list in the index's JSON: the same data
     same = apply_overrides(raw, [f"data.cache={tmp_path / 'cache'}"])
     assert len(train(validate(same), tmp_path / "same").losses) == 3
-    weights = "data.shapes_kind_weights=[1, 1, 1, 1, 1]"
+    weights = "data.shapes.kind_weights=[1, 1, 1, 1, 1]"
     other = apply_overrides(raw, [weights, f"data.cache={tmp_path / 'cache'}"])
-    cached = r"data\.shapes_kind_weights: cache \[1\.0, 1\.0, 1\.0, 5\.0, 1\.0\]"
+    cached = r"data\.shapes\.kind_weights: cache \[1\.0, 1\.0, 1\.0, 5\.0, 1\.0\]"
     with pytest.raises(ValueError, match=cached):
         Trainer(validate(other), tmp_path / "other")
 
@@ -148,7 +148,7 @@ def test_two_processes_write_the_one_process_cache(small_tokenizer, tmp_path):
         (tmp_path / f"{i}.png").write_bytes(CORRUPT if i == 6 else png_bytes(pixels(i, (20, 24))))
         lines.append(json.dumps({"image": f"{i}.png", "caption": f"a red circle {i}"}))
     (tmp_path / "m.jsonl").write_text("\n".join(lines) + "\n")
-    raw = _raw("tiny", None, small_tokenizer, "data.source=files", f"data.path={tmp_path / 'm.jsonl'}")
+    raw = _raw("tiny", None, small_tokenizer, "data.source=files", f"data.files.path={tmp_path / 'm.jsonl'}")
     config = tmp_path / "c.yaml"
     config.write_text(json.dumps(raw))
     args = ["cache", "--config", str(config), "--shard-size", "4"]

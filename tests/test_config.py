@@ -24,7 +24,7 @@ def write(tmp_path, data):
         ({"model": {"name": "tiny", "size": "huge"}}, "model.size", "'tiny', 'small' or 'base'"),
         ({"model": {"name": "tiny", "layers": 3}}, "model.layers", "Extra inputs"),
         ({"model": {"name": "gpt5"}}, "model.name", "tiny"),
-        ({"data": {"source": "files"}}, "data.path", "required"),
+        ({"data": {"source": "files"}}, "data.files.path", "required"),
         ({"method": {"temperature": 0.0}}, "method.temperature", ">= 0.005"),
         ({"method": {"text_filter": "words"}}, "method.text_filter", "'intra'"),
         ({"method": {"loss_target_ratio": -1}}, "method.loss_target_ratio", "[0, 1]"),
@@ -102,11 +102,114 @@ def test_resolved_config_round_trips(tmp_path):
 
 def test_data_path_with_shapes_source_is_an_error_naming_both_keys():
     with pytest.raises(ConfigError) as info:
-        load_config(None, ["data.path=/data/my-images"])
+        load_config(None, ["data.files.path=/data/my-images"])
     message = str(info.value)
-    assert "data.path" in message and "data.source" in message
-    files = load_config(None, ["data.source=files", "data.path=/data/my-images"])
-    assert files.data.path == "/data/my-images"
+    assert "data.files.path" in message and "data.source" in message
+    files = load_config(None, ["data.source=files", "data.files.path=/data/my-images"])
+    assert files.data.files.path == "/data/my-images"
+
+
+def test_a_parquet_run_has_no_shapes_keys_and_a_shapes_run_no_files_keys(tmp_path):
+    """A source's options live under it: data.files only for data.source=files, data.shapes only
+    when a stream is ShapesWorld; a resolved config holds the sections its run reads."""
+    from segros.shipped import CONFIGS
+
+    def keys(node, prefix=""):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                yield f"{prefix}{k}"
+                yield from keys(v, f"{prefix}{k}.")
+
+    parquet = load_config(CONFIGS / "showo" / "segros-256.yaml", ["data.files.path=/data/shards/*.parquet"])
+    dumped = yaml.safe_load(dump_config(parquet))
+    assert dumped["data"]["files"]["path"] == "/data/shards/*.parquet" and parquet.data.shapes is None
+    assert [k for k in keys(dumped) if "shapes" in k] == []
+    parquet_data = {"source": "files", "files": {"path": "x.parquet"}, "i2t": "none"}
+    own = load_config(write(tmp_path, {"data": parquet_data}))
+    # (the tiny backbone's own model.shapes_layout, the layout its tokenizer is fitted on, is a
+    # model option: only the data section is checked here)
+    assert [k for k in keys(yaml.safe_load(dump_config(own))["data"]) if "shapes" in k] == []
+    # ShapesWorld as the image-to-text stream of a files run: its options are there again
+    mixed = load_config(None, ["data.source=files", "data.files.path=x.parquet", "data.shapes.seed=5"])
+    assert mixed.data.shapes.seed == 5 and mixed.data.i2t == "shapes"
+    world = yaml.safe_load(dump_config(load_config(None, ["data.shapes.layout=grid"])))["data"]
+    shapes = world["shapes"]
+    assert shapes["layout"] == "grid" and shapes["seed"] == 0 and shapes["web_noise"]["relation"] == 0.3
+    assert "files" not in world and "path" not in world and "streaming" not in world
+    with pytest.raises(ConfigError, match=r"data\.shapes is set but neither"):
+        load_config(None, ["data.source=files", "data.files.path=x", "data.i2t=none", "data.shapes.seed=5"])
+
+
+@pytest.mark.parametrize(
+    "old, new, value",
+    [
+        ("shapes_seed", "seed", 7),
+        ("shapes_scenes", "scenes", 11),
+        ("shapes_layout", "layout", "grid"),
+        ("shapes_caption_style", "caption_style", "coarse"),
+        ("shapes_coarse_color_rate", "coarse_color_rate", 0.25),
+        ("shapes_coarse_relation_rate", "coarse_relation_rate", 0.5),
+        ("shapes_kind_weights", "kind_weights", (1.0, 1.0, 1.0, 5.0, 1.0)),
+        ("shapes_i2t_caption_style", "i2t_caption_style", "dense"),
+        ("path", "path", "/data/shards/*.parquet"),
+        ("image_column", "image_column", "jpg"),
+        ("caption_column", "caption_column", "txt"),
+        ("split", "split", "test"),
+        ("hf_cache_dir", "hf_cache_dir", "/cache/hf"),
+        ("streaming", "streaming", True),
+        ("shuffle_buffer", "shuffle_buffer", 5),
+    ],
+)
+def test_old_data_keys_still_read_with_a_warning_naming_the_new_key(tmp_path, old, new, value):
+    from segros.train.config import OldKeyWarning
+
+    section = "shapes" if old.startswith("shapes_") else "files"
+    files = {"source": "files", "path": "x.parquet"} if section == "files" and old != "path" else {}
+    if old == "path":
+        files = {"source": "files"}
+    yaml_value = list(value) if isinstance(value, tuple) else value
+    with pytest.warns(OldKeyWarning, match=rf"data\.{old} is now data\.{section}\.{new}"):
+        from_file = load_config(write(tmp_path, {"data": {**files, old: yaml_value}}))
+    flags = [f"data.{k}={v}" for k, v in files.items()]
+    with pytest.warns(OldKeyWarning, match=rf"data\.{section}\.{new}"):
+        from_override = load_config(None, [*flags, f"data.{old}={yaml_value}"])
+    got = getattr(from_file.data, section), getattr(from_override.data, section)
+    assert getattr(got[0], new) == getattr(got[1], new) == value
+    current = [f.replace("data.path=", "data.files.path=") for f in flags]
+    assert from_file == load_config(None, [*current, f"data.{section}.{new}={yaml_value}"])
+    assert old not in yaml.safe_load(dump_config(from_file))["data"]
+
+
+def test_old_web_noise_keys_merge_under_the_new_ones_and_the_new_key_wins(tmp_path):
+    from segros.train.config import OldKeyWarning
+
+    data = {"shapes_web_noise": {"relation": 0.9, "omit": 0.6}, "shapes": {"web_noise": {"relation": 0.2}}}
+    with pytest.warns(OldKeyWarning, match=r"data\.shapes_web_noise is now data\.shapes\.web_noise"):
+        cfg = load_config(write(tmp_path, {"data": data}))
+    assert cfg.data.shapes.web_noise.relation == 0.2 and cfg.data.shapes.web_noise.omit == 0.6
+    with pytest.warns(OldKeyWarning):
+        over = load_config(None, ["data.shapes_web_noise.relation=0.7"])
+    assert over.data.shapes.web_noise.relation == 0.7
+    with pytest.warns(OldKeyWarning), pytest.raises(ConfigError, match=r"data\.shapes\.seed"):
+        load_config(None, ["data.shapes_seed=1000000"])  # a validation seed: named by its new key
+
+
+def test_a_resolved_config_saved_before_the_sections_still_reads(tmp_path):
+    """A run folder's config.yaml of before holds every data key flat, the other source's at their
+    defaults: it reads as the same run (those defaults dropped, not refused as unused)."""
+    from segros.train.config import OldKeyWarning, WebNoiseConfig
+
+    flat_files = {"path": None, "image_column": "image", "caption_column": "caption", "split": "train",
+                  "hf_cache_dir": None, "streaming": False, "shuffle_buffer": 1000}  # fmt: skip
+    noise = WebNoiseConfig().model_dump()
+    flat_shapes = {"shapes_seed": 0, "shapes_layout": "free", "shapes_web_noise": noise}
+    with pytest.warns(OldKeyWarning):
+        shapes = load_config(write(tmp_path, {"data": {"source": "shapes", **flat_files, **flat_shapes}}))
+    assert shapes == load_config(None) and shapes.data.files is None
+    files_run = {"source": "files", "i2t": "none", **flat_files, "path": "/d", **flat_shapes}
+    with pytest.warns(OldKeyWarning):
+        files = load_config(write(tmp_path, {"data": files_run}))
+    assert files.data.files.path == "/d" and files.data.shapes is None
 
 
 def test_method_knobs_are_checked_against_each_capability_on_its_own():

@@ -41,7 +41,7 @@ def diverse_copy(folder: Path) -> Path:
     default decoding is close to the mode, so samples of one prompt can coincide."""
     shutil.copytree(SHIPPED, folder)
     config = json.loads((folder / "config.json").read_text())
-    config["options"] |= {"sample_temperature": 1.0, "choice_temperature": 1.0, "guidance_scale": 1.0}
+    config["options"] |= {"temperature": 1.0, "generation_temperature": 1.0, "guidance_scale": 1.0}
     (folder / "config.json").write_text(json.dumps(config))
     return folder
 

@@ -65,7 +65,7 @@ def test_the_trainer_runs_harmon_unchanged(harmon_tokenizer, tmp_path):
         "model.size=tiny", "model.init_from=null", f"model.tokenizer={harmon_tokenizer}",
         f"model.image_size={IMAGE_SIZE}", "model.max_text_len=80", "model.generation_steps=2",
         "model.diffusion_steps=2", "model.gradient_checkpointing=false", "data.source=shapes",
-        "data.path=null", "data.i2t=shapes", "data.batch_size=2", "optim.mixed_precision='no'",
+        "data.files=null", "data.i2t=shapes", "data.batch_size=2", "optim.mixed_precision='no'",
         "optim.warmup_steps=0", "run.max_steps=2", "run.save_every=2", "run.picture_every=0",
         "logging.tensorboard=false", "run.progress=false",
     ]  # fmt: skip

@@ -120,7 +120,7 @@ def test_sixteen_bit_and_transparent_images_keep_the_readers_handling(tmp_path: 
 def test_column_resolution_names_the_columns_when_none_fits() -> None:
     assert resolve_columns(["jpg", "txt", "__key__"], "image", "caption", "x") == ("jpg", "txt")
     assert resolve_columns(["image", "prompt", "caption"], "image", "prompt", "x") == ("image", "prompt")
-    with pytest.raises(ValueError, match=r"no caption column 'caption'.*data.caption_column"):
+    with pytest.raises(ValueError, match=r"no caption column 'caption'.*data.files.caption_column"):
         resolve_columns(["image", "label"], "image", "caption", "x")
 
 
@@ -150,8 +150,9 @@ from segros.data.streaming import streaming_batches
 cache = {str(tmp_path / "arrow")!r}
 ds = open_image_text("someone/mj-copy", cache_dir=cache)
 print(len(ds), ds[3].caption)
-d = types.SimpleNamespace(path="someone/mj-copy", split="train", hf_cache_dir=cache, image_column="image",
-    caption_column="caption", shuffle=False, shuffle_buffer=0, batch_size=2)
+files = types.SimpleNamespace(path="someone/mj-copy", split="train", hf_cache_dir=cache, image_column="image",
+    caption_column="caption", shuffle_buffer=0)
+d = types.SimpleNamespace(files=files, shuffle=False, batch_size=2)
 print([r.caption for r in next(iter(streaming_batches(d, 0, 0, 1, BadRecordBudget())))])
 try:
     open_image_text("nobody/no-such-set")
@@ -167,15 +168,15 @@ except FileNotFoundError as e:
 
 
 def test_cache_identity_names_a_datasets_split_only_when_not_the_default(tmp_path: Path) -> None:
-    """Caches written before data.split existed still match a run that leaves it alone."""
+    """Caches written before data.files.split existed still match a run that leaves it alone."""
     import types
 
     from segros.data.cache import identity
     from segros.train.config import load_config
 
     backbone = types.SimpleNamespace(image_size=32, token_grid=(4, 4), image_encoders=dict)
-    files = ["data.source=files", f"data.path={tmp_path}"]
+    files = ["data.source=files", f"data.files.path={tmp_path}"]
     default = identity(backbone, load_config(None, files).data, "tiny")["data"]
-    test = identity(backbone, load_config(None, [*files, "data.split=test"]).data, "tiny")["data"]
+    test = identity(backbone, load_config(None, [*files, "data.files.split=test"]).data, "tiny")["data"]
     assert "split" not in default and test["split"] == "test"
     assert {k: v for k, v in test.items() if k != "split"} == default

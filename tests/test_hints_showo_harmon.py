@@ -20,6 +20,7 @@ from harmon_helpers import tiny_backbone as tiny_harmon
 from PIL import Image
 from showo_helpers import tiny_backbone as tiny_showo
 
+from segros.backbones.base import PlanHints
 from segros.backbones.showo.text import Vocab, extend_tokenizer, t2i_prompt, tokenize_captions
 from segros.data.readers import ImageTextRecord
 from segros.data.sources import ShapesImageText
@@ -95,10 +96,9 @@ def _showo_logits(bb, batch, plan, hints=None, hint_idx=None) -> torch.Tensor:
     hint_idx = plan.hint_idx if hint_idx is None else hint_idx
     hints = bb.hint_embeddings(batch, plan.hint_idx) if hints is None else hints
     image_ids = torch.where(plan.seen, batch.extras["codes"] + v.code_offset, v.mask)
+    given = PlanHints(hints, hint_idx, plan.hint_position, plan.hint_valid())
     with torch.no_grad():
-        return bb.image_logits(
-            ids, mask, image_ids, hints, hint_idx, plan.hint_position, plan.hint_valid()
-        )
+        return bb.image_logits(ids, mask, image_ids, given)
 
 
 def test_showo_prefix_hints_ignore_their_slots_and_slot_hints_do_not(showo):
@@ -248,16 +248,8 @@ def _harmon_z(bb, batch, plan, hints=None, hint_idx=None) -> torch.Tensor:
         hints = bb.hint_embeddings(batch, plan.hint_idx)
     hint_idx = plan.hint_idx if hint_idx is None else hint_idx
     with torch.no_grad():
-        return bb._denoiser_condition(
-            x,
-            ~plan.seen,
-            ids,
-            text_mask,
-            hints if K else None,
-            hint_idx if K else None,
-            hint_position=plan.hint_position,
-            hint_valid=plan.hint_valid(),
-        )
+        given = PlanHints(hints, hint_idx, plan.hint_position, plan.hint_valid()) if K else None
+        return bb._denoiser_condition(x, ~plan.seen, ids, text_mask, given)
 
 
 def test_harmon_prefix_hints_ignore_their_slots_and_slot_hints_do_not(harmon):

@@ -164,7 +164,7 @@ def test_the_trainer_with_workers_resumes_exactly_and_logs_its_wait(small_tokeni
     data = tmp_path / "data"
     data.mkdir()
     path = write_dataset(data, 48, {5, 6, 17, 30})
-    common = ["data.source=files", f"data.path={path}", "data.i2t=none", "data.max_bad_share=0.2",
+    common = ["data.source=files", f"data.files.path={path}", "data.i2t=none", "data.max_bad_share=0.2",
               "data.batch_size=8", "run.save_every=3", "optim.schedule_steps=6",
               "run.max_steps=6"]  # fmt: skip
     straight = train(tiny_config(small_tokenizer, *common, "data.workers=2"), tmp_path / "w2")

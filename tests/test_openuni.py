@@ -21,6 +21,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from segros.backbones.base import PlanHints
 from segros.backbones.openuni.adapter import OpenUniBackbone, OpenUniOptions
 from segros.cli import main
 from segros.data.sources import ShapesImageText
@@ -190,7 +191,9 @@ def test_prefix_hints_carry_their_order_not_their_slot(backbone, batch):
     idx_a = torch.arange(K).expand(B, -1)
     idx_b = idx_a + 7  # the same contents said to come from other cells
     with torch.no_grad():
-        run = lambda idx, where: backbone.caption_states(batch.text_ids, batch.text_mask, hints, idx, where)  # noqa: E731
+        run = lambda idx, where: backbone.caption_states(  # noqa: E731
+            batch.text_ids, batch.text_mask, PlanHints(hints, idx, where)
+        )
         assert torch.allclose(run(idx_a, "prefix"), run(idx_b, "prefix"), atol=1e-6)
         assert not torch.allclose(run(idx_a, "slot"), run(idx_b, "slot"), atol=1e-4)
         none = backbone.caption_states(batch.text_ids, batch.text_mask)

@@ -39,7 +39,7 @@ def test_blip3o_60k_tar_shards_in_the_hub_cache(small_tokenizer, tmp_path):
     assert len(ds) == 36
     record = ds[5]
     assert isinstance(record, ImageTextRecord) and record.caption == "a photo number 5"
-    flags = ("data.source=files", f"data.path={repo}", "data.i2t=none")
+    flags = ("data.source=files", f"data.files.path={repo}", "data.i2t=none")
     summary = train_cli(small_tokenizer, tmp_path / "run", *flags)
     assert summary["step"] == 3 and summary["bad_records"] == 0
 
@@ -52,8 +52,8 @@ def test_midjourney_v6_parquet_repository_with_its_prompt_column(small_tokenizer
     np.testing.assert_array_equal(np.asarray(record.image), paper_data.picture(107))  # PNG: exact
     assert record.caption == "a cinematic painting of scene 7 --v 6"
     summary = train_cli(
-        small_tokenizer, tmp_path / "run", "data.source=files", f"data.path={folder}",
-        f"data.hf_cache_dir={tmp_path / 'hf-cache'}", "data.i2t=none",
+        small_tokenizer, tmp_path / "run", "data.source=files", f"data.files.path={folder}",
+        f"data.files.hf_cache_dir={tmp_path / 'hf-cache'}", "data.i2t=none",
     )  # fmt: skip
     assert summary["step"] == 3 and summary["bad_records"] == 0
 
@@ -69,7 +69,7 @@ def test_midjourney_v6_release_is_links_and_its_img2dataset_shards_train(small_t
     shards = paper_data.img2dataset_output(tmp_path, release)
     ds = open_image_text(shards)
     assert len(ds) == 24 and ds[13].caption == "a cinematic painting of scene 13 --v 6"
-    flags = ("data.source=files", f"data.path={shards}", "data.i2t=none")
+    flags = ("data.source=files", f"data.files.path={shards}", "data.i2t=none")
     summary = train_cli(small_tokenizer, tmp_path / "run", *flags)
     assert summary["step"] == 3 and summary["bad_records"] == 0
 
@@ -80,7 +80,7 @@ def test_sharegpt_4o_image_text_to_image_json(small_tokenizer, tmp_path):
     assert (ds.image_key, ds.caption_key) == ("output_image", "input_prompt")
     np.testing.assert_array_equal(np.asarray(ds[3].image), paper_data.picture(203))
     assert ds[3].caption == "a poster with the word 3"
-    flags = ("data.source=files", f"data.path={path}", "data.i2t=none")
+    flags = ("data.source=files", f"data.files.path={path}", "data.i2t=none")
     summary = train_cli(small_tokenizer, tmp_path / "run", *flags)
     assert summary["step"] == 3 and summary["bad_records"] == 0
 

@@ -175,3 +175,21 @@ def test_bad_inputs_are_rejected(scenes):
         pointing_precision(StubBackbone("objects"), [ShapesWorld(image_size=64).scene(0)])
     with pytest.raises(ValueError, match="at least one"):
         pointing_precision(StubBackbone("objects"), [])
+
+
+def test_roles_split_the_tokens_and_follow_the_grounding(scenes):
+    """Seen and masked tokens partition the image: their on-object shares average to the share of
+    all tokens. A map that points at objects puts the hints on objects and keeps background seen;
+    one that points at background does the opposite."""
+    on_objects = pointing_precision(StubBackbone("objects"), scenes, mask_ratio=0.5)
+    roles = on_objects["roles"]
+    N = GRID[0] * GRID[1]
+    seen_tokens = N - int(np.floor(0.5 * N))
+    share_seen = seen_tokens / N
+    mixed = share_seen * roles["seen"] + (1 - share_seen) * roles["masked"]
+    assert mixed == pytest.approx(roles["all"], abs=1e-9)
+    assert roles["all"] == pytest.approx(on_objects["random"], abs=1e-9)
+    assert roles["hint"] == pytest.approx(on_objects["model"], abs=1e-9)
+    assert roles["seen"] < roles["all"] < roles["masked"]
+    background = pointing_precision(StubBackbone("background"), scenes, mask_ratio=0.5)["roles"]
+    assert background["seen"] > background["all"] > background["hint"]

@@ -482,7 +482,7 @@ def test_a_data_error_is_one_clean_line_and_debug_shows_the_traceback(small_toke
         (tmp_path / f"{i}.png").write_bytes(CORRUPT)
         lines.append(json.dumps({"image": f"{i}.png", "caption": "a red circle"}))
     (tmp_path / "data.jsonl").write_text("\n".join(lines) + "\n")
-    data = ["data.source=files", f"data.path={tmp_path / 'data.jsonl'}", "data.i2t=none"]
+    data = ["data.source=files", f"data.files.path={tmp_path / 'data.jsonl'}", "data.i2t=none"]
     args = ["train", "--out", str(tmp_path / "run"), "--max-steps", "2", *_tiny_args(small_tokenizer), *data]
     done = subprocess.run(
         [sys.executable, "-m", "segros.cli", *args], capture_output=True, text=True, env=_env(), timeout=600

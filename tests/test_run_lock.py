@@ -171,7 +171,7 @@ def test_segros_cache_locks_its_folder(small_tokenizer, tmp_path):
     holder = hold_in_another_process(out)
     try:
         done = subprocess.run(
-            [*PY, "cache", "--out", str(out), *tiny_args(small_tokenizer, "data.shapes_scenes=8")],
+            [*PY, "cache", "--out", str(out), *tiny_args(small_tokenizer, "data.shapes.scenes=8")],
             capture_output=True, text=True, env=_env(), timeout=300,
         )  # fmt: skip
     finally:

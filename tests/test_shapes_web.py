@@ -145,7 +145,7 @@ def test_rates_are_validated_and_the_config_plumbs_them_into_the_world():
     from segros.train.config import ConfigError, WebNoiseConfig, load_config
 
     assert WebNoiseConfig().model_dump() == dataclasses.asdict(WebNoise())  # one set of defaults
-    cfg = load_config(None, ["data.shapes_caption_style=web", "data.shapes_web_noise.omit=0.6"])
+    cfg = load_config(None, ["data.shapes.caption_style=web", "data.shapes.web_noise.omit=0.6"])
 
     class Backbone:
         image_size, token_grid = 48, (3, 3)
@@ -154,6 +154,6 @@ def test_rates_are_validated_and_the_config_plumbs_them_into_the_world():
     assert world["caption_style"] == "web" and world["web_noise"] == WebNoise(omit=0.6)
     conversations = ShapesConversations(*args, **world)
     assert conversations.scenes.world.web_noise == WebNoise(omit=0.6)
-    for bad in ("data.shapes_web_noise.omit=-0.1", "data.shapes_web_noise.typo=0.1"):
-        with pytest.raises(ConfigError, match="shapes_web_noise"):
+    for bad in ("data.shapes.web_noise.omit=-0.1", "data.shapes.web_noise.typo=0.1"):
+        with pytest.raises(ConfigError, match=r"data\.shapes\.web_noise"):
             load_config(None, [bad])

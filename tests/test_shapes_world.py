@@ -303,8 +303,8 @@ def test_the_image_to_text_task_can_read_other_captions_than_generation():
     backbone = SimpleNamespace(
         image_size=48, token_grid=(3, 3), options=SimpleNamespace(shapes_layout="grid")
     )
-    common = ["data.shapes_layout=grid", "data.shapes_caption_style=coarse"]
-    split = load_config(None, [*common, "data.shapes_i2t_caption_style=dense"]).data
+    common = ["data.shapes.layout=grid", "data.shapes.caption_style=coarse"]
+    split = load_config(None, [*common, "data.shapes.i2t_caption_style=dense"]).data
     same = load_config(None, common).data
     answers = [i2t_source(split, backbone)[i].turns[0][1] for i in range(40)]
     assert all(any(w in a for w in ("small", "large")) for a in answers)  # dense: every object's size

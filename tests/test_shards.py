@@ -1,4 +1,4 @@
-"""``data.path`` as WebDataset shards ship: brace ranges, lists, ``::``, compressed tars, URLs."""
+"""``data.files.path`` as WebDataset shards ship: brace ranges, lists, ``::``, compressed tars, URLs."""
 
 from __future__ import annotations
 
@@ -52,10 +52,10 @@ def test_shards_by_braces_list_or_yaml_list_are_read_by_index(tmp_path: Path) ->
     subset = open_image_text([tmp_path / "shard-002.tar", tmp_path / "shard-000.tar"])
     assert [subset[i].caption for i in range(4)] == ["s2k0", "s2k1", "s0k0", "s0k1"]
     cfg = load_config(
-        None, ["data.source=files", f"data.path=[{tmp_path}/shard-000.tar, {tmp_path}/shard-001.tar]"]
+        None, ["data.source=files", f"data.files.path=[{tmp_path}/shard-000.tar, {tmp_path}/shard-001.tar]"]
     )
-    assert cfg.data.path == [f"{tmp_path}/shard-000.tar", f"{tmp_path}/shard-001.tar"]
-    assert len(open_image_text(cfg.data.path)) == 4
+    assert cfg.data.files.path == [f"{tmp_path}/shard-000.tar", f"{tmp_path}/shard-001.tar"]
+    assert len(open_image_text(cfg.data.files.path)) == 4
     with pytest.raises(
         FileNotFoundError, match="7 of the 10 files .* shard-003.tar, shard-004.tar, shard-005.tar, ..."
     ):
@@ -64,16 +64,17 @@ def test_shards_by_braces_list_or_yaml_list_are_read_by_index(tmp_path: Path) ->
 
 def test_compressed_shards_and_urls_are_streams_not_indexed(tmp_path: Path) -> None:
     write_wds(tmp_path, suffix=".tar.gz")
-    with pytest.raises(ValueError, match="data.streaming=true"):
+    with pytest.raises(ValueError, match="data.files.streaming=true"):
         open_image_text(f"{tmp_path}/shard-{{000..002}}.tar.gz")
-    with pytest.raises(ValueError, match="data.streaming=true"):
+    with pytest.raises(ValueError, match="data.files.streaming=true"):
         open_image_text(tmp_path)  # a folder of .tar.gz shards
     with pytest.raises(ValueError, match="URLs can only be read as a stream"):
         open_image_text("https://example.invalid/shard-{000..002}.tar")
 
 
 def test_streaming_needs_files_and_no_cache() -> None:
-    with pytest.raises(ConfigError, match="data.streaming"):
-        load_config(None, ["data.streaming=true"])
-    with pytest.raises(ConfigError, match="data.streaming"):
-        load_config(None, ["data.streaming=true", "data.source=files", "data.path=x.tar", "data.cache=c"])
+    with pytest.raises(ConfigError, match="data.files.streaming"):
+        load_config(None, ["data.files.streaming=true"])
+    with pytest.raises(ConfigError, match="data.files.streaming"):
+        streamed = ["data.files.streaming=true", "data.source=files", "data.files.path=x.tar"]
+        load_config(None, [*streamed, "data.cache=c"])

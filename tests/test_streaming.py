@@ -1,4 +1,4 @@
-"""Streamed sources (``data.streaming``): sharded without duplication, exact resume, the budget,
+"""Streamed sources (``data.files.streaming``): sharded without duplication, exact resume, the budget,
 and through the trainer the same losses after a resume as in one straight run."""
 
 from __future__ import annotations
@@ -39,10 +39,11 @@ def write_shards(folder: Path, suffix: str = ".tar.gz", bad: int = 0) -> str:
 
 
 def data_section(path: str, buffer: int, batch_size: int = 3, shuffle: bool = True):
-    return types.SimpleNamespace(
+    files = types.SimpleNamespace(
         path=path, split="train", hf_cache_dir=None, image_column="image", caption_column="caption",
-        shuffle=shuffle, shuffle_buffer=buffer, batch_size=batch_size,
+        shuffle_buffer=buffer,
     )  # fmt: skip
+    return types.SimpleNamespace(files=files, shuffle=shuffle, batch_size=batch_size)
 
 
 def captions(data, n: int, rank: int = 0, world: int = 1, state=None):
@@ -83,7 +84,7 @@ def test_a_tgz_shard_streams_and_a_streamed_source_cannot_be_read_by_index(tmp_p
     pattern = write_shards(tmp_path, ".tgz")
     first = next(iter(streaming_batches(data_section(pattern, 0, shuffle=False), 0, 0, 1, BadRecordBudget())))
     assert [r.caption for r in first] == ["caption 0", "caption 1", "caption 2"]
-    cfg = load_config(None, ["data.source=files", f"data.path={pattern}", "data.streaming=true"])
+    cfg = load_config(None, ["data.source=files", f"data.files.path={pattern}", "data.files.streaming=true"])
     with pytest.raises(ValueError, match="segros cache needs them"):
         t2i_source(cfg.data, None)
 
@@ -104,7 +105,8 @@ def test_the_trainer_resumes_a_streamed_run_exactly(small_tokenizer, tmp_path: P
     """Through the checkpoint (torch.save, read back with weights_only) in both resume modes."""
     path = write_shards(tmp_path / "shards", bad=1)
     common = (
-        "data.source=files", f"data.path={path}", "data.streaming=true", f"data.shuffle_buffer={buffer}",
+        "data.source=files", f"data.files.path={path}", "data.files.streaming=true",
+        f"data.files.shuffle_buffer={buffer}",
         "data.i2t=none", "run.save_every=3", "optim.schedule_steps=6",
     )  # fmt: skip
     full = train(tiny_config(small_tokenizer, "run.max_steps=6", *common), tmp_path / "full")
@@ -130,7 +132,8 @@ def test_two_processes_stream_half_the_shards_each(small_tokenizer, tmp_path: Pa
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
         "-m", "segros.cli", "train", "--out", str(tmp_path / "run"), "--max-steps", "4",
         f"model.image_tokenizer={small_tokenizer}", "model.image_size=32", "data.batch_size=4",
-        "data.source=files", f"data.path={path}", "data.streaming=true", "data.shuffle_buffer=0",
+        "data.source=files", f"data.files.path={path}", "data.files.streaming=true",
+        "data.files.shuffle_buffer=0",
         "data.i2t=none", "run.picture_every=0", "run.progress=off", "logging.tensorboard=false",
     ]  # fmt: skip
     proc = subprocess.run(

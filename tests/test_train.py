@@ -143,7 +143,7 @@ def test_bad_records_are_counted_and_too_many_stop_the_run(small_tokenizer, tmp_
     data = write_jsonl(tmp_path, n_good=400, n_bad=2)
     overrides = [
         "data.source=files",
-        f"data.path={data}",
+        f"data.files.path={data}",
         "data.i2t=none",
         "run.max_steps=4",
         "data.batch_size=64",
@@ -160,7 +160,7 @@ def test_bad_records_are_counted_and_too_many_stop_the_run(small_tokenizer, tmp_
             tiny_config(
                 small_tokenizer,
                 "data.source=files",
-                f"data.path={data2}",
+                f"data.files.path={data2}",
                 "data.i2t=none",
                 "run.max_steps=8",
                 "data.batch_size=64",

@@ -81,8 +81,14 @@ def _resolved_plan(config_file: Path) -> dict[str, Any] | None:
 
 def _data_names(data: dict[str, Any]) -> dict[str, Any]:
     """The training data as the config names it (source, path(s), split, columns)."""
-    keys = ("source", "path", "split", "image_column", "caption_column", "i2t", "i2t_path", "shapes_seed")
-    return {k: data[k] for k in keys if data.get(k) is not None}
+    data = {**data, **(data.get("files") or {})}  # data.files.path (data.path in configs of before)
+    keys = ("source", "path", "split", "image_column", "caption_column", "i2t", "i2t_path")
+    names = {k: data[k] for k in keys if data.get(k) is not None}
+    # ShapesWorld's seed: data.shapes.seed (data.shapes_seed in configs saved before it moved)
+    seed = (data.get("shapes") or {}).get("seed", data.get("shapes_seed"))
+    if seed is not None:
+        names["shapes"] = {"seed": seed}
+    return names
 
 
 def _hub_ids(value: Any) -> list[str]:

@@ -31,7 +31,13 @@ from segros.eval.checkpoint import evaluate_checkpoint, saved_evaluation
 from segros.runlock import lock_folder
 from segros.shipped import PRETRAINED_TINY, RECIPES
 
-METHODS = ("sft", "reca", "segros")
+# RecA conditions on the understanding path's view of the clean image (TinyUMM's counterpart of
+# RecA's understanding-encoder features), not on the codes it reconstructs (docs/miniature.md)
+METHODS: dict[str, list[str]] = {
+    "sft": ["method.preset=sft"],
+    "reca": ["method.preset=reca", "model.hint_source=understanding"],
+    "segros": ["method.preset=segros"],
+}
 # --ablations: paper ablations as one-knob changes of segros (Tables 3, 5 and 8), and the
 # visual-hint knobs beyond the paper's defaults (hint positions, stopwords, hint dropout)
 ABLATIONS: dict[str, list[str]] = {
@@ -188,10 +194,10 @@ def finetune_config(
         f"run.seed={seed}",
         f"model.init_from={pretrained}",
         "data.source=files",
-        f"data.path={data / 'data.jsonl'}",
+        f"data.files.path={data / 'data.jsonl'}",
         # the image-to-text term reads ShapesWorld scenes drawn like the model's (world_of)
-        f"data.shapes_layout={layout}",
-        f"data.shapes_caption_style={FINETUNE_CAPTIONS}",
+        f"data.shapes.layout={layout}",
+        f"data.shapes.caption_style={FINETUNE_CAPTIONS}",
         "run.progress=auto",
     ]
     if steps:
@@ -218,7 +224,7 @@ def run_demo(
     quick: bool = False,
     seeds: int = 1,
     cache: Path | None = None,
-    ablations: bool = False,
+    ablations: bool | list[str] = False,
     samples: int | None = None,
     first_seed: int = 0,
 ) -> Path:
@@ -250,7 +256,7 @@ def _run_stages(
     s: dict[str, Any],
     seed_list: list[int],
     cache: Path | None,
-    ablations: bool,
+    ablations: bool | list[str],
     quick: bool,
 ) -> Path:
     """The stages of :func:`run_demo`, with its seeds locked."""
@@ -271,7 +277,8 @@ def _run_stages(
         lambda: training_set(cache, s["train_scenes"], world),
         done=lambda: (training_set_folder(cache, s["train_scenes"], world) / "data.jsonl").is_file(),
     )
-    variants = {m: [f"method.preset={m}"] for m in METHODS} | (ABLATIONS if ablations else {})
+    picked = list(ABLATIONS) if ablations is True else list(ablations or ())  # True: every ablation
+    variants = METHODS | {name: ABLATIONS[name] for name in picked}
     runs: dict[str, list[Path]] = {name: [] for name in variants}
     for name, method in variants.items():
         for seed in seed_list:
@@ -319,8 +326,11 @@ def add_arguments(parser: Any) -> None:
     parser.add_argument("--first-seed", type=int, default=0, help="first seed (runs seeds S .. S+seeds-1)")
     parser.add_argument(
         "--ablations",
-        action="store_true",
-        help="also run segros with eta 0 / 1.0, bottom hints, noise 0, slot hints, stopwords, hint_prob 0.5",
+        nargs="*",
+        choices=sorted(ABLATIONS),
+        metavar="NAME",
+        help="also run segros with eta 0 / 1.0, bottom hints, noise 0, slot hints, stopwords, hint_prob 0.5; "
+        f"names pick some of them ({', '.join(ABLATIONS)})",
     )
     parser.add_argument("--samples", type=int, help="images per evaluation prompt (default 4; --quick 1)")
 
@@ -337,7 +347,7 @@ def run(args: Any) -> int:
         out,
         quick=args.quick,
         seeds=args.seeds,
-        ablations=args.ablations,
+        ablations=None if args.ablations is None else (args.ablations or list(ABLATIONS)),
         samples=args.samples,
         first_seed=args.first_seed,
     )

@@ -1,6 +1,8 @@
 """``segros pretrain``: train the TinyUMM the demo starts from, and record how it was made.
 
-Runs ``configs/demo/pretrain.yaml`` (plain SFT from scratch on ShapesWorld) and, with
+Runs ``configs/demo/pretrain.yaml`` (plain SFT from scratch on ShapesWorld with web-like captions,
+the paper's regime; ``--recipe coarse``: ``pretrain-coarse.yaml``, the earlier model's clean coarse
+templates) and, with
 ``--export DIR``, copies the final weights, config and image tokenizer there with a
 ``PROVENANCE.md`` (command, steps, wall time, versions, SHA-256 of the weights). That is how the
 checkpoint shipped in ``segros/assets/tiny-pretrained`` was made: training on a CPU is
@@ -18,10 +20,19 @@ import sys
 from pathlib import Path
 
 EXPORTED = ("model.safetensors", "config.json", "image_tokenizer.safetensors")
+#: recipe name -> file in configs/demo/
+PRETRAIN_RECIPES = {"web": "pretrain.yaml", "coarse": "pretrain-coarse.yaml"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/pretrain", help="run folder (default: runs/pretrain)")
+    parser.add_argument(
+        "--recipe",
+        choices=sorted(PRETRAIN_RECIPES),
+        default="web",
+        help="web: loose web-like captions (the shipped model); coarse: clean coarse templates "
+        "(the earlier model, docs/miniature.md)",
+    )
     parser.add_argument("--max-steps", type=int, help="same as run.max_steps=N")
     parser.add_argument(
         "--resume",
@@ -66,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     overrides = list(args.overrides) + ([f"run.max_steps={args.max_steps}"] if args.max_steps else [])
-    cfg = load_config(RECIPES / "pretrain.yaml", overrides)
+    recipe = PRETRAIN_RECIPES[args.recipe]
+    cfg = load_config(RECIPES / recipe, overrides)
     start = time.perf_counter()
     if args.resume and ckpt.latest_checkpoint(args.out) is None:
         raise FileNotFoundError(f"--resume: no complete checkpoint under {ckpt.checkpoints_dir(args.out)}")
@@ -88,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
             "# Provenance of this pretrained TinyUMM",
             "",
             f"- command: `{command}`",
-            f"- recipe: `configs/demo/pretrain.yaml` with overrides {overrides or 'none'}",
+            f"- recipe: `configs/demo/{recipe}` with overrides {overrides or 'none'}",
             f"- steps: {step} (batch {cfg.data.batch_size} + {cfg.data.i2t_batch_size} image-to-text), "
             f"seed {cfg.run.seed}",
             f"- wall time: {seconds:.0f} s of training, {platform.machine()}, "

@@ -58,7 +58,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from segros.backbones.batch_rows import BatchMethods
@@ -67,6 +67,7 @@ from segros.backbones.conditioning import PromptConditioning
 from segros.backbones.files import BackboneFiles
 from segros.backbones.image_cache import ImageCache
 from segros.plan import SupervisionPlan
+from segros.sequence import PackedLayout, pack_layout
 
 
 @dataclass
@@ -110,8 +111,6 @@ class BackboneOptions(BaseModel):
     ``Options`` subclasses it with its own (and narrows ``name`` to its registry name)."""
 
     model_config = ConfigDict(extra="forbid")
-    #: earlier names of options, still read from configs and saved checkpoints: {old: current}
-    renamed: ClassVar[dict[str, str]] = {}
 
     name: str
     # a folder save_pretrained wrote (reloaded, see Backbone.reload_options), or what the adapter's
@@ -120,21 +119,6 @@ class BackboneOptions(BaseModel):
     # probability that a training caption is replaced by the empty prompt, so the model learns the
     # unconditional branch of classifier-free guidance (Show-o's cond_dropout_prob)
     caption_dropout: float = Field(0.1, ge=0.0, le=1.0)
-
-    @classmethod
-    def current_names(cls, values: dict[str, Any]) -> dict[str, Any]:
-        """``values`` with every renamed option under its current name (the current one wins)."""
-        out = dict(values)
-        for old, new in cls.renamed.items():
-            if old in out:
-                value = out.pop(old)
-                out.setdefault(new, value)
-        return out
-
-    @model_validator(mode="before")
-    @classmethod
-    def _renamed_options(cls, data: Any) -> Any:
-        return cls.current_names(data) if isinstance(data, dict) and cls.renamed else data
 
 
 def gather_tokens(feats: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -167,6 +151,29 @@ class GroundingInputs:
         )
 
 
+@dataclass(frozen=True)
+class PlanHints:
+    """A plan's visual hints as every adapter's conditioning call takes them: made only by
+    :meth:`Backbone.plan_hints` (None where the plan has none, and in generation)."""
+
+    embeddings: torch.Tensor  # (B, K, D): what is prepended (Fig. 6)
+    idx: torch.Tensor  # (B, K): the image slot each hint came from
+    position: str = "prefix"  # plan.hint_position: how the hints are numbered
+    valid: torch.Tensor | None = None  # (B, K) bool: the hints each sample attends to (None: all)
+
+    @property
+    def count(self) -> int:
+        return int(self.embeddings.shape[1])
+
+
+def hinted_layout(hints: PlanHints | None, text_mask: torch.Tensor, num_image: int) -> PackedLayout:
+    """:func:`segros.sequence.pack_layout` of ``[hints | text | image]`` for ``hints`` (or none)."""
+    if hints is None:
+        return pack_layout(0, text_mask, num_image, hint_position="prefix")
+    return pack_layout(hints.count, text_mask, num_image, hint_idx=hints.idx, hint_position=hints.position,
+                       hint_valid=hints.valid)  # fmt: skip
+
+
 GenerationKind = Literal["masked", "masked-autoregressive", "flow"]
 GENERATION_KINDS: tuple[str, ...] = typing.get_args(GenerationKind)
 
@@ -197,14 +204,16 @@ class Capabilities:
             raise ValueError(f"generation must be one of {kinds}, got {self.generation!r}")
 
 
-class Backbone(BackboneFiles, PromptConditioning, ImageCache, CompileUnits, nn.Module, ABC):
+class Backbone(nn.Module, BackboneFiles, PromptConditioning, ImageCache, CompileUnits, ABC):
     """Base class of every UMM adapter (tiny, Show-o, Harmon, OpenUni, ...).
 
     This class is the contract; its mixins hold what every adapter shares: construction and
     storage (:class:`~segros.backbones.files.BackboneFiles`), the conditioning prompt and caption
     dropout (:class:`~segros.backbones.conditioning.PromptConditioning`), image fields and the
     cache (:class:`~segros.backbones.image_cache.ImageCache`) and the compile units
-    (:class:`~segros.backbones.compile_units.CompileUnits`).
+    (:class:`~segros.backbones.compile_units.CompileUnits`). ``nn.Module`` stays the first base and
+    the mixins declare ``__slots__ = ()``: FSDP2 swaps an instance's class for a subclass of
+    ``(FSDPModule, cls)``, which needs the instance layout to be ``nn.Module``'s.
     """
 
     # name, Options, reload_options, saved_files: see BackboneFiles
@@ -308,16 +317,14 @@ class Backbone(BackboneFiles, PromptConditioning, ImageCache, CompileUnits, nn.M
     def hint_embeddings(self, batch: T2IBatch, hint_idx: torch.Tensor) -> torch.Tensor:
         """(B, K, D) embeddings of the hints at ``hint_idx`` (on ``hint_grid`` if set)."""
 
-    def plan_hints(self, batch: T2IBatch, plan: SupervisionPlan) -> dict[str, Any]:
-        """The plan's visual hints as keyword arguments of a conditioning call: ``hints`` (B, K, D)
-        and ``hint_idx`` (both None when the plan has none), ``hint_position`` and ``hint_valid``."""
-        given = bool(plan.num_hints)
-        return {
-            "hints": self.hint_embeddings(batch, plan.hint_idx) if given else None,
-            "hint_idx": plan.hint_idx if given else None,
-            "hint_position": plan.hint_position,
-            "hint_valid": plan.hint_valid(),
-        }
+    def plan_hints(self, batch: T2IBatch, plan: SupervisionPlan) -> PlanHints | None:
+        """The plan's visual hints (:meth:`hint_embeddings` at its positions, their numbering and
+        dropout) as the adapter's conditioning call takes them; None when the plan has none. The
+        only way a reconstruction gets its hints."""
+        if not plan.num_hints:
+            return None
+        embeddings = self.hint_embeddings(batch, plan.hint_idx)
+        return PlanHints(embeddings, plan.hint_idx, plan.hint_position, plan.hint_valid())
 
     @abstractmethod
     def reconstruction_loss(self, batch: T2IBatch, plan: SupervisionPlan) -> torch.Tensor:

@@ -14,6 +14,8 @@ from torch import nn
 class CompileUnits:
     """:meth:`transformer_blocks` from ``block_classes`` and the submodels' ``_no_split_modules``."""
 
+    __slots__ = ()  # a mixin of an nn.Module: adds no instance layout (FSDP2 swaps the class)
+
     #: class names of the repeated transformer blocks the adapter defines itself; the blocks of
     #: Hugging Face and diffusers submodels are found through their ``_no_split_modules``
     block_classes: ClassVar[tuple[str, ...]] = ()

@@ -17,6 +17,8 @@ import torch.nn.functional as F
 class PromptConditioning(ABC):
     """Caption dropout and the empty prompt, a mixin of :class:`~segros.backbones.base.Backbone`."""
 
+    __slots__ = ()  # a mixin of an nn.Module: adds no instance layout (FSDP2 swaps the class)
+
     #: the side prompts are padded on (Show-o left-pads its fixed-width prompt)
     prompt_padding: ClassVar[str] = "right"
 

@@ -127,6 +127,8 @@ class BackboneFiles(ABC):
     (``from_options``, ``from_pretrained``, ``save_pretrained``) and the adapter's hooks
     (``build``, ``from_upstream``, ``from_saved``, ``architecture``, ``save_components``)."""
 
+    __slots__ = ()  # a mixin of an nn.Module: adds no instance layout (FSDP2 swaps the class)
+
     #: the registry name (``model.name``), written as ``backbone`` into a saved ``config.json``
     name: ClassVar[str]
     #: the pydantic schema of the config's ``model:`` section
@@ -220,8 +222,14 @@ class BackboneFiles(ABC):
             raise FileNotFoundError(
                 f"{folder} is not a complete {cls.name} checkpoint: missing {', '.join(missing)}"
             )
-        saved = cls.Options.current_names(config["options"])
-        options = cls.Options(**{**saved, **cls.Options.current_names(overrides), "init_from": None})
+        unknown = sorted(set(config["options"]) - set(cls.Options.model_fields))
+        if unknown:  # e.g. an option renamed since (docs/design.md lists the renames)
+            raise ValueError(
+                f"{folder / 'config.json'} has options the {cls.name} backbone does not know: "
+                f"{', '.join(unknown)} (saved by an older segros? docs/design.md, 'Saved option names', "
+                "lists the renamed ones: rename them in that file)"
+            )
+        options = cls.Options(**{**config["options"], **overrides, "init_from": None})
         return cls.from_saved(folder, config, options)
 
     @classmethod

@@ -22,6 +22,8 @@ ImageFields = dict[str, torch.Tensor]
 class ImageCache:
     """Image preparation split at the loader's process boundary, and the cache's fields."""
 
+    __slots__ = ()  # a mixin of an nn.Module: adds no instance layout (FSDP2 swaps the class)
+
     def pixel_fields(self, images: Sequence[Any]) -> ImageFields:
         """The CPU part of image preparation: ``"images"`` (B, H, W, 3) uint8 at the model's size
         (the display pixels, and what :meth:`encode_pixels` reads) and any other pixel transform

@@ -31,6 +31,7 @@ preprocessing, and such a source must be refused here rather than silently cache
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -45,22 +46,23 @@ from segros.runlock import lock_folder
 
 INDEX = "index.json"
 FORMAT = 1
-DATA_KEYS = (
-    "source",
-    "path",
-    "image_column",
-    "caption_column",
-    "shapes_seed",
-    "shapes_scenes",
-    "shapes_layout",
-    "shapes_caption_style",
-    "shapes_coarse_color_rate",
-    "shapes_coarse_relation_rate",
-    "shapes_kind_weights",
+# The data keys of the identity. The index stores them flat, under the names they had before the
+# source's options moved under data.files / data.shapes, so older caches still match.
+# the files' options (data.files.<name>), when the records are files
+FILES_KEYS = ("path", "image_column", "caption_column")
+# ShapesWorld's options (data.shapes.<name>, stored as shapes_<name>), when the records are ShapesWorld's
+SHAPES_KEYS = (
+    "seed",
+    "scenes",
+    "layout",
+    "caption_style",
+    "coarse_color_rate",
+    "coarse_relation_rate",
+    "kind_weights",
 )
-# Data keys added later: part of the identity only when set away from their default, so caches
+# Files keys added later: part of the identity only when set away from their default, so caches
 # written before them still match a run that leaves them alone.
-LATER_DATA_KEYS = {"split": "train"}
+LATER_FILES_KEYS = {"split": "train"}
 
 
 @dataclass
@@ -94,21 +96,53 @@ def identity(backbone: Any, data: Any, model_name: str) -> dict[str, Any]:
         "image_size": int(backbone.image_size),
         "token_grid": list(backbone.token_grid),
         "encoders": {name: _digest(enc) for name, enc in sorted(backbone.image_encoders().items())},
-        "data": {k: _as_json(getattr(data, k)) for k in DATA_KEYS} | _later_keys(data),
+        "data": {"source": data.source} | _files_keys(data) | _shapes_keys(data),
     }
 
 
-def _later_keys(data: Any) -> dict[str, Any]:
-    later = {k: getattr(data, k, default) for k, default in LATER_DATA_KEYS.items()}
-    keys = {k: v for k, v in later.items() if v != LATER_DATA_KEYS[k]}
-    if getattr(data, "shapes_caption_style", None) == "web":  # its rates decide the captions
-        keys["shapes_web_noise"] = data.shapes_web_noise.model_dump()
+def _files_keys(data: Any) -> dict[str, Any]:
+    files = getattr(data, "files", None) if data.source == "files" else None
+    if files is None:
+        return {}
+    keys = {k: _as_json(getattr(files, k)) for k in FILES_KEYS}
+    later = {k: getattr(files, k) for k in LATER_FILES_KEYS}
+    return keys | {k: v for k, v in later.items() if v != LATER_FILES_KEYS[k]}
+
+
+def _shapes_keys(data: Any) -> dict[str, Any]:
+    shapes = getattr(data, "shapes", None) if data.source == "shapes" else None
+    if shapes is None:
+        return {}
+    keys = {f"shapes_{k}": _as_json(getattr(shapes, k)) for k in SHAPES_KEYS}
+    if shapes.caption_style == "web":  # its rates decide the captions
+        keys["shapes_web_noise"] = shapes.web_noise.model_dump()
     return keys
 
 
 def _as_json(value: Any) -> Any:
     """``value`` as it reads back from the index's JSON (a tuple comes back as a list)."""
     return list(value) if isinstance(value, tuple) else value
+
+
+def _mismatch(want: dict[str, Any], got: dict[str, Any]) -> list[str]:
+    """What differs between this run's identity and a cache's, named as config keys. A cache
+    written before data.files / data.shapes carries the other source's keys (at their defaults),
+    which its records never depended on: they are left out of the comparison."""
+    got = copy.deepcopy(got)
+    stored, wanted = got.get("data", {}), want.get("data", {})
+    other = [k for k in stored if (k in FILES_KEYS or k.startswith("shapes_")) and k not in wanted]
+    for key in other:
+        del stored[key]
+    names = [d.replace("data.shapes_", "data.shapes.", 1) for d in _differences(want, got)]
+    return [_files_name(d) for d in names]
+
+
+def _files_name(difference: str) -> str:
+    """``data.files.path: ...`` as ``data.files.path: ...`` (the index's flat names, the config's keys)."""
+    for key in (*FILES_KEYS, *LATER_FILES_KEYS):
+        if difference.startswith(f"data.{key}:"):
+            return f"data.files.{difference.removeprefix('data.')}"
+    return difference
 
 
 def _differences(want: dict[str, Any], got: dict[str, Any], prefix: str = "") -> list[str]:
@@ -193,7 +227,7 @@ def _write_cache(
     index_file = folder / INDEX
     if index_file.is_file():
         old = json.loads(index_file.read_text())
-        if diff := _differences(ident, old.get("identity", {})):
+        if diff := _mismatch(ident, old.get("identity", {})):
             raise ValueError(f"{folder} holds a cache made differently: " + "; ".join(diff))
         return old
     n = len(source)
@@ -296,6 +330,6 @@ def open_cache(folder: str | Path, backbone: Any, data: Any, model_name: str) ->
             "(run it again to complete it)"
         )
     index = json.loads(index_file.read_text())
-    if diff := _differences(identity(backbone, data, model_name), index.get("identity", {})):
+    if diff := _mismatch(identity(backbone, data, model_name), index.get("identity", {})):
         raise ValueError(f"data.cache {folder} was made with another encoder or data: " + "; ".join(diff))
     return CachedImageText(folder, index)

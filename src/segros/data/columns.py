@@ -33,12 +33,12 @@ def resolve_columns(names: list[str], image_column: str, caption_column: str, wh
             raise ValueError(
                 f"{where} holds links to images (column {links[0]!r}), not images: download them first, "
                 f"e.g. img2dataset --url_col {links[0]} --caption_col {caption_column} --output_format "
-                "webdataset, and set data.path to the shards it writes (docs/data.md)"
+                "webdataset, and set data.files.path to the shards it writes (docs/data.md)"
             )
         if found is None:
             raise ValueError(
                 f"{where} has no {kind} column {wanted!r} (nor any of {list(known)}); its columns are "
-                f"{names}: set data.{kind}_column"
+                f"{names}: set data.files.{kind}_column"
             )
         log.info("%s: no column %r, reading the %s from %r", where, wanted, kind, found)
         chosen.append(found)

@@ -1,4 +1,4 @@
-"""Open an image-caption source from ``data.path``, choosing the reader from what the path holds.
+"""Open an image-caption source from ``data.files.path``, choosing the reader from what the path holds.
 
 The readers themselves live in :mod:`segros.data.readers` (folders, JSON(L) manifests, Parquet
 row groups, WebDataset tars) and :mod:`segros.data.hf` (Hugging Face ``datasets``); this module
@@ -46,12 +46,12 @@ def open_image_text(
 
     ``spec`` may be a list of paths, or patterns joined by ``::``, with shell globs and brace
     ranges (``shards/shard-{000..099}.tar``). Compressed tars and URLs can only be streamed
-    (``data.streaming``): they are refused here with that advice.
+    (``data.files.streaming``): they are refused here with that advice.
     """
     text = str(spec) if isinstance(spec, str | Path) else "::".join(map(str, spec))
     names = expand(spec)
     if any(is_url(n) for n in names):
-        raise ValueError(f"{text}: URLs can only be read as a stream: set data.streaming=true")
+        raise ValueError(f"{text}: URLs can only be read as a stream: set data.files.streaming=true")
     if is_multi(spec):
         paths = [Path(n) for n in names]
         if missing := [p for p in paths if not p.is_file()]:
@@ -85,7 +85,7 @@ def open_image_text(
     if suffixes <= {".tar.gz", ".tgz", ".tar"}:
         raise ValueError(
             f"{text}: compressed tar shards cannot be read by index (gzip streams cannot be seeked): "
-            "set data.streaming=true to read them as a stream, or decompress them once (gunzip)"
+            "set data.files.streaming=true to read them as a stream, or decompress them once (gunzip)"
         )
     if suffixes == {".jsonl"} and len(paths) == 1:
         return JsonlImageText(paths[0], image_key=image_key, caption_key=caption_key)

@@ -3,13 +3,13 @@
 ``datasets`` keeps a table as Arrow files that it memory-maps, so reading row ``i`` touches that
 row's bytes only: shuffled reads cost what sequential ones do. It is how MidjourneyV6-style
 Parquet datasets, ShareGPT-4o-Image and most hub datasets are downloaded and cached. This module
-opens, from ``data.path``:
+opens, from ``data.files.path``:
 
 - a folder written by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``;
 - a folder of ``*.arrow`` files (the ``datasets`` cache of a loaded dataset);
 - a dataset repository on disk: the hub cache (``datasets--owner--name``, its newest snapshot)
   or a ``huggingface-cli download --local-dir`` folder (a ``README.md`` and data files);
-- Parquet files, converted once by ``datasets`` into its Arrow cache (``data.hf_cache_dir``);
+- Parquet files, converted once by ``datasets`` into its Arrow cache (``data.files.hf_cache_dir``);
 - a hub id ``owner/name`` (downloaded into the cache; with ``HF_HUB_OFFLINE=1`` only if cached).
 
 The image column may be a ``datasets.Image`` feature (read undecoded, as ``{"bytes", "path"}``,
@@ -167,7 +167,7 @@ def cached_hub_repo(spec: str) -> Path | None:
 
 
 def local_source(name: str) -> Path | None:
-    """Where a single ``data.path`` entry lives on this machine: the path itself (a hub cache
+    """Where a single ``data.files.path`` entry lives on this machine: the path itself (a hub cache
     folder given directly becomes its newest snapshot), the hub cache's snapshot of a hub id when
     the hub is off, or None for a hub id to load from the hub. A path that is neither raises
     ``FileNotFoundError``."""
@@ -188,7 +188,7 @@ def pick_split(loaded: Any, split: str, where: str) -> Any:
 
     if isinstance(loaded, DatasetDict | IterableDatasetDict):
         if split not in loaded:
-            raise ValueError(f"{where} has no split {split!r} (splits: {list(loaded)}): set data.split")
+            raise ValueError(f"{where} has no split {split!r} (splits: {list(loaded)}): set data.files.split")
         return loaded[split]
     return loaded
 
@@ -228,7 +228,7 @@ def load_repo(spec: str, split: str, cache_dir: str | None, streaming: bool = Fa
             raise ValueError(f"{spec}: datasets cannot load this folder: {_first_line(e)}") from None
         offline = " (HF_HUB_OFFLINE=1: only datasets already in the cache load)" if _offline() else ""
         raise FileNotFoundError(
-            f"data.path {spec}: no such file or folder, and no Hugging Face dataset {name!r} could be "
+            f"data.files.path {spec}: no such file or folder, and no Hugging Face dataset {name!r} could be "
             f"loaded{offline}: {_first_line(e)}"
         ) from None
     return pick_split(loaded, split, spec)

@@ -79,7 +79,7 @@ _HELD_OUT_SHAPE_PAIRS = frozenset((a, b) for a, _, b in _HELD_OUT_FACTS)
 
 # Seeds of the validation scenes (``segros validate``, segros.eval.validate): no training run,
 # evaluation prompt or benchmark draws from them, and training configs refuse them
-# (data.shapes_seed, and its image-to-text stream, seed + 7919).
+# (data.shapes.seed, and its image-to-text stream, seed + 7919).
 VALIDATION_SEEDS: tuple[int, ...] = (1_000_000, 1_000_001)
 
 TEMPLATE_WORDS = (

@@ -1,11 +1,11 @@
-"""``data.path`` as written by users and dataset cards: one path, a glob, brace ranges, or a list.
+"""``data.files.path`` as written by users and dataset cards: one path, a glob, brace ranges, or a list.
 
 WebDataset shards ship as numbered files (``shard-{000..099}.tar``), and training scripts name
 them the way the ``webdataset`` package does: brace ranges (expanded with ``braceexpand``, the
 package webdataset itself uses), several patterns joined by ``::``, or a YAML list. Each part is
 expanded in order; a part with ``*?[`` is a shell glob expanded in sorted order. URLs
 (``https://``, ``s3://``, ``hf://``, ``pipe:``) are kept as they are: only a stream can read them
-(``data.streaming``, through ``datasets`` and fsspec).
+(``data.files.streaming``, through ``datasets`` and fsspec).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def expand(spec: str | Path | Sequence[str | Path]) -> list[str]:
                 raise FileNotFoundError(f"no files match {name}")
             out.extend(matches)
     if not out:
-        raise ValueError(f"data.path {spec!r} names no file")
+        raise ValueError(f"data.files.path {spec!r} names no file")
     return out
 
 

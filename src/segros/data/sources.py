@@ -3,7 +3,7 @@
 These sources are map-style (see :mod:`segros.data.sampling`): ShapesWorld is streamed by index
 (scene ``i`` is a pure function of the seed and ``i``), files are read by the readers in
 :mod:`segros.data.readers` (Hugging Face datasets by :mod:`segros.data.hf`), conversations by
-:mod:`segros.data.llava`. With ``data.streaming`` the image-caption data is an iterable source
+:mod:`segros.data.llava`. With ``data.files.streaming`` the image-caption data is an iterable source
 instead, batched by :mod:`segros.data.streaming`.
 """
 
@@ -91,20 +91,21 @@ def world_for(backbone: Any, seed: int, **kwargs: Any) -> Any:
 
 
 def _shapes_args(data: Any, backbone: Any) -> tuple[tuple[int, int, int], dict[str, Any]]:
-    """ShapesWorld arguments of a ``data:`` section for ``backbone``: its image size, and its token
-    grid as the cells of the grid layout."""
+    """ShapesWorld arguments of a ``data:`` section (its ``shapes`` options) for ``backbone``: its
+    image size, and its token grid as the cells of the grid layout."""
     from segros.data.shapes import WebNoise
 
+    shapes = data.shapes
     world = {
-        "layout": data.shapes_layout,
+        "layout": shapes.layout,
         "cells": int(backbone.token_grid[0]),
-        "caption_style": data.shapes_caption_style,
-        "coarse_color_rate": data.shapes_coarse_color_rate,
-        "coarse_relation_rate": data.shapes_coarse_relation_rate,
-        "kind_weights": data.shapes_kind_weights,
-        "web_noise": WebNoise(**data.shapes_web_noise.model_dump()),
+        "caption_style": shapes.caption_style,
+        "coarse_color_rate": shapes.coarse_color_rate,
+        "coarse_relation_rate": shapes.coarse_relation_rate,
+        "kind_weights": shapes.kind_weights,
+        "web_noise": WebNoise(**shapes.web_noise.model_dump()),
     }
-    return (backbone.image_size, data.shapes_seed, data.shapes_scenes), world
+    return (backbone.image_size, shapes.seed, shapes.scenes), world
 
 
 def t2i_source(data: Any, backbone: Any) -> Any:
@@ -112,13 +113,14 @@ def t2i_source(data: Any, backbone: Any) -> Any:
     if data.source == "shapes":
         args, world = _shapes_args(data, backbone)
         return ShapesImageText(*args, **world)
-    if data.streaming:
+    files = data.files
+    if files.streaming:
         raise ValueError(
-            "data.streaming: a streamed source has no records by index (segros cache needs them); "
-            "leave data.streaming off to cache data.path"
+            "data.files.streaming: a streamed source has no records by index (segros cache needs them); "
+            "leave data.files.streaming off to cache data.files.path"
         )
     return open_image_text(
-        data.path, data.image_column, data.caption_column, split=data.split, cache_dir=data.hf_cache_dir
+        files.path, files.image_column, files.caption_column, split=files.split, cache_dir=files.hf_cache_dir
     )
 
 
@@ -128,6 +130,6 @@ def i2t_source(data: Any, backbone: Any) -> Any | None:
         return None
     if data.i2t == "shapes":
         args, world = _shapes_args(data, backbone)
-        world["caption_style"] = data.shapes_i2t_caption_style or world["caption_style"]
+        world["caption_style"] = data.shapes.i2t_caption_style or world["caption_style"]
         return ShapesConversations(*args, **world)
     return LlavaConversations(data.i2t_path, data.i2t_image_root)

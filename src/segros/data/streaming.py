@@ -1,4 +1,4 @@
-"""Streamed image-caption data (``data.streaming: true``): shards too large to hold, read in order.
+"""Streamed image-caption data (``data.files.streaming: true``): shards too large to hold, read in order.
 
 The source is a ``datasets.IterableDataset`` (``load_dataset(..., streaming=True)``) over Parquet
 files, WebDataset tar shards (``.tar``, ``.tar.gz``/``.tgz``, local or URLs through fsspec), JSON(L)
@@ -7,7 +7,7 @@ manifests, a hub id, or a saved dataset. It is
 - split across processes without duplication by ``datasets.distributed.split_dataset_by_node``
   (whole shards per process when the shard count divides by the world size, else every
   ``world``-th example of every shard);
-- shuffled, when ``data.shuffle``, by shard order and a buffer of ``data.shuffle_buffer``
+- shuffled, when ``data.shuffle``, by shard order and a buffer of ``data.files.shuffle_buffer``
   examples, both seeded from ``run.seed`` and the epoch (``set_epoch``), so every run of the same
   config reads the same order;
 - endless: when a process's stream ends, the next epoch starts (reshuffled).
@@ -17,7 +17,7 @@ manifests, a hub id, or a saved dataset. It is
 ``state_dict()`` / ``load_state_dict()`` for the checkpoint). Resume is exact (the batches after
 a resume are those of the uninterrupted run):
 
-- without a shuffle buffer (``data.shuffle_buffer: 0``, or no shuffle) the checkpoint holds the
+- without a shuffle buffer (``data.files.shuffle_buffer: 0``, or no shuffle) the checkpoint holds the
   ``IterableDataset.state_dict()`` of ``datasets`` (the shard and the example within it), and a
   resume reopens that shard and skips to that example: it costs at most one shard's reading;
 - with a buffer, ``datasets`` would drop the buffered examples on resume (its buffer is not
@@ -145,7 +145,7 @@ _BUILDERS = {
 
 
 def open_stream(spec: Any, split: str = "train", cache_dir: str | None = None) -> tuple[Any, Path | None]:
-    """The ``IterableDataset`` ``data.path`` names, and the folder relative image paths are in."""
+    """The ``IterableDataset`` ``data.files.path`` names, and the folder relative image paths are in."""
     from datasets import load_dataset
 
     from segros.data import hf
@@ -169,7 +169,7 @@ def open_stream(spec: Any, split: str = "train", cache_dir: str | None = None) -
                     return hf.load_repo(str(path), split, cache_dir, streaming=True), path
                 raise ValueError(
                     f"{path}: a folder of images with .txt captions cannot be streamed (it is read "
-                    "by index; leave data.streaming off)"
+                    "by index; leave data.files.streaming off)"
                 )
             names = [str(p) for p in listed]
     suffixes = {suffix_of(n) for n in names}
@@ -192,14 +192,16 @@ def open_stream(spec: Any, split: str = "train", cache_dir: str | None = None) -
 def image_text_stream(
     data: Any, seed: int, rank: int, world: int
 ) -> tuple[Any, Callable[[dict[str, Any], int, int], ImageTextRecord | BadRecord], bool]:
-    """The stream of a ``data:`` section for process ``rank`` of ``world`` (split, shuffled), the
-    function making a record of one example, and whether resume must replay (a shuffle buffer)."""
+    """The stream of a ``data:`` section (its ``files``) for process ``rank`` of ``world`` (split,
+    shuffled), the function making a record of one example, and whether resume must replay (a
+    shuffle buffer)."""
     from datasets.distributed import split_dataset_by_node
 
-    stream, base = open_stream(data.path, data.split, data.hf_cache_dir)
+    files = data.files
+    stream, base = open_stream(files.path, files.split, files.hf_cache_dir)
     names = list(stream.column_names or (stream.features or {}).keys())
-    where = str(data.path)
-    image_column, caption_column = resolve_columns(names, data.image_column, data.caption_column, where)
+    where = str(files.path)
+    image_column, caption_column = resolve_columns(names, files.image_column, files.caption_column, where)
     kept = [c for c in names if c in (image_column, caption_column, "__key__")]
     stream = undecoded(stream.select_columns(kept), image_column)
     if world > 1:
@@ -212,18 +214,18 @@ def image_text_stream(
                 world,
             )
         stream = split_dataset_by_node(stream, rank=rank, world_size=world)
-    buffer = data.shuffle_buffer if data.shuffle else 0
+    buffer = files.shuffle_buffer if data.shuffle else 0
     if data.shuffle:
         stream = stream.shuffle(seed=seed, buffer_size=max(1, buffer))
 
     def to_record(example: dict[str, Any], epoch: int, n: int) -> ImageTextRecord | BadRecord:
-        key = example.get("__key__") or f"{Path(str(data.path)).name}:epoch{epoch}:rank{rank}:{n}"
+        key = example.get("__key__") or f"{Path(str(files.path)).name}:epoch{epoch}:rank{rank}:{n}"
         return image_value_record(example.get(image_column), example.get(caption_column), str(key), base)
 
     return stream, to_record, buffer > 1
 
 
 def streaming_batches(data: Any, seed: int, rank: int, world: int, budget: BadRecordBudget) -> StreamBatches:
-    """The trainer's image-caption batches when ``data.streaming`` is on (see the module docstring)."""
+    """The trainer's image-caption batches when ``data.files.streaming`` is on (see the module docstring)."""
     stream, to_record, replay = image_text_stream(data, seed, rank, world)
     return StreamBatches(stream, to_record, data.batch_size, budget, replay=replay)

@@ -55,8 +55,10 @@ def pointing_precision(
     hint_ratio: float = 0.3,
     grounding: GroundingConfig | None = None,
     batch_size: int = 64,
+    mask_ratio: float = 0.5,
 ) -> dict[str, Any]:
-    """Pointing precision of the backbone's top-eta hints on ShapesWorld scenes.
+    """Pointing precision of the backbone's top-eta hints on ShapesWorld scenes, and where the
+    plan's other roles fall at mask ratio ``mask_ratio`` (gamma).
 
     Args:
         backbone: any :class:`~segros.backbones.base.Backbone` (only the grounding seam is used).
@@ -65,11 +67,14 @@ def pointing_precision(
         grounding: the grounding knobs; default ``GroundingConfig(noise_scale=0.0)`` (the hints
             are then a deterministic top-K of m-bar).
         batch_size: scenes per forward pass.
+        mask_ratio: gamma of the plan whose seen / masked split is reported (hints do not depend
+            on it: they are the top-K of m-bar, the seen tokens its bottom N - floor(gamma N)).
 
     Returns:
         ``{"model", "random", "oracle"}`` mean precisions over scenes, ``"scenes"`` (count),
         ``"hints_per_scene"`` (K), and ``"by_objects"``: the same three numbers and a scene count
-        per number of objects in the scene.
+        per number of objects in the scene; ``"roles"``: the share of hint, seen and masked tokens
+        that lie on an object, beside the share of all tokens that do (what a random plan gives).
     """
     from segros.data.readers import ImageTextRecord
 
@@ -89,6 +94,7 @@ def pointing_precision(
     generator = torch.Generator().manual_seed(0)  # only draws noise, which is 0 by default
 
     parts: dict[str, list[torch.Tensor]] = {"model": [], "random": [], "oracle": []}
+    roles = {"hint": [0, 0], "seen": [0, 0], "masked": [0, 0], "all": [0, 0]}  # [on object, tokens]
     counts = []
     for start in range(0, len(scenes), batch_size):
         chunk = scenes[start : start + batch_size]
@@ -100,9 +106,8 @@ def pointing_precision(
         records = [
             ImageTextRecord(image=s.image, caption=s.caption, key=str(start + i)) for i, s in enumerate(chunk)
         ]
-        _, plan = plan_records(
-            backbone, records, cfg, torch.zeros(len(chunk), dtype=torch.float64), generator
-        )
+        gamma = torch.full((len(chunk),), float(mask_ratio), dtype=torch.float64)
+        _, plan = plan_records(backbone, records, cfg, gamma, generator)
         # Union of the object masks per scene -> which hint-grid patches touch an object.
         union = np.stack(
             [
@@ -112,6 +117,13 @@ def pointing_precision(
         )
         on_object = patch_coverage(torch.from_numpy(union), hint_grid)  # (B, N_hint)
         hits = on_object.gather(1, plan.hint_idx.cpu()).sum(1)
+        if hint_grid == token_grid:  # seen / masked index the generation tokens
+            seen = plan.seen.cpu()
+            for role, where in (("seen", seen), ("masked", ~seen), ("all", torch.ones_like(seen))):
+                roles[role][0] += int((on_object & where).sum())
+                roles[role][1] += int(where.sum())
+        roles["hint"][0] += int(hits.sum())
+        roles["hint"][1] += k * len(chunk)
         for name, value in _scores(hits, on_object.sum(1), k, n).items():
             parts[name].append(value)
         counts.extend(len(s.objects) for s in chunk)
@@ -128,4 +140,6 @@ def pointing_precision(
         "scenes": len(scenes),
         "hints_per_scene": k,
         "by_objects": by_objects,
+        "mask_ratio": mask_ratio,
+        "roles": {role: on / total for role, (on, total) in roles.items() if total},
     }

@@ -15,11 +15,21 @@ from __future__ import annotations
 import copy
 import dataclasses
 import typing
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, create_model, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    create_model,
+    model_serializer,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from segros._checks import SettingError, SettingTypeError, check_choice, check_ratio
@@ -118,7 +128,7 @@ MethodConfig = create_model(
 
 
 class WebNoiseConfig(Section):
-    """``data.shapes_web_noise``: the rates of the ``web`` caption style (segros.data.shapes.WebNoise,
+    """``data.shapes.web_noise``: the rates of the ``web`` caption style (segros.data.shapes.WebNoise,
     which documents each; defaults equal its own)."""
 
     detailed: float = Field(0.35, ge=0.0, le=1.0)
@@ -129,46 +139,133 @@ class WebNoiseConfig(Section):
     paraphrase: float = Field(0.5, ge=0.0, le=1.0)
 
 
-class DataConfig(Section):
-    # shapes: ShapesWorld streamed; files: a folder with .txt captions, a JSON(L) manifest, Parquet
-    # file(s), WebDataset tar shard(s) or a Hugging Face dataset (folder or hub id), recognised from
-    # data.path (segros.data.readers, docs/data.md)
-    source: Literal["shapes", "files"] = "shapes"
-    # for source=files: a path, a glob, brace ranges (shard-{000..099}.tar), patterns joined by ::,
-    # or a list of them
-    path: str | list[str] | None = None
+CaptionStyle = Literal["mixed", "geneval", "dense", "coarse", "web"]
+
+
+class ShapesConfig(Section):
+    """``data.shapes``: how the ShapesWorld streams are drawn. Present only when a stream is
+    ShapesWorld (``data.source`` or ``data.i2t`` is ``shapes``), so a Parquet run has none."""
+
+    seed: int = 0
+    scenes: int = Field(1_000_000, ge=1)  # distinct scenes the stream draws from
+    # object placement (grid: snapped to the tiny tokenizer's patches, cells per side = the model's
+    # token grid) and caption distribution (coarse for pretraining, mixed / dense for fine-tuning;
+    # docs/miniature.md)
+    layout: Literal["free", "grid"] = "free"
+    caption_style: CaptionStyle = "mixed"
+    # coarse captions only: the chance a named object comes with its colour (the shipped TinyUMM was
+    # pretrained at 0.5; 0 leaves colour to the fine-tuning captions, docs/miniature.md)
+    coarse_color_rate: float = Field(0.5, ge=0.0, le=1.0)
+    # coarse captions only: the chance a position scene's caption states its relation (the shipped
+    # TinyUMM: 0.1, so 1.7 % of pretraining captions; docs/miniature.md)
+    coarse_relation_rate: float = Field(0.1, ge=0.0, le=1.0)
+    # relative weights of the scene kinds single_object, two_object, counting, position, scene (None:
+    # equal, as the shipped TinyUMM was pretrained; [1, 1, 1, 5, 1]: five scenes in nine are position)
+    kind_weights: tuple[float, float, float, float, float] | None = None
+    # web captions only: loose, sometimes wrong alt-text for pretraining (docs/miniature.md)
+    web_noise: WebNoiseConfig = Field(default_factory=WebNoiseConfig)
+    # caption style of the image-to-text task (None: caption_style). Real UMMs learn understanding
+    # from dense captions while their generation sees coarse web text
+    i2t_caption_style: CaptionStyle | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ShapesConfig:
+        from segros.data.shapes import VALIDATION_SEEDS, kind_probabilities
+        from segros.data.sources import I2T_SEED_OFFSET
+
+        if self.kind_weights is not None:
+            kind_probabilities(self.kind_weights)  # non-negative, not all zero
+        if {self.seed, self.seed + I2T_SEED_OFFSET} & set(VALIDATION_SEEDS):
+            raise ValueError(
+                f"data.shapes.seed {self.seed} would draw (for its text-to-image or image-to-text "
+                f"stream, seed + {I2T_SEED_OFFSET}) from the validation seeds {VALIDATION_SEEDS} "
+                "that segros validate keeps unseen: pick another seed"
+            )
+        return self
+
+
+class FilesConfig(Section):
+    """``data.files``: where and how the image-caption files are read. Present only when
+    ``data.source`` is ``files``, so a ShapesWorld run has none."""
+
+    # a folder with .txt captions, a JSON(L) manifest, Parquet file(s), WebDataset tar shard(s) or a
+    # Hugging Face dataset (folder or hub id), recognised from what the path holds (segros.data.formats,
+    # docs/data.md): a path, a glob, brace ranges (shard-{000..099}.tar), patterns joined by ::, or a
+    # list of them
+    path: str | list[str]
     # the columns (fields) to read; when a table lacks the named one, the first of the names the
     # paper's datasets use is taken (segros.data.hf.IMAGE_COLUMNS / CAPTION_COLUMNS, docs/data.md)
     image_column: str = "image"
     caption_column: str = "caption"
     split: str = "train"  # of a Hugging Face dataset with several
     hf_cache_dir: str | None = None  # where datasets keeps its Arrow copies (None: its default cache)
-    # read data.path as a stream (datasets' IterableDataset; segros.data.streaming): for shards too
+    # read the path as a stream (datasets' IterableDataset; segros.data.streaming): for shards too
     # large to hold, compressed tars and URLs. Resume stays exact (docs/data.md)
     streaming: bool = False
     shuffle_buffer: int = Field(1000, ge=0)  # streaming with shuffle: examples shuffled in memory
-    shapes_seed: int = 0
-    shapes_scenes: int = Field(1_000_000, ge=1)  # distinct scenes the stream draws from
-    # ShapesWorld's object placement (grid: snapped to the tiny tokenizer's patches, cells per side =
-    # the model's token grid) and caption distribution (coarse for pretraining, mixed / dense for
-    # fine-tuning; docs/miniature.md)
-    shapes_layout: Literal["free", "grid"] = "free"
-    shapes_caption_style: Literal["mixed", "geneval", "dense", "coarse", "web"] = "mixed"
-    # coarse captions only: the chance a named object comes with its colour (the shipped TinyUMM was
-    # pretrained at 0.5; 0 leaves colour to the fine-tuning captions, docs/miniature.md)
-    shapes_coarse_color_rate: float = Field(0.5, ge=0.0, le=1.0)
-    # coarse captions only: the chance a position scene's caption states its relation (the shipped
-    # TinyUMM: 0.1, so 1.7 % of pretraining captions; docs/miniature.md)
-    shapes_coarse_relation_rate: float = Field(0.1, ge=0.0, le=1.0)
-    # relative weights of the scene kinds single_object, two_object, counting, position, scene (None:
-    # equal, as the shipped TinyUMM was pretrained; [1, 1, 1, 5, 1]: five scenes in nine are position)
-    shapes_kind_weights: tuple[float, float, float, float, float] | None = None
-    # web captions only: loose, sometimes wrong alt-text for pretraining (docs/miniature.md)
-    shapes_web_noise: WebNoiseConfig = Field(default_factory=WebNoiseConfig)
+
+
+# data keys of before the source's options moved under data.shapes / data.files (issue 29): still
+# read, with a warning naming the new key. {old key: (section, new key)}
+OLD_DATA_KEYS = {f"shapes_{name}": ("shapes", name) for name in ShapesConfig.model_fields}
+OLD_DATA_KEYS |= {name: ("files", name) for name in FilesConfig.model_fields}
+_SECTIONS: dict[str, type[Section]] = {"shapes": ShapesConfig, "files": FilesConfig}
+
+
+def _is_default(section: str, name: str, value: Any) -> bool:
+    """Whether an old key holds its field's default (as every resolved config saved before did,
+    for the source it did not read): leaving it out changes nothing."""
+    field = _SECTIONS[section].model_fields[name]
+    if field.is_required():  # data.path: None in a config that read no files
+        return value is None
+    default = field.get_default(call_default_factory=True)
+    default = default.model_dump() if isinstance(default, BaseModel) else default
+    return value == default
+
+
+class OldKeyWarning(FutureWarning):
+    """A config key that still reads under an old name; the message names the current one."""
+
+
+def _merge(old: Any, new: Any) -> Any:
+    """``new`` over ``old`` (mappings merged key by key): the current key wins over an old one."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return {**old, **{k: _merge(old.get(k), v) for k, v in new.items()}}
+    return new
+
+
+def _moved_data_keys(data: dict[str, Any]) -> dict[str, Any]:
+    """A raw ``data:`` section with every old key moved under its section (``shapes`` / ``files``);
+    one holding its default is dropped, so that a resolved config saved before still reads."""
+    old = [k for k in data if k in OLD_DATA_KEYS]
+    if not old:
+        return data
+    out = {k: v for k, v in data.items() if k not in OLD_DATA_KEYS}
+    renames = ", ".join(f"data.{k} is now data.{'.'.join(OLD_DATA_KEYS[k])}" for k in old)
+    warnings.warn(f"old config keys still read, rename them: {renames}", OldKeyWarning, stacklevel=2)
+    moved: dict[str, dict[str, Any]] = {}
+    for k in old:
+        section, name = OLD_DATA_KEYS[k]
+        if not _is_default(section, name, data[k]):
+            moved.setdefault(section, {})[name] = data[k]
+    for section, values in moved.items():
+        current = out.get(section)
+        if current is None or isinstance(current, dict):  # else: the bad value's own error stands
+            out[section] = _merge(values, current or {})
+    return out
+
+
+class DataConfig(Section):
+    # shapes: ShapesWorld streamed (its options: data.shapes); files: image-caption files (where and
+    # how to read them: data.files)
+    source: Literal["shapes", "files"] = "shapes"
+    # the files' options, required for data.source=files; None otherwise, and left out of the
+    # resolved config
+    files: FilesConfig | None = None
+    # ShapesWorld's options, when data.source or data.i2t is shapes (filled with the defaults then);
+    # None otherwise, and left out of the resolved config
+    shapes: ShapesConfig | None = None
     i2t: Literal["shapes", "llava", "none"] = "shapes"
-    # caption style of the ShapesWorld image-to-text task (None: shapes_caption_style). Real UMMs
-    # learn understanding from dense captions while their generation sees coarse web text
-    shapes_i2t_caption_style: Literal["mixed", "geneval", "dense", "coarse", "web"] | None = None
     i2t_path: str | None = None  # LLaVA JSON
     i2t_image_root: str | None = None
     batch_size: int = Field(16, ge=1)
@@ -184,36 +281,59 @@ class DataConfig(Section):
     # image-caption records come pre-encoded from it; None: encode the images every step
     cache: str | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _source_sections(cls, data: Any) -> Any:
+        """Old keys moved under ``shapes`` / ``files``; ``shapes`` filled in when a stream is
+        ShapesWorld; either section refused when nothing would read it."""
+        if not isinstance(data, dict):
+            return data
+        data = _moved_data_keys(data)
+        source = data.get("source", "shapes")
+        used = source == "shapes" or data.get("i2t", "shapes") == "shapes"
+        if used and data.get("shapes") is None:
+            data = {**data, "shapes": {}}
+        elif not used and data.get("shapes") is not None:
+            raise ValueError(
+                "data.shapes is set but neither data.source nor data.i2t is 'shapes', so nothing "
+                "would read it: drop data.shapes"
+            )
+        files = data.get("files")
+        if source == "files" and files is None:
+            raise ValueError("data.files.path is required for data.source='files'")
+        if source == "shapes" and files is not None:
+            given = files.items() if isinstance(files, dict) else ()
+            named = ", ".join(f"data.files.{k}" + f" ({v})" * (k == "path") for k, v in given) or "data.files"
+            raise ValueError(
+                f"{named} is set but data.source is 'shapes', which ignores it: "
+                "set data.source=files to read the files, or drop data.files"
+            )
+        return data
+
     @model_validator(mode="after")
     def _paths(self) -> DataConfig:
-        if self.source != "shapes" and not self.path:
-            raise ValueError("data.path is required for data.source='files'")
-        if self.source == "shapes" and self.path:
+        if self.files is not None and not self.files.path:
+            raise ValueError("data.files.path is required for data.source='files'")
+        if self.streaming and self.cache:
             raise ValueError(
-                f"data.path ({self.path}) is set but data.source is 'shapes', which ignores it: "
-                "set data.source=files to train on it, or drop data.path"
+                "data.files.streaming reads data.files.path as a stream: it needs no data.cache"
             )
-        if self.shapes_kind_weights is not None:
-            from segros.data.shapes import kind_probabilities
-
-            kind_probabilities(self.shapes_kind_weights)  # non-negative, not all zero
-        if self.streaming and (self.source != "files" or self.cache):
-            raise ValueError(
-                "data.streaming reads data.path as a stream: it needs data.source=files and no data.cache"
-            )
-        if self.source == "shapes":
-            from segros.data.shapes import VALIDATION_SEEDS
-            from segros.data.sources import I2T_SEED_OFFSET
-
-            if {self.shapes_seed, self.shapes_seed + I2T_SEED_OFFSET} & set(VALIDATION_SEEDS):
-                raise ValueError(
-                    f"data.shapes_seed {self.shapes_seed} would draw (for its text-to-image or image-to-text "
-                    f"stream, seed + {I2T_SEED_OFFSET}) from the validation seeds {VALIDATION_SEEDS} "
-                    "that segros validate keeps unseen: pick another seed"
-                )
         if self.i2t == "llava" and not (self.i2t_path and self.i2t_image_root):
             raise ValueError("data.i2t_path and data.i2t_image_root are required for data.i2t='llava'")
         return self
+
+    @property
+    def streaming(self) -> bool:
+        """Whether the image-caption files are read as a stream (``data.files.streaming``)."""
+        return self.files is not None and self.files.streaming
+
+    @model_serializer(mode="wrap")
+    def _without_unused_sections(self, handler: Any) -> dict[str, Any]:
+        out = handler(self)
+        for section in ("files", "shapes"):  # a source's keys only in a run that reads it
+            if out.get(section, ...) is None:
+                del out[section]
+        return out
 
 
 class OptimConfig(Section):

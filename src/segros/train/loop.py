@@ -11,24 +11,23 @@ A step whose loss is NaN or inf on any process is skipped on all of them (no upd
 counted; ``run.max_bad_steps`` of them in a row stop the run with the last good checkpoint
 left as it was.
 
-The :class:`Trainer` works in stages, in the spirit of torchtune's recipes: set-up (model,
-optimizer, data: ``_setup_*``), :meth:`Trainer.train_step` (one optimizer step, returning a
-:class:`StepOutput`), and :meth:`Trainer.log`, :meth:`Trainer.pictures` and :meth:`Trainer.save`
-as their own methods; :meth:`Trainer.run` only sequences them. Sample pictures are the
-application's business: it passes a :data:`~segros.train.logger.PictureCallback` (the demo
-draws ShapesWorld prompts; a run on other data passes its own prompts, or none).
+The :class:`Trainer` is the set-up (model, optimizer, data: ``_setup_*``), the step
+(:meth:`Trainer.train_step`, one optimizer step returning a :class:`StepOutput`) and the loop
+(:meth:`Trainer.run`, which sequences steps, logging and checkpoints). Checkpointing is its own
+object (:class:`~segros.train.checkpointer.Checkpointer`: save, resume, keep_last, engine state),
+and so is logging (:class:`~segros.train.reporting.RunReport`: curves, pictures, progress, the
+run's summary). Sample pictures are the application's business: it passes a
+:data:`~segros.train.logger.PictureCallback` (the demo draws ShapesWorld prompts; a run on other
+data passes its own prompts, or none).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fnmatch
-import json
 import logging
 import math
-import os
 import signal
-import sys
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -37,7 +36,6 @@ from typing import Any
 
 import torch
 from accelerate.utils import set_seed
-from tqdm.auto import tqdm
 
 from segros.backbones import lora
 from segros.backbones.base import Backbone, I2TBatch, T2IBatch
@@ -45,7 +43,7 @@ from segros.backbones.registry import build_backbone, resolve_checkpoint
 from segros.data.budget import BadRecordBudget
 from segros.data.cache import open_cache
 from segros.data.loader import collated_batches, default_workers
-from segros.data.sampling import RecordBatches, ShardedOrder, reshard_states
+from segros.data.sampling import RecordBatches, ShardedOrder
 from segros.data.sources import i2t_source, t2i_source
 from segros.data.streaming import streaming_batches
 from segros.losses import total_loss
@@ -54,11 +52,13 @@ from segros.runlock import FolderInUseError, FolderLock, lock_folder
 from segros.supervision import ground_and_plan, sample_ratio
 from segros.train import checkpoint as ckpt
 from segros.train import engines
+from segros.train.checkpointer import Checkpointer
 from segros.train.config import TrainConfig, dump_config
 from segros.train.ema import WeightsEMA
 from segros.train.fingerprint import fingerprint, is_sharded
-from segros.train.logger import PictureCallback, RunLogger
+from segros.train.logger import PictureCallback
 from segros.train.memory import peak_memory
+from segros.train.reporting import RunReport
 from segros.train.stopping import EXIT_CODES, StopSignals
 
 log = logging.getLogger(__name__)
@@ -148,12 +148,6 @@ def param_groups(
     return groups
 
 
-def _show_progress(setting: bool | str) -> bool:
-    if setting != "auto":
-        return bool(setting)
-    return sys.stderr.isatty() and not os.environ.get("CI")
-
-
 @dataclass
 class StepOutput:
     """What one optimizer step did (:meth:`Trainer.train_step`)."""
@@ -191,7 +185,6 @@ class Trainer:
     ) -> None:
         self.cfg = cfg
         self.out_dir = Path(out_dir)
-        self.picture_callback = pictures
         self.seconds_before, self.run_start = 0.0, None  # see train_seconds()
         self.folder_lock: FolderLock | None = None  # held from _setup_accelerator to the end of run()
         self._setup_accelerator()
@@ -205,9 +198,27 @@ class Trainer:
             self.step = 0
             self.skipped_steps = 0
             self._iterators: tuple[Any, Any] | None = None  # the data streams train_step reads
+            self.checkpoints = Checkpointer(
+                self.accelerator,
+                self.out_dir,
+                cfg.run.keep_last,
+                backbone=self.backbone,
+                model=self.model,
+                optimizer=self.optimizer,
+                scheduler=self.scheduler,
+                schedule_steps=self.schedule_steps,
+                ema=self.ema,
+                lora=self.lora,
+                generator=self.generator,
+                t2i=self.t2i,
+                i2t=self.i2t,
+            )
             if resume:
-                self._resume()
-            self.logger = RunLogger(self.accelerator, cfg, self.out_dir)
+                state = self.checkpoints.resume()
+                self.step = int(state["step"])
+                self.skipped_steps = int(state.get("skipped_steps", 0))
+                self.seconds_before = float(state.get("train_seconds", 0.0))
+            self.report = RunReport(self.accelerator, cfg, self.out_dir, self.engine, pictures)
         except BaseException:
             self._unlock_folder()  # a Trainer that could not be built leaves its folder free
             raise
@@ -357,7 +368,6 @@ class Trainer:
         if self.i2t is not None:
             cat = partial(I2TBatch.cat, pad_id=backbone.pad_id)
             self.i2t_batches = collated_batches(self.i2t, backbone.collate_i2t, cat, self.workers, d.prefetch)
-        self.data_wait = self.data_wait_window = 0.0  # seconds the loop waited for batches (log)
 
     def close_data(self) -> None:
         """Stop the loader workers (the next step starts them again, from the saved position)."""
@@ -371,124 +381,9 @@ class Trainer:
         """Wall time spent training this run so far, including the runs it resumed from."""
         return self.seconds_before + (time.perf_counter() - self.run_start if self.run_start else 0.0)
 
-    def _rank_state(self) -> dict[str, Any]:
-        return {
-            "generator": self.generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            "t2i": self.t2i.state_dict(),
-            "i2t": self.i2t.state_dict() if self.i2t else None,
-        }
-
     def save(self) -> Path | None:
-        """Write the checkpoint of this step; every process takes part (the weights and optimizer
-        state are gathered, or written per process, as the engine needs: segros.train.engines)."""
-        acc = self.accelerator
-        tmp = ckpt.tmp_dir(self.out_dir, self.step)
-        if acc.is_main_process:
-            ckpt.begin(self.out_dir, self.step)
-        acc.wait_for_everyone()
-        ckpt.save_rank_state(tmp, self.rank, self._rank_state())
-        weights = engines.gathered_model_state(acc, self.model)  # sharded engines: the whole model
-        ema = self.ema.state_dict(keep=acc.is_main_process) if self.ema else None  # gathered (FSDP2)
-        with ckpt.writing(tmp):
-            engines.save_optimizer(acc, self.model, self.optimizer, tmp)
-        final = None
-        if acc.is_main_process:
-            if weights is None:
-                self.backbone.save_pretrained(tmp)  # the base weights, plain names
-            else:
-                self.backbone.save_pretrained(tmp, state_dict=weights)  # gathered, plain names
-            del weights
-            if self.lora:
-                lora.save_adapter(self.backbone, tmp)  # peft's format, tmp/adapter
-            if self.ema is not None:
-                with ckpt.writing(tmp):
-                    self.ema.save(tmp, ema)  # tmp/ema.safetensors
-            ckpt.save_scheduler(tmp, self.scheduler)
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            state = {
-                "step": self.step,
-                "world_size": self.world,
-                "engine": self.engine,
-                "schedule_steps": self.schedule_steps,  # the lr schedule's length (see _resume)
-                "skipped_steps": self.skipped_steps,
-                "train_seconds": round(self.train_seconds(), 2),  # across resumes
-                **({"ema_decay": self.ema.decay, "ema_every": self.ema.every} if self.ema else {}),
-            }
-            final = ckpt.finish(self.out_dir, tmp, self.step, state, self.cfg.run.keep_last)
-        acc.wait_for_everyone()
-        return final
-
-    def _resume(self) -> None:
-        """Continue from the newest intact checkpoint, also one saved by another number of
-        processes (see :meth:`_load_rank_state`) or, for FSDP / DDP / one process, another of them."""
-        folder = ckpt.latest_checkpoint(self.out_dir)
-        if folder is None:
-            raise FileNotFoundError(
-                f"--resume: no complete checkpoint under {ckpt.checkpoints_dir(self.out_dir)}"
-            )
-        state = ckpt.load_trainer_state(folder)
-        if lora.has_adapter(folder) and not self.lora:
-            raise ValueError(
-                f"--resume: {folder} holds a LoRA adapter but this config has LoRA off; set lora.rank"
-            )
-        engines.load_model_and_optimizer(self.accelerator, self.model, self.optimizer, folder, state)
-        if self.lora:
-            lora.load_adapter(self.accelerator.unwrap_model(self.model), folder)
-        ckpt.load_scheduler(folder, self.scheduler)
-        self._resume_ema(folder, state)
-        self._load_rank_state(folder, int(state["world_size"]))
-        planned = state.get("schedule_steps")
-        if planned is not None and int(planned) != self.schedule_steps:
-            log.warning(
-                "--resume: %s was trained on an lr schedule of %d steps, this run plans %d "
-                "(run.max_steps / optim.schedule_steps): from here the learning rate differs from an "
-                "uninterrupted run of either length; set optim.schedule_steps=%d to keep the first",
-                folder, int(planned), self.schedule_steps, int(planned),
-            )  # fmt: skip
-        self.step = int(state["step"])
-        self.skipped_steps = int(state.get("skipped_steps", 0))
-        self.seconds_before = float(state.get("train_seconds", 0.0))
-        log.info("resumed from %s at step %d", folder, self.step)
-
-    def _resume_ema(self, folder: Path, state: dict[str, Any]) -> None:
-        """The checkpoint's EMA, exactly; from the resumed weights (with a warning) when it has none."""
-        if self.ema is None:
-            if "ema_decay" in state:
-                log.warning("--resume: %s holds EMA weights; optim.ema_decay is off: they end here", folder)
-        elif "ema_decay" in state:
-            self.ema.load(folder)
-        else:
-            log.warning("--resume: %s holds no EMA weights; the EMA starts from its weights now", folder)
-            self.ema.reset()
-
-    def _load_rank_state(self, folder: Path, saved_world: int) -> None:
-        """This process's generators and data position. With the number of processes it was saved
-        by, exactly its own. With another, the data order continues by global sample count
-        (:func:`~segros.data.sampling.reshard_states`); process ``r`` takes the generators and
-        bad-record counts of saved process ``r`` when there was one, fresh seeded ones otherwise
-        (docs/distributed.md says what is then exact)."""
-        if saved_world == self.world:
-            rank_state = ckpt.load_rank_state(folder, self.rank)
-        else:
-            saved = [ckpt.load_rank_state(folder, r) for r in range(saved_world)]
-            log.warning(
-                "--resume: %s was saved by %d processes, this run has %d: the data order continues by "
-                "global sample count; random draws are not those of an uninterrupted run",
-                folder, saved_world, self.world,
-            )  # fmt: skip
-            # saved process r's generators and bad-record counts, or a new process's fresh ones
-            rank_state = dict(saved[self.rank] if self.rank < saved_world else self._rank_state())
-            for stream in ("t2i", "i2t"):
-                if saved[0][stream] is not None and rank_state[stream] is not None:
-                    order = reshard_states([s[stream]["order"] for s in saved], self.rank, self.world)
-                    rank_state[stream] = {**rank_state[stream], "order": order}
-        self.generator.set_state(rank_state["generator"])
-        torch.set_rng_state(rank_state["torch_rng"])
-        self.t2i.load_state_dict(rank_state["t2i"])
-        if self.i2t is not None and rank_state["i2t"] is not None:
-            self.i2t.load_state_dict(rank_state["i2t"])
+        """Write the checkpoint of this step (:meth:`Checkpointer.save`; every process takes part)."""
+        return self.checkpoints.save(self.step, self.skipped_steps, self.train_seconds())
 
     # --- one step ---------------------------------------------------------------------------------
     def plan_for(self, batch: T2IBatch) -> SupervisionPlan:
@@ -508,9 +403,7 @@ class Trainer:
         t2i = self.backbone.collate_t2i(t2i) if isinstance(t2i, list) else t2i
         i2t = next(i2t_iter) if i2t_iter else None
         i2t = self.backbone.collate_i2t(i2t) if isinstance(i2t, list) else i2t
-        waited = time.perf_counter() - start
-        self.data_wait += waited
-        self.data_wait_window += waited
+        self.report.waited(time.perf_counter() - start)
         return t2i, i2t
 
     def _micro_batch(self, t2i_iter, i2t_iter) -> tuple[T2IBatch, SupervisionPlan, I2TBatch | None]:
@@ -598,36 +491,6 @@ class Trainer:
     def _due(self, every: int) -> bool:
         return bool(every) and (self.step % every == 0)
 
-    def log(self, out: StepOutput, steps: int, seconds: float) -> None:
-        """Scalars of the last step (loss terms, lr, grad norm, bad data, grounding statistics)
-        and the throughput over the ``steps`` steps of the last ``seconds``."""
-        samples = steps * self.cfg.optim.grad_accum * self.cfg.data.batch_size * self.world
-        scalars = {f"loss/{k}": v for k, v in out.losses.items()}
-        scalars |= {
-            "lr": self.scheduler.get_last_lr()[0],
-            "grad_norm": out.grad_norm,
-            "steps_per_second": steps / max(seconds, 1e-9),
-            "samples_per_second": samples / max(seconds, 1e-9),
-            "data_wait_share": self.data_wait_window / max(seconds, 1e-9),  # waiting for batches
-            "data/bad_records": self.budget.bad_records,  # distinct records
-            "data/skipped_reads": self.budget.bad,
-            "train/skipped_steps": self.skipped_steps,
-        }
-        self.logger.scalars(scalars | out.grounding, self.step)
-        self.data_wait_window = 0.0
-
-    def pictures(self, out: StepOutput) -> None:
-        """The grounding panel of the step's batch and the application's pictures (main process;
-        not under FSDP and ZeRO-3, whose sharded weights one process cannot sample from: generate
-        from a checkpoint's consolidated weights instead)."""
-        if not self.accelerator.is_main_process:
-            return
-        if out.batch is not None and out.plan is not None:
-            self.logger.grounding_picture(self.backbone, out.batch, out.plan, self.step)
-        if self.picture_callback is not None and self.engine in ("single", "ddp", "zero1", "zero2"):
-            for tag, picture in self.picture_callback(self.backbone, self.step).items():
-                self.logger.image(tag, picture, self.step)
-
     def _release_ddp(self) -> None:
         """Free the DDP wrapper, and with it its reducer, while the process group is still registered.
 
@@ -652,13 +515,7 @@ class Trainer:
         r = self.cfg.run
         result = TrainResult(self.out_dir, self.step)
         start = self.run_start = time.perf_counter()
-        progress = tqdm(
-            total=r.max_steps,
-            initial=self.step,
-            disable=not (_show_progress(r.progress) and self.accelerator.is_main_process),
-            desc=f"train {self.cfg.method.preset}",
-            dynamic_ncols=True,
-        )
+        progress = self.report.progress(self.step)
         window_start, window_steps, bad_in_row = time.perf_counter(), 0, 0
         # however the run ends, the folder's lock (main process) is released, the signal handlers restored
         with self.folder_lock or contextlib.nullcontext(), StopSignals() as signals:
@@ -673,10 +530,12 @@ class Trainer:
                 progress.update(1)
                 progress.set_postfix(loss=f"{out.losses['total']:.3f}", refresh=False)
                 if self._due(r.log_every) or self.step == r.max_steps:
-                    self.log(out, window_steps, time.perf_counter() - window_start)
+                    counters = {"lr": self.scheduler.get_last_lr()[0], "skipped_steps": self.skipped_steps}
+                    seconds = time.perf_counter() - window_start
+                    self.report.log(out, self.step, window_steps, seconds, budget=self.budget, **counters)
                     window_start, window_steps = time.perf_counter(), 0
                 if self._due(r.picture_every):
-                    self.pictures(out)
+                    self.report.pictures(out, self.backbone, self.step)
                 # never checkpoint right after a skipped step: the last good checkpoint stays latest
                 saved = not out.skipped and (self._due(r.save_every) or self.step == r.max_steps)
                 if saved:
@@ -722,24 +581,15 @@ class Trainer:
         if in_sync is False:
             log.error("parameters differ between processes: the distributed set-up is broken")
         if self.accelerator.is_main_process:
-            summary = {
-                "step": self.step,
-                "stopped_by": result.stopped_by,
-                "skipped_steps": self.skipped_steps,
-                "bad_records": self.budget.bad_records,
-                "skipped_reads": self.budget.bad,
-                "seconds": round(result.seconds, 2),
-                "data_wait_share": round(self.data_wait / max(result.seconds, 1e-9), 4),
-                "data_workers": self.workers,
-                "total_seconds": round(result.total_seconds, 2),
-                "final_loss": result.losses[-1] if result.losses else None,
-                "processes": self.world,
-                "params_in_sync": in_sync,
+            self.report.summary(
+                result,
+                self.budget,
+                data_workers=self.workers,
+                params_in_sync=in_sync,
                 **peaks,
-                "lora_rank": self.cfg.lora.rank if self.lora else 0,
+                lora_rank=self.cfg.lora.rank if self.lora else 0,
                 **lora.parameter_counts(self.backbone),
-            }
-            (self.out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+            )
         self.accelerator.wait_for_everyone()  # every process is past the last collective
         self.close_data()
         self._release_ddp()

@@ -42,6 +42,7 @@ from segros.backbones.base import (
     Capabilities,
     GroundingInputs,
     I2TBatch,
+    PlanHints,
     T2IBatch,
     gather_tokens,
 )
@@ -237,23 +238,23 @@ class BagelBackbone(Backbone):
         return torch.zeros(batch_size, 0, dtype=torch.long, device=device), \
             torch.zeros(batch_size, 0, dtype=torch.bool, device=device)  # fmt: skip
 
-    def pack(self, ids: torch.Tensor, mask: torch.Tensor, hints: torch.Tensor | None = None,
-             hint_idx: torch.Tensor | None = None, hint_valid: torch.Tensor | None = None,
-             noisy: bool = True) -> tuple[M.Pack, torch.Tensor]:  # fmt: skip
+    def pack(self, ids: torch.Tensor, mask: torch.Tensor, hints: PlanHints | None = None,
+             noisy: bool = True) -> tuple[M.Pack, torch.Tensor | None]:  # fmt: skip
         """One sample per row: ``[hint split | text split | latent split]`` (each only when it has
-        tokens); the valid hints (n_vit, H) in pack order."""
+        tokens; a dropped hint is left out); the kept hints (n_vit, H) in pack order."""
         packer, kept = M.Packer(self.ids["start"], self.ids["end"]), []
         for b in range(ids.shape[0]):
             packer.sample()
             if hints is not None:
-                keep = torch.ones_like(hint_idx[b], dtype=torch.bool) if hint_valid is None else hint_valid[b]
+                keep = (
+                    torch.ones_like(hints.idx[b], dtype=torch.bool) if hints.valid is None else hints.valid[b]
+                )
                 if bool(keep.any()):
-                    packer.image(M.VIT, self.vit_pos[hint_idx[b][keep].cpu()])
-                    kept.append(hints[b][keep.to(hints.device)])
+                    packer.image(M.VIT, self.vit_pos[hints.idx[b][keep].cpu()])
+                    kept.append(hints.embeddings[b][keep.to(hints.embeddings.device)])
             packer.text(ids[b][mask[b]].tolist())
             packer.image(M.VAE, self.latent_pos, noisy=noisy)
-        vit = torch.cat(kept) if kept else None
-        return packer.build(self.device), vit
+        return packer.build(self.device), (torch.cat(kept) if kept else None)
 
     def shifted(self, t: torch.Tensor, shift: float) -> torch.Tensor:
         return shift * t / (1 + (shift - 1) * t)
@@ -265,11 +266,10 @@ class BagelBackbone(Backbone):
         x0 = self._latents(batch)
         B, n, _ = x0.shape
         ids, mask = self.condition(batch, plan.text_condition)
-        hints = self.plan_hints(batch, plan)
         t = self.shifted(torch.sigmoid(torch.randn(B, device=self.device)), self.options.timestep_shift)
         noise = torch.randn_like(x0)
         x_t = (1 - t[:, None, None]) * x0 + t[:, None, None] * noise
-        pack, vit = self.pack(ids, mask, hints["hints"], hints["hint_idx"], hints["hint_valid"])
+        pack, vit = self.pack(ids, mask, self.plan_hints(batch, plan))
         h = self.model(pack, vit, x_t.reshape(B * n, -1), t.repeat_interleave(n))
         pred = self.model.llm2vae(h[pack.vae_index]).float()
         return ((pred - (noise - x0).reshape(B * n, -1)) ** 2).mean(-1).mean()

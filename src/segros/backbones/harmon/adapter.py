@@ -59,8 +59,10 @@ from segros.backbones.base import (
     Capabilities,
     GroundingInputs,
     I2TBatch,
+    PlanHints,
     T2IBatch,
     gather_tokens,
+    hinted_layout,
 )
 from segros.backbones.files import load_weights, plain_state
 from segros.backbones.harmon import text as T
@@ -100,7 +102,6 @@ class HarmonOptions(BackboneOptions):
     cfg_schedule: Literal["constant", "linear"] = "constant"
     temperature: float = Field(1.0, gt=0.0)  # DiffLoss sampling temperature (upstream's name)
     diffusion_steps: int = Field(100, ge=1, le=1000)
-    renamed = {"grad_checkpointing": "gradient_checkpointing"}
 
 
 # --- images ---------------------------------------------------------------------------------------
@@ -299,31 +300,17 @@ class HarmonBackbone(Backbone):
         masked: torch.Tensor,
         ids: torch.Tensor,
         text_mask: torch.Tensor,
-        hints: torch.Tensor | None = None,
-        hint_idx: torch.Tensor | None = None,
-        hint_position: str = "prefix",
-        hint_valid: torch.Tensor | None = None,
+        hints: PlanHints | None = None,
     ) -> torch.Tensor:
         """MAR decoder output (B, N, D) for latents ``x`` with ``masked`` tokens hidden, after
-        ``[hints | text | visible + buffers]`` went through the LLM (Fig. 6).
-
-        ``hint_position`` (``"prefix"`` | ``"slot"``, the latter reading ``hint_idx``) and
-        ``hint_valid`` (B, K) bool are the plan's; without hints (generation) both are ignored.
-        """
+        ``[hints | text | visible + buffers]`` went through the LLM (Fig. 6); ``hints`` from
+        :meth:`plan_hints` (None: generation)."""
         x_enc, z_enc = self.model.visual_features(x, masked, self.token_grid)
-        K = 0 if hints is None else hints.shape[1]
-        layout = pack_layout(
-            K,
-            text_mask,
-            z_enc.shape[1],
-            hint_idx=hint_idx if K else None,
-            hint_position=hint_position if K else "prefix",
-            hint_valid=hint_valid if K else None,
-        )
+        layout = hinted_layout(hints, text_mask, z_enc.shape[1])
         text = self.model.embed_text(ids)
         parts = [text, z_enc.to(text.dtype)]
-        if K:
-            parts.insert(0, hints.to(text.dtype))
+        if hints is not None:
+            parts.insert(0, hints.embeddings.to(text.dtype))
         hidden = self.model.llm_hidden(torch.cat(parts, dim=1), self._allowed(layout), layout.position_ids)
         x_dec = self.model.decoder_input(x_enc, hidden[:, layout.image])
         return self.model.mar.forward_mae_decoder(x_dec, masked, self.token_grid)
@@ -333,7 +320,7 @@ class HarmonBackbone(Backbone):
         masked = ~plan.seen
         check_equal_visible(masked)
         ids, text_mask = self.condition(batch, plan.text_condition)
-        z = self._denoiser_condition(x, masked, ids, text_mask, **self.plan_hints(batch, plan))
+        z = self._denoiser_condition(x, masked, ids, text_mask, self.plan_hints(batch, plan))
         return diffusion_loss(
             self.model.mar.diffloss, z, x, plan.loss_weight, self.options.diffusion_batch_mul
         )

@@ -46,10 +46,12 @@ from segros.backbones.base import (
     Capabilities,
     GroundingInputs,
     I2TBatch,
+    PlanHints,
     T2IBatch,
     gather_tokens,
+    hinted_layout,
 )
-from segros.backbones.files import load_exact, load_weights, unwrap
+from segros.backbones.files import load_weights, unwrap
 from segros.backbones.image_cache import ImageFields
 from segros.backbones.images import crop_square_batch, pad_square, stack_uint8, to_signed_unit
 from segros.backbones.openuni import model as A
@@ -224,25 +226,7 @@ class OpenUniBackbone(Backbone):
         if "meta_queries" in pth_state:
             arch["num_queries"] = int(pth_state["meta_queries"].shape[0])
         backbone = cls(arch, tokenizer, options)
-        load_exact(backbone.mllm, W.hf_names(mllm_state), f"{sources['mllm']} (InternVL3)")
-        load_exact(backbone.model, W.read_safetensors(files["sana_files"]), f"{sources['sana']} (SANA)")
-        load_exact(backbone.vae, W.read_safetensors(files["vae_files"]), f"{sources['vae']} (DC-AE)")
-        routed, unknown = W.route_openuni(pth_state)
-        if unknown:
-            raise ValueError(f"{files['pth']}: {len(unknown)} keys of no OpenUni part, e.g. {unknown[:5]}")
-        trained = {"meta_queries", "connector.", "projector."}
-        lacking = [p for p in sorted(trained) if not any(k == p or k.startswith(p) for k in routed)]
-        if lacking:
-            raise ValueError(f"{files['pth']} lacks OpenUni's trained parts: {', '.join(lacking)}")
-        result = backbone.load_state_dict(routed, strict=False)
-        if result.unexpected_keys:
-            raise ValueError(f"{files['pth']}: keys that fit no parameter, e.g. {result.unexpected_keys[:5]}")
-        own = {k for k in routed if k.startswith(("meta_queries", "connector.", "projector."))}
-        need = {
-            k for k in backbone.state_dict() if k.startswith(("meta_queries", "connector.", "projector."))
-        }
-        if need - own:
-            raise ValueError(f"{files['pth']} lacks {len(need - own)} weights, e.g. {sorted(need - own)[:5]}")
+        W.load_release(backbone, files, sources, mllm_state, pth_state)
         return backbone
 
     # --- data -------------------------------------------------------------------------------------
@@ -344,25 +328,15 @@ class OpenUniBackbone(Backbone):
         self,
         ids: torch.Tensor,
         text_mask: torch.Tensor,
-        hints: torch.Tensor | None = None,
-        hint_idx: torch.Tensor | None = None,
-        hint_position: str = "prefix",
-        hint_valid: torch.Tensor | None = None,
+        hints: PlanHints | None = None,
     ) -> torch.Tensor:
         """(B, Q, caption_channels): the queries read out through the LLM after ``[hints | prompt]``
         (last layer after the final norm, upstream ``last_hidden_state[:, -num_queries:]``), then
-        connector and projector (upstream ``llm2dit`` with ``enc_proj``): SANA's caption input."""
+        connector and projector (upstream ``llm2dit`` with ``enc_proj``): SANA's caption input.
+        ``hints`` from :meth:`plan_hints` (None: generation)."""
         ids, text_mask = ids.to(self.device), text_mask.to(self.device)
         B, Q = ids.shape[0], self.meta_queries.shape[0]
-        K = 0 if hints is None else hints.shape[1]
-        layout = pack_layout(
-            K,
-            text_mask,
-            Q,
-            hint_idx=hint_idx if K else None,
-            hint_position=hint_position if K else "prefix",
-            hint_valid=hint_valid if K else None,
-        )
+        layout = hinted_layout(hints, text_mask, Q)
         S = layout.segment.shape[0]
         queries = layout.segment == IMAGE
         order = torch.arange(S, device=self.device)
@@ -370,8 +344,8 @@ class OpenUniBackbone(Backbone):
         allowed = layout.allowed & ~later  # queries causal among themselves, as in upstream's LLM
         text = self.embed_text(ids)
         parts = [text, self.meta_queries.to(text.dtype).expand(B, -1, -1)]
-        if K:
-            parts.insert(0, hints.to(text.dtype))
+        if hints is not None:
+            parts.insert(0, hints.embeddings.to(text.dtype))
         out = self.llm(
             inputs_embeds=torch.cat(parts, dim=1),
             attention_mask=allowed.unsqueeze(1),
@@ -385,7 +359,7 @@ class OpenUniBackbone(Backbone):
         queries read after ``[hints | prompt]``. The plan's seen / targets are not read."""
         x0 = self._latents(batch)
         ids, text_mask = self.condition(batch, plan.text_condition)
-        cond = self.caption_states(ids, text_mask, **self.plan_hints(batch, plan))
+        cond = self.caption_states(ids, text_mask, self.plan_hints(batch, plan))
         return A.flow_matching_loss(self.model, self.train_scheduler, x0, cond)
 
     def i2t_loss(self, batch: I2TBatch) -> torch.Tensor:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from segros.backbones.files import plain_state
+from segros.backbones.files import load_exact, plain_state
 from segros.backbones.hub import MissingCheckpointError, resolve_files
 from segros.backbones.openuni.model import RELEASES
 from segros.backbones.openuni.text import TOKENIZER_OPTIONAL
@@ -162,6 +162,36 @@ def route_openuni(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tenso
         hf = internvl_to_hf(lmm) if is_original_internvl(lmm) else lmm
         out |= {"mllm." + k: v for k, v in hf.items()}
     return out, unknown
+
+
+def load_release(
+    backbone: Any,
+    files: dict[str, Any],
+    sources: dict[str, str],
+    mllm_state: dict[str, torch.Tensor],
+    pth_state: dict[str, torch.Tensor],
+) -> None:
+    """Load an OpenUni release into ``backbone`` (built from its architecture): the MLLM
+    (``mllm_state``, HF names), SANA and the DC-AE each key for key, then the ``.pth``
+    (``pth_state``) routed to its parts, which must hold every trained part (queries, connector,
+    projector). ``files`` / ``sources``: :func:`gather`'s files and the folders or hub ids they
+    came from (named in the errors)."""
+    load_exact(backbone.mllm, hf_names(mllm_state), f"{sources['mllm']} (InternVL3)")
+    load_exact(backbone.model, read_safetensors(files["sana_files"]), f"{sources['sana']} (SANA)")
+    load_exact(backbone.vae, read_safetensors(files["vae_files"]), f"{sources['vae']} (DC-AE)")
+    routed, unknown = route_openuni(pth_state)
+    if unknown:
+        raise ValueError(f"{files['pth']}: {len(unknown)} keys of no OpenUni part, e.g. {unknown[:5]}")
+    lacking = [p for p in sorted(TRAINED) if not any(k == p or k.startswith(p) for k in routed)]
+    if lacking:
+        raise ValueError(f"{files['pth']} lacks OpenUni's trained parts: {', '.join(lacking)}")
+    result = backbone.load_state_dict(routed, strict=False)
+    if result.unexpected_keys:
+        raise ValueError(f"{files['pth']}: keys that fit no parameter, e.g. {result.unexpected_keys[:5]}")
+    own = {k for k in routed if k.startswith(TRAINED)}
+    need = {k for k in backbone.state_dict() if k.startswith(TRAINED)}
+    if need - own:
+        raise ValueError(f"{files['pth']} lacks {len(need - own)} weights, e.g. {sorted(need - own)[:5]}")
 
 
 # --- files -----------------------------------------------------------------------------------------

@@ -53,6 +53,7 @@ from segros.backbones.base import (
     Capabilities,
     GroundingInputs,
     I2TBatch,
+    PlanHints,
     T2IBatch,
     gather_tokens,
 )
@@ -338,24 +339,25 @@ class ShowoBackbone(Backbone):
         text_ids: torch.Tensor,
         text_mask: torch.Tensor,
         image_ids: torch.Tensor,
-        hints: torch.Tensor | None = None,
-        hint_idx: torch.Tensor | None = None,
-        hint_position: str = "prefix",
-        hint_valid: torch.Tensor | None = None,
+        hints: PlanHints | None = None,
     ) -> torch.Tensor:
-        """Logits (B, N, V) at the image slots of ``[hints | prompt | soi image eoi]`` (Fig. 6); the
-        hint arguments are :meth:`plan_hints`' (none: generation).
+        """Logits (B, N, V) at the image slots of ``[hints | prompt | soi image eoi]`` (Fig. 6);
+        ``hints`` from :meth:`plan_hints` (None: generation).
 
-        ``hint_position``: ``"prefix"`` numbers the hints ``-K .. -1``; ``"slot"`` gives hint ``k`` the
-        id of the image slot it came from (:meth:`hint_slots` of ``hint_idx``, ``P + 1 + slot``).
-        Text and image always keep upstream's ``0 .. P + N + 1``. ``hint_valid`` (B, K) bool drops
+        ``hints.position``: ``"prefix"`` numbers the hints ``-K .. -1``; ``"slot"`` gives hint ``k``
+        the id of the image slot it came from (:meth:`hint_slots` of ``hints.idx``, ``P + 1 + slot``).
+        Text and image always keep upstream's ``0 .. P + N + 1``. ``hints.valid`` (B, K) bool drops
         hints per sample (padding).
         """
+        hint_position = "prefix" if hints is None else hints.position
         check_choice("hint_position", hint_position, HINT_POSITIONS)
         B, P, N = text_ids.shape[0], text_ids.shape[1], image_ids.shape[1]
+        hint_valid = None if hints is None else hints.valid
         if hints is None:
-            hints = self.model.embed_tokens.weight.new_zeros(B, 0, self.model.cfg.hidden_size)
-        K = hints.shape[1]
+            embeddings = self.model.embed_tokens.weight.new_zeros(B, 0, self.model.cfg.hidden_size)
+        else:
+            embeddings = hints.embeddings
+        K = embeddings.shape[1]
         v = self.vocab
         # soi .. eoi form Show-o's bidirectional span; its position ids are replaced below by
         # upstream's arange over the left-padded prompt (pack_layout counts real tokens only)
@@ -363,15 +365,13 @@ class ShowoBackbone(Backbone):
         soi = torch.full((B, 1), v.soi, dtype=torch.long, device=image_ids.device)
         eoi = torch.full((B, 1), v.eoi, dtype=torch.long, device=image_ids.device)
         tokens = torch.cat(
-            [hints, self.model.embed(torch.cat([text_ids, soi, image_ids, eoi], dim=1))], dim=1
+            [embeddings, self.model.embed(torch.cat([text_ids, soi, image_ids, eoi], dim=1))], dim=1
         )
         positions = torch.arange(P + N + 2, device=tokens.device).expand(B, -1)
         if hint_position == "prefix" or K == 0:
             hint_pos = layout.position_ids[:, :K].to(tokens.device)  # -K .. -1
-        elif hint_idx is None:
-            raise ValueError("hint_position='slot' needs hint_idx")
         else:
-            hint_pos = P + 1 + self.hint_slots(hint_idx).to(tokens.device)
+            hint_pos = P + 1 + self.hint_slots(hints.idx).to(tokens.device)
         positions = torch.cat([hint_pos, positions], dim=1)
         hidden = self.model.hidden(tokens, layout.allowed, positions)
         start = K + P + 1  # hints shift every index the loss reads by K
@@ -381,7 +381,7 @@ class ShowoBackbone(Backbone):
         codes, v = batch.extras["codes"], self.vocab
         ids, mask = self.condition(batch, plan.text_condition)
         image_ids = torch.where(plan.seen, codes + v.code_offset, v.mask)  # Sec. 3.4
-        logits = self.image_logits(ids, mask, image_ids, **self.plan_hints(batch, plan))
+        logits = self.image_logits(ids, mask, image_ids, self.plan_hints(batch, plan))
         if self.options.loss_vocab == "codes":
             logits = logits[..., v.code_offset : v.code_offset + v.codebook_size]
             loss = masked_cross_entropy(logits, codes, plan.loss_weight)  # Eq. 15

@@ -1,7 +1,9 @@
 """TinyUMM behind the backbone protocol: data preparation, the SeGroS seam, generation, storage.
 
 Hints are the clean code embeddings at the plan's positions (as for Show-o's VQ variants),
-prepended in the Fig. 6 layout. With ``hint_position=prefix`` (default) they take position ids of a
+or, with ``model.hint_source=understanding`` (the demo's RecA), the clean image as the model's
+understanding path reads it (final hidden states of an image-only image-to-text pass, no
+gradient), prepended in the Fig. 6 layout. With ``hint_position=prefix`` (default) they take position ids of a
 range of their own, numbered by their order, so a hint says *what* is in the image, not *where*,
 and text and image keep exactly their generation-time positions; ``slot`` gives each hint its
 image slot's position (an ablation: the model can then copy a hinted target from distance 0).
@@ -21,7 +23,17 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
-from segros.backbones.base import Backbone, BackboneOptions, Capabilities, GroundingInputs, I2TBatch, T2IBatch
+from segros.backbones.base import (
+    Backbone,
+    BackboneOptions,
+    Capabilities,
+    GroundingInputs,
+    I2TBatch,
+    PlanHints,
+    T2IBatch,
+    gather_tokens,
+    hinted_layout,
+)
 from segros.backbones.files import load_weights
 from segros.backbones.image_cache import ImageFields
 from segros.backbones.images import NEAREST, square_batch
@@ -63,7 +75,10 @@ class TinyOptions(BackboneOptions):
     # scale of the annealed Gumbel noise on the unmasking order (Show-o's name; MaskGIT's choice
     # temperature); 0: unmask strictly the most confident codes
     generation_temperature: float = Field(0.0, ge=0.0)
-    renamed = {"sample_temperature": "temperature", "choice_temperature": "generation_temperature"}
+    # what a hint carries: "codes", the clean image-token embeddings (the paper's visual hints), or
+    # "understanding", the clean image as the understanding path reads it: RecA conditions on the
+    # understanding encoder's features, a view of the image that is not the target itself
+    hint_source: Literal["codes", "understanding"] = "codes"
 
 
 class TinyBackbone(Backbone):
@@ -79,6 +94,7 @@ class TinyBackbone(Backbone):
             "guidance_scale",
             "temperature",
             "generation_temperature",
+            "hint_source",
         }
     )
     saved_files = ("model.safetensors", "image_tokenizer.safetensors")
@@ -174,7 +190,26 @@ class TinyBackbone(Backbone):
         )
 
     def hint_embeddings(self, batch: T2IBatch, hint_idx: torch.Tensor) -> torch.Tensor:
-        return self._code_embeddings(batch.extras["codes"].gather(1, hint_idx))
+        codes = batch.extras["codes"]
+        if self.options.hint_source == "understanding" and hint_idx.shape[1]:
+            return gather_tokens(self.understanding_features(codes), hint_idx)
+        return self._code_embeddings(codes.gather(1, hint_idx))
+
+    @torch.no_grad()
+    def understanding_features(self, codes: torch.Tensor) -> torch.Tensor:
+        """(B, N, dim) the clean image as the image-to-text path reads it: the final hidden states
+        at the image slots of an image-only pass (bidirectional, the image's image-to-text position
+        ids). TinyUMM has no separate understanding encoder; this pass is its counterpart of the
+        SigLIP / CLIP features RecA conditions on, held fixed within a step (no gradient), as
+        those encoders are."""
+        B, N = codes.shape
+        segment = torch.full((N,), IMAGE, device=codes.device)
+        if self.cfg.image_positions == "fixed":
+            positions = self._image_slot_ids(N, codes.device)
+        else:
+            positions = torch.arange(N, device=codes.device)
+        allowed = torch.ones(1, N, N, dtype=torch.bool, device=codes.device)
+        return self.model.hidden(self._code_embeddings(codes), segment, positions.expand(B, -1), allowed)
 
     @property
     def pad_id(self) -> int:
@@ -187,37 +222,23 @@ class TinyBackbone(Backbone):
         return ids, torch.ones_like(ids, dtype=torch.bool)
 
     def _image_logits(
-        self,
-        ids: torch.Tensor,
-        mask: torch.Tensor,
-        image_ids: torch.Tensor,
-        hints: torch.Tensor | None = None,
-        hint_idx: torch.Tensor | None = None,
-        hint_position: str = "prefix",
-        hint_valid: torch.Tensor | None = None,
+        self, ids: torch.Tensor, mask: torch.Tensor, image_ids: torch.Tensor, hints: PlanHints | None = None
     ) -> torch.Tensor:
-        """Code logits (B, N, K) at the image slots of ``[hints | text | image]`` (Fig. 6); the
-        hint arguments are :meth:`plan_hints`' (none: generation)."""
-        K = 0 if hints is None else hints.shape[1]
-        position = hint_position if K else "prefix"
-        layout = pack_layout(
-            K,
-            mask,
-            image_ids.shape[1],
-            hint_idx=hint_idx if K else None,
-            hint_position=position,
-            hint_valid=hint_valid if K else None,
-        )
+        """Code logits (B, N, K) at the image slots of ``[hints | text | image]`` (Fig. 6); ``hints``
+        from :meth:`plan_hints` (None: generation)."""
+        K = 0 if hints is None else hints.count
+        position = hints.position if K else "prefix"
+        layout = hinted_layout(hints, mask, image_ids.shape[1])
         positions = layout.position_ids
         if self.cfg.image_positions == "fixed":  # slot i keeps id max_text_len + i (model.py)
             positions = positions.clone()
             positions[:, layout.image] = self._image_slot_ids(image_ids.shape[1], positions.device)
             if position == "slot" and K:
-                positions[:, :K] = self._image_slot_ids(image_ids.shape[1], positions.device)[hint_idx]
+                positions[:, :K] = self._image_slot_ids(image_ids.shape[1], positions.device)[hints.idx]
         if position == "prefix" and K:  # -K..-1 -> the hints' own range of the position table
             positions = torch.where(positions < 0, positions + K + self.cfg.hint_position_base, positions)
         parts = [self.model.embed(ids), self.model.embed(image_ids)]
-        tokens = torch.cat([hints, *parts] if K else parts, dim=1)
+        tokens = torch.cat([hints.embeddings, *parts] if K else parts, dim=1)
         hidden = self.model.hidden(tokens, layout.segment, positions, layout.allowed)
         lo = self.cfg.code_offset
         return self.model.logits(hidden[:, layout.image], lo, lo + self.cfg.num_codes)
@@ -230,7 +251,7 @@ class TinyBackbone(Backbone):
         codes = batch.extras["codes"]
         ids, mask = self.condition(batch, plan.text_condition)
         image_ids = torch.where(plan.seen, codes + self.cfg.code_offset, self.cfg.mask_id)  # Sec. 3.4
-        logits = self._image_logits(ids, mask, image_ids, **self.plan_hints(batch, plan))
+        logits = self._image_logits(ids, mask, image_ids, self.plan_hints(batch, plan))
         return masked_cross_entropy(logits, codes, plan.loss_weight)  # Eq. 15
 
     def i2t_loss(self, batch: I2TBatch) -> torch.Tensor:
