@@ -415,6 +415,7 @@ BLOCK_CLASSES = {  # what run.compile compiles: the trainable repeated blocks, f
     "showo": {"PhiDecoderLayer"},
     "harmon": {"Qwen2DecoderLayer", "Block"},
     "openuni": {"SanaTransformerBlock"},
+    "bagel": {"MoTDecoderLayer"},
 }
 
 

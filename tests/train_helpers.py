@@ -37,8 +37,9 @@ def tiny_config(tokenizer: Path, *overrides: str):
 
 
 def tiny_model_section(name: str, request, small_tokenizer: Path) -> dict:
-    """The ``model:`` section of a tiny random ``tiny`` / ``showo`` / ``harmon`` / ``openuni`` backbone
-    (32 px, no download); Show-o and Harmon take their tokenizer fixtures from ``request``."""
+    """The ``model:`` section of a tiny random ``tiny`` / ``showo`` / ``harmon`` / ``openuni`` /
+    ``bagel`` backbone (32 px, no download); Show-o and Harmon take their tokenizer fixtures from
+    ``request``."""
     from harmon_helpers import tiny_options as harmon_options
     from showo_helpers import TINY_ARCH
 
@@ -54,4 +55,7 @@ def tiny_model_section(name: str, request, small_tokenizer: Path) -> dict:
         return harmon_options(request.getfixturevalue("harmon_tokenizer")).model_dump()
     if name == "openuni":  # tiny InternVL3 + SANA + DC-AE, built-in word-level tokenizer
         return {"name": "openuni", "size": "tiny", "image_size": 32, "generation_steps": 2}
+    if name == "bagel":  # tiny Qwen2 MoT + SigLIP + FLUX-layout VAE, built-in word-level tokenizer
+        return {"name": "bagel", "size": "tiny", "image_size": 32, "vit_image_size": 32,
+                "generation_steps": 2}  # fmt: skip
     raise KeyError(f"no tiny model: section for backbone {name!r}: add one here (tests run every backbone)")

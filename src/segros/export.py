@@ -103,9 +103,11 @@ def export_upstream(backbone: Any, out: Path) -> dict[str, Any]:
         from segros.backbones.harmon.weights import write_upstream
     elif backbone.name == "openuni":
         from segros.backbones.openuni.weights import write_upstream
+    elif backbone.name == "bagel":
+        from segros.backbones.bagel.weights import write_upstream
     else:
         raise ValueError(
-            f"backbone {backbone.name!r} has no upstream release layout (showo, harmon, openuni do)"
+            f"backbone {backbone.name!r} has no upstream release layout (showo, harmon, openuni, bagel do)"
         )
     return write_upstream(backbone, out)
 

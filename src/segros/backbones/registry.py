@@ -24,6 +24,7 @@ BACKBONES: dict[str, str] = {
     "showo": "segros.backbones.showo.adapter:ShowoBackbone",
     "harmon": "segros.backbones.harmon.adapter:HarmonBackbone",
     "openuni": "segros.backbones.openuni.adapter:OpenUniBackbone",
+    "bagel": "segros.backbones.bagel.adapter:BagelBackbone",
 }
 
 
