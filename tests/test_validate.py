@@ -150,7 +150,7 @@ def test_summary_counts_wins_ties_as_half_and_margins():
 def test_the_shipped_model_prefers_true_captions_where_it_was_trained_to_and_a_random_twin_does_not():
     trained = alignment_probe(pretrained(), per_tag=25)
     untrained = alignment_probe(random_twin(), per_tag=25)
-    for tag in ("single_object", "two_object", "colors"):  # what the coarse pretraining captions state
+    for tag in ("single_object", "two_object", "colors"):  # what the pretraining captions state
         assert trained[tag]["low"] > 0.5, (tag, trained[tag])  # above chance, with its interval
         assert trained[tag]["share"] > untrained[tag]["share"]
         assert trained[tag]["margin"] > untrained[tag]["margin"]
@@ -169,8 +169,8 @@ def test_validate_is_deterministic_and_the_trained_model_predicts_validation_ima
     untrained = validate(random_twin(), seed=3, **kwargs)
     for ratio in ("0.5", "1"):
         assert first["nll"][ratio]["nll"] < untrained["nll"][ratio]["nll"]
-    # not asserted: a lower image-to-text NLL. The shipped model, which learned to describe from
-    # short coarse captions, is worse than chance on the long aligned ones (docs/miniature.md)
+    # not asserted: a lower image-to-text NLL. The earlier shipped model, which learned to describe
+    # from short coarse captions, was worse than chance on the long aligned ones (docs/miniature.md)
     assert np.isfinite(first["i2t_nll"]) and np.isfinite(untrained["i2t_nll"])
     assert set(first["probe"]) == set(PROBE_TAGS) and all(v["n"] == 6 for v in first["probe"].values())
     with pytest.raises(ValueError, match="mask ratios"):
