@@ -18,6 +18,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from train_helpers import plan_for, recon
 
 from segros.backbones.bagel import model as M
 from segros.backbones.bagel import vae as V
@@ -25,9 +26,7 @@ from segros.backbones.bagel.adapter import BagelBackbone, BagelOptions
 from segros.backbones.registry import load_backbone
 from segros.cli import main
 from segros.data.sources import ShapesConversations, ShapesImageText
-from segros.plan import preset
 from segros.shipped import CONFIGS as SHIPPED
-from segros.supervision import ground_and_plan, sample_ratio
 from segros.train.config import ConfigError, load_config
 
 CONFIGS = SHIPPED / "bagel"
@@ -50,17 +49,6 @@ def backbone() -> BagelBackbone:
 def batch(backbone):
     source = ShapesImageText(32, 0, 50)
     return backbone.prepare_t2i([source[i] for i in range(B)])
-
-
-def plan_for(bb, batch, name="segros", seed=0, **knobs):
-    gen = torch.Generator().manual_seed(seed)
-    return ground_and_plan(bb, batch, preset(name, **knobs), sample_ratio(bb, len(batch), gen), gen)
-
-
-def recon(bb, batch, plan, seed=7):
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        return bb.reconstruction_loss(batch.replace(), plan)
 
 
 # --- packing, mask, experts ---------------------------------------------------------------------------

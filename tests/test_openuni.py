@@ -20,14 +20,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from train_helpers import plan_for, recon
 
 from segros.backbones.base import PlanHints
 from segros.backbones.openuni.adapter import OpenUniBackbone, OpenUniOptions
 from segros.cli import main
 from segros.data.sources import ShapesImageText
-from segros.plan import preset
 from segros.shipped import CONFIGS as SHIPPED
-from segros.supervision import ground_and_plan, sample_ratio
 from segros.train.config import ConfigError, load_config
 from segros.train.loop import Trainer
 
@@ -50,17 +49,6 @@ def backbone() -> OpenUniBackbone:
 def batch(backbone):
     source = ShapesImageText(32, 0, 50)
     return backbone.prepare_t2i([source[i] for i in range(B)])
-
-
-def plan_for(bb, batch, name="segros", seed=0, **knobs):
-    gen = torch.Generator().manual_seed(seed)
-    return ground_and_plan(bb, batch, preset(name, **knobs), sample_ratio(bb, len(batch), gen), gen)
-
-
-def recon(bb, batch, plan, seed=7):
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        return bb.reconstruction_loss(batch.replace(), plan)
 
 
 def tiny_overrides(tmp_path: Path, *more: str) -> list[str]:

@@ -59,3 +59,19 @@ def tiny_model_section(name: str, request, small_tokenizer: Path) -> dict:
         return {"name": "bagel", "size": "tiny", "image_size": 32, "vit_image_size": 32,
                 "generation_steps": 2}  # fmt: skip
     raise KeyError(f"no tiny model: section for backbone {name!r}: add one here (tests run every backbone)")
+
+
+def plan_for(bb, batch, name: str = "segros", seed: int = 0, **knobs):
+    """A method's supervision plan for ``batch`` from one seeded generator (mask ratio included)."""
+    from segros.plan import preset
+    from segros.supervision import ground_and_plan, sample_ratio
+
+    gen = torch.Generator().manual_seed(seed)
+    return ground_and_plan(bb, batch, preset(name, **knobs), sample_ratio(bb, len(batch), gen), gen)
+
+
+def recon(bb, batch, plan, seed: int = 7) -> torch.Tensor:
+    """The reconstruction loss without gradient, the global RNG seeded (flow and diffusion noise)."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        return bb.reconstruction_loss(batch.replace(), plan)
