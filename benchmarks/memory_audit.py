@@ -10,8 +10,9 @@ new peak minus the resident set before it:
 - ``first_step``: gradients and AdamW's two moments appear (expected ~3x the trained weights);
 - ``step``: a steady-state step (activations only);
 - ``save``: ``Trainer.save`` (model, optimizer, scheduler and per-process state);
-- ``resume``: ``Trainer._resume`` of a new Trainer loading that checkpoint (expected: the
-  optimizer's own state, 2x the trained weights for AdamW, and no copy of the model);
+- ``resume``: ``Trainer.checkpoints.resume`` (its Checkpointer) of a new Trainer loading that
+  checkpoint (expected: the optimizer's own state, 2x the trained weights for AdamW, and no copy
+  of the model);
 - ``finish``: ``Trainer.finish`` (the weight fingerprint across processes, the summary).
 
     python benchmarks/memory_audit.py [--hidden 1024] [--layers 8]
@@ -86,7 +87,7 @@ def audit(hidden: int, layers: int, out: Path) -> dict:
     del trainer
     gc.collect()
     trainer = Trainer(validate(raw), out / "run")
-    growth["resume"] = peak_growth(trainer._resume)
+    growth["resume"] = peak_growth(trainer.checkpoints.resume)
     start = time.perf_counter()
     growth["finish"] = peak_growth(lambda: trainer.finish(TrainResult(out / "run", trainer.step), 0.0))
     return {
