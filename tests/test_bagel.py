@@ -18,7 +18,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from train_helpers import plan_for, recon
+from train_helpers import check_inspect_and_generate, plan_for, recon
 
 from segros.backbones.bagel import model as M
 from segros.backbones.bagel import vae as V
@@ -384,22 +384,7 @@ def test_segros_train_resume_inspect_and_generate_on_the_tiny_config(tmp_path, c
     )
     assert json.loads((run / "train_summary.json").read_text())["step"] == 4
 
-    from PIL import Image
-
-    from segros.data.shapes import ShapesWorld
-
-    scene = ShapesWorld(image_size=32, seed=0).scene(0)
-    Image.fromarray(scene.image).save(tmp_path / "scene.png")
-    main(["inspect", "--image", str(tmp_path / "scene.png"), "--caption", scene.caption,
-          "--checkpoint", str(run), "--out", str(tmp_path / "inspect.png")])  # fmt: skip
-    assert "8x8 grid" in capsys.readouterr().out and (tmp_path / "inspect.png").is_file()
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text(json.dumps({"tag": "single_object", "include": [{"class": "circle", "count": 1}],
-                                   "prompt": "a photo of a circle"}) + "\n")  # fmt: skip
-    main(["generate", "--checkpoint", str(run), "--benchmark", "geneval", "--prompts", str(prompts),
-          "--out", str(tmp_path / "gen"), "--samples", "2"])  # fmt: skip
-    images = sorted((tmp_path / "gen" / "00000" / "samples").glob("*.png"))
-    assert len(images) == 2 and Image.open(images[0]).size == (32, 32)
+    check_inspect_and_generate(main, run, tmp_path, capsys, "8x8")
     # the trained model in BAGEL's release layout, read back through from_upstream
     main(["export", str(run), "--format", "upstream", "--out", str(tmp_path / "release")])
     assert {"ema.safetensors", "ae.safetensors", "llm_config.json"} <= {

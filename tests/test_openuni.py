@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from train_helpers import plan_for, recon
+from train_helpers import check_inspect_and_generate, plan_for, recon
 
 from segros.backbones.base import PlanHints
 from segros.backbones.openuni.adapter import OpenUniBackbone, OpenUniOptions
@@ -261,23 +261,7 @@ def test_segros_train_inspect_and_generate_on_the_tiny_config(tmp_path, capsys):
     assert summary["step"] == 3 and summary["params_in_sync"] and math.isfinite(summary["final_loss"])
     assert (run / "pictures" / "samples-step000003.png").is_file()
 
-    from PIL import Image
-
-    from segros.data.shapes import ShapesWorld
-
-    scene = ShapesWorld(image_size=32, seed=0).scene(0)
-    Image.fromarray(scene.image).save(tmp_path / "scene.png")
-    main(["inspect", "--image", str(tmp_path / "scene.png"), "--caption", scene.caption,
-          "--checkpoint", str(run), "--out", str(tmp_path / "inspect.png")])  # fmt: skip
-    assert "4x4 grid" in capsys.readouterr().out and (tmp_path / "inspect.png").is_file()
-
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text(json.dumps({"tag": "single_object", "include": [{"class": "circle", "count": 1}],
-                                   "prompt": "a photo of a circle"}) + "\n")  # fmt: skip
-    main(["generate", "--checkpoint", str(run), "--benchmark", "geneval", "--prompts", str(prompts),
-          "--out", str(tmp_path / "gen"), "--samples", "2"])  # fmt: skip
-    images = sorted((tmp_path / "gen" / "00000" / "samples").glob("*.png"))
-    assert len(images) == 2 and Image.open(images[0]).size == (32, 32)
+    check_inspect_and_generate(main, run, tmp_path, capsys, "4x4")
 
 
 def test_two_gloo_processes_train_openuni_in_sync(tmp_path):

@@ -75,3 +75,24 @@ def recon(bb, batch, plan, seed: int = 7) -> torch.Tensor:
     torch.manual_seed(seed)
     with torch.no_grad():
         return bb.reconstruction_loss(batch.replace(), plan)
+
+
+def check_inspect_and_generate(main, run: Path, tmp_path: Path, capsys, grid: str) -> None:
+    """``segros inspect`` on a ShapesWorld scene reports the run's ``grid`` (e.g. "8x8") and writes
+    its picture; ``segros generate`` writes two 32 px samples of one GenEval prompt."""
+    import json
+
+    from PIL import Image
+
+    scene = ShapesWorld(image_size=32, seed=0).scene(0)
+    Image.fromarray(scene.image).save(tmp_path / "scene.png")
+    main(["inspect", "--image", str(tmp_path / "scene.png"), "--caption", scene.caption,
+          "--checkpoint", str(run), "--out", str(tmp_path / "inspect.png")])  # fmt: skip
+    assert f"{grid} grid" in capsys.readouterr().out and (tmp_path / "inspect.png").is_file()
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"tag": "single_object", "include": [{"class": "circle", "count": 1}],
+                                   "prompt": "a photo of a circle"}) + "\n")  # fmt: skip
+    main(["generate", "--checkpoint", str(run), "--benchmark", "geneval", "--prompts", str(prompts),
+          "--out", str(tmp_path / "gen"), "--samples", "2"])  # fmt: skip
+    images = sorted((tmp_path / "gen" / "00000" / "samples").glob("*.png"))
+    assert len(images) == 2 and Image.open(images[0]).size == (32, 32)
