@@ -33,7 +33,7 @@ from segros.train import checkpoint as ckpt
 
 ROOT = Path(__file__).resolve().parents[1]
 PROBE = Path(__file__).with_name("engine_probe.py")
-CONFIGS = {b: SHIPPED / b / "tiny-segros.yaml" for b in ("openuni", "showo", "harmon")}
+CONFIGS = {b: SHIPPED / b / "tiny-segros.yaml" for b in ("openuni", "showo", "harmon", "bagel")}
 STEPS = ["run.max_steps=4", "run.save_every=2", "optim.schedule_steps=4", "run.picture_every=0",
          "run.progress=off", "logging.tensorboard=false", "run.log_every=1"]  # fmt: skip
 FSDP2 = ["--use_fsdp", "--fsdp_version", "2", "--fsdp_auto_wrap_policy", "NO_WRAP"]
@@ -110,6 +110,7 @@ CASES = [
     ("fsdp2", "openuni"),
     ("fsdp2", "showo"),
     ("fsdp2", "harmon"),
+    ("fsdp2", "bagel"),
     ("fsdp2-grad-op", "openuni"),
     ("zero2", "openuni"),
     ("zero3", "openuni"),
