@@ -201,3 +201,37 @@ def test_published_size_names_and_shapes_match_upstream_on_the_meta_device():
     assert set(ldm) == ldm_autoencoder_keys(128, [1, 2, 4, 4], 2)
     assert tuple(ldm["decoder.mid.attn_1.proj_out.weight"].shape) == (512, 512, 1, 1)
     assert ae.config.latent_channels == 16 and W.vae_downsample(W.PUBLISHED["vae"]) * 2 == 16
+
+
+# The two config files of the BAGEL-7B-MoT folder as released: Qwen2.5-7B-Instruct's config.json
+# (its LLM initialisation) and SigLIP so400m/14-980's vision config, which names 27 layers while the
+# checkpoint holds 26 (docs/upstream/bagel.md, "Published sizes": where each number comes from).
+RELEASE_LLM_CONFIG = {
+    "architectures": ["Qwen2ForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 151643,
+    "eos_token_id": 151645, "hidden_act": "silu", "hidden_size": 3584, "initializer_range": 0.02,
+    "intermediate_size": 18944, "max_position_embeddings": 32768, "max_window_layers": 28,
+    "model_type": "qwen2", "num_attention_heads": 28, "num_hidden_layers": 28, "num_key_value_heads": 4,
+    "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "sliding_window": 131072, "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16", "use_cache": True, "use_sliding_window": False, "vocab_size": 152064,
+}  # fmt: skip
+RELEASE_VIT_CONFIG = {
+    "hidden_size": 1152, "image_size": 980, "intermediate_size": 4304, "model_type": "siglip_vision_model",
+    "num_attention_heads": 16, "num_hidden_layers": 27, "patch_size": 14,
+}  # fmt: skip
+
+
+def test_the_release_config_files_build_the_published_names_and_shapes(tmp_path):
+    """From the folder's own json files (not our table): the architecture upstream's loader builds
+    (one ViT layer fewer than the file says, SigLIP's defaults where the file is silent), and on the
+    meta device exactly the published names and shapes."""
+    (tmp_path / "llm_config.json").write_text(json.dumps(RELEASE_LLM_CONFIG))
+    (tmp_path / "vit_config.json").write_text(json.dumps(RELEASE_VIT_CONFIG))
+    arch = W.release_architecture(tmp_path)
+    assert arch["llm"] == W.PUBLISHED["llm"]
+    assert arch["vit"] == W.PUBLISHED["vit"]
+    assert {k: arch[k] for k in W.BAGEL_CONSTANTS} == W.BAGEL_CONSTANTS and arch["vae"] == W.FLUX_VAE
+    with torch.device("meta"):
+        net = BagelNet(arch)
+    got = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    assert got == published_shapes()
+    assert max(int(k.split(".")[4]) for k in got if ".encoder.layers." in k) == 25  # layers 0-25

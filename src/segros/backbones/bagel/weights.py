@@ -109,22 +109,31 @@ def diffusers_to_ldm(state: dict[str, torch.Tensor], vae: dict[str, Any]) -> dic
 
 # --- release folders ---------------------------------------------------------------------------------
 def release_architecture(folder: Path) -> dict[str, Any]:
-    """The architecture of a release folder from its two json files, with upstream's overrides:
-    the ViT is built without its last layer (``vit_config.num_hidden_layers -= 1``)."""
-    llm = json.loads((folder / LLM_FILE).read_text())
-    vit = json.loads((folder / VIT_FILE).read_text())
-    vit_arch = {k: vit[k] for k in VIT_KEYS if k in vit}
-    vit_arch["num_hidden_layers"] = vit["num_hidden_layers"] - 1
-    vit_arch.setdefault("num_channels", 3)
-    llm_arch = {k: llm[k] for k in LLM_KEYS if k in llm}
-    llm_arch.setdefault("rope_theta", 10000.0)
-    missing = [k for k in LLM_KEYS if k not in llm_arch] + [k for k in VIT_KEYS if k not in vit_arch]
-    if missing:
-        raise ValueError(f"{folder}: the config files lack {', '.join(missing)}")
+    """The architecture of a release folder from its two json files, read as upstream reads them
+    (transformers' ``Qwen2Config`` / ``SiglipVisionConfig``, so a field the file leaves out takes
+    the library's default: the released ``vit_config.json`` names no ``layer_norm_eps``), with
+    upstream's override: the ViT is built without its last layer (``num_hidden_layers - 1``)."""
+    from transformers import Qwen2Config, SiglipVisionConfig
+
+    llm = Qwen2Config.from_json_file(str(folder / LLM_FILE))
+    vit = SiglipVisionConfig.from_json_file(str(folder / VIT_FILE))
+    llm_arch = {k: getattr(llm, k) for k in LLM_KEYS if k != "rope_theta"}
+    llm_arch["rope_theta"] = _rope_theta(llm)
+    vit_arch = {k: getattr(vit, k) for k in VIT_KEYS}
+    vit_arch["num_hidden_layers"] = vit.num_hidden_layers - 1
     vae_file, consts_file = folder / "segros_vae.json", folder / "segros_bagel.json"
     vae = json.loads(vae_file.read_text()) if vae_file.is_file() else FLUX_VAE
     consts = json.loads(consts_file.read_text()) if consts_file.is_file() else BAGEL_CONSTANTS
     return {"llm": llm_arch, "vit": vit_arch, **consts, "vae": vae}
+
+
+def _rope_theta(config: Any) -> float:
+    """``rope_theta`` of a transformers config: an attribute in older releases, a field of
+    ``rope_parameters`` in transformers 5."""
+    theta = getattr(config, "rope_theta", None)
+    if theta is None:
+        theta = (getattr(config, "rope_parameters", None) or {}).get("rope_theta", 10000.0)
+    return float(theta)
 
 
 def read_release(
