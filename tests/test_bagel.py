@@ -266,6 +266,39 @@ def test_hints_are_a_clean_image_split_before_the_text(backbone, batch):
     assert pack.mask[first][:, first][K + 2 :, : K + 2].all()  # the text and latents see every hint
 
 
+def test_reca_reads_an_instruction_drawn_per_sample_never_the_caption(backbone, tmp_path):
+    """RecA's BAGEL sample: the text split holds a reconstruction instruction drawn per sample from
+    the list (by the run's generator), dropped like a caption; caption-conditioned methods keep the
+    caption; ``recon_prompts: none`` gives no text; a file gives its lines."""
+    from segros.backbones.bagel import text as T
+
+    source = ShapesImageText(32, 0, 50)
+    batch = backbone.prepare_t2i([source[i] for i in range(16)])
+    caption_ids, caption_mask = backbone.condition(batch, True)
+    assert torch.equal(caption_ids, batch.text_ids)  # no dropout drawn yet: the captions
+    backbone.drop_captions(batch, torch.Generator().manual_seed(5))
+    pick, drop = batch.memo["recon_prompt"].clone(), batch.drop_caption.clone()
+    assert len(set(pick.tolist())) > 1 and drop.any() and not drop.all()  # seed 5: both kinds of rows
+    ids, mask = backbone.condition(batch, False)
+    want = T.encode_t2i(backbone.text_tokenizer, [T.RECON_PROMPTS[i] for i in pick], 128)
+    for b in range(len(batch)):
+        got = ids[b][mask[b]]
+        assert got.numel() == 0 if drop[b] else torch.equal(got, want["text_ids"][b][want["text_mask"][b]])
+    backbone.drop_captions(batch, torch.Generator().manual_seed(5))  # the same draws again
+    assert torch.equal(batch.memo["recon_prompt"], pick) and torch.equal(batch.drop_caption, drop)
+
+    f = tmp_path / "recon.txt"
+    f.write_text("describe the shapes\n\nwhat is in the photo\n")
+    assert T.recon_prompts(str(f)) == ("describe the shapes", "what is in the photo")
+    assert T.recon_prompts("none") == () and T.recon_prompts("builtin") == T.RECON_PROMPTS
+    with pytest.raises(FileNotFoundError, match="model.recon_prompts"):
+        T.recon_prompts(str(tmp_path / "missing.txt"))
+    silent = BagelBackbone(backbone.arch, backbone.text_tokenizer, backbone.options.model_copy(
+        update={"recon_prompts": "none"}))  # fmt: skip
+    batch.drop_caption = None
+    assert silent.condition(batch, False)[0].shape[1] == 0  # no text split at all
+
+
 # --- generation ---------------------------------------------------------------------------------------
 
 

@@ -59,13 +59,17 @@ class PromptConditioning(ABC):
         """The prompt (ids, mask) a reconstruction of a :class:`~segros.backbones.base.T2IBatch` is
         conditioned on: the captions, the empty prompt where ``batch.drop_caption`` is set, or the
         empty prompt for every sample when ``text_condition`` is False (RecA, Table 9)."""
-        ids, mask = batch.text_ids, batch.text_mask
-        empty_ids, empty_mask = self.empty_prompt(ids.shape[0], ids.device)
         if not text_condition:
-            return empty_ids, empty_mask
-        drop = batch.drop_caption
+            return self.empty_prompt(batch.text_ids.shape[0], batch.text_ids.device)
+        return self.dropped(batch.text_ids, batch.text_mask, batch.drop_caption)
+
+    def dropped(
+        self, ids: torch.Tensor, mask: torch.Tensor, drop: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prompts (ids, mask) with the rows ``drop`` replaced by the empty prompt."""
         if drop is None or not bool(drop.any()):
             return ids, mask
+        empty_ids, empty_mask = self.empty_prompt(ids.shape[0], ids.device)
         width = max(ids.shape[1], empty_ids.shape[1])
         ids, mask = self.fit_prompt(ids, mask, width)
         empty_ids, empty_mask = self.fit_prompt(empty_ids, empty_mask, width)

@@ -76,6 +76,8 @@ class BagelOptions(BackboneOptions):
     cfg_interval: list[float] = Field([0.4, 1.0], min_length=2, max_length=2)  # guidance for lo < t <= hi
     cfg_renorm_min: float = Field(0.0, ge=0.0, le=1.0)
     cfg_renorm_type: Literal["global", "channel"] = "global"
+    # the text of a caption-less (RecA) sample: "builtin" instructions, "none", or a file of them
+    recon_prompts: str | None = "builtin"
 
 
 class BagelBackbone(Backbone):
@@ -86,7 +88,7 @@ class BagelBackbone(Backbone):
     reload_options = frozenset({
         "caption_dropout", "max_text_len", "freeze_und", "freeze_vit", "gradient_checkpointing",
         "timestep_shift", "generation_steps", "generation_timestep_shift", "guidance_scale",
-        "cfg_interval", "cfg_renorm_min", "cfg_renorm_type",
+        "cfg_interval", "cfg_renorm_min", "cfg_renorm_type", "recon_prompts",
     })  # fmt: skip
     saved_files = ("model.safetensors", "tokenizer")
     # the generation expert's attention (LoRA for alignment fine-tuning leaves understanding alone)
@@ -123,6 +125,8 @@ class BagelBackbone(Backbone):
                 if "_moe_gen" not in name and not name.startswith(("time_embedder", "vae2llm", "llm2vae")):
                     p_.requires_grad_(False)
         self.model.language_model.gradient_checkpointing = options.gradient_checkpointing
+        recon = T.recon_prompts(options.recon_prompts)
+        self.recon_text = T.encode_t2i(tokenizer, recon, options.max_text_len) if recon else None
 
     def train(self, mode: bool = True) -> BagelBackbone:
         super().train(mode)
@@ -232,6 +236,25 @@ class BagelBackbone(Backbone):
     @property
     def pad_id(self) -> int:
         return T.pad_id(self.text_tokenizer)
+
+    def drop_captions(self, batch: T2IBatch, generator: torch.Generator | None) -> T2IBatch:
+        """Caption dropout, then each sample's reconstruction instruction (RecA draws one per
+        sample; it is read only when the method conditions on no caption)."""
+        batch = super().drop_captions(batch, generator)
+        if self.recon_text is not None:
+            n = self.recon_text["text_ids"].shape[0]
+            batch.memo["recon_prompt"] = torch.randint(n, (len(batch),), generator=generator)
+        return batch
+
+    def condition(self, batch: T2IBatch, text_condition: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The captions (dropped to no text where ``drop_caption``), or, for a caption-less method,
+        RecA's BAGEL sample: an instruction in place of the caption, dropped the same way."""
+        if text_condition or self.recon_text is None:
+            return super().condition(batch, text_condition)
+        device = batch.text_ids.device
+        pick = batch.memo.get("recon_prompt", torch.zeros(len(batch), dtype=torch.long))
+        ids, mask = (self.recon_text[k][pick.cpu()].to(device) for k in ("text_ids", "text_mask"))
+        return self.dropped(ids, mask, batch.drop_caption)
 
     def empty_prompt(self, batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """No text at all: upstream drops the whole text split, and guides against no text."""

@@ -24,6 +24,38 @@ BOS, EOS = "<|im_start|>", "<|im_end|>"
 VISION_START, VISION_END = "<|vision_start|>", "<|vision_end|>"
 SPECIALS = [EOS, BOS, VISION_START, VISION_END, "<|endoftext|>", "[UNK]"]
 
+# RecA trains BAGEL to reconstruct an image from its ViT tokens plus a text split holding one
+# instruction drawn per sample from a fixed list (364 entries in RecA's repository; docs/upstream/
+# bagel.md section 6), never the caption. These are ours, in the styles that list uses (inventory,
+# short label, imperative, question); ``model.recon_prompts: FILE`` reads RecA's own list instead.
+RECON_PROMPTS = (
+    "Describe this picture in full detail.",
+    "Write a detailed caption for this image.",
+    "What does this image show?",
+    "Tell me about everything that is visible in this photo.",
+    "List the objects in the image with their colors, sizes and places.",
+    "Details: objects, colors, shapes, sizes, counts, positions, background.",
+    "Explain what is in the picture and where each thing is.",
+    "Give a complete account of the scene, its style and its layout.",
+)
+
+
+def recon_prompts(source: str | None) -> tuple[str, ...]:
+    """The reconstruction instructions of ``model.recon_prompts``: ``builtin`` (:data:`RECON_PROMPTS`),
+    ``none`` / None (no text: the caption-less prompt of the other backbones) or a UTF-8 text file,
+    one instruction per line (blank lines skipped)."""
+    if source in (None, "none"):
+        return ()
+    if source == "builtin":
+        return RECON_PROMPTS
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"model.recon_prompts: {source} is not a file (or use builtin / none)")
+    lines = tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+    if not lines:
+        raise ValueError(f"model.recon_prompts: {source} holds no instruction (one per line)")
+    return lines
+
 
 def special_ids(tokenizer: Any) -> dict[str, int]:
     """The ids of the four tokens BAGEL adds when the tokenizer lacks them (upstream's
