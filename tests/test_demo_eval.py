@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -68,6 +69,14 @@ def test_evaluation_is_redone_when_the_settings_differ(checkpoint, tmp_path):
     ]
     first = evaluate_checkpoint(checkpoint, tmp_path, records, samples=1, seed=0, progress=False)
     assert first["images"] == 1 and "reused" not in first
+    assert evaluate_checkpoint(checkpoint, tmp_path, records, samples=1, seed=0, progress=False)["reused"]
+    # the summary names its checkpoint relative to its own folder (a committed report names no
+    # machine's paths); one written the older way, with the absolute path, is still reused
+    recorded = first["checkpoint"]
+    assert not Path(recorded).is_absolute() and (tmp_path / recorded).resolve() == Path(checkpoint).resolve()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    summary["checkpoint"] = str(Path(checkpoint).resolve())
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
     assert evaluate_checkpoint(checkpoint, tmp_path, records, samples=1, seed=0, progress=False)["reused"]
     other = evaluate_checkpoint(checkpoint, tmp_path, records, samples=2, seed=0, progress=False)
     assert other["images"] == 2 and "reused" not in other

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -67,11 +68,20 @@ def saved_evaluation(
         return None
     saved = json.loads(summary_file.read_text())
     decoding = decoding or decoding_options()
-    same = (saved.get("checkpoint"), saved.get("samples"), saved.get("seed"), saved.get("prompts"))
-    same += (saved.get("weights", "raw"), *(saved.get("decoding", {}).get(key) for key in decoding))
-    wanted = (str(resolve_checkpoint(resolve(checkpoint))), samples, seed, prompts, weights)
-    wanted += tuple(decoding.values())
+    checkpoint = resolve_checkpoint(resolve(checkpoint))
+    # recorded relative to the evaluation folder; summaries written before that hold it absolute
+    if saved.get("checkpoint") not in (checkpoint_record(checkpoint, folder), str(checkpoint)):
+        return None
+    same = (saved.get("samples"), saved.get("seed"), saved.get("prompts"), saved.get("weights", "raw"))
+    same += tuple(saved.get("decoding", {}).get(key) for key in decoding)
+    wanted = (samples, seed, prompts, weights, *decoding.values())
     return saved if same == wanted else None
+
+
+def checkpoint_record(checkpoint: Path, folder: str | Path) -> str:
+    """How a summary names its checkpoint: relative to the evaluation folder, so a report that
+    quotes it names no machine's paths."""
+    return os.path.relpath(Path(checkpoint).resolve(), Path(folder).resolve())
 
 
 def evaluate_checkpoint(
@@ -112,7 +122,7 @@ def evaluate_checkpoint(
     summary = score_shapes_folder(folder)
     summary |= held_out_split(folder)
     summary |= {
-        "checkpoint": str(checkpoint),
+        "checkpoint": checkpoint_record(checkpoint, folder),
         "samples": samples,
         "seed": seed,
         "prompts": len(records),

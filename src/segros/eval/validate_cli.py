@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         probe_ratio=args.probe_ratio,
         seed=args.seed,
     )
-    result["checkpoint"] = str(path)
+    result["checkpoint"] = args.checkpoint  # as typed: a report quoting it names no machine path
     result["seconds"] = round(time.perf_counter() - start, 1)
     print(format_table(result))
     print(f"validated {path} in {result['seconds']} s")
