@@ -151,6 +151,14 @@ def test_quick_then_full_demo_in_the_same_folder_do_not_collide(tmp_path, monkey
     again = json.loads((out / "report.json").read_text())
     assert set(again["reused"]) >= {"fine-tune sft seed 0", "evaluate sft seed 0"}
     assert again["seconds"]["fine-tune sft seed 0"] == saved["seconds"]["fine-tune sft seed 0"]
+    # a method whose settings changed is fine-tuned again, not reused; its old run is kept aside
+    monkeypatch.setitem(demo.METHODS, "reca", [*demo.METHODS["reca"], "optim.lr=1e-4"])
+    demo.run_demo(out, quick=False, cache=cache)
+    changed = json.loads((out / "report.json").read_text())
+    assert "fine-tune reca seed 0" not in changed["reused"] and "fine-tune sft seed 0" in changed["reused"]
+    assert "evaluate reca seed 0" not in changed["reused"]  # its new checkpoint is evaluated anew
+    assert "lr: 0.0001" in (out / "full" / "runs" / "reca-seed0" / "config.yaml").read_text()
+    assert (out / "full" / "runs" / "reca-seed0.stale-1" / "checkpoints").is_dir()
 
 
 def test_report_says_when_every_score_is_at_the_floor():

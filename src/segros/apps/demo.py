@@ -184,6 +184,27 @@ def pretrained_checkpoint(out: Path, steps: int | None) -> Path:
     return train_to_end(load_config(RECIPES / "pretrain.yaml", overrides), run_dir, shapes_pictures())
 
 
+def same_config(run_dir: Path, cfg: Any) -> bool:
+    """True if the run in ``run_dir`` was (last) started with exactly ``cfg``: a method whose
+    settings changed since (a new preset value, another recipe) must not reuse the old run."""
+    from segros.train.config import dump_config
+
+    saved = run_dir / "config.yaml"
+    return saved.is_file() and saved.read_text() == dump_config(cfg)
+
+
+def set_aside_if_changed(run_dir: Path, cfg: Any) -> Path:
+    """``run_dir``, emptied for a fresh start when it holds a run of another config: that run is
+    renamed ``<name>.stale-N`` beside it (never deleted), else resuming would mix the two."""
+    if (run_dir / "config.yaml").is_file() and not same_config(run_dir, cfg):
+        n = 1
+        while run_dir.with_name(f"{run_dir.name}.stale-{n}").exists():
+            n += 1
+        stale = run_dir.rename(run_dir.with_name(f"{run_dir.name}.stale-{n}"))
+        print(f"[demo] {run_dir.name}: its config changed; the old run is kept as {stale.name}", flush=True)
+    return run_dir
+
+
 def finetune_config(
     method: list[str], seed: int, pretrained: Path, data: Path, steps: int | None, layout: str
 ) -> Any:
@@ -286,8 +307,8 @@ def _run_stages(
             run_dir = work / "runs" / f"{name}-seed{seed}"
             path = clock.run(
                 f"fine-tune {name} seed {seed}",
-                lambda r=run_dir, c=cfg: train_to_end(c, r, shapes_pictures()),
-                done=lambda r=run_dir, c=cfg: ckpt.finished(r, c.run.max_steps),
+                lambda r=run_dir, c=cfg: train_to_end(c, set_aside_if_changed(r, c), shapes_pictures()),
+                done=lambda r=run_dir, c=cfg: ckpt.finished(r, c.run.max_steps) and same_config(r, c),
             )
             runs[name].append(path)
     records = eval_prompts(s["prompts_per_tag"])

@@ -72,10 +72,21 @@ def saved_evaluation(
     # recorded relative to the evaluation folder; summaries written before that hold it absolute
     if saved.get("checkpoint") not in (checkpoint_record(checkpoint, folder), str(checkpoint)):
         return None
+    # the same path with other weights (a run trained again in place) is another model; summaries
+    # from before fingerprints existed are matched by path alone
+    if saved.get("weights_files", checkpoint_fingerprint(checkpoint)) != checkpoint_fingerprint(checkpoint):
+        return None
     same = (saved.get("samples"), saved.get("seed"), saved.get("prompts"), saved.get("weights", "raw"))
     same += tuple(saved.get("decoding", {}).get(key) for key in decoding)
     wanted = (samples, seed, prompts, weights, *decoding.values())
     return saved if same == wanted else None
+
+
+def checkpoint_fingerprint(checkpoint: Path) -> list[list[Any]]:
+    """``[name, bytes, mtime_ns]`` of every weight file in a checkpoint folder: cheap at any model
+    size, and changed by any rewrite (a copy without its times only costs a re-evaluation)."""
+    files = sorted(p for p in Path(checkpoint).rglob("*") if p.suffix in (".safetensors", ".bin", ".pt"))
+    return [[str(p.relative_to(checkpoint)), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
 
 
 def checkpoint_record(checkpoint: Path, folder: str | Path) -> str:
@@ -123,6 +134,7 @@ def evaluate_checkpoint(
     summary |= held_out_split(folder)
     summary |= {
         "checkpoint": checkpoint_record(checkpoint, folder),
+        "weights_files": checkpoint_fingerprint(checkpoint),
         "samples": samples,
         "seed": seed,
         "prompts": len(records),
