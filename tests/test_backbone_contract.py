@@ -345,7 +345,11 @@ def test_dropped_captions_become_the_empty_prompt(backbone, batch):
     empty_ids, empty_mask = backbone.fit_prompt(*backbone.empty_prompt(B, ids.device), ids.shape[1])
     assert torch.equal(ids, empty_ids) and torch.equal(mask, empty_mask)
     no_text = dataclasses.replace(plan, text_condition=False)
-    assert torch.allclose(recon(backbone, every, plan), recon(backbone, batch, no_text), atol=1e-5)
+    if getattr(backbone, "recon_text", None) is None:  # the caption-less condition is the empty prompt
+        assert torch.allclose(recon(backbone, every, plan), recon(backbone, batch, no_text), atol=1e-5)
+    else:  # BAGEL's is RecA's reconstruction instruction (tests/test_bagel.py), dropped to no text
+        assert backbone.condition(batch.replace(drop_caption=None), False)[1].any()
+        assert not backbone.condition(every, False)[1].any()
     some = batch.replace(drop_caption=torch.tensor([False, True, False, True]))
     ids, mask = backbone.condition(some, True)
     text_ids, text_mask = backbone.fit_prompt(batch.text_ids, batch.text_mask, ids.shape[1])
