@@ -157,3 +157,45 @@ def test_rates_are_validated_and_the_config_plumbs_them_into_the_world():
     for bad in ("data.shapes.web_noise.omit=-0.1", "data.shapes.web_noise.typo=0.1"):
         with pytest.raises(ConfigError, match=r"data\.shapes\.web_noise"):
             load_config(None, [bad])
+
+
+def _wrong_relations(scene_list: list) -> tuple[int, int]:
+    """(right, wrong) relations stated in captions of two-object scenes of two distinct shapes."""
+    right = wrong = 0
+    for s in scene_list:
+        by_shape = {o.shape: o for o in s.objects}
+        if len(s.objects) != 2 or len(by_shape) != 2:
+            continue
+        for a, rel, b in re.findall(
+            r"(\w+) (?:is )?(?:on the )?(left of|right of|above|below) (?:a |an |the )?(?:\w+ )?(\w+)",
+            s.caption,
+        ):
+            if a in by_shape and b in by_shape:
+                ok = rel in robust_relations(by_shape[a], by_shape[b])
+                right, wrong = right + ok, wrong + (not ok)
+    return right, wrong
+
+
+def test_an_aligned_share_mixes_in_the_fine_tuning_captions_and_zero_changes_nothing():
+    """``aligned``: that share of captions is the fine-tuning's aligned ``mixed`` style (no web-only
+    wording, no wrong fact); at 0 no draw is made, so the captions are those of the default rates
+    exactly (the shipped model's recipe stays reproducible)."""
+    n = 800
+    plain = scenes("web", n)
+    assert [s.caption for s in scenes("web", n, noise=WebNoise(aligned=0.0))] == [s.caption for s in plain]
+    curated = scenes("web", n, noise=WebNoise(aligned=1.0))
+    same = [[(o.shape, o.color, o.size) for o in s.objects] for s in curated]
+    assert same == [[(o.shape, o.color, o.size) for o in s.objects] for s in plain]  # the same scenes
+    mixed_words = set(ShapesWorld(caption_style="mixed").vocabulary())
+    assert {w for s in curated for w in words(s.caption)} <= mixed_words
+    assert not {w for s in plain for w in words(s.caption)} <= mixed_words  # web text has its own words
+    right, wrong = _wrong_relations(curated)
+    assert right > 50 and wrong == 0
+    assert _wrong_relations(plain)[1] > 0  # the default web rates state some relations wrongly
+    # at 0.5, captions with web-only words are half as common as at 0 (the draw shifts the rest)
+    def web_only(scene_list: list) -> float:
+        return sum(not set(words(s.caption)) <= mixed_words for s in scene_list) / len(scene_list)
+
+    q = web_only(scenes("web", 2000, seed=12))
+    half = web_only(scenes("web", 2000, seed=13, noise=WebNoise(aligned=0.5)))
+    assert q > 0.2 and within(half, q / 2, 2000)

@@ -187,10 +187,15 @@ def pretrained_checkpoint(out: Path, steps: int | None) -> Path:
 def same_config(run_dir: Path, cfg: Any) -> bool:
     """True if the run in ``run_dir`` was (last) started with exactly ``cfg``: a method whose
     settings changed since (a new preset value, another recipe) must not reuse the old run."""
-    from segros.train.config import dump_config
+    from segros.train.config import ConfigError, dump_config, load_config
 
     saved = run_dir / "config.yaml"
-    return saved.is_file() and saved.read_text() == dump_config(cfg)
+    if not saved.is_file():
+        return False
+    try:  # read with today's schema: a field added since, at its default, is no change
+        return dump_config(load_config(saved)) == dump_config(cfg)
+    except ConfigError:
+        return False
 
 
 def set_aside_if_changed(run_dir: Path, cfg: Any) -> Path:

@@ -414,6 +414,9 @@ class WebNoise:
     of", "there are", "... in this picture", ...); also, at the same chance, a stated relation is
     put from the other object ("B below A") and "left of" becomes "on the left of"; at a quarter of
     it a single object is "one" instead of "a", and at a half "in the center" is "in the middle".
+    ``aligned``: share of captions that are curated rather than web text: the fine-tuning's aligned
+    ``mixed`` captions (a template or a dense description, accurate and complete), as web corpora
+    hold some; at 0 (the default) no draw is made, so the other rates give the captions they gave.
     """
 
     detailed: float = 0.35
@@ -422,6 +425,7 @@ class WebNoise:
     relation: float = 0.3
     wrong: float = 0.1
     paraphrase: float = 0.5
+    aligned: float = 0.0
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -710,6 +714,8 @@ class ShapesWorld:
                 objects, relation = built
                 break
         style = self.caption_style
+        if style == "web" and self.web_noise.aligned > 0 and rng.random() < self.web_noise.aligned:
+            style = "mixed"  # a curated caption among the web text
         if style == "mixed":
             style = "geneval" if rng.random() < 0.5 else "dense"
         if style == "web":

@@ -137,6 +137,7 @@ class WebNoiseConfig(Section):
     relation: float = Field(0.3, ge=0.0, le=1.0)
     wrong: float = Field(0.1, ge=0.0, le=1.0)
     paraphrase: float = Field(0.5, ge=0.0, le=1.0)
+    aligned: float = Field(0.0, ge=0.0, le=1.0)
 
 
 CaptionStyle = Literal["mixed", "geneval", "dense", "coarse", "web"]
