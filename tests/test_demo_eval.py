@@ -72,6 +72,9 @@ def test_evaluation_is_redone_when_the_settings_differ(checkpoint, tmp_path):
     assert evaluate_checkpoint(checkpoint, tmp_path, records, samples=1, seed=0, progress=False)["reused"]
     # the summary names its checkpoint relative to its own folder (a committed report names no
     # machine's paths); one written the older way, with the absolute path, is still reused
+    from segros.eval.checkpoint import checkpoint_record
+
+    assert checkpoint_record(PRETRAINED_TINY, tmp_path) == "segros/assets/tiny-pretrained"  # shipped
     recorded = first["checkpoint"]
     assert not Path(recorded).is_absolute() and (tmp_path / recorded).resolve() == Path(checkpoint).resolve()
     summary = json.loads((tmp_path / "summary.json").read_text())

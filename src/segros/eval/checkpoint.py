@@ -90,9 +90,15 @@ def checkpoint_fingerprint(checkpoint: Path) -> list[list[Any]]:
 
 
 def checkpoint_record(checkpoint: Path, folder: str | Path) -> str:
-    """How a summary names its checkpoint: relative to the evaluation folder, so a report that
-    quotes it names no machine's paths."""
-    return os.path.relpath(Path(checkpoint).resolve(), Path(folder).resolve())
+    """How a summary names its checkpoint: a model shipped inside segros as ``segros/<path in the
+    package>``, anything else relative to the evaluation folder, so a report that quotes it names
+    no machine's paths."""
+    import segros
+
+    checkpoint, package = Path(checkpoint).resolve(), Path(segros.__file__).resolve().parent
+    if checkpoint.is_relative_to(package):
+        return f"segros/{checkpoint.relative_to(package).as_posix()}"
+    return os.path.relpath(checkpoint, Path(folder).resolve())
 
 
 def evaluate_checkpoint(
