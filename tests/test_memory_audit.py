@@ -25,5 +25,7 @@ def test_save_resume_and_finish_make_no_copy_of_the_model():
     assert x["first_step"] > 2.5  # gradients + two AdamW moments: the audit sees model-sized memory
     assert x["save"] < 0.25 and x["finish"] < 0.25, result  # the former checksum: 6x at finish
     # resume brings AdamW's two moments (2x) and one tensor at a time; a whole second copy of the
-    # weights (the former load_file + load_state_dict) made it 3.0x
-    assert 1.5 < x["resume"] < 2.3, result
+    # weights (the former load_file + load_state_dict) made it 3.0x. The lower bound only says the
+    # moments are seen: measured 1.98-2.09 alone, once 1.34 inside a full CI run (file-backed
+    # pages of the state read through the page cache count in RSS only once touched)
+    assert 1.0 < x["resume"] < 2.3, result
