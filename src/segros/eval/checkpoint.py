@@ -74,7 +74,8 @@ def saved_evaluation(
         return None
     # the same path with other weights (a run trained again in place) is another model; summaries
     # from before fingerprints existed are matched by path alone
-    if saved.get("weights_files", checkpoint_fingerprint(checkpoint)) != checkpoint_fingerprint(checkpoint):
+    fingerprint = checkpoint_fingerprint(checkpoint)
+    if saved.get("weights_files", fingerprint) != fingerprint:
         return None
     same = (saved.get("samples"), saved.get("seed"), saved.get("prompts"), saved.get("weights", "raw"))
     same += tuple(saved.get("decoding", {}).get(key) for key in decoding)
