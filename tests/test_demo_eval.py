@@ -1,6 +1,7 @@
 """``segros eval checkpoint`` and the demo's bookkeeping: real checkpoints, real processes."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -181,3 +182,40 @@ def test_the_report_states_the_decoding_a_checkpoint_uses(checkpoint, tmp_path):
     assert decoding_settings(tmp_path / "other").startswith(
         "2 MaskGIT steps, guidance 1.5, temperature 0.7, unmasking-order noise 2"
     )
+
+
+def test_demo_from_another_pretrained_model_with_some_methods(checkpoint, tmp_path, monkeypatch):
+    """`segros demo --pretrained RUN --methods sft`: every run starts from that checkpoint, only SFT
+    is fine-tuned, the report names the start, and the pointing table has the pretrained rows only."""
+    import segros.apps.demo as demo
+
+    small = {"train_scenes": 32, "finetune_steps": 2, "samples": 1, "prompts_per_tag": 1}
+    monkeypatch.setattr(demo, "settings", lambda quick: small | {"pointing_scenes": 4, "pretrain_steps": 2})
+    out = tmp_path / "demo"
+    report = demo.run_demo(out, cache=tmp_path / "cache", pretrained=checkpoint, methods=["sft"])
+    assert sorted(p.name for p in (out / "full" / "runs").iterdir()) == ["sft-seed0"]
+    saved_cfg = (out / "full" / "runs" / "sft-seed0" / "config.yaml").read_text()
+    assert f"init_from: {checkpoint}" in saved_cfg
+    saved = json.loads((out / "report.json").read_text())
+    assert set(saved["results"]) == {"pretrained", "sft"}
+    assert set(saved["paired_differences"]) == {"sft - pretrained"}
+    assert saved["pointing"] and all(k.startswith("pretrained, ") for k in saved["pointing"])
+    text = report.read_text()
+    assert text.count("SFT fine-tuning of the same pretrained TinyUMM") == 1 and "RecA" not in text
+    assert f"Pretrained model: {os.path.relpath(checkpoint, out)}." in text  # no machine path
+    summary = (out / "full" / "eval" / "pretrained-seed0" / "summary.json").read_text()
+    assert '"checkpoint": "../../../../' in summary
+
+
+def test_demo_refuses_a_start_that_is_not_a_tiny_model_and_unknown_methods(tmp_path):
+    import segros.apps.demo as demo
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"backbone": "showo"}))
+    with pytest.raises(ValueError, match="a showo checkpoint"):
+        demo.pretrained_checkpoint(tmp_path, None, other)
+    with pytest.raises(ValueError, match="no segros checkpoint"):
+        demo.pretrained_checkpoint(tmp_path, None, tmp_path / "missing")
+    with pytest.raises(ValueError, match="methods must be some of"):
+        demo.run_demo(tmp_path / "demo", methods=["dpo"])

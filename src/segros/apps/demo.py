@@ -169,8 +169,19 @@ def _write_training_set(folder: Path, scenes: int, world: dict[str, Any], seed: 
     return folder
 
 
-def pretrained_checkpoint(out: Path, steps: int | None) -> Path:
-    """The shipped checkpoint, or one trained now with configs/demo/pretrain.yaml."""
+def pretrained_checkpoint(out: Path, steps: int | None, given: Path | None = None) -> Path:
+    """``given`` (``--pretrained``: a TinyUMM checkpoint or run folder, its latest checkpoint), else
+    the shipped checkpoint, else one trained now with configs/demo/pretrain.yaml."""
+    if given is not None:
+        from segros.backbones.registry import resolve_checkpoint, saved_config
+
+        path = Path(resolve_checkpoint(given))
+        config = saved_config(path)
+        if config is None or config.get("backbone") != "tiny":
+            found = "no segros checkpoint" if config is None else f"a {config.get('backbone')} checkpoint"
+            raise ValueError(f"--pretrained {given}: the demo fine-tunes a TinyUMM; this is {found}")
+        print(f"[demo] using the pretrained TinyUMM {path}")
+        return path
     if (PRETRAINED_TINY / "model.safetensors").is_file():
         print(f"[demo] using the shipped pretrained TinyUMM {PRETRAINED_TINY}")
         return PRETRAINED_TINY
@@ -253,6 +264,8 @@ def run_demo(
     ablations: bool | list[str] = False,
     samples: int | None = None,
     first_seed: int = 0,
+    pretrained: Path | None = None,
+    methods: list[str] | None = None,
 ) -> Path:
     """Run every stage and write the reports; returns the path of ``report.md``.
 
@@ -262,7 +275,14 @@ def run_demo(
 
     Demos over other seeds may share the folder at the same time; each seed is locked
     (:mod:`segros.runlock`), so a second demo of a seed already running refuses, naming the first.
+
+    ``pretrained`` starts every method from another TinyUMM checkpoint than the shipped one (runs
+    and evaluations made from a different start are set aside or redone, never reused); ``methods``
+    runs only some of :data:`METHODS` (the pointing precision after SeGroS needs ``segros``).
     """
+    unknown = sorted(set(methods or ()) - set(METHODS))
+    if unknown or methods == []:
+        raise ValueError(f"methods must be some of {', '.join(METHODS)}; got {methods}")
     s = settings(quick)
     if samples is not None:
         s["samples"] = samples
@@ -273,7 +293,7 @@ def run_demo(
     with ExitStack() as held:
         for seed in seed_list:
             held.enter_context(lock_folder(work, key=f"seed{seed}"))
-        return _run_stages(out, work, s, seed_list, cache, ablations, quick)
+        return _run_stages(out, work, s, seed_list, cache, ablations, quick, pretrained, methods)
 
 
 def _run_stages(
@@ -284,6 +304,8 @@ def _run_stages(
     cache: Path | None,
     ablations: bool | list[str],
     quick: bool,
+    given_pretrained: Path | None = None,
+    methods: list[str] | None = None,
 ) -> Path:
     """The stages of :func:`run_demo`, with its seeds locked."""
     from segros.backbones.tiny.image_tokenizer import cache_dir
@@ -294,8 +316,8 @@ def _run_stages(
     clock = Stopwatch(work / "stage_times.json")
     pretrained = clock.run(
         "pretrained model",
-        lambda: pretrained_checkpoint(work, s["pretrain_steps"]),
-        done=lambda: (PRETRAINED_TINY / "model.safetensors").is_file(),
+        lambda: pretrained_checkpoint(work, s["pretrain_steps"], given_pretrained),
+        done=lambda: given_pretrained is not None or (PRETRAINED_TINY / "model.safetensors").is_file(),
     )
     world = world_of(pretrained)
     data = clock.run(
@@ -304,7 +326,8 @@ def _run_stages(
         done=lambda: (training_set_folder(cache, s["train_scenes"], world) / "data.jsonl").is_file(),
     )
     picked = list(ABLATIONS) if ablations is True else list(ablations or ())  # True: every ablation
-    variants = METHODS | {name: ABLATIONS[name] for name in picked}
+    chosen = {name: args for name, args in METHODS.items() if methods is None or name in methods}
+    variants = chosen | {name: ABLATIONS[name] for name in picked}
     runs: dict[str, list[Path]] = {name: [] for name in variants}
     for name, method in variants.items():
         for seed in seed_list:
@@ -336,8 +359,9 @@ def _run_stages(
         ]
     from segros.apps.report import grounding_quality, write_reports
 
+    segros_run = runs["segros"][0] if "segros" in runs else None
     pointing = clock.run(
-        "pointing precision", lambda: grounding_quality(pretrained, runs["segros"][0], s["pointing_scenes"])
+        "pointing precision", lambda: grounding_quality(pretrained, segros_run, s["pointing_scenes"])
     )
     return write_reports(out, work, results, pointing, runs, pretrained, clock, records, quick, seed_list)
 
@@ -359,6 +383,18 @@ def add_arguments(parser: Any) -> None:
         f"names pick some of them ({', '.join(ABLATIONS)})",
     )
     parser.add_argument("--samples", type=int, help="images per evaluation prompt (default 4; --quick 1)")
+    parser.add_argument(
+        "--pretrained",
+        metavar="CHECKPOINT",
+        help="start every method from this TinyUMM checkpoint or run folder (default: the shipped model)",
+    )
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=sorted(METHODS),
+        metavar="NAME",
+        help=f"run only these methods (default: all of {', '.join(METHODS)})",
+    )
 
 
 def run(args: Any) -> int:
@@ -376,6 +412,8 @@ def run(args: Any) -> int:
         ablations=None if args.ablations is None else (args.ablations or list(ABLATIONS)),
         samples=args.samples,
         first_seed=args.first_seed,
+        pretrained=None if args.pretrained is None else Path(args.pretrained),
+        methods=args.methods,
     )
     print(f"[demo] report: {report} and {report.with_suffix('.html')}")
     return 0

@@ -104,9 +104,10 @@ def results_table(results: dict[str, list[dict[str, Any]]]) -> tuple[list[str], 
     return header, rows
 
 
-def grounding_quality(pretrained: Path, segros_run: Path, scenes: int) -> dict[str, Any]:
+def grounding_quality(pretrained: Path, segros_run: Path | None, scenes: int) -> dict[str, Any]:
     """Pointing precision of the pretrained and the SeGroS-fine-tuned embeddings on ShapesWorld,
-    with every caption token grounded and with English stopwords left out (method.text_stopwords)."""
+    with every caption token grounded and with English stopwords left out (method.text_stopwords);
+    the pretrained model's alone when SeGroS did not run (``segros_run`` None)."""
     from segros.backbones.registry import load_backbone
     from segros.data.sources import world_for
     from segros.eval.pointing import pointing_precision
@@ -114,6 +115,8 @@ def grounding_quality(pretrained: Path, segros_run: Path, scenes: int) -> dict[s
 
     out = {}
     for name, path in (("pretrained", pretrained), ("segros", segros_run)):
+        if path is None:
+            continue
         backbone = load_backbone(path).eval()
         world = world_for(backbone, seed=4242)
         scene_list = [world.scene(i) for i in range(scenes)]
@@ -216,10 +219,11 @@ def write_reports(
         "Grounding map and token roles, pretrained embeddings": grounding_picture(
             pretrained, figures / "grounding-pretrained.png"
         ),
-        "Grounding map and token roles, after SeGroS fine-tuning": grounding_picture(
-            runs["segros"][0], figures / "grounding-segros.png"
-        ),
     }
+    if "segros" in runs:
+        pictures["Grounding map and token roles, after SeGroS fine-tuning"] = grounding_picture(
+            runs["segros"][0], figures / "grounding-segros.png"
+        )
     header, rows = results_table(results)
     diffs = paired_differences(results)
     p_header = [
@@ -260,12 +264,17 @@ def write_reports(
     (out / "report.json").write_text(json.dumps(summary, indent=2, default=str))
 
     samples = next(iter(results.values()))[0].get("samples", "?")
+    names = {"sft": "SFT", "reca": "RecA", "segros": "SeGroS"}
+    compared = [names.get(name, name) for name in results if name != "pretrained"]
     intro = (
-        f"SFT vs RecA vs SeGroS fine-tuning of the same pretrained TinyUMM on ShapesWorld; seeds "
+        f"{' vs '.join(compared)} fine-tuning of the same pretrained TinyUMM on ShapesWorld; seeds "
         f"{', '.join(map(str, seed_list))} (fine-tuning and sampling; the pretrained model is sampled with "
         f"each), {len(records)} evaluation prompts in GenEval's format x {samples} samples, scored by the "
         f"rule-based ShapesWorld judge (accuracy in %, mean ± std over {seeds} seed(s))."
     )
+    from segros.eval.checkpoint import checkpoint_record
+
+    intro += f" Pretrained model: {checkpoint_record(pretrained, out)}."
     intro += f" Decoding: {decoding_settings(pretrained)}."
     if quick:
         intro += " **--quick smoke run: these numbers are not meaningful.**"
