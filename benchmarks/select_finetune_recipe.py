@@ -88,13 +88,13 @@ def main() -> None:
     args = parser.parse_args()
 
     from segros.apps.demo import settings, training_set, world_of
-    from segros.backbones.registry import load_backbone
+    from segros.backbones.registry import load_backbone, resolve_checkpoint
     from segros.eval.checkpoint import resolve
     from segros.eval.validate import validate
 
     out = Path(args.out)
     (out / "cells").mkdir(parents=True, exist_ok=True)
-    pretrained = resolve(args.pretrained)
+    pretrained = Path(resolve_checkpoint(resolve(args.pretrained)))  # a run folder: its latest checkpoint
     world = world_of(pretrained)
     data = training_set(out / "cache", settings(False)["train_scenes"], world)
 

@@ -194,6 +194,7 @@ def test_demo_from_another_pretrained_model_with_some_methods(checkpoint, tmp_pa
     out = tmp_path / "demo"
     report = demo.run_demo(out, cache=tmp_path / "cache", pretrained=checkpoint, methods=["sft"])
     assert sorted(p.name for p in (out / "full" / "runs").iterdir()) == ["sft-seed0"]
+    assert demo.world_of(out / "full" / "runs" / "sft-seed0") == demo.world_of(checkpoint)  # a run folder too
     saved_cfg = (out / "full" / "runs" / "sft-seed0" / "config.yaml").read_text()
     assert f"init_from: {checkpoint}" in saved_cfg
     saved = json.loads((out / "report.json").read_text())

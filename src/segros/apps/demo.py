@@ -126,8 +126,11 @@ FINETUNE_CAPTIONS = "mixed"
 
 
 def world_of(checkpoint: Path) -> dict[str, Any]:
-    """ShapesWorld settings matching a TinyUMM checkpoint: image size, layout, grid cells."""
-    options = json.loads((checkpoint / "config.json").read_text())["options"]
+    """ShapesWorld settings matching a TinyUMM checkpoint (or a run folder: its latest checkpoint):
+    image size, layout, grid cells."""
+    from segros.backbones.registry import resolve_checkpoint
+
+    options = json.loads((Path(resolve_checkpoint(checkpoint)) / "config.json").read_text())["options"]
     return {
         "image_size": options["image_size"],
         "layout": options.get("shapes_layout", "free"),
