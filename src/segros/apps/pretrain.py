@@ -82,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     if args.resume and ckpt.latest_checkpoint(args.out) is None:
         raise FileNotFoundError(f"--resume: no complete checkpoint under {ckpt.checkpoints_dir(args.out)}")
-    if ckpt.finished(args.out, cfg.run.max_steps):  # e.g. an export after the run: nothing to train
+    trained_now = not ckpt.finished(args.out, cfg.run.max_steps)
+    if not trained_now:  # e.g. an export after the run: nothing to train
         print(f"{args.out} is already trained to step {cfg.run.max_steps}")
     pictures = sample_pictures(SAMPLE_PROMPTS)  # ShapesWorld samples every run.picture_every steps
     final = train_to_end(cfg, args.out, pictures)  # continues from a checkpoint when there is one
@@ -104,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
             f"- steps: {step} (batch {cfg.data.batch_size} + {cfg.data.i2t_batch_size} image-to-text), "
             f"seed {cfg.run.seed}",
             f"- wall time: {seconds:.0f} s of training, {platform.machine()}, "
-            f"{torch.get_num_threads()} threads",
+            + (f"{torch.get_num_threads()} threads" if trained_now else "threads: as the run was trained"),
             f"- versions: python {platform.python_version()}, torch {torch.__version__}",
             f"- final training loss: {final_loss(Path(args.out))}",
             f"- sha256(model.safetensors): {sha256(export / 'model.safetensors')}",
