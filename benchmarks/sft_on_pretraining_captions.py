@@ -24,13 +24,11 @@ from pathlib import Path
 
 def control_config(seed: int, pretrained: Path, steps: int | None = None):
     """The demo's SFT config for ``seed``, with the pretraining recipe's captions on fresh scenes."""
-    import yaml
-
     from segros.apps.demo import world_of
     from segros.shipped import RECIPES
     from segros.train.config import load_config
 
-    shapes = yaml.safe_load((RECIPES / "pretrain.yaml").read_text())["data"]["shapes"]
+    shapes = load_config(RECIPES / "pretrain.yaml").data.shapes  # resolved, as `segros pretrain` reads it
     world = world_of(pretrained)
     overrides = [
         "method.preset=sft",
@@ -39,11 +37,11 @@ def control_config(seed: int, pretrained: Path, steps: int | None = None):
         "data.source=shapes",
         "data.shapes.seed=2000",  # the demo's fine-tuning scenes come from this world seed
         f"data.shapes.layout={world['layout']}",
-        f"data.shapes.caption_style={shapes['caption_style']}",
+        f"data.shapes.caption_style={shapes.caption_style}",
         "run.progress=auto",
         "run.picture_every=0",
     ]
-    overrides += [f"data.shapes.web_noise.{k}={v}" for k, v in (shapes.get("web_noise") or {}).items()]
+    overrides += [f"data.shapes.web_noise.{k}={v}" for k, v in shapes.web_noise.model_dump().items()]
     if steps:
         overrides += [f"run.max_steps={steps}", f"run.save_every={steps}"]
     return load_config(RECIPES / "finetune.yaml", overrides)
@@ -58,7 +56,7 @@ def main() -> None:
     parser.add_argument("--json", help="also write the result here")
     args = parser.parse_args()
 
-    from segros.apps.report import TAGS, paired_difference
+    from segros.apps.report import paired_differences, paired_table
     from segros.backbones.registry import resolve_checkpoint
     from segros.eval.checkpoint import checkpoint_record, evaluate_checkpoint, resolve, saved_evaluation
     from segros.train.loop import train_to_end
@@ -77,30 +75,17 @@ def main() -> None:
             saved_evaluation(final, folder, n, 4, seed) or evaluate_checkpoint(final, folder, None, 4, seed)
         )
 
-    def score(summary: dict, key: str) -> float:
-        return summary["overall"] if key == "overall" else summary["tags"][key]
-
-    def diff(a: str, b: str) -> dict:
-        return {
-            k: paired_difference([score(s, k) for s in scores[a]], [score(s, k) for s in scores[b]])
-            for k in (*TAGS, "overall")
-        }
-
+    pairs = (("control", "pretrained"), ("sft", "control"), ("sft", "pretrained"))
+    diffs = paired_differences(scores, pairs)
     result = {
         "seeds": args.seeds,
         "pretrained": checkpoint_record(pretrained, out),
         "overall": {name: [s["overall"] for s in runs] for name, runs in scores.items()},
-        "control - pretrained": diff("control", "pretrained"),
-        "sft - control": diff("sft", "control"),
-        "sft - pretrained": diff("sft", "pretrained"),
+        **diffs,
     }
-    for pair in ("control - pretrained", "sft - control", "sft - pretrained"):
-        cells = ", ".join(
-            f"{k} {100 * v['mean']:+.1f}"
-            + ("" if v["low"] is None else f" [{100 * v['low']:+.1f}, {100 * v['high']:+.1f}]")
-            for k, v in result[pair].items()
-        )
-        print(f"{pair}: {cells}")
+    header, rows = paired_table(diffs)
+    for row in [header, *rows]:
+        print(" | ".join(row))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     print(json.dumps({pair: result[pair]["overall"] for pair in ("control - pretrained", "sft - control")}))

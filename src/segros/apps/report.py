@@ -58,11 +58,13 @@ def paired_difference(a: list[float], b: list[float], level: float = 0.95) -> di
     return {"mean": mean, "low": mean - half, "high": mean + half, "n": len(d)}
 
 
-def paired_differences(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
-    """``{"segros - sft": {tag or "overall": paired_difference}}`` for every pair in :data:`PAIRS`
-    whose two models both ran."""
+def paired_differences(
+    results: dict[str, list[dict[str, Any]]], pairs: tuple[tuple[str, str], ...] = PAIRS
+) -> dict[str, dict[str, Any]]:
+    """``{"segros - sft": {tag or "overall": paired_difference}}`` for every pair in ``pairs``
+    (default :data:`PAIRS`) whose two models both ran."""
     out = {}
-    for a, b in PAIRS:
+    for a, b in pairs:
         if a not in results or b not in results:
             continue
         per = {}
