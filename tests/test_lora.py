@@ -88,6 +88,14 @@ def test_lora_trains_only_adapters_resumes_exactly_and_merges_to_the_same_logits
     split = load_file(str(tmp_path / "split/checkpoints/step-2/adapter/adapter_model.safetensors"))
     assert all(torch.equal(adapters[k], split[k]) for k in adapters)
 
+    # the frozen base is written once and hard-linked into later checkpoints, resumed or not;
+    # BAGEL trains model.llm2vae fully, so its base changes and is written every time
+    for run in ("full", "split"):
+        one, two = (tmp_path / run / f"checkpoints/step-{s}/model.safetensors" for s in (1, 2))
+        assert (one.stat().st_ino == two.stat().st_ino) == (name != "bagel"), run
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    assert ("model.safetensors" in state.get("lora_base_files", [])) == (name != "bagel")
+
     summary = json.loads((tmp_path / "full/train_summary.json").read_text())
     assert summary["lora_rank"] == 4 and 0 < summary["trainable_share"] < 0.1
 
@@ -137,6 +145,28 @@ def test_lora_trains_only_adapters_resumes_exactly_and_merges_to_the_same_logits
         # the input embeddings the grounding reads are bit-identical to the initial ones
         state = merged.state_dict()
         assert all(torch.equal(state[k], initial[k]) for k in embed)
+
+
+def test_linked_base_outlives_its_first_checkpoint_and_a_changed_buffer_is_written(small_tokenizer, tmp_path):
+    cfg = _config("tiny", None, small_tokenizer, 3, "run.keep_last=1")
+    train(cfg, tmp_path / "run")
+    folders = sorted(p.name for p in (tmp_path / "run/checkpoints").glob("step-*"))
+    assert folders == ["step-3"]  # the first two, which wrote and first linked the base, are gone
+    last = tmp_path / "run/checkpoints/step-3"
+    torch.manual_seed(0)
+    initial = build_backbone(cfg.model_options()).state_dict()
+    base = load_file(str(last / "model.safetensors"))
+    assert base.keys() == initial.keys() and all(torch.equal(base[k], initial[k]) for k in base)
+    assert load_backbone(tmp_path / "run") is not None
+
+    # a buffer that changed (no parameter can) makes the next checkpoint write the base anew
+    more = _config("tiny", None, small_tokenizer, 4, "run.keep_last=2")
+    trainer = Trainer(more, tmp_path / "run", resume=True)
+    trainer.backbone.register_buffer("scale", torch.ones(1), persistent=False)  # a buffer appears
+    trainer.run()
+    fresh = tmp_path / "run/checkpoints/step-4/model.safetensors"
+    assert fresh.stat().st_ino != (last / "model.safetensors").stat().st_ino
+    assert fresh.stat().st_nlink == 1
 
 
 def test_trainable_modules_train_fully_and_embeddings_are_refused(small_tokenizer, tmp_path):

@@ -4,7 +4,8 @@ Layout of ``OUT/checkpoints/step-<N>/``:
 
 - ``model.safetensors`` + ``config.json`` (+ backbone assets): ``Backbone.save_pretrained`` of
   the whole model, whatever the engine (gathered from every process under FSDP and ZeRO-3), so
-  generate / eval / export read it as they read any model folder;
+  generate / eval / export read it as they read any model folder (under LoRA with only adapters
+  training, these files are hard links to the previous checkpoint's: :mod:`segros.train.shared_base`);
 - the optimizer state, as the engine needs (:mod:`segros.train.engines`): ``optimizer.pt`` (one
   process, DDP: ``optimizer.state_dict()``; FSDP: the full state keyed by parameter name), or
   ``deepspeed/state/`` (DeepSpeed's own files, one optimizer partition per process);

@@ -19,7 +19,7 @@ import torch
 from segros.backbones import lora
 from segros.data.sampling import reshard_states
 from segros.train import checkpoint as ckpt
-from segros.train import engines
+from segros.train import engines, shared_base
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,8 @@ class Checkpointer:
         self.backbone, self.model = backbone, model
         self.optimizer, self.scheduler, self.schedule_steps = optimizer, scheduler, schedule_steps
         self.ema, self.lora = ema, lora
+        # LoRA with nothing but adapters training: checkpoints share the base files (hard links)
+        self.shares_base = lora and shared_base.base_is_frozen(backbone)
         self.generator, self.t2i, self.i2t = generator, t2i, i2t
 
     def rank_state(self) -> dict[str, Any]:
@@ -84,11 +86,9 @@ class Checkpointer:
         with ckpt.writing(tmp):
             engines.save_optimizer(acc, self.model, self.optimizer, tmp)
         final = None
+        base_state: dict[str, Any] = {}
         if acc.is_main_process:
-            if weights is None:
-                self.backbone.save_pretrained(tmp)  # the base weights, plain names
-            else:
-                self.backbone.save_pretrained(tmp, state_dict=weights)  # gathered, plain names
+            base_state = self._save_base(tmp, weights)
             del weights
             if self.lora:
                 lora.save_adapter(self.backbone, tmp)  # peft's format, tmp/adapter
@@ -106,10 +106,32 @@ class Checkpointer:
                 "skipped_steps": skipped_steps,
                 "train_seconds": round(train_seconds, 2),  # across resumes
                 **({"ema_decay": self.ema.decay, "ema_every": self.ema.every} if self.ema else {}),
+                **base_state,
             }
             final = ckpt.finish(self.out_dir, tmp, step, state, self.keep_last)
         acc.wait_for_everyone()
         return final
+
+    def _save_base(self, tmp: Path, weights: dict[str, Any] | None) -> dict[str, Any]:
+        """Write the model folder's files (``save_pretrained``) into ``tmp``, or, under LoRA with a
+        frozen base, hard-link them from the previous checkpoint (segros.train.shared_base). The
+        trainer-state entries that let the next checkpoint do the same."""
+        fingerprint = shared_base.buffers_fingerprint(self.backbone) if self.shares_base else None
+        previous = ckpt.latest_checkpoint(self.out_dir) if fingerprint else None
+        if previous is not None:
+            files = shared_base.reusable_files(ckpt.load_trainer_state(previous), fingerprint)
+            if shared_base.link_base(previous, files, tmp):
+                log.debug("LoRA: base weights hard-linked from %s", previous.name)
+                return {shared_base.STATE_KEY: files, shared_base.FINGERPRINT_KEY: fingerprint}
+        before = shared_base.snapshot(tmp)
+        if weights is None:
+            self.backbone.save_pretrained(tmp)  # the base weights, plain names
+        else:
+            self.backbone.save_pretrained(tmp, state_dict=weights)  # gathered, plain names
+        if fingerprint is None:
+            return {}
+        files = shared_base.files_written(tmp, before)
+        return {shared_base.STATE_KEY: files, shared_base.FINGERPRINT_KEY: fingerprint}
 
     def resume(self) -> dict[str, Any]:
         """Load the newest intact checkpoint into the model, optimizer, schedule, EMA, generators
