@@ -206,3 +206,17 @@ def load_ema_weights(model: torch.nn.Module, folder: str | Path) -> int:
     for name, tensor in saved.items():
         params[name].copy_(tensor)
     return len(saved)
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A model folder from what a user may point at: the folder itself, a run's
+    ``checkpoints/latest`` pointer file, or a run folder (its newest complete checkpoint)."""
+    path = Path(path)
+    if path.is_file() and path.name == "latest":
+        return path.parent / path.read_text().strip()
+    if path.is_dir() and not (path / "config.json").is_file() and (path / "checkpoints").is_dir():
+        # the newest one as it is: a broken one is named by load_backbone, not silently replaced
+        found = latest_checkpoint(path, verify=False)
+        if found is not None:
+            return found
+    return path

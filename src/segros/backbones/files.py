@@ -30,6 +30,8 @@ from pydantic import BaseModel
 from safetensors.torch import save_file
 from torch import nn
 
+from segros.storage import resolve_checkpoint
+
 WEIGHTS_INDEX = "model.safetensors.index.json"
 
 
@@ -144,12 +146,14 @@ class BackboneFiles(ABC):
     # --- construction -------------------------------------------------------------------------
     @classmethod
     def from_options(cls, options: BaseModel) -> Self:
-        """The backbone a config's ``model:`` section asks for: a segros folder ``init_from`` names,
-        reloaded with the config's :attr:`reload_options`; another ``init_from``, the published
-        checkpoint (:meth:`from_upstream`); none, random weights (:meth:`build`)."""
-        if options.init_from and saved_config(options.init_from) is not None:
+        """The backbone a config's ``model:`` section asks for: a segros folder ``init_from`` names
+        (or a run folder's newest checkpoint), reloaded with the config's :attr:`reload_options`;
+        another ``init_from``, the published checkpoint (:meth:`from_upstream`); none, random
+        weights (:meth:`build`)."""
+        folder = resolve_checkpoint(options.init_from) if options.init_from else None  # a run: its newest
+        if folder is not None and saved_config(folder) is not None:
             runtime = options.model_dump(include=set(cls.reload_options))
-            return cls.from_pretrained(options.init_from, **runtime)
+            return cls.from_pretrained(folder, **runtime)
         if options.init_from:
             return cls.from_upstream(options.init_from, options)
         return cls.build(options)
@@ -166,6 +170,8 @@ class BackboneFiles(ABC):
         located before anything is built, so a missing one stops at once naming it. A backbone
         without a published release refuses (the default)."""
         folder = Path(source)
+        if (folder / "checkpoints").is_dir():
+            raise FileNotFoundError(f"{source} is a run folder with no complete checkpoint yet")
         missing = [f for f in ("config.json", *cls.saved_files) if not (folder / f).exists()]
         raise FileNotFoundError(
             f"{source} is not a {cls.name} checkpoint (missing {', '.join(missing)}), and {cls.name} "

@@ -17,7 +17,8 @@ from pydantic import BaseModel
 from segros.backbones.base import Backbone
 from segros.backbones.files import saved_config
 from segros.backbones.lora import has_adapter, merge_adapter
-from segros.storage import EMA_FILE, latest_checkpoint, load_ema_weights, safetensors_problem
+from segros.storage import EMA_FILE, load_ema_weights, safetensors_problem
+from segros.storage import resolve_checkpoint as resolve_checkpoint  # its old home
 
 BACKBONES: dict[str, str] = {
     "tiny": "segros.backbones.tiny.adapter:TinyBackbone",
@@ -42,20 +43,6 @@ def options_schema(name: str) -> type[BaseModel]:
 
 def build_backbone(options: BaseModel) -> Backbone:
     return backbone_class(options.name).from_options(options)
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A model folder from what a user may point at: the folder itself, a run's
-    ``checkpoints/latest`` pointer file, or a run folder (its newest complete checkpoint)."""
-    path = Path(path)
-    if path.is_file() and path.name == "latest":
-        return path.parent / path.read_text().strip()
-    if path.is_dir() and not (path / "config.json").is_file() and (path / "checkpoints").is_dir():
-        # the newest one as it is: a broken one is named by load_backbone, not silently replaced
-        found = latest_checkpoint(path, verify=False)
-        if found is not None:
-            return found
-    return path
 
 
 def load_backbone(path: str | Path, weights: str = "raw", **overrides: Any) -> Backbone:
