@@ -4,7 +4,9 @@ For docs/miniature.md: per style, how many captions name every object, how many 
 counts and relations are false for the scene (read back from the words against the scene's
 objects), the wording, the vocabulary and its coverage of the fine-tuning words, the length
 distribution, and ten sample captions. Scenes are drawn in the shipped TinyUMM's world (48 px,
-grid layout, 3 x 3 cells).
+grid layout, 3 x 3 cells). Last, for the caption distributions the pretraining pilots used, the
+share of captions that bind two colours to two shapes ("a red circle ... a blue square", both
+true), the captions the probe's color_attr items test.
 
     python benchmarks/caption_styles.py [--scenes 2000] [--seed 11]
 """
@@ -16,7 +18,17 @@ import re
 
 import numpy as np
 
-from segros.data.shapes import COLORS, NUMBERS, PLURALS, SHAPES, ShapesWorld, relative_position, words
+from segros.data.shapes import (
+    COLORS,
+    NUMBERS,
+    PLURALS,
+    SHAPES,
+    SIZES,
+    ShapesWorld,
+    WebNoise,
+    relative_position,
+    words,
+)
 
 WORLD = {"image_size": 48, "layout": "grid", "cells": 3}
 SINGULAR = {**{s: s for s in SHAPES}, **{p: s for s, p in PLURALS.items()}}
@@ -48,6 +60,34 @@ def facts(caption: str, objects: list) -> dict[str, list[bool]]:
             )
             out["relation"].append(not holds)
     return out
+
+
+def binds_two_colours(caption: str, objects: list) -> bool:
+    """Whether ``caption`` names two different shapes each with its own, true, different colour
+    ("a red circle and a blue square"; a size word may sit between colour and shape)."""
+    ws = words(caption)
+    stated = set()
+    for k, word in enumerate(ws):
+        after = ws[k + 1 : k + 3]
+        if after and after[0] in SIZES:
+            after = after[1:]
+        if word in COLORS and after and after[0] in SINGULAR:
+            stated.add((word, SINGULAR[after[0]]))
+    true = {(c, s) for c, s in stated if any(o.color == c and o.shape == s for o in objects)}
+    return any(c1 != c2 and s1 != s2 for c1, s1 in true for c2, s2 in true)
+
+
+# the caption distributions of the pretraining pilots (docs/miniature.md, "The paper's regime")
+PILOTS = {
+    "F: geneval templates": {"caption_style": "geneval"},
+    "D: mixed (the fine-tuning's)": {"caption_style": "mixed"},
+    "A: web, default rates": {"caption_style": "web"},
+    "C: web, clean rates": {
+        "caption_style": "web",
+        "web_noise": WebNoise(omit=0.1, color=0.9, relation=0.9, wrong=0.02),
+    },
+    "I: web + half mixed (shipped)": {"caption_style": "web", "web_noise": WebNoise(aligned=0.5)},
+}
 
 
 def describe(style: str, scenes: int, seed: int, reference: set[str]) -> tuple[dict, set[int]]:
@@ -109,6 +149,11 @@ def main() -> None:
         print(f"\n{style}:")
         for caption in rows[style]["samples"]:
             print(f"- {caption}")
+    print("\n| pretraining pilot's captions | bind two colours to two shapes |\n|---|---|")
+    for name, options in PILOTS.items():
+        world = ShapesWorld(seed=args.seed, **WORLD, **options)
+        drawn = (world.scene(i) for i in range(args.scenes))
+        print(f"| {name} | {np.mean([binds_two_colours(s.caption, s.objects) for s in drawn]):.3f} |")
 
 
 if __name__ == "__main__":
