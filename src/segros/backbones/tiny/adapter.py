@@ -67,6 +67,9 @@ class TinyOptions(BackboneOptions):
     num_codes: int = Field(4096, ge=2, le=65536)
     max_text_len: int = Field(48, ge=4, le=512)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    # position encoding: "learned", an absolute table added to the input (the shipped model's), or
+    # "rope", rotary on queries and keys as the real backbones (Phi, Qwen2) do; fixed at build time
+    positions: Literal["learned", "rope"] = "learned"
     # MaskGIT decoding; defaults as measured for the shipped model (docs/miniature.md): 16 steps,
     # guidance 3, temperature 0.7, no noise on the unmasking order
     generation_steps: int = Field(16, ge=1, le=256)
@@ -145,6 +148,7 @@ class TinyBackbone(Backbone):
             num_image_tokens=image_tokenizer.num_tokens,
             max_text_len=options.max_text_len,
             dropout=options.dropout,
+            positions=options.positions,
             **SIZES[options.size],
         )
         return cls(model_cfg, text_tokenizer, image_tokenizer, options)
