@@ -152,6 +152,22 @@ def test_sharded_engine_trains_like_ddp_grounds_alike_and_resumes_exactly(
         check_deepspeed_integrity(final, launch_env)
 
 
+def test_lora_under_ddp_writes_the_frozen_base_once(launch_env, tmp_path):
+    """Two processes (DDP) train Show-o's LoRA adapter: the main process writes the base weights
+    at the first checkpoint and hard-links them into the next; both load, with different adapters."""
+    from segros.backbones.registry import load_backbone
+
+    run = tmp_path / "run"
+    accelerate(launch_env, "ddp", "-m", "segros.cli", "train", "--config", str(CONFIGS["showo"]),
+               "--out", str(run), *STEPS, "lora.rank=4")  # fmt: skip
+    two, four = (run / f"checkpoints/step-{s}" for s in (2, 4))
+    assert ckpt.load_trainer_state(four)["world_size"] == 2
+    assert (two / "model.safetensors").stat().st_ino == (four / "model.safetensors").stat().st_ino
+    adapters = [load_file(str(c / "adapter/adapter_model.safetensors")) for c in (two, four)]
+    assert any(not torch.equal(adapters[0][k], adapters[1][k]) for k in adapters[0])
+    assert all(load_backbone(c) is not None for c in (two, four))
+
+
 def check_deepspeed_integrity(folder: Path, env: dict) -> None:
     """A DeepSpeed checkpoint missing a process's optimizer partition, or with one cut short, is
     not intact; a DeepSpeed checkpoint does not resume on one process (refused, saying why)."""
