@@ -225,3 +225,16 @@ def test_the_command_line_run_of_the_issue(tmp_path, capsys):
     argv[argv.index("3")] = "4"
     assert main([*argv, "--resume"]) == 0
     assert json.loads((out / "train_summary.json").read_text())["step"] == 4
+
+
+def test_buffer_fingerprint_reads_every_kind_of_buffer_and_sees_a_changed_value():
+    from segros.train.shared_base import buffers_fingerprint
+
+    module = torch.nn.Module()
+    module.register_buffer("scalar", torch.tensor(2.0))
+    module.register_buffer("half", torch.zeros(3, dtype=torch.bfloat16))
+    module.register_buffer("empty", torch.zeros(0))
+    before = buffers_fingerprint(module)
+    assert before is not None and before == buffers_fingerprint(module)
+    module.scalar.add_(1)
+    assert buffers_fingerprint(module) != before

@@ -18,10 +18,10 @@ after it is complete, so a shared file cannot change under another checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
-import shutil
 from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
@@ -70,7 +70,7 @@ def buffers_fingerprint(backbone: torch.nn.Module) -> str | None:
         for name, buf in sorted(backbone.named_buffers(), key=lambda item: item[0]):
             value = buf.detach().cpu().contiguous()
             digest.update(f"{plain_name(name)}|{value.dtype}|{tuple(value.shape)}".encode())
-            digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+            digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())  # 0-d too
     except Exception:  # a sharded buffer, a meta tensor: do not guess
         return None
     return digest.hexdigest()
@@ -90,7 +90,8 @@ def link_base(source: Path, files: list[str], tmp: Path) -> bool:
         for f in files:
             (tmp / f).unlink(missing_ok=True)
         for d in sorted({(tmp / f).parent for f in files} - {tmp}, key=lambda p: -len(p.parts)):
-            shutil.rmtree(d, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                d.rmdir()  # only if empty: a folder the links created
         return False
     return True
 
