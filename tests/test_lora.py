@@ -232,7 +232,7 @@ def test_buffer_fingerprint_reads_every_kind_of_buffer_and_sees_a_changed_value(
 
     module = torch.nn.Module()
     module.register_buffer("scalar", torch.tensor(2.0))
-    module.register_buffer("half", torch.zeros(3, dtype=torch.bfloat16))
+    module.register_buffer("bf16", torch.zeros(3, dtype=torch.bfloat16))
     module.register_buffer("empty", torch.zeros(0))
     before = buffers_fingerprint(module)
     assert before is not None and before == buffers_fingerprint(module)
