@@ -1,8 +1,9 @@
 """Every config file resolves to exactly the config it gave before the files were shrunk to
 their differences (``base:``): tests/data/resolved_configs.json was dumped from the pre-change
 files by the loader of that time, plus options added since with their defaults (``model.corpus:
-shapes`` for tiny, Harmon and OpenUni; ``model.positions: learned`` for tiny) and the one deliberate recipe change since: the shipped
-model's pretraining (``demo/pretrain.yaml``: 4,000 steps, ``web_noise.aligned`` 0.5)."""
+shapes`` for tiny, Harmon and OpenUni; ``model.positions: learned`` for tiny) and the one
+deliberate recipe change since: the shipped model's pretraining (``demo/pretrain.yaml``: 4,000
+steps, ``web_noise.aligned`` 0.5)."""
 
 import json
 from pathlib import Path
