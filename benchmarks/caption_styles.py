@@ -23,7 +23,6 @@ from segros.data.shapes import (
     NUMBERS,
     PLURALS,
     SHAPES,
-    SIZES,
     ShapesWorld,
     WebNoise,
     relative_position,
@@ -36,13 +35,19 @@ COUNTS = {w: n for n, w in NUMBERS.items()}
 RELATION = re.compile(r"\b(left of|right of|above|below)\b")
 
 
+def stated_colours(ws: list[str]) -> list[tuple[str, str]]:
+    """The (colour, singular shape) pairs a caption's words state: "red star", "red stars" (every
+    caption style puts a size before the colour, so the colour always sits next to its shape)."""
+    pairs = zip(ws, ws[1:], strict=False)
+    return [(prev, SINGULAR[word]) for prev, word in pairs if prev in COLORS and word in SINGULAR]
+
+
 def facts(caption: str, objects: list) -> dict[str, list[bool]]:
     """Which stated colours, counts and relations of ``caption`` are false for the scene."""
     ws = words(caption)
     out: dict[str, list[bool]] = {"color": [], "count": [], "relation": []}
-    for prev, word in zip(ws, ws[1:], strict=False):
-        if prev in COLORS and word in SINGULAR:  # "red star", "red stars"
-            out["color"].append(not any(o.color == prev and o.shape == SINGULAR[word] for o in objects))
+    for color, shape in stated_colours(ws):
+        out["color"].append(not any(o.color == color and o.shape == shape for o in objects))
     for k, word in enumerate(ws[:-1]):
         if word in COUNTS and COUNTS[word] > 1:  # "three (red) circles"
             noun = next((w for w in ws[k + 1 : k + 3] if w in PLURALS.values()), None)
@@ -64,15 +69,8 @@ def facts(caption: str, objects: list) -> dict[str, list[bool]]:
 
 def binds_two_colours(caption: str, objects: list) -> bool:
     """Whether ``caption`` names two different shapes each with its own, true, different colour
-    ("a red circle and a blue square"; a size word may sit between colour and shape)."""
-    ws = words(caption)
-    stated = set()
-    for k, word in enumerate(ws):
-        after = ws[k + 1 : k + 3]
-        if after and after[0] in SIZES:
-            after = after[1:]
-        if word in COLORS and after and after[0] in SINGULAR:
-            stated.add((word, SINGULAR[after[0]]))
+    ("a red circle and a blue square")."""
+    stated = stated_colours(words(caption))
     true = {(c, s) for c, s in stated if any(o.color == c and o.shape == s for o in objects)}
     return any(c1 != c2 and s1 != s2 for c1, s1 in true for c2, s2 in true)
 
