@@ -46,21 +46,17 @@ def base_is_frozen(backbone: torch.nn.Module) -> bool:
 _NOT_BASE = ("rank-*.pt", "optimizer*", "deepspeed/*", "scheduler.pt", "ema.safetensors", "adapter/*")
 
 
+def snapshot(folder: Path) -> set[str]:
+    """The files under ``folder`` now (relative paths), for :func:`files_written`."""
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+
+
 def files_written(folder: Path, before: set[str]) -> list[str]:
     """Relative paths of the files under ``folder`` not in ``before`` (what ``save_pretrained``
     added), leaving out the checkpoint's own files."""
     return sorted(
-        p for p in _files(folder) if p not in before and not any(fnmatch(p, pat) for pat in _NOT_BASE)
+        p for p in snapshot(folder) if p not in before and not any(fnmatch(p, pat) for pat in _NOT_BASE)
     )
-
-
-def _files(folder: Path) -> set[str]:
-    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
-
-
-def snapshot(folder: Path) -> set[str]:
-    """The files under ``folder`` now, for :func:`files_written`."""
-    return _files(folder)
 
 
 def buffers_fingerprint(backbone: torch.nn.Module) -> str | None:
